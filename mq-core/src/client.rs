@@ -1,0 +1,151 @@
+//! A connection to one broker, whatever its kind.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::capabilities::Capabilities;
+use crate::consumer::{ConsumerOptions, DynConsumer};
+use crate::error::Result;
+use crate::producer::DynProducer;
+
+/// What a backend implements: a connected broker that makes producers and
+/// consumers. Applications use it through [`Client`].
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// Short name used in errors, logs and metrics (`"memory"`, `"rabbitmq"`, ...).
+    fn name(&self) -> &'static str;
+
+    /// What this backend supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// A producer; cheap to clone and share.
+    async fn producer(&self) -> Result<DynProducer>;
+
+    /// A consumer as `options` say.
+    async fn consumer(&self, options: ConsumerOptions) -> Result<DynConsumer>;
+
+    /// Where dead-lettered messages of `source` go (`<source>-dlq` unless the
+    /// broker has its own convention).
+    fn dead_letter_destination(&self, source: &str) -> String {
+        format!("{source}-dlq")
+    }
+
+    /// Closes the connection; producers and consumers made from it stop working.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A handle to a connected broker: what [`connect`](crate::Registry::connect)
+/// returns. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    backend: Arc<dyn Backend>,
+}
+
+impl Client {
+    /// Wraps a connected backend.
+    pub fn new(backend: impl Backend) -> Self {
+        Client {
+            backend: Arc::new(backend),
+        }
+    }
+
+    /// Wraps a shared backend.
+    pub fn from_arc(backend: Arc<dyn Backend>) -> Self {
+        Client { backend }
+    }
+
+    /// The backend's short name (`"memory"`, `"rabbitmq"`, ...).
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// The backend itself.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// What the backend supports.
+    pub fn capabilities(&self) -> Capabilities {
+        self.backend.capabilities()
+    }
+
+    /// A producer; clone it freely.
+    pub async fn producer(&self) -> Result<DynProducer> {
+        self.backend.producer().await
+    }
+
+    /// A consumer of `source` in its default group; chain `.group(..)` or
+    /// `.prefetch(..)` before awaiting:
+    ///
+    /// ```no_run
+    /// # async fn f(client: mq_core::Client) -> mq_core::Result<()> {
+    /// let mut consumer = client.consumer("emails").group("senders").prefetch(32).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn consumer(&self, source: impl Into<String>) -> ConsumerBuilder {
+        ConsumerBuilder {
+            backend: self.backend.clone(),
+            options: ConsumerOptions::new(source),
+        }
+    }
+
+    /// A consumer as `options` say.
+    pub async fn consumer_with(&self, options: ConsumerOptions) -> Result<DynConsumer> {
+        self.backend.consumer(options).await
+    }
+
+    /// Where dead-lettered messages of `source` go.
+    pub fn dead_letter_destination(&self, source: &str) -> String {
+        self.backend.dead_letter_destination(source)
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) -> Result<()> {
+        self.backend.close().await
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+/// Builds a consumer; await it to connect. Made by [`Client::consumer`].
+#[must_use = "a ConsumerBuilder does nothing until awaited"]
+#[derive(Debug)]
+pub struct ConsumerBuilder {
+    backend: Arc<dyn Backend>,
+    options: ConsumerOptions,
+}
+
+impl ConsumerBuilder {
+    /// Joins `group` (competing consumers within it; each group gets a copy).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.options = self.options.group(group);
+        self
+    }
+
+    /// Holds at most `prefetch` unsettled deliveries.
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.options = self.options.prefetch(prefetch);
+        self
+    }
+}
+
+impl IntoFuture for ConsumerBuilder {
+    type Output = Result<DynConsumer>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.backend.consumer(self.options).await })
+    }
+}

@@ -1,0 +1,108 @@
+//! Receiving messages.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::delivery::Delivery;
+use crate::error::Result;
+
+/// Receives deliveries from one source (queue or topic) for one group.
+///
+/// At most the consumer's prefetch of deliveries are unsettled at once:
+/// `receive` waits for a settlement instead of buffering without bound.
+///
+/// Cancel safety: the futures returned by `receive` and `receive_batch` may be
+/// dropped (e.g. in `tokio::select!`) without losing a message.
+#[async_trait]
+pub trait Consumer: Send + fmt::Debug {
+    /// Waits for the next delivery.
+    async fn receive(&mut self) -> Result<Delivery>;
+
+    /// Up to `max` deliveries: waits at most `wait` for the first one, then
+    /// takes whatever else is ready. An empty vector means nothing arrived.
+    ///
+    /// The default calls `receive`; backends override it to fetch in bulk.
+    async fn receive_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let mut batch = Vec::new();
+        if max == 0 {
+            return Ok(batch);
+        }
+        match tokio::time::timeout(wait, self.receive()).await {
+            Ok(first) => batch.push(first?),
+            Err(_) => return Ok(batch),
+        }
+        while batch.len() < max {
+            match tokio::time::timeout(Duration::ZERO, self.receive()).await {
+                Ok(Ok(d)) => batch.push(d),
+                Ok(Err(e)) if batch.is_empty() => return Err(e),
+                _ => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Stops receiving. Deliveries not yet handed out go back to the broker;
+    /// deliveries already handed out can still be settled where the backend
+    /// allows it (see its docs), and are redelivered otherwise.
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<C: Consumer + ?Sized> Consumer for Box<C> {
+    async fn receive(&mut self) -> Result<Delivery> {
+        (**self).receive().await
+    }
+    async fn receive_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        (**self).receive_batch(max, wait).await
+    }
+    async fn close(&mut self) -> Result<()> {
+        (**self).close().await
+    }
+}
+
+/// A consumer whose backend is chosen at run time (what [`Client::consumer`](crate::Client::consumer) returns).
+pub type DynConsumer = Box<dyn Consumer>;
+
+/// The default number of unsettled deliveries a consumer holds.
+pub const DEFAULT_PREFETCH: usize = 100;
+
+/// Where and how to consume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// The queue or topic to receive from.
+    pub source: String,
+    /// The consumer group. Consumers of one group share the messages
+    /// (competing consumers); each group gets its own copy. `None` is the
+    /// source's default group, which exists from the first send on.
+    pub group: Option<String>,
+    /// The most deliveries held unsettled at once.
+    pub prefetch: usize,
+}
+
+impl ConsumerOptions {
+    /// Options for `source` in the default group.
+    pub fn new(source: impl Into<String>) -> Self {
+        ConsumerOptions {
+            source: source.into(),
+            group: None,
+            prefetch: DEFAULT_PREFETCH,
+        }
+    }
+
+    /// Joins `group`.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Holds at most `prefetch` (at least 1) unsettled deliveries.
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+}

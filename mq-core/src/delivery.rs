@@ -1,0 +1,402 @@
+//! Incoming messages and their settlement.
+//!
+//! A [`Delivery`] is a received message that the broker still holds for us.
+//! It must be settled exactly once: [`Delivery::ack`], [`Delivery::nack`],
+//! [`Delivery::nack_after`] or [`Delivery::dead_letter`]. Each takes `self`,
+//! so the compiler rules out settling twice. A delivery dropped without being
+//! settled is handed back to its backend, which makes it available again
+//! (at-least-once): nothing is lost because a task panicked or returned early.
+
+use std::any::Any;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::message::{headers, Headers, Message, JSON_CONTENT_TYPE};
+
+/// What to do with a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settlement {
+    /// Processing succeeded: remove the message.
+    Ack,
+    /// Processing failed: deliver the message again, after `delay` if given.
+    Nack {
+        /// How long the message stays invisible before it is redelivered.
+        delay: Option<Duration>,
+    },
+    /// The message cannot be processed: move it to the dead-letter destination.
+    DeadLetter {
+        /// Why; recorded in the `mq-dead-letter-reason` header.
+        reason: String,
+    },
+}
+
+/// The backend side of settlement. Backends implement this once and share it
+/// (behind an `Arc`) between all deliveries of a consumer; per-delivery data
+/// such as a delivery tag travels in [`Received::metadata`].
+#[async_trait::async_trait]
+pub trait Settler: Send + Sync + 'static {
+    /// Settles `delivery` as `settlement` says. Called at most once per delivery.
+    async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()>;
+
+    /// The delivery was dropped without being settled. This must not block:
+    /// return the message to the broker (or let the broker's lease expire) so
+    /// that it is delivered again.
+    fn abandon(&self, delivery: &Delivery);
+}
+
+/// A received message: what a handler sees. Cheap to clone (the payload is
+/// reference-counted).
+#[derive(Clone)]
+pub struct Received {
+    pub(crate) payload: Bytes,
+    pub(crate) headers: Headers,
+    pub(crate) key: Option<String>,
+    pub(crate) id: String,
+    pub(crate) content_type: Option<String>,
+    pub(crate) source: String,
+    pub(crate) group: Option<String>,
+    pub(crate) attempt: u32,
+    pub(crate) timestamp: Option<SystemTime>,
+    pub(crate) metadata: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl Received {
+    /// A received message from `source` built from `message` (for backends and tests).
+    ///
+    /// `attempt` is 1 on the first delivery.
+    pub fn new(source: impl Into<String>, message: Message, attempt: u32) -> Self {
+        let parts = message.into_parts();
+        Received {
+            payload: parts.payload,
+            headers: parts.headers,
+            key: parts.key,
+            id: parts.id,
+            content_type: parts.content_type,
+            source: source.into(),
+            group: None,
+            attempt: attempt.max(1),
+            timestamp: None,
+            metadata: None,
+        }
+    }
+
+    /// Sets the consumer group the message was received by.
+    pub fn with_group(mut self, group: Option<String>) -> Self {
+        self.group = group;
+        self
+    }
+
+    /// Sets when the message was first sent.
+    pub fn with_timestamp(mut self, timestamp: Option<SystemTime>) -> Self {
+        self.timestamp = timestamp;
+        self
+    }
+
+    /// Attaches backend-specific metadata, read back with [`Received::metadata`].
+    pub fn with_metadata<T: Any + Send + Sync>(mut self, metadata: T) -> Self {
+        self.metadata = Some(Arc::new(metadata));
+        self
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The headers as sent.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The ordering/partition key.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// The message id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The content type.
+    pub fn content_type(&self) -> Option<&str> {
+        self.content_type.as_deref()
+    }
+
+    /// The queue or topic the message was received from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The consumer group, if the consumer was in one.
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
+    /// Delivery attempt: 1 the first time, counted across redeliveries (and,
+    /// where the broker allows, across process restarts).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When the message was first sent, if the broker tells.
+    pub fn timestamp(&self) -> Option<SystemTime> {
+        self.timestamp
+    }
+
+    /// Backend-specific metadata of type `T` (for example a Kafka partition
+    /// and offset), if this delivery carries it.
+    pub fn metadata<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.metadata.as_deref().and_then(|m| m.downcast_ref::<T>())
+    }
+
+    /// The payload decoded from JSON.
+    ///
+    /// A failure is an [`ErrorKind::Decode`](crate::ErrorKind::Decode) error,
+    /// which is permanent: the retry middleware dead-letters it instead of
+    /// retrying a message that can never decode.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        if let Some(ct) = self.content_type() {
+            if !is_json_content_type(ct) {
+                return Err(Error::decode(format!(
+                    "message {} has content type {ct:?}, not JSON",
+                    self.id
+                ))
+                .with_destination(self.source.clone()));
+            }
+        }
+        serde_json::from_slice(&self.payload).map_err(|e| {
+            Error::decode(format!("message {} is not the expected JSON", self.id))
+                .with_destination(self.source.clone())
+                .with_source(e)
+        })
+    }
+
+    /// The payload as UTF-8 text.
+    pub fn text(&self) -> Result<&str> {
+        std::str::from_utf8(&self.payload).map_err(|e| {
+            Error::decode(format!("message {} is not UTF-8", self.id)).with_source(e)
+        })
+    }
+
+    /// A new message with this one's payload, headers, key, id and content
+    /// type (for republishing, e.g. to a retry or dead-letter destination).
+    pub fn to_message(&self) -> Message {
+        let mut m = Message::new(self.payload.clone())
+            .with_headers(self.headers.clone())
+            .with_id(self.id.clone());
+        if let Some(k) = &self.key {
+            m = m.with_key(k.clone());
+        }
+        if let Some(ct) = &self.content_type {
+            m = m.with_content_type(ct.clone());
+        }
+        m
+    }
+
+    /// The message to publish to the dead-letter destination: this message
+    /// with the reason headers every backend writes.
+    pub fn dead_letter_message(&self, reason: &str) -> Message {
+        let mut m = self.to_message();
+        let h = m.headers_mut();
+        h.insert(headers::DEAD_LETTER_REASON, reason);
+        h.insert(headers::ORIGINAL_SOURCE, self.source.clone());
+        if let Some(g) = &self.group {
+            h.insert(headers::ORIGINAL_GROUP, g.clone());
+        }
+        h.insert(headers::ATTEMPT, self.attempt.to_string());
+        h.insert(headers::DEAD_LETTERED_AT, unix_millis(SystemTime::now()).to_string());
+        m
+    }
+}
+
+fn is_json_content_type(ct: &str) -> bool {
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case(JSON_CONTENT_TYPE) || essence.ends_with("+json")
+}
+
+/// Milliseconds since the Unix epoch (0 for times before it).
+pub fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl fmt::Debug for Received {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Received")
+            .field("id", &self.id)
+            .field("source", &self.source)
+            .field("group", &self.group)
+            .field("attempt", &self.attempt)
+            .field("key", &self.key)
+            .field("payload_len", &self.payload.len())
+            .field("headers", &self.headers)
+            .field("content_type", &self.content_type)
+            .finish()
+    }
+}
+
+/// A received message the broker holds until it is settled.
+///
+/// Dereferences to [`Received`] for the message fields. Settle it with one of
+/// the consuming methods; it may be moved to and settled from any task.
+pub struct Delivery {
+    received: Received,
+    settler: Option<Arc<dyn Settler>>,
+}
+
+impl Delivery {
+    /// A delivery settled through `settler` (for backends).
+    pub fn new(received: Received, settler: Arc<dyn Settler>) -> Self {
+        Delivery {
+            received,
+            settler: Some(settler),
+        }
+    }
+
+    /// The message fields.
+    pub fn received(&self) -> &Received {
+        &self.received
+    }
+
+    /// Processing succeeded: remove the message from the broker.
+    pub async fn ack(self) -> Result<()> {
+        self.settle(Settlement::Ack).await
+    }
+
+    /// Processing failed: deliver the message again now (attempt + 1).
+    pub async fn nack(self) -> Result<()> {
+        self.settle(Settlement::Nack { delay: None }).await
+    }
+
+    /// Processing failed: deliver the message again once `delay` has passed.
+    pub async fn nack_after(self, delay: Duration) -> Result<()> {
+        self.settle(Settlement::Nack { delay: Some(delay) }).await
+    }
+
+    /// The message cannot be processed: move it to the dead-letter
+    /// destination with `reason` in the `mq-dead-letter-reason` header.
+    pub async fn dead_letter(self, reason: impl Into<String>) -> Result<()> {
+        self.settle(Settlement::DeadLetter {
+            reason: reason.into(),
+        })
+        .await
+    }
+
+    /// Settles as `settlement` says.
+    pub async fn settle(mut self, settlement: Settlement) -> Result<()> {
+        match self.settler.take() {
+            Some(settler) => settler.settle(&self, settlement).await,
+            None => Err(Error::new(
+                crate::ErrorKind::AlreadySettled,
+                format!("delivery {} was already settled", self.received.id),
+            )),
+        }
+    }
+}
+
+impl Deref for Delivery {
+    type Target = Received;
+    fn deref(&self) -> &Received {
+        &self.received
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(settler) = self.settler.take() {
+            tracing::debug!(id = %self.received.id, source = %self.received.source,
+                "delivery dropped unsettled; returning it to the broker");
+            settler.abandon(self);
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("received", &self.received)
+            .field("settled", &self.settler.is_none())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl Settler for Recorder {
+        async fn settle(&self, d: &Delivery, s: Settlement) -> Result<()> {
+            self.0.lock().push(format!("{}:{s:?}", d.id()));
+            Ok(())
+        }
+        fn abandon(&self, d: &Delivery) {
+            self.0.lock().push(format!("{}:abandoned", d.id()));
+        }
+    }
+
+    fn delivery(rec: &Arc<Recorder>, id: &str) -> Delivery {
+        Delivery::new(
+            Received::new("q", Message::new("x").with_id(id), 1),
+            rec.clone(),
+        )
+    }
+
+    #[tokio::test]
+    async fn settles_once_and_drop_abandons_only_unsettled() {
+        let rec = Arc::new(Recorder::default());
+        delivery(&rec, "a").ack().await.expect("ack");
+        delivery(&rec, "b")
+            .nack_after(Duration::from_secs(1))
+            .await
+            .expect("nack");
+        drop(delivery(&rec, "c"));
+        assert_eq!(
+            *rec.0.lock(),
+            [
+                "a:Ack",
+                "b:Nack { delay: Some(1s) }",
+                "c:abandoned"
+            ]
+        );
+    }
+
+    #[test]
+    fn json_decode_failure_is_permanent_decode_error() {
+        let r = Received::new("q", Message::new("not json"), 1);
+        let err = r.json::<serde_json::Value>().expect_err("must fail");
+        assert_eq!(err.kind(), crate::ErrorKind::Decode);
+        assert!(!err.is_retryable());
+        let r = Received::new("q", Message::new("{}").with_content_type("text/plain"), 1);
+        assert_eq!(
+            r.json::<serde_json::Value>().expect_err("wrong type").kind(),
+            crate::ErrorKind::Decode
+        );
+    }
+
+    #[test]
+    fn dead_letter_message_records_reason_and_origin() {
+        let r = Received::new("jobs", Message::new("x").with_header("a", "1"), 3)
+            .with_group(Some("g".into()));
+        let m = r.dead_letter_message("boom");
+        let h = m.headers();
+        assert_eq!(h.get(headers::DEAD_LETTER_REASON), Some("boom"));
+        assert_eq!(h.get(headers::ORIGINAL_SOURCE), Some("jobs"));
+        assert_eq!(h.get(headers::ORIGINAL_GROUP), Some("g"));
+        assert_eq!(h.get(headers::ATTEMPT), Some("3"));
+        assert_eq!(h.get("a"), Some("1"));
+        assert_eq!(m.id(), r.id());
+    }
+}

@@ -1,0 +1,30 @@
+//! Core of `mq`: the message model, the `Producer`/`Consumer` traits,
+//! settlement, errors, URL handling, capabilities, middleware, the worker
+//! runtime and the in-memory broker. Broker backends (`mq-rabbit`,
+//! `mq-kafka`, `mq-sqs`) implement these traits; applications normally use
+//! the facade crate `mq`, which re-exports everything here.
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod capabilities;
+pub mod client;
+pub mod consumer;
+pub mod delivery;
+pub mod error;
+pub mod memory;
+pub mod message;
+pub mod pipeline;
+pub mod producer;
+pub mod registry;
+pub mod url;
+
+pub use capabilities::Capabilities;
+pub use client::{Backend, Client, ConsumerBuilder};
+pub use consumer::{Consumer, ConsumerOptions, DynConsumer};
+pub use delivery::{Delivery, Received, Settlement, Settler};
+pub use error::{Error, ErrorKind, Result};
+pub use message::{headers, Headers, Message};
+pub use pipeline::{Pipeline, PipelineReport};
+pub use producer::{BatchReport, DynProducer, Producer, ProducerExt};
+pub use registry::Registry;

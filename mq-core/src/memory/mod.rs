@@ -1,0 +1,467 @@
+//! The in-memory broker (`memory://`): every semantic of a real broker, in
+//! one process, for development and tests.
+//!
+//! | URL | meaning |
+//! |---|---|
+//! | `memory://` | the process-wide default broker |
+//! | `memory://NAME` | the broker called NAME; every client of the same name shares it |
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `capacity` | 100000 | messages one queue holds (ready, delayed and unsettled) before `send` waits |
+//! | `max_message_size` | 1048576 | bytes of payload and headers a message may have; larger sends fail with `TooLarge` |
+//!
+//! Semantics (DESIGN.md §4): each (destination, group) is a FIFO queue. The
+//! default group exists from the first send, so point-to-point never loses a
+//! message sent before the first consumer; a named group receives messages
+//! sent after it was first consumed. Ack removes, nack requeues at the front
+//! (attempt + 1), a delayed nack requeues at the back when due, dead-letter
+//! moves the message to `<source>-dlq` with the reason headers. A delivery
+//! dropped unsettled is requeued at once. Brokers live until the process
+//! exits; nothing survives a restart.
+
+mod queue;
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use crate::capabilities::Capabilities;
+use crate::client::{Backend, Client};
+use crate::consumer::{Consumer, ConsumerOptions, DynConsumer};
+use crate::delivery::{Delivery, Received, Settlement, Settler};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::Message;
+use crate::producer::{BatchReport, DynProducer, Producer};
+use crate::registry::Registry;
+use crate::url::{RedactedUrl, UrlOptions};
+
+use queue::{Queue, Stored};
+
+const BACKEND: &str = "memory";
+
+/// Registers `memory://` in `registry`.
+pub fn register(registry: &mut Registry) {
+    registry.register("memory", |url| Box::pin(async move { connect(&url) }));
+}
+
+/// Settings of an in-memory broker; see the module docs for the URL form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryConfig {
+    /// Messages one queue holds before `send` waits.
+    pub capacity: usize,
+    /// Largest message (payload plus headers) in bytes.
+    pub max_message_size: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            capacity: 100_000,
+            max_message_size: 1024 * 1024,
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Reads the options of a `memory://` URL, strictly.
+    pub fn from_url(url: &RedactedUrl) -> Result<(String, Self)> {
+        let u = url.expose();
+        if u.scheme() != "memory" {
+            return Err(Error::config(format!("not a memory:// URL: {url}")));
+        }
+        if !u.username().is_empty() || u.password().is_some() || u.port().is_some() {
+            return Err(Error::config(format!(
+                "memory:// URLs take no user, password or port: {url}"
+            )));
+        }
+        let name = match u.host_str() {
+            None | Some("") => "default".to_owned(),
+            Some(h) => h.to_owned(),
+        };
+        let mut opts = UrlOptions::new(BACKEND, u)?;
+        let mut config = MemoryConfig::default();
+        if let Some(c) = opts.take::<usize>("capacity")? {
+            if c == 0 {
+                return Err(Error::config("memory URL option `capacity` must be at least 1"));
+            }
+            config.capacity = c;
+        }
+        if let Some(m) = opts.take::<usize>("max_message_size")? {
+            config.max_message_size = m;
+        }
+        opts.finish()?;
+        Ok((name, config))
+    }
+}
+
+static BROKERS: LazyLock<Mutex<HashMap<String, MemoryBroker>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn connect(url: &RedactedUrl) -> Result<Client> {
+    let (name, config) = MemoryConfig::from_url(url)?;
+    Ok(Client::new(MemoryBroker::named(&name, config)?))
+}
+
+/// An in-memory broker. Clones share it.
+#[derive(Debug, Clone)]
+pub struct MemoryBroker {
+    inner: Arc<BrokerInner>,
+}
+
+#[derive(Debug)]
+struct BrokerInner {
+    name: String,
+    config: MemoryConfig,
+    /// destination -> its queues, one per group (`None` is the default group).
+    destinations: Mutex<HashMap<String, Vec<Arc<Queue>>>>,
+}
+
+impl MemoryBroker {
+    /// A private broker, shared only through clones of this value.
+    pub fn new(config: MemoryConfig) -> Self {
+        MemoryBroker {
+            inner: Arc::new(BrokerInner {
+                name: String::new(),
+                config,
+                destinations: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The process-wide broker called `name`, created with `config` if it
+    /// does not exist yet. Reopening it with a different config is an error.
+    pub fn named(name: &str, config: MemoryConfig) -> Result<Self> {
+        let mut brokers = BROKERS.lock();
+        if let Some(b) = brokers.get(name) {
+            if b.inner.config != config {
+                return Err(Error::config(format!(
+                    "memory broker `{name}` already exists with {:?}; cannot reopen it with {config:?}",
+                    b.inner.config
+                )));
+            }
+            return Ok(b.clone());
+        }
+        let mut broker = MemoryBroker::new(config);
+        if let Some(inner) = Arc::get_mut(&mut broker.inner) {
+            inner.name = name.to_owned();
+        }
+        brokers.insert(name.to_owned(), broker.clone());
+        Ok(broker)
+    }
+
+    /// The broker's settings.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.inner.config
+    }
+
+    /// Messages ready for delivery in `source`'s `group` (`None`: default group).
+    pub fn ready(&self, source: &str, group: Option<&str>) -> usize {
+        self.inner
+            .find_queue(source, group)
+            .map_or(0, |q| q.ready_len())
+    }
+
+    /// Messages held by `source`'s `group`: ready, delayed and unsettled.
+    pub fn held(&self, source: &str, group: Option<&str>) -> usize {
+        self.inner.find_queue(source, group).map_or(0, |q| q.held())
+    }
+
+    /// A producer of this broker.
+    pub fn producer(&self) -> MemoryProducer {
+        MemoryProducer {
+            broker: self.inner.clone(),
+        }
+    }
+
+    /// A consumer of this broker.
+    pub fn consumer(&self, options: ConsumerOptions) -> MemoryConsumer {
+        let queue = self
+            .inner
+            .queue(&options.source, options.group.as_deref());
+        let permits = Arc::new(Semaphore::new(options.prefetch.max(1)));
+        MemoryConsumer {
+            settler: Arc::new(MemorySettler {
+                queue,
+                permits,
+                broker: self.inner.clone(),
+            }),
+            closed: false,
+        }
+    }
+}
+
+impl BrokerInner {
+    fn find_queue(&self, source: &str, group: Option<&str>) -> Option<Arc<Queue>> {
+        self.destinations
+            .lock()
+            .get(source)?
+            .iter()
+            .find(|q| q.group.as_deref() == group)
+            .cloned()
+    }
+
+    /// The queue of (`source`, `group`), created on first use.
+    fn queue(&self, source: &str, group: Option<&str>) -> Arc<Queue> {
+        let mut dests = self.destinations.lock();
+        let queues = dests
+            .entry(source.to_owned())
+            .or_insert_with(|| self.default_queues(source));
+        if let Some(q) = queues.iter().find(|q| q.group.as_deref() == group) {
+            return q.clone();
+        }
+        let q = Arc::new(Queue::new(
+            source.to_owned(),
+            group.map(str::to_owned),
+            self.config.capacity,
+        ));
+        queues.push(q.clone());
+        q
+    }
+
+    fn default_queues(&self, source: &str) -> Vec<Arc<Queue>> {
+        vec![Arc::new(Queue::new(
+            source.to_owned(),
+            None,
+            self.config.capacity,
+        ))]
+    }
+
+    /// Every queue of `destination` (creating its default group).
+    fn queues(&self, destination: &str) -> Vec<Arc<Queue>> {
+        let mut dests = self.destinations.lock();
+        dests
+            .entry(destination.to_owned())
+            .or_insert_with(|| self.default_queues(destination))
+            .clone()
+    }
+
+    fn check(&self, destination: &str, message: &Message) -> Result<()> {
+        if destination.is_empty() {
+            return Err(Error::config("destination name is empty")
+                .with_backend(BACKEND)
+                .with_operation("send"));
+        }
+        let size = message.encoded_len();
+        if size > self.config.max_message_size {
+            return Err(
+                Error::too_large(size, self.config.max_message_size, "memory max_message_size")
+                    .with_backend(BACKEND)
+                    .with_operation("send")
+                    .with_destination(destination),
+            );
+        }
+        Ok(())
+    }
+
+    async fn send(&self, destination: &str, message: Message) -> Result<()> {
+        self.check(destination, &message)?;
+        let delay = message.delay();
+        let stored = Stored::new(message);
+        let queues = self.queues(destination);
+        for queue in &queues {
+            queue.reserve().await;
+        }
+        for queue in queues {
+            match delay {
+                Some(d) => queue.push_after(stored.clone(), d),
+                None => queue.push_back(stored.clone()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes to the default group of `destination` without waiting for
+    /// capacity (used for dead letters, which must never block settlement).
+    fn force_send(&self, destination: &str, message: Message) {
+        let queues = self.queues(destination);
+        let stored = Stored::new(message);
+        for queue in queues {
+            queue.reserve_now();
+            queue.push_back(stored.clone());
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBroker {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.delayed_delivery = true;
+        c.ordering_key = true;
+        c.pub_sub = true;
+        c.max_message_size = Some(self.inner.config.max_message_size);
+        c.max_batch = self.inner.config.capacity;
+        c
+    }
+
+    async fn producer(&self) -> Result<DynProducer> {
+        Ok(Arc::new(MemoryBroker::producer(self)))
+    }
+
+    async fn consumer(&self, options: ConsumerOptions) -> Result<DynConsumer> {
+        if options.source.is_empty() {
+            return Err(Error::config("source name is empty").with_backend(BACKEND));
+        }
+        Ok(Box::new(MemoryBroker::consumer(self, options)))
+    }
+}
+
+/// Sends to an in-memory broker. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MemoryProducer {
+    broker: Arc<BrokerInner>,
+}
+
+#[async_trait]
+impl Producer for MemoryProducer {
+    async fn send(&self, destination: &str, message: Message) -> Result<()> {
+        self.broker.send(destination, message).await
+    }
+
+    async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> BatchReport {
+        let mut results = Vec::with_capacity(messages.len());
+        for m in messages {
+            let id = m.id().to_owned();
+            results.push((id, self.broker.send(destination, m).await));
+        }
+        BatchReport::new(results)
+    }
+}
+
+/// Receives from an in-memory queue.
+#[derive(Debug)]
+pub struct MemoryConsumer {
+    settler: Arc<MemorySettler>,
+    closed: bool,
+}
+
+impl MemoryConsumer {
+    fn deliver(&self, stored: Stored) -> Delivery {
+        let q = &self.settler.queue;
+        let received = Received {
+            payload: stored.payload,
+            headers: stored.headers,
+            key: stored.key,
+            id: stored.id,
+            content_type: stored.content_type,
+            source: q.source.clone(),
+            group: q.group.clone(),
+            attempt: stored.delivered.max(1),
+            timestamp: Some(stored.sent_at),
+            metadata: None,
+        };
+        Delivery::new(received, self.settler.clone())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed {
+            return Err(Error::closed("consumer is closed")
+                .with_backend(BACKEND)
+                .with_operation("receive")
+                .with_destination(self.settler.queue.source.clone()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Consumer for MemoryConsumer {
+    async fn receive(&mut self) -> Result<Delivery> {
+        self.check_open()?;
+        let permit = self
+            .settler
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| Error::closed("consumer is closed").with_source(e))?;
+        let mut batch = self.settler.queue.pop(1).await;
+        permit.forget();
+        match batch.pop() {
+            Some(stored) => Ok(self.deliver(stored)),
+            None => Err(Error::new(ErrorKind::Broker, "queue returned no message")),
+        }
+    }
+
+    async fn receive_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        self.check_open()?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let settler = self.settler.clone();
+        let take = async {
+            let first = settler.permits.acquire().await.ok()?;
+            let extra = (1..max)
+                .map_while(|_| settler.permits.try_acquire().ok())
+                .collect::<Vec<_>>();
+            let stored = settler.queue.pop(extra.len() + 1).await;
+            // Keep one permit per delivery; give back the ones not used.
+            let mut permits = std::iter::once(first).chain(extra);
+            for _ in 0..stored.len() {
+                if let Some(p) = permits.next() {
+                    p.forget();
+                }
+            }
+            Some(stored)
+        };
+        match tokio::time::timeout(wait, take).await {
+            Ok(Some(stored)) => Ok(stored.into_iter().map(|s| self.deliver(s)).collect()),
+            Ok(None) => Err(Error::closed("consumer is closed").with_backend(BACKEND)),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.closed = true;
+        Ok(())
+    }
+}
+
+/// Settles deliveries of one memory consumer.
+#[derive(Debug)]
+struct MemorySettler {
+    queue: Arc<Queue>,
+    /// One permit per delivery the consumer may hold unsettled (prefetch).
+    permits: Arc<Semaphore>,
+    broker: Arc<BrokerInner>,
+}
+
+#[async_trait]
+impl Settler for MemorySettler {
+    async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()> {
+        match settlement {
+            Settlement::Ack => self.queue.release(),
+            Settlement::Nack { delay: None } => {
+                self.queue.push_front(Stored::from_received(delivery))
+            }
+            Settlement::Nack { delay: Some(d) } => {
+                self.queue.push_after(Stored::from_received(delivery), d)
+            }
+            Settlement::DeadLetter { reason } => {
+                let dlq = format!("{}-dlq", self.queue.source);
+                self.broker
+                    .force_send(&dlq, delivery.dead_letter_message(&reason));
+                self.queue.release();
+            }
+        }
+        self.permits.add_permits(1);
+        Ok(())
+    }
+
+    fn abandon(&self, delivery: &Delivery) {
+        self.queue.push_front(Stored::from_received(delivery));
+        self.permits.add_permits(1);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+//! One in-memory queue: the messages of one (destination, group).
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::delivery::Received;
+use crate::message::{Headers, Message};
+
+/// A message held by a queue, with how many times it was delivered.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub(crate) payload: Bytes,
+    pub(crate) headers: Headers,
+    pub(crate) key: Option<String>,
+    pub(crate) id: String,
+    pub(crate) content_type: Option<String>,
+    pub(crate) delivered: u32,
+    pub(crate) sent_at: SystemTime,
+}
+
+impl Stored {
+    pub(crate) fn new(message: Message) -> Self {
+        let p = message.into_parts();
+        Stored {
+            payload: p.payload,
+            headers: p.headers,
+            key: p.key,
+            id: p.id,
+            content_type: p.content_type,
+            delivered: 0,
+            sent_at: SystemTime::now(),
+        }
+    }
+
+    /// The message as it was delivered in `received`, to hold again.
+    pub(crate) fn from_received(r: &Received) -> Self {
+        Stored {
+            payload: r.payload.clone(),
+            headers: r.headers.clone(),
+            key: r.key.clone(),
+            id: r.id.clone(),
+            content_type: r.content_type.clone(),
+            delivered: r.attempt,
+            sent_at: r.timestamp.unwrap_or_else(SystemTime::now),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Messages ready to deliver, in delivery order.
+    ready: VecDeque<Stored>,
+    /// Every message this queue is responsible for: ready, delayed and
+    /// delivered-but-unsettled. Bounded by the capacity.
+    held: usize,
+}
+
+/// The messages of one group of one destination.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    pub(crate) source: String,
+    pub(crate) group: Option<String>,
+    capacity: usize,
+    state: Mutex<State>,
+    readable: Notify,
+    writable: Notify,
+}
+
+impl Queue {
+    pub(crate) fn new(source: String, group: Option<String>, capacity: usize) -> Self {
+        Queue {
+            source,
+            group,
+            capacity,
+            state: Mutex::new(State::default()),
+            readable: Notify::new(),
+            writable: Notify::new(),
+        }
+    }
+
+    /// Takes responsibility for one more message, waiting while the queue is
+    /// at capacity (backpressure on producers). Cancel-safe.
+    pub(crate) async fn reserve(&self) {
+        loop {
+            let notified = self.writable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut s = self.state.lock();
+                if s.held < self.capacity {
+                    s.held += 1;
+                    if s.held < self.capacity {
+                        // Room for more: let the next waiting producer in too.
+                        self.writable.notify_one();
+                    }
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes responsibility for a message without waiting (dead-letters must
+    /// never block settlement).
+    pub(crate) fn reserve_now(&self) {
+        self.state.lock().held += 1;
+    }
+
+    /// Gives up responsibility for one message (acked or moved away).
+    pub(crate) fn release(&self) {
+        let mut s = self.state.lock();
+        s.held = s.held.saturating_sub(1);
+        drop(s);
+        self.writable.notify_one();
+    }
+
+    /// Makes a reserved message deliverable, at the back.
+    pub(crate) fn push_back(&self, stored: Stored) {
+        self.state.lock().ready.push_back(stored);
+        self.readable.notify_one();
+    }
+
+    /// Makes a reserved message deliverable next (redelivery keeps its place).
+    pub(crate) fn push_front(&self, stored: Stored) {
+        self.state.lock().ready.push_front(stored);
+        self.readable.notify_one();
+    }
+
+    /// Makes a reserved message deliverable after `delay`.
+    pub(crate) fn push_after(self: &std::sync::Arc<Self>, stored: Stored, delay: Duration) {
+        if delay.is_zero() {
+            return self.push_back(stored);
+        }
+        let queue = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    queue.push_back(stored);
+                });
+            }
+            // No runtime to wait on: deliver now rather than lose the message.
+            Err(_) => queue.push_back(stored),
+        }
+    }
+
+    /// Takes up to `max` ready messages, marking them delivered.
+    pub(crate) fn try_pop(&self, max: usize, out: &mut Vec<Stored>) {
+        let mut s = self.state.lock();
+        while out.len() < max {
+            match s.ready.pop_front() {
+                Some(mut m) => {
+                    m.delivered = m.delivered.saturating_add(1);
+                    out.push(m);
+                }
+                None => break,
+            }
+        }
+        let more = !s.ready.is_empty();
+        drop(s);
+        if more && !out.is_empty() {
+            // Pass the wake-up on: other consumers may be waiting.
+            self.readable.notify_one();
+        }
+    }
+
+    /// Waits until up to `max` messages are ready and takes them. Cancel-safe:
+    /// messages are only taken in the same synchronous step that returns them.
+    pub(crate) async fn pop(&self, max: usize) -> Vec<Stored> {
+        let mut out = Vec::new();
+        loop {
+            let notified = self.readable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.try_pop(max, &mut out);
+            if !out.is_empty() {
+                return out;
+            }
+            notified.await;
+        }
+    }
+
+    /// Messages ready to deliver now.
+    pub(crate) fn ready_len(&self) -> usize {
+        self.state.lock().ready.len()
+    }
+
+    /// Messages held in total (ready, delayed and unsettled).
+    pub(crate) fn held(&self) -> usize {
+        self.state.lock().held
+    }
+}

@@ -1,0 +1,360 @@
+//! The outgoing message and its headers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Header names `mq` itself reads and writes. Every name starts with the
+/// reserved prefix `mq-`; applications should not use that prefix.
+pub mod headers {
+    /// The reserved prefix of every header `mq` sets.
+    pub const RESERVED_PREFIX: &str = "mq-";
+    /// Delivery attempt carried by backends that count attempts in a header.
+    pub const ATTEMPT: &str = "mq-attempt";
+    /// Why a message was dead-lettered.
+    pub const DEAD_LETTER_REASON: &str = "mq-dead-letter-reason";
+    /// The queue or topic a dead-lettered message came from.
+    pub const ORIGINAL_SOURCE: &str = "mq-original-source";
+    /// The consumer group a dead-lettered message was consumed by.
+    pub const ORIGINAL_GROUP: &str = "mq-original-group";
+    /// When the message was dead-lettered, in milliseconds since the Unix epoch.
+    pub const DEAD_LETTERED_AT: &str = "mq-dead-lettered-at";
+    /// Correlation id linking a reply to its request.
+    pub const CORRELATION_ID: &str = "mq-correlation-id";
+    /// Where the reply to a request should be sent.
+    pub const REPLY_TO: &str = "mq-reply-to";
+    /// The message id, for backends without a native id property.
+    pub const MESSAGE_ID: &str = "mq-message-id";
+    /// The content type, for backends without a native property.
+    pub const CONTENT_TYPE: &str = "mq-content-type";
+    /// When the message was first sent, in milliseconds since the Unix epoch.
+    pub const SENT_AT: &str = "mq-sent-at";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state.
+    pub const TRACESTATE: &str = "tracestate";
+}
+
+/// The content type `send_json` and [`Message::json`] record.
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+
+/// Message headers: string keys to string values, iterated in key order.
+///
+/// Keys are case-sensitive and kept byte-exact, so a header set by a client in
+/// another language comes back with the same spelling.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers(BTreeMap<String, String>);
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value`, returning the previous value.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> Option<String> {
+        self.0.insert(key.into(), value.into())
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        self.0.remove(key)
+    }
+
+    /// Whether `key` is set.
+    pub fn contains(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Headers in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Total bytes of keys and values, used for size limits.
+    pub fn encoded_len(&self) -> usize {
+        self.0.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.iter()).finish()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Headers(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> Extend<(K, V)> for Headers {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        self.0
+            .extend(iter.into_iter().map(|(k, v)| (k.into(), v.into())));
+    }
+}
+
+impl IntoIterator for Headers {
+    type Item = (String, String);
+    type IntoIter = std::collections::btree_map::IntoIter<String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// A new message id: a UUIDv7, so ids sort by creation time.
+pub fn new_message_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// A message to send.
+///
+/// Built with chained setters:
+///
+/// ```
+/// use mq_core::Message;
+/// use std::time::Duration;
+///
+/// let msg = Message::new("resize photo 42")
+///     .with_header("tenant", "acme")
+///     .with_key("photo-42")
+///     .with_delay(Duration::from_secs(5));
+/// assert_eq!(msg.headers().get("tenant"), Some("acme"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Message {
+    payload: Bytes,
+    headers: Headers,
+    key: Option<String>,
+    id: String,
+    content_type: Option<String>,
+    delay: Option<Duration>,
+}
+
+impl Message {
+    /// A message with `payload` and a fresh UUIDv7 id.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Message {
+            payload: payload.into(),
+            headers: Headers::new(),
+            key: None,
+            id: new_message_id(),
+            content_type: None,
+            delay: None,
+        }
+    }
+
+    /// A message whose payload is `value` as JSON, with content type `application/json`.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+        let payload = serde_json::to_vec(value)
+            .map_err(|e| Error::decode("cannot encode value as JSON").with_source(e))?;
+        Ok(Message::new(payload).with_content_type(JSON_CONTENT_TYPE))
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(key, value);
+        self
+    }
+
+    /// Replaces all headers.
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Sets the ordering/partition key: messages with the same key keep their order.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the message id (used for deduplication); the default is a UUIDv7.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Sets the content type (MIME type) of the payload.
+    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+
+    /// Delays delivery: consumers do not see the message before `delay` has passed.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// The headers, to change them.
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        &mut self.headers
+    }
+
+    /// The ordering/partition key.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// The message id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The content type.
+    pub fn content_type(&self) -> Option<&str> {
+        self.content_type.as_deref()
+    }
+
+    /// The delivery delay.
+    pub fn delay(&self) -> Option<Duration> {
+        self.delay
+    }
+
+    /// Bytes this message occupies for size limits: payload plus headers, key,
+    /// id and content type. Backends compare this against their limit.
+    pub fn encoded_len(&self) -> usize {
+        self.payload.len()
+            + self.headers.encoded_len()
+            + self.key.as_ref().map_or(0, String::len)
+            + self.id.len()
+            + self.content_type.as_ref().map_or(0, String::len)
+    }
+
+    /// Splits the message into its parts (for backends).
+    pub fn into_parts(self) -> MessageParts {
+        MessageParts {
+            payload: self.payload,
+            headers: self.headers,
+            key: self.key,
+            id: self.id,
+            content_type: self.content_type,
+            delay: self.delay,
+        }
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("payload_len", &self.payload.len())
+            .field("headers", &self.headers)
+            .field("content_type", &self.content_type)
+            .field("delay", &self.delay)
+            .finish()
+    }
+}
+
+impl From<MessageParts> for Message {
+    fn from(p: MessageParts) -> Self {
+        Message {
+            payload: p.payload,
+            headers: p.headers,
+            key: p.key,
+            id: p.id,
+            content_type: p.content_type,
+            delay: p.delay,
+        }
+    }
+}
+
+/// The fields of a [`Message`], owned, for backends that map them to a wire format.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct MessageParts {
+    /// The payload.
+    pub payload: Bytes,
+    /// The headers.
+    pub headers: Headers,
+    /// The ordering/partition key.
+    pub key: Option<String>,
+    /// The message id.
+    pub id: String,
+    /// The content type.
+    pub content_type: Option<String>,
+    /// The delivery delay.
+    pub delay: Option<Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_uuid_v7() {
+        let a = Message::new("a");
+        let b = Message::new("b");
+        assert_ne!(a.id(), b.id());
+        let parsed = uuid::Uuid::parse_str(a.id()).expect("uuid");
+        assert_eq!(parsed.get_version_num(), 7);
+    }
+
+    #[test]
+    fn json_sets_content_type() {
+        let m = Message::json(&serde_json::json!({"n": 1})).expect("json");
+        assert_eq!(m.content_type(), Some(JSON_CONTENT_TYPE));
+        assert_eq!(m.payload().as_ref(), br#"{"n":1}"#);
+    }
+
+    #[test]
+    fn headers_keep_exact_keys_in_order() {
+        let h: Headers = [("b", "2"), ("A", "1"), ("a", "3")].into_iter().collect();
+        let keys: Vec<_> = h.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["A", "a", "b"]);
+    }
+
+    #[test]
+    fn debug_hides_payload_bytes() {
+        let m = Message::new("secret payload");
+        let dbg = format!("{m:?}");
+        assert!(!dbg.contains("secret payload"));
+        assert!(dbg.contains("payload_len: 14"));
+    }
+}

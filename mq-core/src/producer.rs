@@ -1,0 +1,137 @@
+//! Sending messages.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::message::Message;
+
+/// Sends messages to destinations (queues or topics).
+///
+/// `send` returns once the broker has taken responsibility for the message
+/// (publisher confirm, Kafka ack, SQS response). Producers are cheap to clone
+/// and safe to share: call `send` from many tasks, or keep many sends in
+/// flight from one task with [`ProducerExt::pipeline`]; awaiting each send
+/// before starting the next is the slow way.
+#[async_trait]
+pub trait Producer: Send + Sync + fmt::Debug {
+    /// Sends `message` to `destination` and waits for the broker's confirmation.
+    async fn send(&self, destination: &str, message: Message) -> Result<()>;
+
+    /// Sends `messages` to `destination`, as few broker calls as the backend
+    /// allows, and reports each message's outcome in input order.
+    ///
+    /// The default runs the sends concurrently.
+    async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> BatchReport {
+        let ids: Vec<String> = messages.iter().map(|m| m.id().to_owned()).collect();
+        let results =
+            futures::future::join_all(messages.into_iter().map(|m| self.send(destination, m)))
+                .await;
+        BatchReport::new(ids.into_iter().zip(results).collect())
+    }
+
+    /// Flushes pending sends and releases the producer's resources. Sends
+    /// after `close` fail with [`ErrorKind::Closed`](crate::ErrorKind::Closed).
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<P: Producer + ?Sized> Producer for Arc<P> {
+    async fn send(&self, destination: &str, message: Message) -> Result<()> {
+        (**self).send(destination, message).await
+    }
+    async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> BatchReport {
+        (**self).send_batch(destination, messages).await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
+}
+
+#[async_trait]
+impl<P: Producer + ?Sized> Producer for Box<P> {
+    async fn send(&self, destination: &str, message: Message) -> Result<()> {
+        (**self).send(destination, message).await
+    }
+    async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> BatchReport {
+        (**self).send_batch(destination, messages).await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
+}
+
+/// A producer whose backend is chosen at run time (what [`Client::producer`](crate::Client::producer) returns).
+pub type DynProducer = Arc<dyn Producer>;
+
+/// The outcome of each message of a batch send, in input order.
+#[derive(Debug)]
+pub struct BatchReport {
+    results: Vec<(String, Result<()>)>,
+}
+
+impl BatchReport {
+    /// A report from `(message id, outcome)` pairs in input order.
+    pub fn new(results: Vec<(String, Result<()>)>) -> Self {
+        BatchReport { results }
+    }
+
+    /// Every message's id and outcome, in input order.
+    pub fn results(&self) -> &[(String, Result<()>)] {
+        &self.results
+    }
+
+    /// How many messages the broker accepted.
+    pub fn sent(&self) -> usize {
+        self.results.iter().filter(|(_, r)| r.is_ok()).count()
+    }
+
+    /// The messages that failed, with their index in the batch.
+    pub fn failures(&self) -> impl Iterator<Item = (usize, &str, &Error)> {
+        self.results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (id, r))| r.as_ref().err().map(|e| (i, id.as_str(), e)))
+    }
+
+    /// Whether every message was accepted.
+    pub fn is_ok(&self) -> bool {
+        self.results.iter().all(|(_, r)| r.is_ok())
+    }
+
+    /// `Ok` if every message was accepted, else the first error.
+    pub fn into_result(self) -> Result<()> {
+        self.results
+            .into_iter()
+            .find_map(|(_, r)| r.err())
+            .map_or(Ok(()), Err)
+    }
+}
+
+/// Conveniences for every [`Producer`].
+#[async_trait]
+pub trait ProducerExt: Producer {
+    /// Sends `value` as JSON (content type `application/json`).
+    async fn send_json<T: serde::Serialize + Sync + ?Sized>(
+        &self,
+        destination: &str,
+        value: &T,
+    ) -> Result<()> {
+        self.send(destination, Message::json(value)?).await
+    }
+
+    /// A [`Pipeline`](crate::Pipeline) that keeps up to `max_in_flight` sends
+    /// running at once over a clone of this producer.
+    fn pipeline(&self, max_in_flight: usize) -> crate::Pipeline<Self>
+    where
+        Self: Clone + Sized + 'static,
+    {
+        crate::Pipeline::new(self.clone(), max_in_flight)
+    }
+}
+
+impl<P: Producer + ?Sized> ProducerExt for P {}
