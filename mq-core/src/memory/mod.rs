@@ -114,7 +114,6 @@ pub struct MemoryBroker {
     inner: Arc<BrokerInner>,
 }
 
-#[derive(Debug)]
 struct BrokerInner {
     name: String,
     config: MemoryConfig,
@@ -193,6 +192,16 @@ impl MemoryBroker {
             }),
             closed: false,
         }
+    }
+}
+
+impl std::fmt::Debug for BrokerInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("destinations", &self.destinations.lock().len())
+            .finish()
     }
 }
 

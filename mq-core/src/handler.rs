@@ -1,0 +1,198 @@
+//! Handlers and the layers that wrap them.
+//!
+//! A [`Handler`] processes one [`Received`] message and says how it went:
+//! `Ok(())` acks it; a [`HandlerError`] is either *transient* (nack, try
+//! again, possibly after a delay) or *permanent* (dead-letter, never retry).
+//! The [`Worker`](crate::Worker) turns that outcome into the settlement, so
+//! handlers never settle by hand and cannot forget to.
+//!
+//! [`Layer`]s wrap a handler, tower-style, to add retry, deduplication,
+//! timeouts, concurrency limits and the like (see [`crate::middleware`]).
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::delivery::Received;
+
+/// Boxed error source of a [`HandlerError`].
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Why a handler failed, and whether trying again can help.
+///
+/// `?` converts any error into a `HandlerError`: an [`mq_core::Error`](crate::Error)
+/// keeps its own classification (a decode failure is permanent), every other
+/// error is transient. Use [`HandlerError::permanent`] for failures that no
+/// retry can fix (invalid input, a business rule).
+pub struct HandlerError {
+    permanent: bool,
+    retry_after: Option<Duration>,
+    source: BoxError,
+}
+
+impl HandlerError {
+    /// A failure that may go away: the message is delivered again.
+    pub fn transient(error: impl Into<BoxError>) -> Self {
+        HandlerError {
+            permanent: false,
+            retry_after: None,
+            source: error.into(),
+        }
+    }
+
+    /// A failure no retry can fix: the message goes to the dead-letter destination.
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        HandlerError {
+            permanent: true,
+            retry_after: None,
+            source: error.into(),
+        }
+    }
+
+    /// Asks for the next attempt no sooner than `delay` (e.g. a rate limit's
+    /// Retry-After). Overrides the retry policy's delay for this failure.
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// Whether retrying is pointless.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The delay requested before the next attempt, if any.
+    pub fn requested_delay(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The underlying error.
+    pub fn source(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.source
+    }
+
+    /// Converts into the underlying error.
+    pub fn into_source(self) -> BoxError {
+        self.source
+    }
+}
+
+impl<E: StdError + Send + Sync + 'static> From<E> for HandlerError {
+    fn from(error: E) -> Self {
+        let boxed: BoxError = Box::new(error);
+        let permanent = boxed
+            .downcast_ref::<crate::Error>()
+            .is_some_and(|e| !e.is_retryable());
+        HandlerError {
+            permanent,
+            retry_after: None,
+            source: boxed,
+        }
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("permanent", &self.permanent)
+            .field("retry_after", &self.retry_after)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// What a handler returns.
+pub type HandlerResult = Result<(), HandlerError>;
+
+/// Processes one message. Implemented for every
+/// `Fn(Received) -> impl Future<Output = HandlerResult>` closure:
+///
+/// ```
+/// use mq_core::{HandlerError, Received};
+///
+/// let handler = |msg: Received| async move {
+///     let text = msg.text()?;
+///     if text.is_empty() {
+///         return Err(HandlerError::permanent("empty job"));
+///     }
+///     Ok(())
+/// };
+/// # fn is_handler<H: mq_core::Handler>(_: H) {}
+/// # is_handler(handler);
+/// ```
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `message`. It may be called again for the same message (retries).
+    fn call(&self, message: Received) -> BoxFuture<'static, HandlerResult>;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Received) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    fn call(&self, message: Received) -> BoxFuture<'static, HandlerResult> {
+        Box::pin(self(message))
+    }
+}
+
+/// A type-erased, shareable handler.
+pub type BoxHandler = Arc<dyn Handler>;
+
+impl Handler for BoxHandler {
+    fn call(&self, message: Received) -> BoxFuture<'static, HandlerResult> {
+        (**self).call(message)
+    }
+}
+
+/// Wraps a handler in another (tower's `Layer`, over type-erased handlers).
+pub trait Layer: Send + Sync + 'static {
+    /// The handler that runs `inner` with this layer's behaviour around it.
+    fn layer(&self, inner: BoxHandler) -> BoxHandler;
+}
+
+/// Applies `layers` around `handler`; the first layer is the outermost (it
+/// sees each message first and the outcome last), as in tower's `ServiceBuilder`.
+pub fn apply_layers(handler: BoxHandler, layers: &[Arc<dyn Layer>]) -> BoxHandler {
+    layers
+        .iter()
+        .rev()
+        .fold(handler, |inner, layer| layer.layer(inner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn question_mark_keeps_mq_error_classification() {
+        fn decode() -> HandlerResult {
+            Err(crate::Error::decode("bad json"))?;
+            Ok(())
+        }
+        fn io() -> HandlerResult {
+            Err(std::io::Error::other("disk"))?;
+            Ok(())
+        }
+        fn connection() -> HandlerResult {
+            Err(crate::Error::new(crate::ErrorKind::Connection, "down"))?;
+            Ok(())
+        }
+        assert!(decode().expect_err("err").is_permanent());
+        assert!(!io().expect_err("err").is_permanent());
+        assert!(!connection().expect_err("err").is_permanent());
+        assert!(HandlerError::permanent("no").is_permanent());
+        let e = HandlerError::transient("later").retry_after(Duration::from_secs(3));
+        assert_eq!(e.requested_delay(), Some(Duration::from_secs(3)));
+        assert_eq!(e.to_string(), "later");
+    }
+}

@@ -1,0 +1,128 @@
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::delivery::Received;
+use crate::handler::{BoxHandler, HandlerError, Layer};
+use crate::message::Message;
+
+fn counting(calls: Arc<AtomicU32>, work: Duration) -> BoxHandler {
+    Arc::new(move |_m: Received| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(work).await;
+            Ok(())
+        }
+    })
+}
+
+fn msg(id: &str) -> Received {
+    Received::new("jobs", Message::new("x").with_id(id), 1)
+}
+
+#[tokio::test]
+async fn same_id_runs_once() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let h = DedupLayer::new(MemoryDedupStore::new()).layer(counting(calls.clone(), Duration::ZERO));
+    h.call(msg("a")).await.expect("first");
+    h.call(msg("a")).await.expect("duplicate acked");
+    h.call(msg("b")).await.expect("other id");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn groups_dedup_independently_and_key_fn_is_used() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let h = DedupLayer::new(MemoryDedupStore::new()).layer(counting(calls.clone(), Duration::ZERO));
+    h.call(msg("a").with_group(Some("g1".into()))).await.expect("g1");
+    h.call(msg("a").with_group(Some("g2".into()))).await.expect("g2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let by_payload = DedupLayer::new(MemoryDedupStore::new())
+        .key_fn(|m| String::from_utf8_lossy(m.payload()).into_owned())
+        .layer(counting(calls.clone(), Duration::ZERO));
+    by_payload.call(msg("1")).await.expect("first");
+    by_payload.call(msg("2")).await.expect("same payload, other id");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_failed_attempt_releases_the_key() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let inner: BoxHandler = Arc::new(move |_m: Received| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                Err(HandlerError::transient("first try fails"))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let h = DedupLayer::new(MemoryDedupStore::new()).layer(inner);
+    assert!(h.call(msg("a")).await.is_err());
+    h.call(msg("a")).await.expect("retry runs at once");
+    h.call(msg("a")).await.expect("then it is a duplicate");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn crash_mid_handler_lets_redelivery_run_after_lease_expiry() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let store = MemoryDedupStore::new();
+    let layer = DedupLayer::new(store).lease(Duration::from_millis(300));
+    let slow = layer.layer(counting(calls.clone(), Duration::from_secs(3600)));
+    // The "crash": the handler task dies mid-run, nothing is released.
+    let crashed = tokio::spawn(slow.call(msg("a")));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    crashed.abort();
+    let _ = crashed.await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let quick = layer.layer(counting(calls.clone(), Duration::ZERO));
+    let err = quick.call(msg("a")).await.expect_err("lease still held");
+    assert!(!err.is_permanent());
+    let wait = err.requested_delay().expect("asks to come back later");
+    assert!(wait <= Duration::from_millis(300), "{wait:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "not run while leased");
+
+    tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    quick.call(msg("a")).await.expect("runs after the lease expired");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    quick.call(msg("a")).await.expect("now a duplicate");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn lease_is_renewed_while_a_long_handler_runs() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let layer = DedupLayer::new(MemoryDedupStore::new()).lease(Duration::from_millis(150));
+    let long = layer.layer(counting(calls.clone(), Duration::from_millis(600)));
+    let running = tokio::spawn(long.call(msg("a")));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let dup = layer.layer(counting(calls.clone(), Duration::ZERO));
+    assert!(
+        dup.call(msg("a")).await.is_err(),
+        "a duplicate during a long run must wait, not run"
+    );
+    running.await.expect("join").expect("long run succeeds");
+    dup.call(msg("a")).await.expect("duplicate after completion is acked");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn done_markers_expire_after_ttl() {
+    let store = MemoryDedupStore::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let h = DedupLayer::new(store)
+        .ttl(Duration::from_millis(100))
+        .layer(counting(calls.clone(), Duration::ZERO));
+    h.call(msg("a")).await.expect("first");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.call(msg("a")).await.expect("after ttl");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -1,0 +1,265 @@
+//! The worker runtime: a consumer, a handler and its layers, run concurrently
+//! with graceful shutdown.
+//!
+//! For each delivery the worker runs the handler (inside the layers, with
+//! panics caught) in its own task, at most `concurrency` at once, and settles
+//! by the outcome: `Ok` acks, a transient error nacks (after the delay it
+//! asks for, if any), a permanent error dead-letters with the error as the
+//! reason.
+//!
+//! On shutdown (a [`CancellationToken`] or ctrl-c) it stops receiving, lets the
+//! handlers in flight finish and settle within the grace period, then closes
+//! the consumer. A handler still running after the grace period is cancelled
+//! and its delivery returned to the broker unsettled, so it is redelivered:
+//! shutdown never loses a message.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+pub use tokio_util::sync::CancellationToken;
+
+use crate::consumer::Consumer;
+use crate::delivery::{Delivery, Settlement};
+use crate::error::{ErrorKind, Result};
+use crate::handler::{apply_layers, BoxHandler, Handler, Layer};
+use crate::middleware::CatchPanicLayer;
+
+/// Runs a handler over a consumer. Build with [`Worker::new`], add layers,
+/// then [`run`](Worker::run).
+pub struct Worker<C> {
+    consumer: C,
+    handler: BoxHandler,
+    layers: Vec<Arc<dyn Layer>>,
+    concurrency: usize,
+    grace: Duration,
+}
+
+impl<C: Consumer + 'static> Worker<C> {
+    /// A worker feeding `consumer`'s deliveries to `handler`, one at a time
+    /// until [`concurrency`](Worker::concurrency) says otherwise.
+    pub fn new(consumer: C, handler: impl Handler) -> Self {
+        Worker {
+            consumer,
+            handler: Arc::new(handler),
+            layers: Vec::new(),
+            concurrency: 1,
+            grace: Duration::from_secs(30),
+        }
+    }
+
+    /// Adds a layer. The first layer added is the outermost; see
+    /// [`middleware`](crate::middleware) for the recommended order.
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+
+    /// Handles up to `n` (at least 1) messages at once. Keep the consumer's
+    /// prefetch at least this large or the prefetch is the limit.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How long shutdown waits for handlers in flight (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Runs until ctrl-c (SIGINT), then shuts down gracefully.
+    pub async fn run_until_ctrl_c(self) -> Result<WorkerReport> {
+        let token = CancellationToken::new();
+        let trigger = token.clone();
+        let signal = tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!("ctrl-c received; shutting down worker");
+            }
+            trigger.cancel();
+        });
+        let report = self.run(token).await;
+        signal.abort();
+        report
+    }
+
+    /// Runs until `shutdown` is cancelled, then shuts down gracefully.
+    ///
+    /// Returns the counts of what happened, or the consumer's error if it
+    /// failed permanently (a closed consumer or bad configuration); transient
+    /// receive errors are logged and retried with backoff.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<WorkerReport> {
+        let handler = apply_layers(
+            CatchPanicLayer.layer(self.handler.clone()),
+            &self.layers,
+        );
+        let stats = Arc::new(Stats::default());
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut tasks = JoinSet::new();
+        let mut receive_failures = 0u32;
+        let mut outcome = Ok(());
+
+        loop {
+            let slot = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+            };
+            let delivery = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                d = self.consumer.receive() => d,
+            };
+            match delivery {
+                Ok(delivery) => {
+                    receive_failures = 0;
+                    stats.received.fetch_add(1, Ordering::Relaxed);
+                    let (handler, stats) = (handler.clone(), stats.clone());
+                    tasks.spawn(async move {
+                        handle(delivery, handler, &stats).await;
+                        drop(slot);
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::Closed || !e.is_retryable() => {
+                    tracing::error!(error = %e, "consumer failed; worker stopping");
+                    outcome = Err(e);
+                    break;
+                }
+                Err(e) => {
+                    receive_failures = receive_failures.saturating_add(1);
+                    let pause = receive_backoff(receive_failures);
+                    tracing::warn!(error = %e, ?pause, "receive failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+            while let Some(done) = tasks.try_join_next() {
+                log_task_failure(done);
+            }
+        }
+
+        let drained = tokio::time::timeout(self.grace, async {
+            while let Some(done) = tasks.join_next().await {
+                log_task_failure(done);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            let cancelled = tasks.len() as u64;
+            tracing::warn!(cancelled, grace = ?self.grace,
+                "handlers still running after the grace period; their messages will be redelivered");
+            stats.abandoned.fetch_add(cancelled, Ordering::Relaxed);
+            tasks.shutdown().await;
+        }
+        if let Err(e) = self.consumer.close().await {
+            tracing::warn!(error = %e, "closing the consumer failed");
+        }
+        outcome.map(|()| stats.report())
+    }
+}
+
+async fn handle(delivery: Delivery, handler: BoxHandler, stats: &Stats) {
+    let attempt = AssertUnwindSafe(handler.call(delivery.received().clone()));
+    let settlement = match attempt.catch_unwind().await {
+        Ok(Ok(())) => Settlement::Ack,
+        Ok(Err(e)) if e.is_permanent() => Settlement::DeadLetter {
+            reason: e.to_string(),
+        },
+        Ok(Err(e)) => Settlement::Nack {
+            delay: e.requested_delay(),
+        },
+        // A layer panicked outside the innermost catch: retry the message.
+        Err(_) => Settlement::Nack { delay: None },
+    };
+    let counter = match &settlement {
+        Settlement::Ack => &stats.acked,
+        Settlement::Nack { .. } => &stats.nacked,
+        Settlement::DeadLetter { .. } => &stats.dead_lettered,
+    };
+    let id = delivery.id().to_owned();
+    match delivery.settle(settlement).await {
+        Ok(()) => {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats.settle_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%id, error = %e, "settlement failed; the broker will redeliver");
+        }
+    }
+}
+
+fn log_task_failure(done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if !e.is_cancelled() {
+            tracing::error!(error = %e, "handler task failed");
+        }
+    }
+}
+
+fn receive_backoff(failures: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1u64 << failures.min(6));
+    Duration::from_millis(ms.min(5_000))
+}
+
+impl<C: fmt::Debug> fmt::Debug for Worker<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("consumer", &self.consumer)
+            .field("layers", &self.layers.len())
+            .field("concurrency", &self.concurrency)
+            .field("grace", &self.grace)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    received: AtomicU64,
+    acked: AtomicU64,
+    nacked: AtomicU64,
+    dead_lettered: AtomicU64,
+    settle_failures: AtomicU64,
+    abandoned: AtomicU64,
+}
+
+impl Stats {
+    fn report(&self) -> WorkerReport {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WorkerReport {
+            received: get(&self.received),
+            acked: get(&self.acked),
+            nacked: get(&self.nacked),
+            dead_lettered: get(&self.dead_lettered),
+            settle_failures: get(&self.settle_failures),
+            abandoned: get(&self.abandoned),
+        }
+    }
+}
+
+/// What a worker did before it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerReport {
+    /// Deliveries received.
+    pub received: u64,
+    /// Deliveries acked (handled, or duplicates skipped).
+    pub acked: u64,
+    /// Deliveries nacked for redelivery.
+    pub nacked: u64,
+    /// Deliveries moved to the dead-letter destination.
+    pub dead_lettered: u64,
+    /// Settlements the broker refused (the message will be redelivered).
+    pub settle_failures: u64,
+    /// Handlers cancelled at the end of the grace period (redelivered).
+    pub abandoned: u64,
+}
