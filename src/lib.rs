@@ -31,9 +31,19 @@ pub use mq_core::*;
 /// registered as hints, so connecting to one says which feature adds it.
 pub fn registry() -> Registry {
     let mut registry = Registry::with_memory();
-    hint_backend(&mut registry, &["amqp", "amqps"], "rabbit", cfg!(feature = "rabbit"));
+    hint_backend(
+        &mut registry,
+        &["amqp", "amqps"],
+        "rabbit",
+        cfg!(feature = "rabbit"),
+    );
     hint_backend(&mut registry, &["kafka"], "kafka", cfg!(feature = "kafka"));
-    hint_backend(&mut registry, &["sqs", "sqs+http"], "sqs", cfg!(feature = "sqs"));
+    hint_backend(
+        &mut registry,
+        &["sqs", "sqs+http"],
+        "sqs",
+        cfg!(feature = "sqs"),
+    );
     registry
 }
 

@@ -17,7 +17,10 @@ async fn unknown_scheme_lists_supported_schemes_and_the_feature_to_enable() {
     }
     assert!(!text.contains("hunter2"), "{text}");
     let err = mq::connect("nats://localhost").await.expect_err("unknown");
-    assert!(err.to_string().contains("no backend for URL scheme `nats`"), "{err}");
+    assert!(
+        err.to_string().contains("no backend for URL scheme `nats`"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -25,8 +28,14 @@ async fn malformed_urls_and_unknown_options_are_config_errors() {
     for (url, expect) in [
         ("", "invalid URL"),
         ("not a url", "invalid URL"),
-        ("memory://x?capacity=many", "`capacity` has invalid value `many`"),
-        ("memory://x?prefetch=1", "unknown memory URL option `prefetch`"),
+        (
+            "memory://x?capacity=many",
+            "`capacity` has invalid value `many`",
+        ),
+        (
+            "memory://x?prefetch=1",
+            "unknown memory URL option `prefetch`",
+        ),
         ("memory://x?capacity=0", "at least 1"),
     ] {
         let err = mq::connect(url).await.expect_err(url);
@@ -41,12 +50,18 @@ async fn credentials_never_show_in_errors_or_debug() {
         .await
         .expect_err("memory takes no credentials");
     let shown = format!("{err} {err:?}");
-    assert!(!shown.contains("s3cr3t-pw") && !shown.contains("t0ps3cret"), "{shown}");
+    assert!(
+        !shown.contains("s3cr3t-pw") && !shown.contains("t0ps3cret"),
+        "{shown}"
+    );
     let err = mq::connect("amqp://admin:s3cr3t-pw@[::1:5672/?token=t0ps3cret")
         .await
         .expect_err("malformed");
     let shown = format!("{err} {err:?}");
-    assert!(!shown.contains("s3cr3t-pw") && !shown.contains("t0ps3cret"), "{shown}");
+    assert!(
+        !shown.contains("s3cr3t-pw") && !shown.contains("t0ps3cret"),
+        "{shown}"
+    );
 }
 
 #[tokio::test]
@@ -54,12 +69,19 @@ async fn the_same_memory_name_is_the_same_broker() {
     let name = format!("memory://shared-{}", uuid::Uuid::new_v4().simple());
     let a = mq::connect(&name).await.expect("connect a");
     let b = mq::connect(&name).await.expect("connect b");
-    a.producer().await.expect("producer").send("q", Message::new("hi")).await.expect("send");
+    a.producer()
+        .await
+        .expect("producer")
+        .send("q", Message::new("hi"))
+        .await
+        .expect("send");
     let mut c = b.consumer("q").await.expect("consumer");
     let d = mq::Consumer::receive(&mut c).await.expect("receive");
     assert_eq!(d.payload().as_ref(), b"hi");
     d.ack().await.expect("ack");
     assert!(format!("{a:?}").contains("MemoryBroker"), "{a:?}");
-    let err = mq::connect(&format!("{name}?capacity=3")).await.expect_err("reopen with other config");
+    let err = mq::connect(&format!("{name}?capacity=3"))
+        .await
+        .expect_err("reopen with other config");
     assert_eq!(err.kind(), ErrorKind::Config);
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use mq::middleware::{DedupLayer, MemoryDedupStore, RetryLayer, RetryPolicy, TimeoutLayer};
 use mq::{
-    headers, BoxHandler, CancellationToken, Client, Consumer, Handler, HandlerError, Layer, Message,
-    Producer, Received, Worker,
+    headers, BoxHandler, CancellationToken, Client, Consumer, Handler, HandlerError, Layer,
+    Message, Producer, Received, Worker,
 };
 use parking_lot::Mutex;
 
@@ -26,7 +26,11 @@ async fn send_n(client: &Client, dest: &str, n: usize) -> Vec<String> {
     let producer = client.producer().await.expect("producer");
     let msgs: Vec<Message> = (0..n).map(|i| Message::new(format!("job {i}"))).collect();
     let ids = msgs.iter().map(|m| m.id().to_owned()).collect();
-    producer.send_batch(dest, msgs).await.into_result().expect("send");
+    producer
+        .send_batch(dest, msgs)
+        .await
+        .into_result()
+        .expect("send");
     ids
 }
 
@@ -34,7 +38,10 @@ async fn send_n(client: &Client, dest: &str, n: usize) -> Vec<String> {
 async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -87,10 +94,18 @@ async fn graceful_shutdown_finishes_in_flight_and_loses_nothing() {
     token.cancel();
     let report = worker.await.expect("join").expect("worker");
     let finished = done.lock().clone();
-    assert_eq!(report.received as usize, finished.len(), "every received message finished");
+    assert_eq!(
+        report.received as usize,
+        finished.len(),
+        "every received message finished"
+    );
     assert_eq!(report.acked, report.received);
     assert_eq!(report.abandoned, 0);
-    assert!(finished.len() >= 8 && finished.len() < 40, "stopped early: {}", finished.len());
+    assert!(
+        finished.len() >= 8 && finished.len() < 40,
+        "stopped early: {}",
+        finished.len()
+    );
 
     let rest = drain(&client, &dest).await;
     let mut all: Vec<String> = finished;
@@ -98,7 +113,10 @@ async fn graceful_shutdown_finishes_in_flight_and_loses_nothing() {
     all.sort();
     let mut expected = ids;
     expected.sort();
-    assert_eq!(all, expected, "every message handled exactly once across the two runs");
+    assert_eq!(
+        all, expected,
+        "every message handled exactly once across the two runs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +153,10 @@ async fn handlers_past_the_grace_period_are_redelivered() {
     let mut expected = ids;
     expected.sort();
     assert_eq!(got, expected);
-    assert!(again.iter().all(|r| r.attempt() == 2), "redelivered as attempt 2");
+    assert!(
+        again.iter().all(|r| r.attempt() == 2),
+        "redelivered as attempt 2"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +178,11 @@ async fn a_panicking_handler_is_retried_and_the_worker_survives() {
     };
     let consumer = client.consumer(&dest).await.expect("consumer");
     let token = CancellationToken::new();
-    let worker = tokio::spawn(Worker::new(consumer, handler).concurrency(2).run(token.clone()));
+    let worker = tokio::spawn(
+        Worker::new(consumer, handler)
+            .concurrency(2)
+            .run(token.clone()),
+    );
     eventually("all five to succeed", || ok.load(Ordering::SeqCst) == 5).await;
     token.cancel();
     let report = worker.await.expect("join").expect("worker");
@@ -170,16 +195,29 @@ async fn retry_then_dead_letter_with_reason_headers() {
     let client = client().await;
     let dest = unique("orders");
     let producer = client.producer().await.expect("producer");
-    producer.send(&dest, Message::new("flaky").with_id("flaky")).await.expect("send");
-    producer.send(&dest, Message::new("poison").with_id("poison")).await.expect("send");
-    producer.send(&dest, Message::new("invalid").with_id("invalid")).await.expect("send");
+    producer
+        .send(&dest, Message::new("flaky").with_id("flaky"))
+        .await
+        .expect("send");
+    producer
+        .send(&dest, Message::new("poison").with_id("poison"))
+        .await
+        .expect("send");
+    producer
+        .send(&dest, Message::new("invalid").with_id("invalid"))
+        .await
+        .expect("send");
 
     let attempts = Arc::new(Mutex::new(HashMap::<String, Vec<u32>>::new()));
     let a = attempts.clone();
     let handler = move |m: Received| {
         let attempts = a.clone();
         async move {
-            attempts.lock().entry(m.id().to_owned()).or_default().push(m.attempt());
+            attempts
+                .lock()
+                .entry(m.id().to_owned())
+                .or_default()
+                .push(m.attempt());
             match (m.text()?, m.attempt()) {
                 ("flaky", 1 | 2) => Err(HandlerError::transient("flaky backend")),
                 ("flaky", _) => Ok(()),
@@ -211,20 +249,30 @@ async fn retry_then_dead_letter_with_reason_headers() {
         dead.insert(d.id().to_owned(), d.received().clone());
         d.ack().await.expect("ack");
     }
-    eventually("flaky to succeed", || attempts.lock().get("flaky").map(Vec::len) == Some(3)).await;
+    eventually("flaky to succeed", || {
+        attempts.lock().get("flaky").map(Vec::len) == Some(3)
+    })
+    .await;
     token.cancel();
     let report = worker.await.expect("join").expect("worker");
 
     let attempts = attempts.lock().clone();
     assert_eq!(attempts["flaky"], [1, 2, 3]);
-    assert_eq!(attempts["poison"], [1, 2, 3, 4], "retried up to max_attempts");
+    assert_eq!(
+        attempts["poison"],
+        [1, 2, 3, 4],
+        "retried up to max_attempts"
+    );
     assert_eq!(attempts["invalid"], [1], "permanent errors are not retried");
     let poison = &dead["poison"];
     assert_eq!(
         poison.headers().get(headers::DEAD_LETTER_REASON),
         Some("gave up after 4 attempts: always down")
     );
-    assert_eq!(poison.headers().get(headers::ORIGINAL_SOURCE), Some(dest.as_str()));
+    assert_eq!(
+        poison.headers().get(headers::ORIGINAL_SOURCE),
+        Some(dest.as_str())
+    );
     assert_eq!(poison.headers().get(headers::ATTEMPT), Some("4"));
     assert_eq!(poison.payload().as_ref(), b"poison");
     assert_eq!(
@@ -242,9 +290,15 @@ async fn dedup_in_a_worker_runs_a_duplicate_once() {
     let dest = unique("emails");
     let producer = client.producer().await.expect("producer");
     for _ in 0..3 {
-        producer.send(&dest, Message::new("welcome").with_id("email-1")).await.expect("send");
+        producer
+            .send(&dest, Message::new("welcome").with_id("email-1"))
+            .await
+            .expect("send");
     }
-    producer.send(&dest, Message::new("other").with_id("email-2")).await.expect("send");
+    producer
+        .send(&dest, Message::new("other").with_id("email-2"))
+        .await
+        .expect("send");
     let runs = Arc::new(AtomicU32::new(0));
     let r = runs.clone();
     let handler = move |_m: Received| {
@@ -264,11 +318,18 @@ async fn dedup_in_a_worker_runs_a_duplicate_once() {
             .layer(RetryLayer::new(RetryPolicy::immediate()))
             .run(token.clone()),
     );
-    eventually("all four messages to be handled", || settled.load(Ordering::SeqCst) == 4).await;
+    eventually("all four messages to be handled", || {
+        settled.load(Ordering::SeqCst) == 4
+    })
+    .await;
     token.cancel();
     let report = worker.await.expect("join").expect("worker");
     assert_eq!(report.acked, 4, "duplicates are acked");
-    assert_eq!(runs.load(Ordering::SeqCst), 2, "the handler ran once per id");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "the handler ran once per id"
+    );
 }
 
 /// An outermost layer counting every outcome, duplicates included.

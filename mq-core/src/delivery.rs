@@ -181,9 +181,8 @@ impl Received {
 
     /// The payload as UTF-8 text.
     pub fn text(&self) -> Result<&str> {
-        std::str::from_utf8(&self.payload).map_err(|e| {
-            Error::decode(format!("message {} is not UTF-8", self.id)).with_source(e)
-        })
+        std::str::from_utf8(&self.payload)
+            .map_err(|e| Error::decode(format!("message {} is not UTF-8", self.id)).with_source(e))
     }
 
     /// A new message with this one's payload, headers, key, id and content
@@ -212,7 +211,10 @@ impl Received {
             h.insert(headers::ORIGINAL_GROUP, g.clone());
         }
         h.insert(headers::ATTEMPT, self.attempt.to_string());
-        h.insert(headers::DEAD_LETTERED_AT, unix_millis(SystemTime::now()).to_string());
+        h.insert(
+            headers::DEAD_LETTERED_AT,
+            unix_millis(SystemTime::now()).to_string(),
+        );
         m
     }
 }
@@ -365,11 +367,7 @@ mod tests {
         drop(delivery(&rec, "c"));
         assert_eq!(
             *rec.0.lock(),
-            [
-                "a:Ack",
-                "b:Nack { delay: Some(1s) }",
-                "c:abandoned"
-            ]
+            ["a:Ack", "b:Nack { delay: Some(1s) }", "c:abandoned"]
         );
     }
 
@@ -381,7 +379,9 @@ mod tests {
         assert!(!err.is_retryable());
         let r = Received::new("q", Message::new("{}").with_content_type("text/plain"), 1);
         assert_eq!(
-            r.json::<serde_json::Value>().expect_err("wrong type").kind(),
+            r.json::<serde_json::Value>()
+                .expect_err("wrong type")
+                .kind(),
             crate::ErrorKind::Decode
         );
     }

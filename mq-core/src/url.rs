@@ -329,7 +329,10 @@ mod tests {
     #[test]
     fn unparsable_urls_are_redacted_too() {
         let shown = redact_str("amqp://user:hunter2@[bad/vh?token=t0k");
-        assert!(!shown.contains("hunter2") && !shown.contains("t0k"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("t0k"),
+            "{shown}"
+        );
         let err = RedactedUrl::parse("amqp://user:hunter2@[bad").expect_err("bad");
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
@@ -359,7 +362,9 @@ mod tests {
         let url = Url::parse("memory://x?capacity=lots").expect("url");
         let mut o = UrlOptions::new("memory", &url).expect("opts");
         let err = o.take::<usize>("capacity").expect_err("invalid");
-        assert!(err.message().contains("`capacity` has invalid value `lots`"));
+        assert!(err
+            .message()
+            .contains("`capacity` has invalid value `lots`"));
         let url = Url::parse("memory://x?a=1&a=2").expect("url");
         assert!(UrlOptions::new("memory", &url).is_err());
         let url = Url::parse("kafka://h?password=hunter2x").expect("url");

@@ -94,10 +94,7 @@ impl<C: Consumer + 'static> Worker<C> {
     /// failed permanently (a closed consumer or bad configuration); transient
     /// receive errors are logged and retried with backoff.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<WorkerReport> {
-        let handler = apply_layers(
-            CatchPanicLayer.layer(self.handler.clone()),
-            &self.layers,
-        );
+        let handler = apply_layers(CatchPanicLayer.layer(self.handler.clone()), &self.layers);
         let stats = Arc::new(Stats::default());
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut tasks = JoinSet::new();

@@ -88,7 +88,9 @@ impl MemoryConfig {
         let mut config = MemoryConfig::default();
         if let Some(c) = opts.take::<usize>("capacity")? {
             if c == 0 {
-                return Err(Error::config("memory URL option `capacity` must be at least 1"));
+                return Err(Error::config(
+                    "memory URL option `capacity` must be at least 1",
+                ));
             }
             config.capacity = c;
         }
@@ -180,9 +182,7 @@ impl MemoryBroker {
 
     /// A consumer of this broker.
     pub fn consumer(&self, options: ConsumerOptions) -> MemoryConsumer {
-        let queue = self
-            .inner
-            .queue(&options.source, options.group.as_deref());
+        let queue = self.inner.queue(&options.source, options.group.as_deref());
         let permits = Arc::new(Semaphore::new(options.prefetch.max(1)));
         MemoryConsumer {
             settler: Arc::new(MemorySettler {
@@ -258,12 +258,14 @@ impl BrokerInner {
         }
         let size = message.encoded_len();
         if size > self.config.max_message_size {
-            return Err(
-                Error::too_large(size, self.config.max_message_size, "memory max_message_size")
-                    .with_backend(BACKEND)
-                    .with_operation("send")
-                    .with_destination(destination),
-            );
+            return Err(Error::too_large(
+                size,
+                self.config.max_message_size,
+                "memory max_message_size",
+            )
+            .with_backend(BACKEND)
+            .with_operation("send")
+            .with_destination(destination));
         }
         Ok(())
     }
@@ -304,13 +306,14 @@ impl Backend for MemoryBroker {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::default();
-        c.delayed_delivery = true;
-        c.ordering_key = true;
-        c.pub_sub = true;
-        c.max_message_size = Some(self.inner.config.max_message_size);
-        c.max_batch = self.inner.config.capacity;
-        c
+        Capabilities {
+            delayed_delivery: true,
+            ordering_key: true,
+            pub_sub: true,
+            max_message_size: Some(self.inner.config.max_message_size),
+            max_batch: self.inner.config.capacity,
+            ..Capabilities::default()
+        }
     }
 
     async fn producer(&self) -> Result<DynProducer> {

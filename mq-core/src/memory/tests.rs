@@ -24,9 +24,12 @@ async fn nothing_within(c: &mut MemoryConsumer, wait: Duration) {
 async fn messages_sent_before_the_first_consumer_are_kept() {
     let b = broker();
     let p = b.producer();
-    p.send("jobs", Message::new("one").with_key("k").with_header("h", "v"))
-        .await
-        .expect("send");
+    p.send(
+        "jobs",
+        Message::new("one").with_key("k").with_header("h", "v"),
+    )
+    .await
+    .expect("send");
     let mut c = b.consumer(ConsumerOptions::new("jobs"));
     let d = recv(&mut c).await;
     assert_eq!(d.payload().as_ref(), b"one");
@@ -41,7 +44,10 @@ async fn messages_sent_before_the_first_consumer_are_kept() {
 #[tokio::test]
 async fn dropped_delivery_is_redelivered_with_next_attempt() {
     let b = broker();
-    b.producer().send("q", Message::new("x")).await.expect("send");
+    b.producer()
+        .send("q", Message::new("x"))
+        .await
+        .expect("send");
     let mut c = b.consumer(ConsumerOptions::new("q"));
     let first = recv(&mut c).await;
     let id = first.id().to_owned();
@@ -55,7 +61,10 @@ async fn dropped_delivery_is_redelivered_with_next_attempt() {
 #[tokio::test]
 async fn delivery_settled_from_another_task_after_receiver_ended() {
     let b = broker();
-    b.producer().send("q", Message::new("x")).await.expect("send");
+    b.producer()
+        .send("q", Message::new("x"))
+        .await
+        .expect("send");
     let mut c = b.consumer(ConsumerOptions::new("q"));
     let d = tokio::spawn(async move { recv(&mut c).await })
         .await
@@ -70,7 +79,10 @@ async fn delivery_settled_from_another_task_after_receiver_ended() {
 #[tokio::test(start_paused = true)]
 async fn delayed_nack_is_not_redelivered_early() {
     let b = broker();
-    b.producer().send("q", Message::new("x")).await.expect("send");
+    b.producer()
+        .send("q", Message::new("x"))
+        .await
+        .expect("send");
     let mut c = b.consumer(ConsumerOptions::new("q"));
     recv(&mut c)
         .await
@@ -111,7 +123,10 @@ async fn dead_letter_moves_to_dlq_with_reason() {
     let mut dlq = b.consumer(ConsumerOptions::new("orders-dlq"));
     let d = recv(&mut dlq).await;
     assert_eq!(d.id(), "m1");
-    assert_eq!(d.headers().get(headers::DEAD_LETTER_REASON), Some("cannot parse"));
+    assert_eq!(
+        d.headers().get(headers::DEAD_LETTER_REASON),
+        Some("cannot parse")
+    );
     assert_eq!(d.headers().get(headers::ORIGINAL_SOURCE), Some("orders"));
 }
 
@@ -123,7 +138,9 @@ async fn groups_each_get_a_copy_and_members_compete() {
     let mut g = b.consumer(ConsumerOptions::new("t").group("g"));
     let p = b.producer();
     for i in 0..10 {
-        p.send("t", Message::new(format!("{i}"))).await.expect("send");
+        p.send("t", Message::new(format!("{i}")))
+            .await
+            .expect("send");
     }
     let mut a_count = 0;
     for _ in 0..5 {
@@ -157,13 +174,15 @@ async fn prefetch_bounds_unsettled_deliveries() {
 
 #[tokio::test]
 async fn send_waits_when_queue_is_full() {
-    let mut config = MemoryConfig::default();
-    config.capacity = 2;
-    let b = MemoryBroker::new(config);
+    let b = MemoryBroker::new(MemoryConfig {
+        capacity: 2,
+        ..MemoryConfig::default()
+    });
     let p = b.producer();
     p.send("q", Message::new("1")).await.expect("send");
     p.send("q", Message::new("2")).await.expect("send");
-    let blocked = tokio::time::timeout(Duration::from_millis(50), p.send("q", Message::new("3"))).await;
+    let blocked =
+        tokio::time::timeout(Duration::from_millis(50), p.send("q", Message::new("3"))).await;
     assert!(blocked.is_err(), "third send must wait for capacity");
     let mut c = b.consumer(ConsumerOptions::new("q"));
     recv(&mut c).await.ack().await.expect("ack");
@@ -175,9 +194,10 @@ async fn send_waits_when_queue_is_full() {
 
 #[tokio::test]
 async fn oversized_message_is_rejected_before_sending() {
-    let mut config = MemoryConfig::default();
-    config.max_message_size = 100;
-    let b = MemoryBroker::new(config);
+    let b = MemoryBroker::new(MemoryConfig {
+        max_message_size: 100,
+        ..MemoryConfig::default()
+    });
     let p = b.producer();
     let exact = Message::new(vec![0u8; 10]).with_id("x".repeat(90));
     assert_eq!(exact.encoded_len(), 100);
@@ -197,9 +217,15 @@ async fn receive_batch_takes_several() {
         .await;
     assert_eq!(report.sent(), 5);
     let mut c = b.consumer(ConsumerOptions::new("q").prefetch(3));
-    let batch = c.receive_batch(10, Duration::from_secs(1)).await.expect("batch");
+    let batch = c
+        .receive_batch(10, Duration::from_secs(1))
+        .await
+        .expect("batch");
     assert_eq!(batch.len(), 3, "bounded by prefetch");
-    let payloads: Vec<_> = batch.iter().map(|d| d.text().expect("utf8").to_owned()).collect();
+    let payloads: Vec<_> = batch
+        .iter()
+        .map(|d| d.text().expect("utf8").to_owned())
+        .collect();
     assert_eq!(payloads, ["0", "1", "2"]);
 }
 
@@ -208,7 +234,10 @@ async fn closed_consumer_refuses_receive() {
     let b = broker();
     let mut c = b.consumer(ConsumerOptions::new("q"));
     c.close().await.expect("close");
-    assert_eq!(c.receive().await.expect_err("closed").kind(), ErrorKind::Closed);
+    assert_eq!(
+        c.receive().await.expect_err("closed").kind(),
+        ErrorKind::Closed
+    );
 }
 
 #[test]
@@ -220,7 +249,10 @@ fn url_options_are_strict() {
     assert_eq!(parse("memory://").expect("default").0, "default");
     let err = parse("memory://x?capcity=5").expect_err("typo");
     assert!(err.message().contains("`capcity`"), "{err}");
-    assert!(err.message().contains("capacity, max_message_size"), "{err}");
+    assert!(
+        err.message().contains("capacity, max_message_size"),
+        "{err}"
+    );
     assert!(parse("memory://x?capacity=0").is_err());
     let err = parse("memory://u:hunter2@x").expect_err("credentials");
     assert!(!err.to_string().contains("hunter2"));

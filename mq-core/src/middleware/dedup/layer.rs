@@ -116,7 +116,9 @@ impl Handler for Dedup {
                         match store.renew(&key, token, lease).await {
                             Ok(true) => {}
                             Ok(false) => break,
-                            Err(e) => tracing::warn!(%key, error = %e, "dedup lease renewal failed"),
+                            Err(e) => {
+                                tracing::warn!(%key, error = %e, "dedup lease renewal failed")
+                            }
                         }
                     }
                     futures::future::pending::<()>().await
@@ -141,5 +143,7 @@ impl Handler for Dedup {
 
 /// The renewal future never completes; this keeps `select!` total.
 fn unreachable_renew() -> HandlerResult {
-    Err(HandlerError::transient("dedup lease renewal ended unexpectedly"))
+    Err(HandlerError::transient(
+        "dedup lease renewal ended unexpectedly",
+    ))
 }

@@ -73,15 +73,13 @@ impl MemoryDedupStore {
     /// Runs `f` atomically on the live entry of `key` (expired entries read as absent).
     fn update<R>(&self, key: &str, f: impl FnOnce(Option<Entry>, Instant) -> (Op<Entry>, R)) -> R {
         let mut out = None;
-        self.entries
-            .entry_by_ref(key)
-            .and_compute_with(|current| {
-                let now = Instant::now();
-                let live = current.map(|e| e.into_value()).filter(|e| e.live(now));
-                let (op, r) = f(live, now);
-                out = Some(r);
-                op
-            });
+        self.entries.entry_by_ref(key).and_compute_with(|current| {
+            let now = Instant::now();
+            let live = current.map(|e| e.into_value()).filter(|e| e.live(now));
+            let (op, r) = f(live, now);
+            out = Some(r);
+            op
+        });
         out.expect("and_compute_with calls its closure exactly once")
     }
 }
@@ -110,7 +108,10 @@ impl DedupStore for MemoryDedupStore {
             Some(Entry {
                 state: State::Leased(_),
                 until,
-            }) => (Op::Nop, Claim::InProgress(until.saturating_duration_since(now))),
+            }) => (
+                Op::Nop,
+                Claim::InProgress(until.saturating_duration_since(now)),
+            ),
             None => {
                 let token = LeaseToken::random();
                 let entry = Entry {

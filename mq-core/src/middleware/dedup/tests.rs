@@ -36,8 +36,12 @@ async fn same_id_runs_once() {
 async fn groups_dedup_independently_and_key_fn_is_used() {
     let calls = Arc::new(AtomicU32::new(0));
     let h = DedupLayer::new(MemoryDedupStore::new()).layer(counting(calls.clone(), Duration::ZERO));
-    h.call(msg("a").with_group(Some("g1".into()))).await.expect("g1");
-    h.call(msg("a").with_group(Some("g2".into()))).await.expect("g2");
+    h.call(msg("a").with_group(Some("g1".into())))
+        .await
+        .expect("g1");
+    h.call(msg("a").with_group(Some("g2".into())))
+        .await
+        .expect("g2");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 
     let calls = Arc::new(AtomicU32::new(0));
@@ -45,7 +49,10 @@ async fn groups_dedup_independently_and_key_fn_is_used() {
         .key_fn(|m| String::from_utf8_lossy(m.payload()).into_owned())
         .layer(counting(calls.clone(), Duration::ZERO));
     by_payload.call(msg("1")).await.expect("first");
-    by_payload.call(msg("2")).await.expect("same payload, other id");
+    by_payload
+        .call(msg("2"))
+        .await
+        .expect("same payload, other id");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
@@ -91,7 +98,10 @@ async fn crash_mid_handler_lets_redelivery_run_after_lease_expiry() {
     assert_eq!(calls.load(Ordering::SeqCst), 1, "not run while leased");
 
     tokio::time::sleep(wait + Duration::from_millis(50)).await;
-    quick.call(msg("a")).await.expect("runs after the lease expired");
+    quick
+        .call(msg("a"))
+        .await
+        .expect("runs after the lease expired");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     quick.call(msg("a")).await.expect("now a duplicate");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -110,7 +120,9 @@ async fn lease_is_renewed_while_a_long_handler_runs() {
         "a duplicate during a long run must wait, not run"
     );
     running.await.expect("join").expect("long run succeeds");
-    dup.call(msg("a")).await.expect("duplicate after completion is acked");
+    dup.call(msg("a"))
+        .await
+        .expect("duplicate after completion is acked");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 

@@ -45,7 +45,10 @@ impl Handler for Retry {
         let policy = self.policy.clone();
         Box::pin(async move {
             let per_delivery = policy.get_in_process_attempts();
-            let earlier = message.attempt().saturating_sub(1).saturating_mul(per_delivery);
+            let earlier = message
+                .attempt()
+                .saturating_sub(1)
+                .saturating_mul(per_delivery);
             let mut run = 0;
             loop {
                 run += 1;

@@ -14,7 +14,10 @@ fn exponential_schedule_grows_and_caps() {
         .without_jitter();
     let delays: Vec<u128> = (1..=6).map(|n| p.delay(n).as_millis()).collect();
     assert_eq!(delays, [100, 200, 400, 500, 500, 500]);
-    assert_eq!(RetryPolicy::fixed(Duration::from_secs(2)).delay(7), Duration::from_secs(2));
+    assert_eq!(
+        RetryPolicy::fixed(Duration::from_secs(2)).delay(7),
+        Duration::from_secs(2)
+    );
     assert_eq!(RetryPolicy::immediate().delay(3), Duration::ZERO);
 }
 
@@ -116,7 +119,9 @@ async fn messages_older_than_max_elapsed_are_dead_lettered() {
             .max_elapsed(Duration::from_secs(60)),
     )
     .layer(inner);
-    let old = msg(1).with_timestamp(Some(std::time::SystemTime::now() - Duration::from_secs(120)));
+    let old = msg(1).with_timestamp(Some(
+        std::time::SystemTime::now() - Duration::from_secs(120),
+    ));
     let err = h.call(old).await.expect_err("fails");
     assert!(err.is_permanent(), "{err}");
     let fresh = msg(1).with_timestamp(Some(std::time::SystemTime::now()));
