@@ -65,6 +65,8 @@ pub struct Received {
     pub(crate) attempt: u32,
     pub(crate) timestamp: Option<SystemTime>,
     pub(crate) metadata: Option<Arc<dyn Any + Send + Sync>>,
+    /// The in-memory backend's per-consumer delivery tag.
+    pub(crate) tag: u64,
 }
 
 impl Received {
@@ -84,6 +86,7 @@ impl Received {
             attempt: attempt.max(1),
             timestamp: None,
             metadata: None,
+            tag: 0,
         }
     }
 
@@ -249,6 +252,15 @@ impl fmt::Debug for Received {
 ///
 /// Dereferences to [`Received`] for the message fields. Settle it with one of
 /// the consuming methods; it may be moved to and settled from any task.
+///
+/// Settling twice does not compile:
+///
+/// ```compile_fail
+/// # async fn twice(delivery: mq_core::Delivery) -> mq_core::Result<()> {
+/// delivery.ack().await?;
+/// delivery.nack().await?; // error[E0382]: use of moved value: `delivery`
+/// # Ok(()) }
+/// ```
 pub struct Delivery {
     received: Received,
     settler: Option<Arc<dyn Settler>>,

@@ -189,6 +189,7 @@ impl MemoryBroker {
                 queue,
                 permits,
                 broker: self.inner.clone(),
+                outstanding: Mutex::new(Outstanding::default()),
             }),
             closed: false,
         }
@@ -275,9 +276,13 @@ impl BrokerInner {
         let delay = message.delay();
         let stored = Stored::new(message);
         let queues = self.queues(destination);
+        let mut reserved = Reservations(Vec::with_capacity(queues.len()));
         for queue in &queues {
             queue.reserve().await;
+            reserved.0.push(queue.clone());
         }
+        // Every queue has room: hand the reservations over to the messages.
+        reserved.0.clear();
         for queue in queues {
             match delay {
                 Some(d) => queue.push_after(stored.clone(), d),
@@ -295,6 +300,18 @@ impl BrokerInner {
         for queue in queues {
             queue.reserve_now();
             queue.push_back(stored.clone());
+        }
+    }
+}
+
+/// Capacity taken by a send that has not pushed yet; given back if the send
+/// is cancelled while waiting for room in another group's queue.
+struct Reservations(Vec<Arc<Queue>>);
+
+impl Drop for Reservations {
+    fn drop(&mut self) {
+        for queue in self.0.drain(..) {
+            queue.release();
         }
     }
 }
@@ -360,6 +377,7 @@ pub struct MemoryConsumer {
 impl MemoryConsumer {
     fn deliver(&self, stored: Stored) -> Delivery {
         let q = &self.settler.queue;
+        let tag = self.settler.track(&stored);
         let received = Received {
             payload: stored.payload,
             headers: stored.headers,
@@ -371,6 +389,7 @@ impl MemoryConsumer {
             attempt: stored.delivered.max(1),
             timestamp: Some(stored.sent_at),
             metadata: None,
+            tag,
         };
         Delivery::new(received, self.settler.clone())
     }
@@ -432,11 +451,18 @@ impl Consumer for MemoryConsumer {
         }
     }
 
+    /// Stops receiving and returns every unsettled delivery to the queue
+    /// (as a broker does when a consumer's channel closes). Settling one of
+    /// them afterwards fails with [`ErrorKind::Closed`]; dropping it does nothing.
     async fn close(&mut self) -> Result<()> {
-        self.closed = true;
+        if !self.closed {
+            self.closed = true;
+            self.settler.return_outstanding();
+        }
         Ok(())
     }
 }
+
 
 /// Settles deliveries of one memory consumer.
 #[derive(Debug)]
@@ -445,19 +471,65 @@ struct MemorySettler {
     /// One permit per delivery the consumer may hold unsettled (prefetch).
     permits: Arc<Semaphore>,
     broker: Arc<BrokerInner>,
+    outstanding: Mutex<Outstanding>,
+}
+
+/// Deliveries handed out and not settled yet, by tag, so `close` can return them.
+#[derive(Debug, Default)]
+struct Outstanding {
+    next_tag: u64,
+    closed: bool,
+    by_tag: HashMap<u64, Stored>,
+}
+
+impl MemorySettler {
+    fn track(&self, stored: &Stored) -> u64 {
+        let mut o = self.outstanding.lock();
+        o.next_tag += 1;
+        let tag = o.next_tag;
+        o.by_tag.insert(tag, stored.clone());
+        tag
+    }
+
+    /// Takes the delivery out of the outstanding set; `None` once the consumer
+    /// closed and returned it to the queue already.
+    fn untrack(&self, delivery: &Delivery) -> Option<Stored> {
+        let stored = self.outstanding.lock().by_tag.remove(&delivery.tag);
+        if stored.is_some() {
+            self.permits.add_permits(1);
+        }
+        stored
+    }
+
+    fn return_outstanding(&self) {
+        let mut o = self.outstanding.lock();
+        o.closed = true;
+        let mut returned: Vec<(u64, Stored)> = o.by_tag.drain().collect();
+        drop(o);
+        // Oldest first at the front, as they were delivered.
+        returned.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
+        for (_, stored) in returned {
+            self.queue.push_front(stored);
+        }
+    }
 }
 
 #[async_trait]
 impl Settler for MemorySettler {
     async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()> {
+        let Some(stored) = self.untrack(delivery) else {
+            return Err(Error::closed(format!(
+                "consumer was closed; message {} went back to the queue",
+                delivery.id()
+            ))
+            .with_backend(BACKEND)
+            .with_operation("settle")
+            .with_destination(self.queue.source.clone()));
+        };
         match settlement {
             Settlement::Ack => self.queue.release(),
-            Settlement::Nack { delay: None } => {
-                self.queue.push_front(Stored::from_received(delivery))
-            }
-            Settlement::Nack { delay: Some(d) } => {
-                self.queue.push_after(Stored::from_received(delivery), d)
-            }
+            Settlement::Nack { delay: None } => self.queue.push_front(stored),
+            Settlement::Nack { delay: Some(d) } => self.queue.push_after(stored, d),
             Settlement::DeadLetter { reason } => {
                 let dlq = format!("{}-dlq", self.queue.source);
                 self.broker
@@ -465,13 +537,13 @@ impl Settler for MemorySettler {
                 self.queue.release();
             }
         }
-        self.permits.add_permits(1);
         Ok(())
     }
 
     fn abandon(&self, delivery: &Delivery) {
-        self.queue.push_front(Stored::from_received(delivery));
-        self.permits.add_permits(1);
+        if let Some(stored) = self.untrack(delivery) {
+            self.queue.push_front(stored);
+        }
     }
 }
 

@@ -7,7 +7,6 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::delivery::Received;
 use crate::message::{Headers, Message};
 
 /// A message held by a queue, with how many times it was delivered.
@@ -33,19 +32,6 @@ impl Stored {
             content_type: p.content_type,
             delivered: 0,
             sent_at: SystemTime::now(),
-        }
-    }
-
-    /// The message as it was delivered in `received`, to hold again.
-    pub(crate) fn from_received(r: &Received) -> Self {
-        Stored {
-            payload: r.payload.clone(),
-            headers: r.headers.clone(),
-            key: r.key.clone(),
-            id: r.id.clone(),
-            content_type: r.content_type.clone(),
-            delivered: r.attempt,
-            sent_at: r.timestamp.unwrap_or_else(SystemTime::now),
         }
     }
 }

@@ -257,3 +257,28 @@ fn url_options_are_strict() {
     let err = parse("memory://u:hunter2@x").expect_err("credentials");
     assert!(!err.to_string().contains("hunter2"));
 }
+
+#[tokio::test]
+async fn close_returns_unsettled_deliveries_and_acking_later_ones_settles_nothing_earlier() {
+    let b = broker();
+    let p = b.producer();
+    for id in ["a", "b", "c"] {
+        p.send("q", Message::new(id).with_id(id)).await.expect("send");
+    }
+    let mut c = b.consumer(ConsumerOptions::new("q"));
+    let a = recv(&mut c).await;
+    let bb = recv(&mut c).await;
+    recv(&mut c).await.ack().await.expect("ack c");
+    c.close().await.expect("close");
+    let err = a.ack().await.expect_err("settling after close fails");
+    assert_eq!(err.kind(), ErrorKind::Closed);
+    drop(bb); // returned at close already: must not be queued twice
+
+    let mut c2 = b.consumer(ConsumerOptions::new("q"));
+    let again: Vec<_> = c2
+        .receive_batch(10, Duration::from_millis(100))
+        .await
+        .expect("batch");
+    let ids: Vec<_> = again.iter().map(|d| (d.id().to_owned(), d.attempt())).collect();
+    assert_eq!(ids, [("a".to_owned(), 2), ("b".to_owned(), 2)]);
+}
