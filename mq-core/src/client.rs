@@ -11,6 +11,7 @@ use crate::capabilities::Capabilities;
 use crate::consumer::{ConsumerOptions, DynConsumer};
 use crate::error::Result;
 use crate::producer::DynProducer;
+use crate::rpc::ReplyChannel;
 
 /// What a backend implements: a connected broker that makes producers and
 /// consumers. Applications use it through [`Client`].
@@ -32,6 +33,18 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// broker has its own convention).
     fn dead_letter_destination(&self, source: &str) -> String {
         format!("{source}-dlq")
+    }
+
+    /// A private destination for replies and a consumer on it, for
+    /// [`Requester`](crate::rpc::Requester). The default makes an ordinary
+    /// destination `mq-reply-<uuid>`; backends with a native mechanism
+    /// (RabbitMQ direct reply-to) override it.
+    async fn reply_channel(&self) -> Result<ReplyChannel> {
+        let reply_to = format!("mq-reply-{}", crate::message::new_message_id());
+        let consumer = self
+            .consumer(ConsumerOptions::new(reply_to.clone()))
+            .await?;
+        Ok(ReplyChannel { reply_to, consumer })
     }
 
     /// Closes the connection; producers and consumers made from it stop working.

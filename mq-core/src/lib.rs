@@ -19,6 +19,7 @@ pub mod middleware;
 pub mod pipeline;
 pub mod producer;
 pub mod registry;
+pub mod rpc;
 pub mod url;
 pub mod worker;
 
@@ -32,4 +33,5 @@ pub use message::{headers, Headers, Message};
 pub use pipeline::{Pipeline, PipelineReport};
 pub use producer::{BatchReport, DynProducer, Producer, ProducerExt};
 pub use registry::Registry;
+pub use rpc::{reply, Requester};
 pub use worker::{CancellationToken, Worker, WorkerReport};

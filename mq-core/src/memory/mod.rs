@@ -463,7 +463,6 @@ impl Consumer for MemoryConsumer {
     }
 }
 
-
 /// Settles deliveries of one memory consumer.
 #[derive(Debug)]
 struct MemorySettler {

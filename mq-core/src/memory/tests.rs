@@ -263,7 +263,9 @@ async fn close_returns_unsettled_deliveries_and_acking_later_ones_settles_nothin
     let b = broker();
     let p = b.producer();
     for id in ["a", "b", "c"] {
-        p.send("q", Message::new(id).with_id(id)).await.expect("send");
+        p.send("q", Message::new(id).with_id(id))
+            .await
+            .expect("send");
     }
     let mut c = b.consumer(ConsumerOptions::new("q"));
     let a = recv(&mut c).await;
@@ -279,6 +281,9 @@ async fn close_returns_unsettled_deliveries_and_acking_later_ones_settles_nothin
         .receive_batch(10, Duration::from_millis(100))
         .await
         .expect("batch");
-    let ids: Vec<_> = again.iter().map(|d| (d.id().to_owned(), d.attempt())).collect();
+    let ids: Vec<_> = again
+        .iter()
+        .map(|d| (d.id().to_owned(), d.attempt()))
+        .collect();
     assert_eq!(ids, [("a".to_owned(), 2), ("b".to_owned(), 2)]);
 }
