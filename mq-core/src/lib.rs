@@ -20,6 +20,8 @@ pub mod pipeline;
 pub mod producer;
 pub mod registry;
 pub mod rpc;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod url;
 pub mod worker;
 

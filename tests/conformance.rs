@@ -1,0 +1,102 @@
+//! The conformance suite (`mq_core::testkit`) against every backend.
+//!
+//! memory:// always runs. A broker backend runs when its cargo feature is on
+//! and `MQ_TEST_<BACKEND>_URL` names a running broker (`scripts/brokers.sh
+//! start` prints them); otherwise it is reported as skipped, with why.
+//! `MQ_TEST_STRESS=N` runs N copies of each suite at once against the same
+//! broker; `MQ_TEST_FILTER=name` runs matching scenarios only.
+
+use std::io::Write;
+
+use mq_core::testkit::{run_stress, run_suite, SuiteReport, Target};
+
+fn stress_copies() -> usize {
+    std::env::var("MQ_TEST_STRESS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+async fn run(target: Target) -> SuiteReport {
+    match stress_copies() {
+        1 => run_suite(target).await,
+        n => {
+            eprintln!("stress mode: {n} suites at once against {}", target.backend);
+            run_stress(target, n).await
+        }
+    }
+}
+
+/// Prints past the test harness's output capture, so the per-backend line
+/// shows in every run, passing or not.
+fn announce(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn finish(report: SuiteReport) {
+    announce(&report.summary());
+    assert_eq!(
+        report.failed(),
+        0,
+        "failed scenarios:\n{}",
+        report.failures()
+    );
+}
+
+/// A backend that cannot run here: say so loudly and why.
+fn skipped(backend: &str, why: &str) {
+    announce(&format!(
+        "conformance {backend}: 0 passed, 0 failed, skipped ({why})"
+    ));
+}
+
+/// Why a broker backend is not tested, or its target.
+fn broker_target(backend: &str, env: &str, feature_on: bool) -> Result<Target, String> {
+    if !feature_on {
+        return Err(format!(
+            "not built: cargo feature `{}` is off",
+            backend_feature(backend)
+        ));
+    }
+    let url = std::env::var(format!("MQ_TEST_{env}_URL")).map_err(|_| {
+        format!("MQ_TEST_{env}_URL is not set; start brokers with scripts/brokers.sh")
+    })?;
+    let restart = std::env::var(format!("MQ_TEST_{env}_RESTART")).ok();
+    Ok(Target::new(backend, url, mq::registry()).with_restart_command(restart))
+}
+
+fn backend_feature(backend: &str) -> &'static str {
+    match backend {
+        "rabbitmq" => "rabbit",
+        "kafka" => "kafka",
+        _ => "sqs",
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_memory() {
+    let url = format!("memory://conformance-{}", uuid::Uuid::new_v4().simple());
+    finish(run(Target::new("memory", url, mq::registry())).await);
+}
+
+async fn broker_suite(backend: &str, env: &str, feature_on: bool) {
+    match broker_target(backend, env, feature_on) {
+        Ok(target) => finish(run(target).await),
+        Err(why) => skipped(backend, &why),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_rabbitmq() {
+    broker_suite("rabbitmq", "RABBIT", cfg!(feature = "rabbit")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_kafka() {
+    broker_suite("kafka", "KAFKA", cfg!(feature = "kafka")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_sqs() {
+    broker_suite("sqs", "SQS", cfg!(feature = "sqs")).await;
+}
