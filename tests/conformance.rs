@@ -8,6 +8,8 @@
 
 use std::io::Write;
 
+mod containers;
+
 use mq_core::testkit::{run_stress, run_suite, SuiteReport, Target};
 
 fn stress_copies() -> usize {
@@ -50,19 +52,33 @@ fn skipped(backend: &str, why: &str) {
     ));
 }
 
-/// Why a broker backend is not tested, or its target.
-fn broker_target(backend: &str, env: &str, feature_on: bool) -> Result<Target, String> {
+/// The target for a broker backend (and the container keeping it alive,
+/// if testcontainers started one), or why it cannot be tested here.
+async fn broker_target(
+    backend: &str,
+    env: &str,
+    feature_on: bool,
+) -> Result<(Target, Option<containers::Broker>), String> {
     if !feature_on {
         return Err(format!(
             "not built: cargo feature `{}` is off",
             backend_feature(backend)
         ));
     }
-    let url = std::env::var(format!("MQ_TEST_{env}_URL")).map_err(|_| {
-        format!("MQ_TEST_{env}_URL is not set; start brokers with scripts/brokers.sh")
-    })?;
     let restart = std::env::var(format!("MQ_TEST_{env}_RESTART")).ok();
-    Ok(Target::new(backend, url, mq::registry()).with_restart_command(restart))
+    if let Ok(url) = std::env::var(format!("MQ_TEST_{env}_URL")) {
+        let target = Target::new(backend, url, mq::registry()).with_restart_command(restart);
+        return Ok((target, None));
+    }
+    if !containers::docker_available() {
+        return Err(format!(
+            "MQ_TEST_{env}_URL is not set and no Docker engine answers; \
+             start the broker with `scripts/brokers.sh start` and export what it prints"
+        ));
+    }
+    let broker = containers::start_broker(backend).await?;
+    let target = Target::new(backend, broker.url.clone(), mq::registry());
+    Ok((target, Some(broker)))
 }
 
 fn backend_feature(backend: &str) -> &'static str {
@@ -80,8 +96,8 @@ async fn conformance_memory() {
 }
 
 async fn broker_suite(backend: &str, env: &str, feature_on: bool) {
-    match broker_target(backend, env, feature_on) {
-        Ok(target) => finish(run(target).await),
+    match broker_target(backend, env, feature_on).await {
+        Ok((target, _container)) => finish(run(target).await),
         Err(why) => skipped(backend, &why),
     }
 }
