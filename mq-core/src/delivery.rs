@@ -51,17 +51,36 @@ pub trait Settler: Send + Sync + 'static {
     fn abandon(&self, delivery: &Delivery);
 }
 
-/// A received message: what a handler sees. Cheap to clone (the payload is
-/// reference-counted).
-#[derive(Clone)]
-pub struct Received {
+/// The content of a received message, shared by all clones of it.
+#[derive(Debug)]
+pub(crate) struct Body {
     pub(crate) payload: Bytes,
     pub(crate) headers: Headers,
     pub(crate) key: Option<String>,
     pub(crate) id: String,
     pub(crate) content_type: Option<String>,
-    pub(crate) source: String,
-    pub(crate) group: Option<String>,
+}
+
+impl From<Message> for Body {
+    fn from(message: Message) -> Self {
+        let parts = message.into_parts();
+        Body {
+            payload: parts.payload,
+            headers: parts.headers,
+            key: parts.key,
+            id: parts.id,
+            content_type: parts.content_type,
+        }
+    }
+}
+
+/// A received message: what a handler sees. Cheap to clone: the content is
+/// shared, not copied (a retry runs the handler on a clone).
+#[derive(Clone)]
+pub struct Received {
+    pub(crate) body: Arc<Body>,
+    pub(crate) source: Arc<str>,
+    pub(crate) group: Option<Arc<str>>,
     pub(crate) attempt: u32,
     pub(crate) timestamp: Option<SystemTime>,
     pub(crate) metadata: Option<Arc<dyn Any + Send + Sync>>,
@@ -74,14 +93,9 @@ impl Received {
     ///
     /// `attempt` is 1 on the first delivery.
     pub fn new(source: impl Into<String>, message: Message, attempt: u32) -> Self {
-        let parts = message.into_parts();
         Received {
-            payload: parts.payload,
-            headers: parts.headers,
-            key: parts.key,
-            id: parts.id,
-            content_type: parts.content_type,
-            source: source.into(),
+            body: Arc::new(Body::from(message)),
+            source: Arc::from(source.into()),
             group: None,
             attempt: attempt.max(1),
             timestamp: None,
@@ -92,7 +106,7 @@ impl Received {
 
     /// Sets the consumer group the message was received by.
     pub fn with_group(mut self, group: Option<String>) -> Self {
-        self.group = group;
+        self.group = group.map(Arc::from);
         self
     }
 
@@ -110,27 +124,27 @@ impl Received {
 
     /// The payload.
     pub fn payload(&self) -> &Bytes {
-        &self.payload
+        &self.body.payload
     }
 
     /// The headers as sent.
     pub fn headers(&self) -> &Headers {
-        &self.headers
+        &self.body.headers
     }
 
     /// The ordering/partition key.
     pub fn key(&self) -> Option<&str> {
-        self.key.as_deref()
+        self.body.key.as_deref()
     }
 
     /// The message id.
     pub fn id(&self) -> &str {
-        &self.id
+        &self.body.id
     }
 
     /// The content type.
     pub fn content_type(&self) -> Option<&str> {
-        self.content_type.as_deref()
+        self.body.content_type.as_deref()
     }
 
     /// The queue or topic the message was received from.
@@ -170,34 +184,36 @@ impl Received {
             if !is_json_content_type(ct) {
                 return Err(Error::decode(format!(
                     "message {} has content type {ct:?}, not JSON",
-                    self.id
+                    self.id()
                 ))
-                .with_destination(self.source.clone()));
+                .with_destination(self.source.to_string()));
             }
         }
-        serde_json::from_slice(&self.payload).map_err(|e| {
-            Error::decode(format!("message {} is not the expected JSON", self.id))
-                .with_destination(self.source.clone())
+        serde_json::from_slice(&self.body.payload).map_err(|e| {
+            Error::decode(format!("message {} is not the expected JSON", self.body.id))
+                .with_destination(self.source.to_string())
                 .with_source(e)
         })
     }
 
     /// The payload as UTF-8 text.
     pub fn text(&self) -> Result<&str> {
-        std::str::from_utf8(&self.payload)
-            .map_err(|e| Error::decode(format!("message {} is not UTF-8", self.id)).with_source(e))
+        std::str::from_utf8(&self.body.payload).map_err(|e| {
+            Error::decode(format!("message {} is not UTF-8", self.body.id)).with_source(e)
+        })
     }
 
     /// A new message with this one's payload, headers, key, id and content
     /// type (for republishing, e.g. to a retry or dead-letter destination).
     pub fn to_message(&self) -> Message {
-        let mut m = Message::new(self.payload.clone())
-            .with_headers(self.headers.clone())
-            .with_id(self.id.clone());
-        if let Some(k) = &self.key {
+        let b = &self.body;
+        let mut m = Message::new(b.payload.clone())
+            .with_headers(b.headers.clone())
+            .with_id(b.id.clone());
+        if let Some(k) = &b.key {
             m = m.with_key(k.clone());
         }
-        if let Some(ct) = &self.content_type {
+        if let Some(ct) = &b.content_type {
             m = m.with_content_type(ct.clone());
         }
         m
@@ -209,9 +225,9 @@ impl Received {
         let mut m = self.to_message();
         let h = m.headers_mut();
         h.insert(headers::DEAD_LETTER_REASON, reason);
-        h.insert(headers::ORIGINAL_SOURCE, self.source.clone());
+        h.insert(headers::ORIGINAL_SOURCE, self.source.to_string());
         if let Some(g) = &self.group {
-            h.insert(headers::ORIGINAL_GROUP, g.clone());
+            h.insert(headers::ORIGINAL_GROUP, g.to_string());
         }
         h.insert(headers::ATTEMPT, self.attempt.to_string());
         h.insert(
@@ -236,14 +252,14 @@ pub fn unix_millis(t: SystemTime) -> u64 {
 impl fmt::Debug for Received {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Received")
-            .field("id", &self.id)
+            .field("id", &self.body.id)
             .field("source", &self.source)
             .field("group", &self.group)
             .field("attempt", &self.attempt)
-            .field("key", &self.key)
-            .field("payload_len", &self.payload.len())
-            .field("headers", &self.headers)
-            .field("content_type", &self.content_type)
+            .field("key", &self.body.key)
+            .field("payload_len", &self.body.payload.len())
+            .field("headers", &self.body.headers)
+            .field("content_type", &self.body.content_type)
             .finish()
     }
 }
@@ -310,7 +326,7 @@ impl Delivery {
             Some(settler) => settler.settle(&self, settlement).await,
             None => Err(Error::new(
                 crate::ErrorKind::AlreadySettled,
-                format!("delivery {} was already settled", self.received.id),
+                format!("delivery {} was already settled", self.received.id()),
             )),
         }
     }
@@ -326,7 +342,7 @@ impl Deref for Delivery {
 impl Drop for Delivery {
     fn drop(&mut self) {
         if let Some(settler) = self.settler.take() {
-            tracing::debug!(id = %self.received.id, source = %self.received.source,
+            tracing::debug!(id = %self.received.id(), source = %self.received.source,
                 "delivery dropped unsettled; returning it to the broker");
             settler.abandon(self);
         }

@@ -138,7 +138,12 @@ impl<'a> IntoIterator for &'a Headers {
 
 /// A new message id: a UUIDv7, so ids sort by creation time.
 pub fn new_message_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    // Encoding into a buffer skips the formatting machinery of `to_string`.
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 /// A message to send.

@@ -5,12 +5,22 @@
 //! `max_in_flight` sends running at once and only waits when the window is
 //! full, which is how brokers reach their throughput (Kafka batching,
 //! RabbitMQ confirms, SQS batches).
+//!
+//! The sends are futures polled by the pipeline itself (no task per
+//! message): each is started on the `send` call that adds it, and they make
+//! progress whenever `send` or `finish` runs. Every backend hands a message to
+//! its client library on that first poll, so the broker I/O goes on in the
+//! background in between.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
-use tokio::task::JoinSet;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::producer::Producer;
 
@@ -20,33 +30,49 @@ use crate::producer::Producer;
 pub struct Pipeline<P> {
     producer: P,
     max_in_flight: usize,
-    in_flight: JoinSet<(String, Result<()>)>,
+    in_flight: FuturesUnordered<InFlight>,
+    /// The last destination, shared by the sends to it (no copy per message).
+    destination: Option<Arc<str>>,
     report: PipelineReport,
 }
 
-impl<P: Producer + Clone + 'static> Pipeline<P> {
+type InFlight = Pin<Box<dyn Future<Output = (String, Result<()>)> + Send>>;
+
+impl<P: Producer + Clone + Send + 'static> Pipeline<P> {
     /// A pipeline over `producer` with at most `max_in_flight` (at least 1) sends outstanding.
     pub fn new(producer: P, max_in_flight: usize) -> Self {
         Pipeline {
             producer,
             max_in_flight: max_in_flight.max(1),
-            in_flight: JoinSet::new(),
+            in_flight: FuturesUnordered::new(),
+            destination: None,
             report: PipelineReport::default(),
         }
     }
 
     /// Starts sending `message` to `destination`; waits only while the window is full.
-    pub async fn send(&mut self, destination: impl Into<String>, message: Message) {
+    pub async fn send(&mut self, destination: &str, message: Message) {
         while self.in_flight.len() >= self.max_in_flight {
             self.reap_one().await;
         }
         let producer = self.producer.clone();
-        let destination = destination.into();
+        let destination = match &self.destination {
+            Some(d) if **d == *destination => d.clone(),
+            _ => {
+                let d: Arc<str> = Arc::from(destination);
+                self.destination = Some(d.clone());
+                d
+            }
+        };
         let id = message.id().to_owned();
-        self.in_flight.spawn(async move {
+        self.in_flight.push(Box::pin(async move {
             let result = producer.send(&destination, message).await;
             (id, result)
-        });
+        }));
+        // Start the new send (and collect finished ones) without waiting.
+        while let Some(Some(done)) = self.in_flight.next().now_or_never() {
+            self.record(done);
+        }
     }
 
     /// Sends still waiting for confirmation.
@@ -68,14 +94,15 @@ impl<P: Producer + Clone + 'static> Pipeline<P> {
     }
 
     async fn reap_one(&mut self) {
-        match self.in_flight.join_next().await {
-            Some(Ok((_, Ok(())))) => self.report.sent += 1,
-            Some(Ok((id, Err(e)))) => self.report.failures.push((id, e)),
-            Some(Err(join)) => self.report.failures.push((
-                String::new(),
-                Error::new(ErrorKind::Broker, "send task failed").with_source(join),
-            )),
-            None => {}
+        if let Some(done) = self.in_flight.next().await {
+            self.record(done);
+        }
+    }
+
+    fn record(&mut self, (id, result): (String, Result<()>)) {
+        match result {
+            Ok(()) => self.report.sent += 1,
+            Err(e) => self.report.failures.push((id, e)),
         }
     }
 }

@@ -116,11 +116,15 @@ pub struct MemoryBroker {
     inner: Arc<BrokerInner>,
 }
 
+/// The queues of one destination, one per group; replaced, not mutated, when
+/// a group appears, so a send clones one `Arc` instead of a list.
+type Queues = Arc<[Arc<Queue>]>;
+
 struct BrokerInner {
     name: String,
     config: MemoryConfig,
     /// destination -> its queues, one per group (`None` is the default group).
-    destinations: Mutex<HashMap<String, Vec<Arc<Queue>>>>,
+    destinations: Mutex<HashMap<String, Queues>>,
 }
 
 impl MemoryBroker {
@@ -225,30 +229,24 @@ impl BrokerInner {
         if let Some(q) = queues.iter().find(|q| q.group.as_deref() == group) {
             return q.clone();
         }
-        let q = Arc::new(Queue::new(
-            source.to_owned(),
-            group.map(str::to_owned),
-            self.config.capacity,
-        ));
-        queues.push(q.clone());
+        let q = Arc::new(Queue::new(source, group, self.config.capacity));
+        *queues = queues.iter().cloned().chain([q.clone()]).collect();
         q
     }
 
-    fn default_queues(&self, source: &str) -> Vec<Arc<Queue>> {
-        vec![Arc::new(Queue::new(
-            source.to_owned(),
-            None,
-            self.config.capacity,
-        ))]
+    fn default_queues(&self, source: &str) -> Queues {
+        Arc::new([Arc::new(Queue::new(source, None, self.config.capacity))])
     }
 
     /// Every queue of `destination` (creating its default group).
-    fn queues(&self, destination: &str) -> Vec<Arc<Queue>> {
+    fn queues(&self, destination: &str) -> Queues {
         let mut dests = self.destinations.lock();
-        dests
-            .entry(destination.to_owned())
-            .or_insert_with(|| self.default_queues(destination))
-            .clone()
+        if let Some(queues) = dests.get(destination) {
+            return queues.clone();
+        }
+        let queues = self.default_queues(destination);
+        dests.insert(destination.to_owned(), queues.clone());
+        queues
     }
 
     fn check(&self, destination: &str, message: &Message) -> Result<()> {
@@ -276,13 +274,37 @@ impl BrokerInner {
         let delay = message.delay();
         let stored = Stored::new(message);
         let queues = self.queues(destination);
-        let mut reserved = Reservations(Vec::with_capacity(queues.len()));
-        for queue in &queues {
+        if delay.is_none() {
+            // Fast path: room everywhere, one lock per queue. A queue that is
+            // full makes this send wait for it (and the ones after it) below.
+            let mut pushed = 0;
+            while pushed < queues.len() && queues[pushed].try_push_back(&stored) {
+                pushed += 1;
+            }
+            if pushed == queues.len() {
+                return Ok(());
+            }
+            // Cancelling from here on leaves the message in the first
+            // `pushed` groups only: a cancelled send's outcome is unknown.
+            return self.send_waiting(&queues[pushed..], stored, None).await;
+        }
+        self.send_waiting(&queues, stored, delay).await
+    }
+
+    /// Sends to `queues`, waiting for room in each before delivering to any.
+    async fn send_waiting(
+        &self,
+        queues: &[Arc<Queue>],
+        stored: Stored,
+        delay: Option<Duration>,
+    ) -> Result<()> {
+        let mut reserved = Reservations(queues, 0);
+        for queue in queues {
             queue.reserve().await;
-            reserved.0.push(queue.clone());
+            reserved.1 += 1;
         }
         // Every queue has room: hand the reservations over to the messages.
-        reserved.0.clear();
+        reserved.1 = 0;
         for queue in queues {
             match delay {
                 Some(d) => queue.push_after(stored.clone(), d),
@@ -297,20 +319,21 @@ impl BrokerInner {
     fn force_send(&self, destination: &str, message: Message) {
         let queues = self.queues(destination);
         let stored = Stored::new(message);
-        for queue in queues {
+        for queue in queues.iter() {
             queue.reserve_now();
             queue.push_back(stored.clone());
         }
     }
 }
 
-/// Capacity taken by a send that has not pushed yet; given back if the send
-/// is cancelled while waiting for room in another group's queue.
-struct Reservations(Vec<Arc<Queue>>);
+/// Capacity taken by a send that has not pushed yet (the first `.1` queues);
+/// given back if the send is cancelled while waiting for room in another
+/// group's queue.
+struct Reservations<'a>(&'a [Arc<Queue>], usize);
 
-impl Drop for Reservations {
+impl Drop for Reservations<'_> {
     fn drop(&mut self) {
-        for queue in self.0.drain(..) {
+        for queue in self.0.iter().take(self.1) {
             queue.release();
         }
     }
@@ -379,11 +402,7 @@ impl MemoryConsumer {
         let q = &self.settler.queue;
         let tag = self.settler.track(&stored);
         let received = Received {
-            payload: stored.payload,
-            headers: stored.headers,
-            key: stored.key,
-            id: stored.id,
-            content_type: stored.content_type,
+            body: stored.body,
             source: q.source.clone(),
             group: q.group.clone(),
             attempt: stored.delivered.max(1),
@@ -399,7 +418,7 @@ impl MemoryConsumer {
             return Err(Error::closed("consumer is closed")
                 .with_backend(BACKEND)
                 .with_operation("receive")
-                .with_destination(self.settler.queue.source.clone()));
+                .with_destination(self.settler.queue.source.to_string()));
         }
         Ok(())
     }
@@ -523,7 +542,7 @@ impl Settler for MemorySettler {
             ))
             .with_backend(BACKEND)
             .with_operation("settle")
-            .with_destination(self.queue.source.clone()));
+            .with_destination(self.queue.source.to_string()));
         };
         match settlement {
             Settlement::Ack => self.queue.release(),

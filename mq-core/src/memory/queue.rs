@@ -3,33 +3,27 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::message::{Headers, Message};
+use crate::delivery::Body;
+use crate::message::Message;
 
-/// A message held by a queue, with how many times it was delivered.
+/// A message held by a queue, with how many times it was delivered. The
+/// content is shared with the deliveries made from it, never copied.
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
-    pub(crate) payload: Bytes,
-    pub(crate) headers: Headers,
-    pub(crate) key: Option<String>,
-    pub(crate) id: String,
-    pub(crate) content_type: Option<String>,
+    pub(crate) body: Arc<Body>,
     pub(crate) delivered: u32,
     pub(crate) sent_at: SystemTime,
 }
 
 impl Stored {
     pub(crate) fn new(message: Message) -> Self {
-        let p = message.into_parts();
         Stored {
-            payload: p.payload,
-            headers: p.headers,
-            key: p.key,
-            id: p.id,
-            content_type: p.content_type,
+            body: Arc::new(Body::from(message)),
             delivered: 0,
             sent_at: SystemTime::now(),
         }
@@ -48,8 +42,8 @@ struct State {
 /// The messages of one group of one destination.
 #[derive(Debug)]
 pub(crate) struct Queue {
-    pub(crate) source: String,
-    pub(crate) group: Option<String>,
+    pub(crate) source: Arc<str>,
+    pub(crate) group: Option<Arc<str>>,
     capacity: usize,
     state: Mutex<State>,
     readable: Notify,
@@ -57,10 +51,10 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    pub(crate) fn new(source: String, group: Option<String>, capacity: usize) -> Self {
+    pub(crate) fn new(source: &str, group: Option<&str>, capacity: usize) -> Self {
         Queue {
-            source,
-            group,
+            source: Arc::from(source),
+            group: group.map(Arc::from),
             capacity,
             state: Mutex::new(State::default()),
             readable: Notify::new(),
@@ -68,23 +62,45 @@ impl Queue {
         }
     }
 
+    /// Takes responsibility for one more message if there is room.
+    fn try_reserve(&self) -> bool {
+        let mut s = self.state.lock();
+        if s.held < self.capacity {
+            s.held += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes responsibility for one more message and makes it deliverable,
+    /// in one step, if there is room (the common case of a send).
+    pub(crate) fn try_push_back(&self, stored: &Stored) -> bool {
+        let mut s = self.state.lock();
+        if s.held >= self.capacity {
+            return false;
+        }
+        s.held += 1;
+        s.ready.push_back(stored.clone());
+        drop(s);
+        self.readable.notify_one();
+        true
+    }
+
     /// Takes responsibility for one more message, waiting while the queue is
     /// at capacity (backpressure on producers). Cancel-safe.
     pub(crate) async fn reserve(&self) {
+        if self.try_reserve() {
+            return;
+        }
         loop {
             let notified = self.writable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut s = self.state.lock();
-                if s.held < self.capacity {
-                    s.held += 1;
-                    if s.held < self.capacity {
-                        // Room for more: let the next waiting producer in too.
-                        self.writable.notify_one();
-                    }
-                    return;
-                }
+            if self.try_reserve() {
+                // There may be room for the next waiting producer too.
+                self.writable.notify_one();
+                return;
             }
             notified.await;
         }
@@ -117,7 +133,7 @@ impl Queue {
     }
 
     /// Makes a reserved message deliverable after `delay`.
-    pub(crate) fn push_after(self: &std::sync::Arc<Self>, stored: Stored, delay: Duration) {
+    pub(crate) fn push_after(self: &Arc<Self>, stored: Stored, delay: Duration) {
         if delay.is_zero() {
             return self.push_back(stored);
         }
@@ -158,6 +174,10 @@ impl Queue {
     /// messages are only taken in the same synchronous step that returns them.
     pub(crate) async fn pop(&self, max: usize) -> Vec<Stored> {
         let mut out = Vec::new();
+        self.try_pop(max, &mut out);
+        if !out.is_empty() {
+            return out;
+        }
         loop {
             let notified = self.readable.notified();
             tokio::pin!(notified);

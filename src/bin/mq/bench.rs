@@ -1,0 +1,379 @@
+//! `mq bench`: throughput and latency through the SDK, and optionally the
+//! same workload through the raw client in the same run.
+//!
+//! Three phases on fresh destinations:
+//! 1. publish: `--producers` tasks each keep up to `--in-flight` confirmed
+//!    sends outstanding until `--count` messages are confirmed;
+//! 2. consume: `--consumers` tasks receive in batches and ack every message
+//!    until all `--count` arrived;
+//! 3. end-to-end: producers and consumers at once, each message stamped
+//!    with its send time; latency percentiles from the receive side.
+
+mod baseline;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mq::{Client, Consumer, DynConsumer, Message, ProducerExt};
+use parking_lot::Mutex;
+use serde_json::json;
+
+use crate::output::progress;
+use crate::CliResult;
+
+/// Arguments of `mq bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Args {
+    /// Broker URL. For memory://, give a capacity of at least --count:
+    /// memory://bench?capacity=1000000.
+    url: String,
+    /// Messages per phase.
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Concurrent producer tasks.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Concurrent consumer tasks (one consumer each, same group).
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Unconfirmed sends per producer.
+    #[arg(long, default_value_t = 1000)]
+    in_flight: usize,
+    /// Unsettled deliveries per consumer.
+    #[arg(long, default_value_t = 1000)]
+    prefetch: usize,
+    /// Also run the workload with the raw client and print SDK/raw ratios.
+    #[arg(long)]
+    baseline: bool,
+}
+
+/// One measured phase.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Phase {
+    pub(crate) messages: u64,
+    pub(crate) bytes: u64,
+    pub(crate) elapsed: Duration,
+}
+
+impl Phase {
+    fn new(messages: u64, size: usize, elapsed: Duration) -> Self {
+        Phase {
+            messages,
+            bytes: messages * size as u64,
+            elapsed,
+        }
+    }
+
+    pub(crate) fn rate(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// What one run (SDK or raw) measured.
+#[derive(Debug, Clone)]
+pub(crate) struct Results {
+    pub(crate) label: String,
+    pub(crate) publish: Phase,
+    pub(crate) consume: Phase,
+    pub(crate) end_to_end: Phase,
+    pub(crate) latency_us: Histogram<u64>,
+    pub(crate) peak_rss_bytes: Option<u64>,
+}
+
+impl Results {
+    /// Send + receive + ack, phases 1 and 2 together.
+    fn send_receive_ack(&self) -> f64 {
+        let total = self.publish.elapsed + self.consume.elapsed;
+        self.publish.messages as f64 / total.as_secs_f64().max(1e-9)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let phase = |p: &Phase| json!({"messages": p.messages, "seconds": p.elapsed.as_secs_f64(), "msg_per_s": p.rate(), "mb_per_s": p.mb_per_s()});
+        json!({
+            "label": self.label,
+            "publish": phase(&self.publish),
+            "consume": phase(&self.consume),
+            "end_to_end": phase(&self.end_to_end),
+            "send_receive_ack_msg_per_s": self.send_receive_ack(),
+            "latency_us": {"p50": self.latency_us.value_at_quantile(0.5), "p99": self.latency_us.value_at_quantile(0.99), "p999": self.latency_us.value_at_quantile(0.999)},
+            "peak_rss_bytes": self.peak_rss_bytes,
+        })
+    }
+
+    fn print(&self) {
+        println!("{}", self.label);
+        for (name, p) in [
+            ("publish", &self.publish),
+            ("consume+ack", &self.consume),
+            ("end-to-end", &self.end_to_end),
+        ] {
+            println!(
+                "  {name:<12} {:>10.0} msg/s {:>9.2} MB/s  ({} msgs in {:.2}s)",
+                p.rate(),
+                p.mb_per_s(),
+                p.messages,
+                p.elapsed.as_secs_f64()
+            );
+        }
+        println!(
+            "  {:<12} {:>10.0} msg/s",
+            "send+recv+ack",
+            self.send_receive_ack()
+        );
+        println!(
+            "  latency      p50 {} us, p99 {} us, p99.9 {} us",
+            self.latency_us.value_at_quantile(0.5),
+            self.latency_us.value_at_quantile(0.99),
+            self.latency_us.value_at_quantile(0.999)
+        );
+        if let Some(rss) = self.peak_rss_bytes {
+            println!("  peak RSS     {:.1} MiB", rss as f64 / 1048576.0);
+        }
+    }
+}
+
+pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
+    if args.count == 0 || args.producers == 0 || args.consumers == 0 {
+        return Err("--count, --producers and --consumers must be at least 1".into());
+    }
+    let client = mq::connect(&args.url).await?;
+    if client.backend_name() == "memory" && (client.capabilities().max_batch as u64) < args.count {
+        return Err(format!(
+            "the memory broker holds {} messages per queue, fewer than --count {}; \
+             use a URL like memory://bench?capacity={}",
+            client.capabilities().max_batch,
+            args.count,
+            args.count
+        )
+        .into());
+    }
+    reset_peak_rss();
+    let sdk = sdk_workload(&client, &args).await?;
+    let raw = if args.baseline {
+        reset_peak_rss();
+        Some(baseline::run(&args).await?)
+    } else {
+        None
+    };
+    if json_out {
+        println!(
+            "{}",
+            json!({"sdk": sdk.to_json(), "raw": raw.as_ref().map(Results::to_json), "args": {
+                "url": mq::url::redact_str(&args.url), "count": args.count, "size": args.size,
+                "producers": args.producers, "consumers": args.consumers,
+                "in_flight": args.in_flight, "prefetch": args.prefetch}})
+        );
+        return Ok(());
+    }
+    println!(
+        "{} messages of {} bytes, {} producer(s) x {} in flight, {} consumer(s) x prefetch {}",
+        args.count, args.size, args.producers, args.in_flight, args.consumers, args.prefetch
+    );
+    sdk.print();
+    if let Some(raw) = raw {
+        raw.print();
+        println!("SDK / raw");
+        for (name, s, r) in [
+            ("publish", sdk.publish.rate(), raw.publish.rate()),
+            ("consume+ack", sdk.consume.rate(), raw.consume.rate()),
+            ("end-to-end", sdk.end_to_end.rate(), raw.end_to_end.rate()),
+            (
+                "send+recv+ack",
+                sdk.send_receive_ack(),
+                raw.send_receive_ack(),
+            ),
+        ] {
+            println!("  {name:<14} {:>6.1}%", 100.0 * s / r.max(1e-9));
+        }
+    }
+    Ok(())
+}
+
+/// The payload every message carries.
+pub(crate) fn payload(size: usize) -> bytes::Bytes {
+    bytes::Bytes::from(
+        (0..size)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// Splits `total` into `parts` nearly equal shares.
+pub(crate) fn shares(total: u64, parts: usize) -> Vec<u64> {
+    let parts = parts.max(1) as u64;
+    (0..parts)
+        .map(|i| total / parts + u64::from(i < total % parts))
+        .collect()
+}
+
+/// The header carrying a message's send time for latency.
+const SENT_AT: &str = "bench-sent-ns";
+
+async fn sdk_workload(client: &Client, args: &Args) -> CliResult<Results> {
+    let base = Instant::now();
+    let body = payload(args.size);
+    let dest = format!("mq-bench-{}", uuid::Uuid::now_v7().simple());
+    let consumers = open_consumers(client, &dest, args).await?;
+
+    let bar = progress(args.count, "publish");
+    let started = Instant::now();
+    publish(client, &dest, args, &body, None, &bar).await?;
+    let publish_phase = Phase::new(args.count, args.size, started.elapsed());
+    bar.finish_and_clear();
+
+    let bar = progress(args.count, "consume");
+    let started = Instant::now();
+    consume(consumers, args.count, None, &bar).await?;
+    let consume_phase = Phase::new(args.count, args.size, started.elapsed());
+    bar.finish_and_clear();
+
+    let dest = format!("mq-bench-e2e-{}", uuid::Uuid::now_v7().simple());
+    let consumers = open_consumers(client, &dest, args).await?;
+    let latency = Arc::new(Mutex::new(new_histogram()?));
+    let bar = progress(args.count, "end-to-end");
+    let started = Instant::now();
+    let receiving = consume(consumers, args.count, Some((base, latency.clone())), &bar);
+    let sending = publish(client, &dest, args, &body, Some(base), &bar);
+    let (r, s) = tokio::join!(receiving, sending);
+    r?;
+    s?;
+    let e2e = Phase::new(args.count, args.size, started.elapsed());
+    bar.finish_and_clear();
+    let latency_us = latency.lock().clone();
+    Ok(Results {
+        label: format!("SDK ({})", client.backend_name()),
+        publish: publish_phase,
+        consume: consume_phase,
+        end_to_end: e2e,
+        latency_us,
+        peak_rss_bytes: peak_rss(),
+    })
+}
+
+async fn open_consumers(client: &Client, dest: &str, args: &Args) -> CliResult<Vec<DynConsumer>> {
+    let mut consumers = Vec::with_capacity(args.consumers);
+    for _ in 0..args.consumers {
+        consumers.push(client.consumer(dest).prefetch(args.prefetch).await?);
+    }
+    Ok(consumers)
+}
+
+async fn publish(
+    client: &Client,
+    dest: &str,
+    args: &Args,
+    body: &bytes::Bytes,
+    stamp_from: Option<Instant>,
+    bar: &indicatif::ProgressBar,
+) -> CliResult {
+    let mut tasks = tokio::task::JoinSet::new();
+    for share in shares(args.count, args.producers) {
+        let producer = client.producer().await?;
+        let (dest, body, bar) = (dest.to_owned(), body.clone(), bar.clone());
+        let in_flight = args.in_flight;
+        tasks.spawn(async move {
+            let mut pipeline = producer.pipeline(in_flight);
+            let mut sent = 0u64;
+            for _ in 0..share {
+                let mut m = Message::new(body.clone());
+                if let Some(base) = stamp_from {
+                    m = m.with_header(SENT_AT, base.elapsed().as_nanos().to_string());
+                }
+                pipeline.send(dest.as_str(), m).await;
+                sent += 1;
+                if sent % 1024 == 0 {
+                    bar.inc(1024);
+                }
+            }
+            bar.inc(sent % 1024);
+            pipeline.finish().await.into_result().map(|_| ())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| format!("producer task: {e}"))??;
+    }
+    Ok(())
+}
+
+type LatencySink = (Instant, Arc<Mutex<Histogram<u64>>>);
+
+async fn consume(
+    consumers: Vec<DynConsumer>,
+    count: u64,
+    latency: Option<LatencySink>,
+    bar: &indicatif::ProgressBar,
+) -> CliResult {
+    let received = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut consumer in consumers {
+        let (received, latency, bar) = (received.clone(), latency.clone(), bar.clone());
+        tasks.spawn(async move {
+            let mut local = new_histogram()?;
+            while received.load(Ordering::Relaxed) < count {
+                let batch = consumer
+                    .receive_batch(1000, Duration::from_millis(200))
+                    .await?;
+                let now = latency.as_ref().map(|(base, _)| base.elapsed().as_nanos());
+                let n = batch.len() as u64;
+                for d in batch {
+                    if let (Some(now), Some(sent)) = (now, d.headers().get(SENT_AT)) {
+                        if let Ok(sent) = sent.parse::<u128>() {
+                            let us = now.saturating_sub(sent) / 1000;
+                            let _ = local.record(u64::try_from(us).unwrap_or(u64::MAX));
+                        }
+                    }
+                    d.ack().await?;
+                }
+                received.fetch_add(n, Ordering::Relaxed);
+                bar.inc(n);
+            }
+            if let Some((_, sink)) = latency {
+                let _ = sink.lock().add(&local);
+            }
+            consumer.close().await?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        });
+    }
+    let deadline = Duration::from_secs(600);
+    let all = tokio::time::timeout(deadline, async {
+        while let Some(done) = tasks.join_next().await {
+            done.map_err(|e| format!("consumer task: {e}"))??;
+        }
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    })
+    .await;
+    match all {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "only {} of {count} messages arrived within {deadline:?}",
+            received.load(Ordering::Relaxed)
+        )
+        .into()),
+    }
+}
+
+pub(crate) fn new_histogram() -> CliResult<Histogram<u64>> {
+    Histogram::new(3).map_err(|e| format!("histogram: {e}").into())
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the peak RSS counter so each run reports its own peak (Linux).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

@@ -1,0 +1,104 @@
+//! The same workload through the raw client, for the SDK/raw ratio.
+//!
+//! memory:// compares against a bare bounded `tokio::sync::mpsc` channel of
+//! `(payload, timestamp)` pairs with the same producer count and capacity
+//! `--count`; its single receiver drains with `recv_many` (an mpsc channel
+//! has one receiver, so `--consumers` does not apply to it).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{new_histogram, payload, shares, Args, Phase, Results};
+use crate::CliResult;
+
+pub(crate) async fn run(args: &Args) -> CliResult<Results> {
+    let scheme = args.url.split("://").next().unwrap_or("");
+    match scheme {
+        "memory" => memory(args).await,
+        other => Err(format!("no raw-client baseline for `{other}://` in this build").into()),
+    }
+}
+
+async fn channel_publish(
+    tx: &mpsc::Sender<(Bytes, u128)>,
+    args: &Args,
+    body: &Bytes,
+    base: Option<Instant>,
+) -> CliResult {
+    let mut tasks = tokio::task::JoinSet::new();
+    for share in shares(args.count, args.producers) {
+        let (tx, body) = (tx.clone(), body.clone());
+        tasks.spawn(async move {
+            for _ in 0..share {
+                let stamp = base.map_or(0, |b| b.elapsed().as_nanos());
+                tx.send((body.clone(), stamp))
+                    .await
+                    .map_err(|_| "channel closed")?;
+            }
+            Ok::<(), &'static str>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| format!("producer task: {e}"))??;
+    }
+    Ok(())
+}
+
+async fn memory(args: &Args) -> CliResult<Results> {
+    let body = payload(args.size);
+    let capacity = usize::try_from(args.count).unwrap_or(usize::MAX);
+    let (tx, mut rx) = mpsc::channel::<(Bytes, u128)>(capacity);
+
+    let started = Instant::now();
+    channel_publish(&tx, args, &body, None).await?;
+    let publish = Phase::new(args.count, args.size, started.elapsed());
+
+    let started = Instant::now();
+    let mut buf = Vec::with_capacity(1000);
+    let mut got = 0u64;
+    while got < args.count {
+        buf.clear();
+        if rx.recv_many(&mut buf, 1000).await == 0 {
+            return Err("channel closed early".into());
+        }
+        got += buf.len() as u64;
+    }
+    let consume = Phase::new(args.count, args.size, started.elapsed());
+
+    let base = Instant::now();
+    let mut latency = new_histogram()?;
+    let started = Instant::now();
+    let receiving = async {
+        let mut got = 0u64;
+        let mut buf = Vec::with_capacity(1000);
+        while got < args.count {
+            buf.clear();
+            if rx.recv_many(&mut buf, 1000).await == 0 {
+                return Err::<(), Box<dyn std::error::Error + Send + Sync>>(
+                    "channel closed early".into(),
+                );
+            }
+            let now = base.elapsed().as_nanos();
+            for (_, sent) in &buf {
+                let us = now.saturating_sub(*sent) / 1000;
+                let _ = latency.record(u64::try_from(us).unwrap_or(u64::MAX));
+            }
+            got += buf.len() as u64;
+        }
+        Ok(())
+    };
+    let (r, s) = tokio::join!(receiving, channel_publish(&tx, args, &body, Some(base)));
+    r?;
+    s?;
+    let end_to_end = Phase::new(args.count, args.size, started.elapsed());
+    Ok(Results {
+        label: "raw (tokio mpsc channel)".to_owned(),
+        publish,
+        consume,
+        end_to_end,
+        latency_us: latency,
+        peak_rss_bytes: super::peak_rss(),
+    })
+}
