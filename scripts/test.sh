@@ -14,11 +14,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mq-target}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# Brokers: once the RabbitMQ, Kafka and SQS backends exist, start them here
-# (or honour MQ_TEST_RABBIT_URL / MQ_TEST_KAFKA_URL / MQ_TEST_SQS_URL /
-# MQ_TEST_REDIS_URL when already set, see DESIGN.md §10) before the test step,
-# and stop them in an EXIT trap. Today only the in-memory backend exists, so
-# there is nothing to start.
+# Real brokers for the conformance suite (DESIGN.md §10). With a Docker
+# engine the tests start them with testcontainers; without one (this kind of
+# machine) scripts/brokers.sh installs and starts them natively on 127.0.0.1,
+# exports MQ_TEST_*_URL, and the trap stops them again. Variables already set
+# by the caller win (e.g. a broker elsewhere on loopback).
+if [[ -z "${MQ_TEST_NO_BROKERS:-}" ]] && ! docker info >/dev/null 2>&1; then
+  step "starting brokers (scripts/brokers.sh)"
+  trap 'step "stopping brokers"; bash scripts/brokers.sh stop || true' EXIT
+  eval "$(bash scripts/brokers.sh start all)"
+fi
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
