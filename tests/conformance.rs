@@ -65,6 +65,12 @@ async fn broker_target(
             backend_feature(backend)
         ));
     }
+    if !mq::registry().schemes().any(|s| backend_schemes(backend).contains(&s)) {
+        return Err(format!(
+            "not built: feature `{}` is on but this version has no {backend} backend yet",
+            backend_feature(backend)
+        ));
+    }
     let restart = std::env::var(format!("MQ_TEST_{env}_RESTART")).ok();
     if let Ok(url) = std::env::var(format!("MQ_TEST_{env}_URL")) {
         let target = Target::new(backend, url, mq::registry()).with_restart_command(restart);
@@ -79,6 +85,14 @@ async fn broker_target(
     let broker = containers::start_broker(backend).await?;
     let target = Target::new(backend, broker.url.clone(), mq::registry());
     Ok((target, Some(broker)))
+}
+
+fn backend_schemes(backend: &str) -> &'static [&'static str] {
+    match backend {
+        "rabbitmq" => &["amqp", "amqps"],
+        "kafka" => &["kafka"],
+        _ => &["sqs", "sqs+http"],
+    }
 }
 
 fn backend_feature(backend: &str) -> &'static str {
