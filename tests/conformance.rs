@@ -65,7 +65,10 @@ async fn broker_target(
             backend_feature(backend)
         ));
     }
-    if !mq::registry().schemes().any(|s| backend_schemes(backend).contains(&s)) {
+    if !mq::registry()
+        .schemes()
+        .any(|s| backend_schemes(backend).contains(&s))
+    {
         return Err(format!(
             "not built: feature `{}` is on but this version has no {backend} backend yet",
             backend_feature(backend)
