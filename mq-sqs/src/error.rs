@@ -1,0 +1,242 @@
+//! SDK errors and failed batch entries become [`mq_core::Error`]s here, and
+//! only here, so every operation classifies the same failure the same way.
+
+use std::fmt;
+
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::BatchResultErrorEntry;
+use mq_core::{Error, ErrorKind};
+
+use crate::BACKEND;
+
+/// Error codes meaning "the queue does not exist" (JSON and query protocols).
+const QUEUE_MISSING: &[&str] = &[
+    "QueueDoesNotExist",
+    "AWS.SimpleQueueService.NonExistentQueue",
+];
+
+/// Error codes meaning "who you are or what you may do is wrong".
+const PERMISSION: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "InvalidSecurity",
+    "MissingAuthenticationToken",
+    "IncompleteSignature",
+    "ExpiredToken",
+    "KMS.AccessDeniedException",
+];
+
+/// Error codes worth retrying: the service is busy or briefly unavailable.
+const TRANSIENT: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "OverLimit",
+    "ServiceUnavailable",
+    "InternalError",
+    "InternalFailure",
+    "RequestTimeout",
+    "KmsThrottled",
+];
+
+/// Codes meaning "the request itself is invalid" (a bug or bad input: not retried).
+const INVALID: &[&str] = &[
+    "InvalidParameterValue",
+    "InvalidParameterValueException",
+    "InvalidAttributeName",
+    "InvalidAttributeValue",
+    "InvalidMessageContents",
+    "MissingParameter",
+    "UnsupportedOperation",
+    "InvalidBatchEntryId",
+    "BatchEntryIdsNotDistinct",
+];
+
+/// What an SQS error code means for `mq`: the kind and whether a retry can help.
+fn classify(code: &str, message: &str, sender_fault: Option<bool>) -> (ErrorKind, bool) {
+    let is = |codes: &[&str]| codes.iter().any(|c| c.eq_ignore_ascii_case(code));
+    if is(QUEUE_MISSING) {
+        (ErrorKind::NotFound, false)
+    } else if is(PERMISSION) {
+        (ErrorKind::Permission, false)
+    } else if is(TRANSIENT) {
+        (ErrorKind::Broker, true)
+    } else if code.contains("TooLong")
+        || message.contains("shorter than")
+        || message.contains("too long")
+    {
+        (ErrorKind::TooLarge, false)
+    } else if is(INVALID) || sender_fault == Some(true) {
+        (ErrorKind::Broker, false)
+    } else {
+        (ErrorKind::Broker, true)
+    }
+}
+
+/// Converts an SDK error of `operation` on `destination` (a queue name).
+pub(crate) fn sdk<E>(
+    err: SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+    operation: &'static str,
+    destination: &str,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let (kind, retryable, message) = match &err {
+        SdkError::ConstructionFailure(_) => (
+            ErrorKind::Config,
+            false,
+            "the request could not be built".to_owned(),
+        ),
+        SdkError::TimeoutError(_) => (
+            ErrorKind::Timeout,
+            true,
+            "SQS did not answer in time".to_owned(),
+        ),
+        SdkError::DispatchFailure(d) if d.is_timeout() => (
+            ErrorKind::Timeout,
+            true,
+            "SQS did not answer in time".to_owned(),
+        ),
+        SdkError::DispatchFailure(d) if d.is_user() => (
+            ErrorKind::Config,
+            false,
+            "the request could not be sent (check the endpoint and region)".to_owned(),
+        ),
+        SdkError::DispatchFailure(_) => (
+            ErrorKind::Connection,
+            true,
+            "cannot reach SQS".to_owned(),
+        ),
+        SdkError::ResponseError(_) => (
+            ErrorKind::Broker,
+            true,
+            "SQS sent a response that could not be read".to_owned(),
+        ),
+        SdkError::ServiceError(s) => {
+            let code = s.err().code().unwrap_or("Unknown");
+            let msg = s.err().message().unwrap_or("");
+            let status = s.raw().status().as_u16();
+            let (kind, retryable) = match classify(code, msg, None) {
+                // An unknown code: a server error may pass, a client error will not.
+                (ErrorKind::Broker, true) if (400..500).contains(&status) => {
+                    (ErrorKind::Broker, false)
+                }
+                other => other,
+            };
+            (kind, retryable, format!("SQS refused the request: {code}: {msg}"))
+        }
+        _ => (ErrorKind::Broker, true, "SQS request failed".to_owned()),
+    };
+    Error::new(kind, message)
+        .with_retryable(retryable)
+        .with_backend(BACKEND)
+        .with_operation(operation)
+        .with_destination(destination)
+        .with_source(Context(DisplayErrorContext(err).to_string()))
+}
+
+/// Converts one failed entry of a batch call (HTTP 200 with `Failed` entries).
+pub(crate) fn entry(
+    failed: &BatchResultErrorEntry,
+    operation: &'static str,
+    destination: &str,
+) -> Error {
+    let message = failed.message().unwrap_or("");
+    let (kind, retryable) = classify(failed.code(), message, Some(failed.sender_fault()));
+    Error::new(
+        kind,
+        format!(
+            "SQS refused the message: {}: {message}",
+            failed.code()
+        ),
+    )
+    .with_retryable(retryable)
+    .with_backend(BACKEND)
+    .with_operation(operation)
+    .with_destination(destination)
+}
+
+/// A copy of `err` for each of several callers (a failed batch request fails
+/// every message in it; `Error` is not `Clone` because its source is not).
+pub(crate) fn replicate(err: &Error) -> Error {
+    let mut copy = Error::new(err.kind(), err.message().to_owned()).with_retryable(err.is_retryable());
+    if let Some(b) = err.backend() {
+        copy = copy.with_backend(b);
+    }
+    if let Some(o) = err.operation() {
+        copy = copy.with_operation(o);
+    }
+    if let Some(d) = err.destination() {
+        copy = copy.with_destination(d.to_owned());
+    }
+    if let Some(source) = std::error::Error::source(err) {
+        copy = copy.with_source(Context(DisplayErrorContext(source).to_string()));
+    }
+    copy
+}
+
+/// An error without the SDK's types, shown as the whole cause chain.
+#[derive(Debug)]
+struct Context(String);
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Context {}
+
+/// The error for an operation on a consumer or producer after `close`.
+pub(crate) fn closed(what: &str, operation: &'static str, destination: &str) -> Error {
+    Error::closed(format!("{what} is closed"))
+        .with_backend(BACKEND)
+        .with_operation(operation)
+        .with_destination(destination)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_kinds() {
+        assert_eq!(classify("QueueDoesNotExist", "", None), (ErrorKind::NotFound, false));
+        assert_eq!(
+            classify("AWS.SimpleQueueService.NonExistentQueue", "", None).0,
+            ErrorKind::NotFound
+        );
+        assert_eq!(classify("AccessDenied", "", None).0, ErrorKind::Permission);
+        assert_eq!(classify("RequestThrottled", "", None), (ErrorKind::Broker, true));
+        assert_eq!(
+            classify("InvalidParameterValue", "Message must be shorter than 2048 bytes.", Some(true)).0,
+            ErrorKind::TooLarge
+        );
+        assert_eq!(
+            classify("InvalidParameterValue", "DelaySeconds must be >= 0", Some(true)),
+            (ErrorKind::Broker, false)
+        );
+        assert_eq!(classify("Whatever", "", Some(false)), (ErrorKind::Broker, true));
+    }
+
+    #[test]
+    fn failed_entries_keep_code_and_context() {
+        let failed = BatchResultErrorEntry::builder()
+            .id("3")
+            .sender_fault(true)
+            .code("ReceiptHandleIsInvalid")
+            .message("The input receipt handle is invalid.")
+            .build()
+            .expect("entry");
+        let e = entry(&failed, "ack", "jobs");
+        assert_eq!(e.kind(), ErrorKind::Broker);
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("ReceiptHandleIsInvalid"), "{e}");
+        let copy = replicate(&e);
+        assert_eq!(copy.to_string(), e.to_string());
+    }
+}

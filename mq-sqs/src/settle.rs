@@ -1,0 +1,540 @@
+//! Settlement (DESIGN.md §4) and the visibility lease of held deliveries.
+//!
+//! | settlement | SQS call |
+//! |---|---|
+//! | ack | `DeleteMessageBatch` |
+//! | nack | `ChangeMessageVisibilityBatch` to 0 |
+//! | nack after `d` | `ChangeMessageVisibilityBatch` to `d` rounded up to seconds (at most 12 h) |
+//! | dead-letter | `SendMessage` to the dead-letter queue, then delete |
+//! | dropped unsettled | `ChangeMessageVisibilityBatch` to 0, from a spawned task |
+//! | consumer closed | every unsettled delivery to visibility 0, awaited |
+//!
+//! Deletes and visibility changes of one consumer are coalesced into batch
+//! calls of up to 10 (see [`crate::batch`]); a failed entry fails only its
+//! own settlement. While a delivery is held, a heartbeat extends its
+//! visibility by the visibility timeout once half of it has passed, so a long
+//! handler does not see its message redelivered to another consumer. The
+//! heartbeat and a settlement of the same message never overlap: each holds
+//! the message's lease lock while its call runs, so a late extension cannot
+//! hide a message that was just nacked.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry};
+use mq_core::{Delivery, Error, ErrorKind, Result, Settlement, Settler};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use crate::batch::{self, MAX_ENTRIES};
+use crate::config::{secs_i32, MAX_VISIBILITY};
+use crate::consumer::SqsMetadata;
+use crate::error;
+use crate::producer::{prepare, send_to};
+use crate::topology::Queues;
+use crate::BACKEND;
+
+/// Settlement calls of one consumer in flight at once, per kind.
+const SETTLE_CONCURRENCY: usize = 8;
+
+/// A delete or visibility change waiting for its batch.
+struct Op {
+    receipt: Arc<str>,
+    /// The new visibility timeout (visibility changes only).
+    seconds: i32,
+    reply: Option<oneshot::Sender<Result<()>>>,
+}
+
+/// A delivery handed out (or buffered) and not settled yet.
+struct Entry {
+    receipt: Arc<str>,
+    /// When SQS makes the message visible again unless extended.
+    visible_until: Instant,
+    /// Held by the heartbeat while it extends this message, and taken by a
+    /// settlement before it acts, so the two never race.
+    lease: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Default)]
+struct Outstanding {
+    next_tag: u64,
+    closed: bool,
+    entries: HashMap<u64, Entry>,
+}
+
+/// Settles the deliveries of one consumer and keeps their leases.
+pub(crate) struct SqsSettler {
+    pub(crate) queues: Arc<Queues>,
+    /// The source as the application named it.
+    pub(crate) logical: Arc<str>,
+    /// One permit per delivery the consumer may still take (prefetch).
+    pub(crate) permits: Arc<Semaphore>,
+    state: Mutex<Outstanding>,
+    deletes: mpsc::UnboundedSender<Op>,
+    visibility: mpsc::UnboundedSender<Op>,
+}
+
+impl fmt::Debug for SqsSettler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state.lock();
+        f.debug_struct("SqsSettler")
+            .field("source", &self.logical)
+            .field("unsettled", &state.entries.len())
+            .field("closed", &state.closed)
+            .finish()
+    }
+}
+
+impl SqsSettler {
+    /// A settler for `logical`'s consumer holding at most `prefetch`
+    /// deliveries; starts its batching tasks and heartbeat.
+    pub(crate) fn start(queues: Arc<Queues>, logical: &str, prefetch: usize) -> Arc<Self> {
+        let logical: Arc<str> = logical.into();
+        let settings = batch::Settings {
+            max_entries: MAX_ENTRIES,
+            max_bytes: usize::MAX,
+            linger: Duration::ZERO,
+            concurrency: SETTLE_CONCURRENCY,
+        };
+        let (q, l) = (queues.clone(), logical.clone());
+        let (deletes, _) = batch::spawn(settings, |_: &Op| 0, move |ops| {
+            let (q, l) = (q.clone(), l.clone());
+            async move { flush(&q, &l, ops, Kind::Delete).await }
+        });
+        let (q, l) = (queues.clone(), logical.clone());
+        let (visibility, _) = batch::spawn(settings, |_: &Op| 0, move |ops| {
+            let (q, l) = (q.clone(), l.clone());
+            async move { flush(&q, &l, ops, Kind::Visibility).await }
+        });
+        let vt = queues.config.visibility_timeout;
+        let settler = Arc::new(SqsSettler {
+            queues,
+            logical,
+            permits: Arc::new(Semaphore::new(prefetch.max(1))),
+            state: Mutex::new(Outstanding::default()),
+            deletes,
+            visibility,
+        });
+        tokio::spawn(heartbeat(Arc::downgrade(&settler), vt));
+        settler
+    }
+
+    /// Starts tracking a received message; its visibility runs out at
+    /// `visible_until`. Returns its tag.
+    pub(crate) fn track(&self, receipt: &str, visible_until: Instant) -> u64 {
+        let mut state = self.state.lock();
+        state.next_tag += 1;
+        let tag = state.next_tag;
+        state.entries.insert(
+            tag,
+            Entry {
+                receipt: receipt.into(),
+                visible_until,
+                lease: Arc::default(),
+            },
+        );
+        tag
+    }
+
+    /// Stops tracking `tag`, giving its prefetch slot back; `None` when the
+    /// consumer was closed (the message went back to the queue then).
+    fn untrack(&self, tag: u64) -> Option<Entry> {
+        let entry = self.state.lock().entries.remove(&tag);
+        if entry.is_some() {
+            self.permits.add_permits(1);
+        }
+        entry
+    }
+
+    /// Runs `op` through its batching task and waits for its own outcome.
+    async fn run(&self, kind: Kind, receipt: Arc<str>, seconds: i32) -> Result<()> {
+        let (reply, outcome) = oneshot::channel();
+        let queue = match kind {
+            Kind::Delete => &self.deletes,
+            Kind::Visibility => &self.visibility,
+        };
+        queue
+            .send(Op {
+                receipt,
+                seconds,
+                reply: Some(reply),
+            })
+            .map_err(|_| error::closed("the consumer's settlement task", kind.operation(), &self.logical))?;
+        outcome.await.unwrap_or_else(|_| {
+            Err(error::closed("the consumer's settlement task", kind.operation(), &self.logical))
+        })
+    }
+
+    /// Makes `receipt` visible again without waiting (a failed settlement).
+    fn release_now(&self, receipt: Arc<str>) {
+        let _ = self.visibility.send(Op {
+            receipt,
+            seconds: 0,
+            reply: None,
+        });
+    }
+
+    /// Marks the consumer closed and makes every unsettled delivery visible
+    /// again, waiting until SQS confirmed it.
+    pub(crate) async fn close(&self) -> Result<()> {
+        let entries: Vec<Entry> = {
+            let mut state = self.state.lock();
+            state.closed = true;
+            state.entries.drain().map(|(_, e)| e).collect()
+        };
+        let mut returns = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let _settled = entry.lease.lock().await;
+            returns.push(self.run(Kind::Visibility, entry.receipt, 0));
+        }
+        let failed = futures::future::join_all(returns)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .count();
+        if failed > 0 {
+            tracing::warn!(source = %self.logical, failed,
+                "could not return some unsettled messages on close; SQS redelivers them after their visibility timeout");
+        }
+        Ok(())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Extends the visibility of held deliveries that are past half of it.
+    async fn extend_due(&self, vt: Duration) {
+        let now = Instant::now();
+        let due: Vec<(u64, Arc<str>, tokio::sync::OwnedMutexGuard<()>)> = {
+            let state = self.state.lock();
+            state
+                .entries
+                .iter()
+                .filter(|(_, e)| e.visible_until <= now + vt / 2)
+                .filter_map(|(tag, e)| {
+                    let guard = e.lease.clone().try_lock_owned().ok()?;
+                    Some((*tag, e.receipt.clone(), guard))
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let seconds = secs_i32(vt);
+        let calls = due.chunks(MAX_ENTRIES).map(|chunk| {
+            let ops: Vec<(u64, Arc<str>)> = chunk.iter().map(|(t, r, _)| (*t, r.clone())).collect();
+            async move {
+                let receipts: Vec<Arc<str>> = ops.iter().map(|(_, r)| r.clone()).collect();
+                let results = change_visibility(&self.queues, &self.logical, &receipts, seconds).await;
+                ops.into_iter().map(|(tag, _)| tag).zip(results).collect::<Vec<_>>()
+            }
+        });
+        let results = futures::future::join_all(calls).await;
+        let mut state = self.state.lock();
+        for (tag, result) in results.into_iter().flatten() {
+            match result {
+                Ok(()) => {
+                    if let Some(e) = state.entries.get_mut(&tag) {
+                        e.visible_until = now + vt;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(source = %self.logical, error = %e, "could not extend a held message's visibility")
+                }
+            }
+        }
+        drop(state);
+        drop(due);
+    }
+
+    /// Publishes the dead letter of `delivery`: to the queue's redrive target
+    /// or `<source>-dlq`.
+    async fn publish_dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
+        let dlq = self.queues.dead_letter_destination(&self.logical);
+        let info = self.queues.resolve(&dlq).await?;
+        let wire = prepare(&info, delivery.dead_letter_message(reason))?;
+        send_to(&self.queues, &dlq, std::slice::from_ref(&wire))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Error::new(ErrorKind::Broker, "no outcome for the dead letter")))
+    }
+}
+
+#[async_trait]
+impl Settler for SqsSettler {
+    async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()> {
+        let operation = match &settlement {
+            Settlement::Ack => "ack",
+            Settlement::Nack { .. } => "nack",
+            Settlement::DeadLetter { .. } => "dead-letter",
+            _ => "settle",
+        };
+        let entry = delivery
+            .metadata::<SqsMetadata>()
+            .and_then(|m| self.untrack(m.tag))
+            .ok_or_else(|| {
+                Error::closed(format!(
+                    "the consumer was closed; message {} went back to the queue",
+                    delivery.id()
+                ))
+                .with_backend(BACKEND)
+                .with_operation(operation)
+                .with_destination(self.logical.to_string())
+            })?;
+        // Wait for a heartbeat extension of this message to finish.
+        drop(entry.lease.lock().await);
+        let receipt = entry.receipt;
+        match settlement {
+            Settlement::Ack => self.run(Kind::Delete, receipt, 0).await,
+            Settlement::Nack { delay: None } => self.run(Kind::Visibility, receipt, 0).await,
+            Settlement::Nack { delay: Some(d) } if d > MAX_VISIBILITY => {
+                self.release_now(receipt);
+                Err(Error::unsupported(format!(
+                    "SQS delays a redelivery by at most 12 hours (visibility timeout); asked for {d:?}; \
+                     the message was made visible again instead"
+                ))
+                .with_backend(BACKEND)
+                .with_operation(operation)
+                .with_destination(self.logical.to_string()))
+            }
+            Settlement::Nack { delay: Some(d) } => {
+                self.run(Kind::Visibility, receipt, secs_i32(d)).await
+            }
+            Settlement::DeadLetter { reason } => {
+                if let Err(e) = self.publish_dead_letter(delivery, &reason).await {
+                    self.release_now(receipt);
+                    return Err(e.with_operation(operation));
+                }
+                self.run(Kind::Delete, receipt, 0).await
+            }
+            other => {
+                self.release_now(receipt);
+                Err(Error::unsupported(format!("unknown settlement {other:?}")).with_backend(BACKEND))
+            }
+        }
+    }
+
+    fn abandon(&self, delivery: &Delivery) {
+        let Some(entry) = delivery.metadata::<SqsMetadata>().and_then(|m| self.untrack(m.tag)) else {
+            return;
+        };
+        let visibility = self.visibility.clone();
+        let op = Op {
+            receipt: entry.receipt,
+            seconds: 0,
+            reply: None,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let lease = entry.lease;
+                runtime.spawn(async move {
+                    let _settled = lease.lock().await;
+                    let _ = visibility.send(op);
+                });
+            }
+            // No runtime: hand it over directly (its visibility timeout is the fallback).
+            Err(_) => {
+                let _ = visibility.send(op);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Delete,
+    Visibility,
+}
+
+impl Kind {
+    fn operation(self) -> &'static str {
+        match self {
+            Kind::Delete => "ack",
+            Kind::Visibility => "change visibility",
+        }
+    }
+}
+
+/// Runs one batch of deletes or visibility changes and answers each op.
+async fn flush(queues: &Queues, logical: &str, ops: Vec<Op>, kind: Kind) {
+    let receipts: Vec<Arc<str>> = ops.iter().map(|o| o.receipt.clone()).collect();
+    let results = match kind {
+        Kind::Delete => delete(queues, logical, &receipts).await,
+        Kind::Visibility => {
+            let seconds: Vec<i32> = ops.iter().map(|o| o.seconds).collect();
+            change_visibility_each(queues, logical, &receipts, &seconds).await
+        }
+    };
+    for (op, result) in ops.into_iter().zip(results) {
+        match op.reply {
+            Some(reply) => {
+                let _ = reply.send(result);
+            }
+            None => {
+                if let Err(e) = result {
+                    tracing::warn!(source = logical, error = %e, "returning a message to the queue failed; SQS redelivers it after its visibility timeout");
+                }
+            }
+        }
+    }
+}
+
+/// Each entry's outcome from a batch call's successful and failed lists.
+fn outcomes<'a>(
+    n: usize,
+    successful: impl Iterator<Item = &'a str>,
+    failed: &[aws_sdk_sqs::types::BatchResultErrorEntry],
+    operation: &'static str,
+    logical: &str,
+) -> Vec<Result<()>> {
+    let mut results: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
+    for id in successful {
+        if let Some(slot) = id.parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
+            *slot = Some(Ok(()));
+        }
+    }
+    for f in failed {
+        if let Some(slot) = f.id().parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
+            *slot = Some(Err(error::entry(f, operation, logical)));
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(Error::new(ErrorKind::Broker, "SQS reported no outcome for the entry")
+                    .with_backend(BACKEND)
+                    .with_operation(operation)
+                    .with_destination(logical))
+            })
+        })
+        .collect()
+}
+
+fn all_failed(n: usize, e: &Error) -> Vec<Result<()>> {
+    (0..n).map(|_| Err(error::replicate(e))).collect()
+}
+
+fn build_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::config("invalid batch entry").with_backend(BACKEND).with_source(e)
+}
+
+async fn delete(queues: &Queues, logical: &str, receipts: &[Arc<str>]) -> Vec<Result<()>> {
+    let info = match queues.resolve(logical).await {
+        Ok(info) => info,
+        Err(e) => return all_failed(receipts.len(), &e),
+    };
+    let entries: Result<Vec<_>> = receipts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(r.as_ref())
+                .build()
+                .map_err(build_error)
+        })
+        .collect();
+    let entries = match entries {
+        Ok(e) => e,
+        Err(e) => return all_failed(receipts.len(), &e),
+    };
+    match queues
+        .clients
+        .ops
+        .delete_message_batch()
+        .queue_url(&info.url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        Ok(out) => outcomes(
+            receipts.len(),
+            out.successful().iter().map(|s| s.id()),
+            out.failed(),
+            "ack",
+            logical,
+        ),
+        Err(e) => {
+            let e = error::sdk(e, "ack", logical);
+            queues.gone(&info, &e);
+            all_failed(receipts.len(), &e)
+        }
+    }
+}
+
+async fn change_visibility(queues: &Queues, logical: &str, receipts: &[Arc<str>], seconds: i32) -> Vec<Result<()>> {
+    let each = vec![seconds; receipts.len()];
+    change_visibility_each(queues, logical, receipts, &each).await
+}
+
+async fn change_visibility_each(
+    queues: &Queues,
+    logical: &str,
+    receipts: &[Arc<str>],
+    seconds: &[i32],
+) -> Vec<Result<()>> {
+    let info = match queues.resolve(logical).await {
+        Ok(info) => info,
+        Err(e) => return all_failed(receipts.len(), &e),
+    };
+    let entries: Result<Vec<_>> = receipts
+        .iter()
+        .zip(seconds)
+        .enumerate()
+        .map(|(i, (r, s))| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(r.as_ref())
+                .visibility_timeout(*s)
+                .build()
+                .map_err(build_error)
+        })
+        .collect();
+    let entries = match entries {
+        Ok(e) => e,
+        Err(e) => return all_failed(receipts.len(), &e),
+    };
+    match queues
+        .clients
+        .ops
+        .change_message_visibility_batch()
+        .queue_url(&info.url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+    {
+        Ok(out) => outcomes(
+            receipts.len(),
+            out.successful().iter().map(|s| s.id()),
+            out.failed(),
+            "change visibility",
+            logical,
+        ),
+        Err(e) => {
+            let e = error::sdk(e, "change visibility", logical);
+            queues.gone(&info, &e);
+            all_failed(receipts.len(), &e)
+        }
+    }
+}
+
+/// Extends held deliveries' visibility until the settler goes away or closes.
+async fn heartbeat(settler: Weak<SqsSettler>, vt: Duration) {
+    let tick = (vt / 6).max(Duration::from_millis(200));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(settler) = settler.upgrade() else {
+            return;
+        };
+        if settler.is_closed() {
+            return;
+        }
+        settler.extend_due(vt).await;
+    }
+}

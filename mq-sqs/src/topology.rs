@@ -1,0 +1,270 @@
+//! Queues: names, URL resolution (cached), creation and the attributes that
+//! matter to `mq` (maximum size, redrive policy, FIFO).
+//!
+//! A destination is one queue of the same name. With `fifo=true`, `.fifo` is
+//! appended to names that lack it. A queue URL is resolved once per
+//! connection and cached; an operation that finds the queue gone (an
+//! emulator restarted, someone deleted it) drops the cache entry, so the
+//! next use resolves, and with `create_queues`, creates it again.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use mq_core::{Error, ErrorKind, Result};
+use parking_lot::Mutex;
+use tokio::sync::OnceCell;
+
+use crate::config::{SqsConfig, DEFAULT_MAX_MESSAGE_SIZE, MIN_MAX_MESSAGE_SIZE};
+use crate::error;
+use crate::BACKEND;
+
+/// Bytes of the queue's `MaximumMessageSize` kept for `mq`'s own attributes
+/// (message id, content type, key, encodings): a message whose
+/// [`encoded_len`](mq_core::Message::encoded_len) is within the rest is
+/// accepted whatever its headers look like on the wire, short of base64.
+pub const RESERVED_FOR_ATTRIBUTES: usize = 1024;
+
+/// The longest queue name SQS accepts, `.fifo` included.
+pub const MAX_QUEUE_NAME: usize = 80;
+
+const FIFO_SUFFIX: &str = ".fifo";
+
+/// The two SDK clients of a connection: one for ordinary requests, one with
+/// a time limit that leaves room for the long poll.
+#[derive(Clone)]
+pub(crate) struct Clients {
+    pub(crate) ops: aws_sdk_sqs::Client,
+    pub(crate) receive: aws_sdk_sqs::Client,
+}
+
+/// What `mq` knows about one queue.
+#[derive(Debug)]
+pub(crate) struct QueueInfo {
+    /// The name as the application gives it.
+    pub(crate) logical: String,
+    /// The queue's URL.
+    pub(crate) url: String,
+    /// A FIFO queue.
+    pub(crate) fifo: bool,
+    /// The largest message SQS accepts here (body and attributes).
+    pub(crate) max_size: usize,
+    /// The queue named by the queue's own redrive policy, if it has one.
+    pub(crate) redrive_target: Option<String>,
+}
+
+impl QueueInfo {
+    /// The largest [`encoded_len`](mq_core::Message::encoded_len) accepted.
+    pub(crate) fn limit(&self) -> usize {
+        self.max_size.saturating_sub(RESERVED_FOR_ATTRIBUTES)
+    }
+}
+
+type Slot = Arc<OnceCell<Arc<QueueInfo>>>;
+
+/// Resolves and caches queues for one connection.
+pub(crate) struct Queues {
+    pub(crate) clients: Clients,
+    pub(crate) config: Arc<SqsConfig>,
+    cache: Mutex<HashMap<String, Slot>>,
+}
+
+impl fmt::Debug for Queues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queues")
+            .field("cached", &self.cache.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queues {
+    pub(crate) fn new(clients: Clients, config: Arc<SqsConfig>) -> Self {
+        Queues {
+            clients,
+            config,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The SQS name of destination `logical`, validated.
+    pub(crate) fn sqs_name(&self, logical: &str) -> Result<String> {
+        let name = if self.config.fifo && !logical.ends_with(FIFO_SUFFIX) {
+            format!("{logical}{FIFO_SUFFIX}")
+        } else {
+            logical.to_owned()
+        };
+        validate_name(&name)?;
+        Ok(name)
+    }
+
+    /// The queue of destination `logical`: cached, else looked up, else
+    /// created (with `create_queues`). Concurrent first uses share one lookup.
+    pub(crate) async fn resolve(&self, logical: &str) -> Result<Arc<QueueInfo>> {
+        let slot = self.cache.lock().entry(logical.to_owned()).or_default().clone();
+        slot.get_or_try_init(|| self.load(logical))
+            .await
+            .cloned()
+    }
+
+    /// The cached queue of `logical`, if resolved already (no I/O).
+    pub(crate) fn cached(&self, logical: &str) -> Option<Arc<QueueInfo>> {
+        self.cache.lock().get(logical)?.get().cloned()
+    }
+
+    /// Forgets `info` (the queue is gone); a later resolution starts afresh.
+    pub(crate) fn invalidate(&self, info: &Arc<QueueInfo>) {
+        let mut cache = self.cache.lock();
+        let same = cache
+            .get(&info.logical)
+            .and_then(|slot| slot.get())
+            .is_some_and(|cached| Arc::ptr_eq(cached, info));
+        if same {
+            tracing::debug!(queue = %info.logical, "queue is gone; forgetting its URL");
+            cache.remove(&info.logical);
+        }
+    }
+
+    /// Handles an error of an operation on `info`: if the queue is gone,
+    /// forgets it and tells whether resolving again may help.
+    pub(crate) fn gone(&self, info: &Arc<QueueInfo>, err: &Error) -> bool {
+        if err.kind() == ErrorKind::NotFound {
+            self.invalidate(info);
+            return self.config.create_queues;
+        }
+        false
+    }
+
+    async fn load(&self, logical: &str) -> Result<Arc<QueueInfo>> {
+        let name = self.sqs_name(logical)?;
+        let fifo = name.ends_with(FIFO_SUFFIX);
+        let client = &self.clients.ops;
+        let url = match client.get_queue_url().queue_name(&name).send().await {
+            Ok(out) => out.queue_url().map(str::to_owned),
+            Err(e) => {
+                let err = error::sdk(e, "resolve queue", logical);
+                if err.kind() != ErrorKind::NotFound {
+                    return Err(err);
+                }
+                if !self.config.create_queues {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("SQS queue `{name}` does not exist and create_queues is off"),
+                    )
+                    .with_backend(BACKEND)
+                    .with_operation("resolve queue")
+                    .with_destination(logical));
+                }
+                let mut create = client.create_queue().queue_name(&name);
+                if fifo {
+                    create = create.attributes(QueueAttributeName::FifoQueue, "true");
+                }
+                tracing::debug!(queue = %name, "creating SQS queue");
+                let out = create
+                    .send()
+                    .await
+                    .map_err(|e| error::sdk(e, "create queue", logical))?;
+                out.queue_url().map(str::to_owned)
+            }
+        };
+        let url = url.ok_or_else(|| {
+            Error::new(ErrorKind::Broker, format!("SQS returned no URL for queue `{name}`"))
+                .with_backend(BACKEND)
+                .with_destination(logical)
+        })?;
+
+        let attrs = client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::MaximumMessageSize)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| error::sdk(e, "read queue attributes", logical))?;
+        let attrs = attrs.attributes();
+        let get = |n: QueueAttributeName| attrs.and_then(|a| a.get(&n)).map(String::as_str);
+        let queue_max = get(QueueAttributeName::MaximumMessageSize)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE)
+            .max(MIN_MAX_MESSAGE_SIZE);
+        let redrive_target = get(QueueAttributeName::RedrivePolicy).and_then(redrive_target);
+        if let Some(target) = &redrive_target {
+            tracing::debug!(queue = %name, %target, "queue has a redrive policy; dead letters go to its target");
+        }
+        Ok(Arc::new(QueueInfo {
+            logical: logical.to_owned(),
+            url,
+            fifo,
+            max_size: queue_max.min(self.config.max_message_size),
+            redrive_target,
+        }))
+    }
+
+    /// Where dead letters of `logical` go: the target of the queue's redrive
+    /// policy if the queue is resolved and has one, else `<name>-dlq`
+    /// (`<name>-dlq.fifo` for a FIFO queue).
+    pub(crate) fn dead_letter_destination(&self, logical: &str) -> String {
+        if let Some(target) = self.cached(logical).and_then(|i| i.redrive_target.clone()) {
+            return target;
+        }
+        match logical.strip_suffix(FIFO_SUFFIX) {
+            Some(base) => format!("{base}-dlq{FIFO_SUFFIX}"),
+            None => format!("{logical}-dlq"),
+        }
+    }
+}
+
+/// The queue name in a redrive policy's `deadLetterTargetArn`
+/// (`arn:aws:sqs:REGION:ACCOUNT:NAME`).
+fn redrive_target(policy: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(policy).ok()?;
+    let arn = v.get("deadLetterTargetArn")?.as_str()?;
+    let name = arn.rsplit(':').next()?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// SQS queue name rules: 1 to 80 of `A-Za-z0-9-_`, plus `.fifo` for FIFO.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let base = name.strip_suffix(FIFO_SUFFIX).unwrap_or(name);
+    let valid = !base.is_empty()
+        && name.len() <= MAX_QUEUE_NAME
+        && base
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "`{name}` is not a valid SQS queue name: 1 to {MAX_QUEUE_NAME} characters of \
+             A-Z, a-z, 0-9, - and _, with the suffix .fifo for a FIFO queue"
+        ))
+        .with_backend(BACKEND)
+        .with_destination(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names() {
+        for ok in ["jobs", "a-b_C9", "orders.fifo", &"x".repeat(80), &format!("{}.fifo", "y".repeat(75))] {
+            validate_name(ok).expect(ok);
+        }
+        for bad in ["", ".fifo", "a.b", "has space", "é", &"x".repeat(81), "q.fifo.fifo", "q/1"] {
+            let err = validate_name(bad).expect_err(bad);
+            assert_eq!(err.kind(), ErrorKind::Config, "{bad}");
+        }
+    }
+
+    #[test]
+    fn redrive_policy_names_its_target() {
+        assert_eq!(
+            redrive_target(r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:123456789012:jobs-dead","maxReceiveCount":"5"}"#),
+            Some("jobs-dead".into())
+        );
+        assert_eq!(redrive_target("not json"), None);
+        assert_eq!(redrive_target(r#"{"maxReceiveCount":5}"#), None);
+    }
+}
