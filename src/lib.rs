@@ -37,7 +37,10 @@ pub fn registry() -> Registry {
         "rabbit",
         cfg!(feature = "rabbit"),
     );
-    hint_backend(&mut registry, &["kafka"], "kafka", cfg!(feature = "kafka"));
+    #[cfg(feature = "kafka")]
+    mq_kafka::register(&mut registry);
+    #[cfg(not(feature = "kafka"))]
+    hint_backend(&mut registry, &["kafka"], "kafka", false);
     hint_backend(
         &mut registry,
         &["sqs", "sqs+http"],

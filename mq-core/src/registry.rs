@@ -19,10 +19,21 @@ pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<Client>> + Send>>;
 /// Connects to a broker given its parsed URL.
 pub type ConnectFn = fn(RedactedUrl) -> ConnectFuture;
 
+/// Connects to a broker given the URL exactly as written, for backends whose
+/// URLs are not valid WHATWG URLs (Kafka's `kafka://h1:9092,h2:9092` host
+/// list has several ports). The backend parses and redacts it itself.
+pub type ConnectStrFn = fn(String) -> ConnectFuture;
+
+#[derive(Clone, Copy)]
+enum Connector {
+    Parsed(ConnectFn),
+    Raw(ConnectStrFn),
+}
+
 /// Maps URL schemes to backend constructors.
 #[derive(Clone, Default)]
 pub struct Registry {
-    backends: Vec<(&'static str, ConnectFn)>,
+    backends: Vec<(&'static str, Connector)>,
     hints: Vec<(&'static str, &'static str)>,
 }
 
@@ -42,7 +53,15 @@ impl Registry {
     /// Connects URLs with `scheme` using `connect`; replaces an earlier registration.
     pub fn register(&mut self, scheme: &'static str, connect: ConnectFn) -> &mut Self {
         self.backends.retain(|(s, _)| *s != scheme);
-        self.backends.push((scheme, connect));
+        self.backends.push((scheme, Connector::Parsed(connect)));
+        self
+    }
+
+    /// Connects URLs with `scheme` using `connect`, which gets the URL text
+    /// unparsed (see [`ConnectStrFn`]); replaces an earlier registration.
+    pub fn register_raw(&mut self, scheme: &'static str, connect: ConnectStrFn) -> &mut Self {
+        self.backends.retain(|(s, _)| *s != scheme);
+        self.backends.push((scheme, Connector::Raw(connect)));
         self
     }
 
@@ -60,13 +79,21 @@ impl Registry {
 
     /// Connects to the broker `url` names.
     pub async fn connect(&self, url: &str) -> Result<Client> {
+        let raw = url.split_once("://").and_then(|(scheme, _)| {
+            self.backends.iter().find_map(|(s, c)| match c {
+                Connector::Raw(f) if s.eq_ignore_ascii_case(scheme) => Some(*f),
+                _ => None,
+            })
+        });
+        if let Some(connect) = raw {
+            return connect(url.to_owned()).await;
+        }
         let parsed = RedactedUrl::parse(url)?;
         let scheme = parsed.expose().scheme().to_owned();
-        let connect = self
-            .backends
-            .iter()
-            .find(|(s, _)| *s == scheme)
-            .map(|(_, f)| *f);
+        let connect = self.backends.iter().find_map(|(s, c)| match c {
+            Connector::Parsed(f) if *s == scheme => Some(*f),
+            _ => None,
+        });
         match connect {
             Some(connect) => connect(parsed).await,
             None => Err(self.unknown_scheme(&scheme, url)),
@@ -118,6 +145,21 @@ mod tests {
         assert!(text.contains("supports: memory://"), "{text}");
         assert!(text.contains("enable the `kafka` feature"), "{text}");
         assert!(!text.contains(":pw@"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn raw_backends_get_the_url_unparsed() {
+        let mut r = Registry::with_memory();
+        r.register_raw("multi", |url| {
+            Box::pin(async move { Err(Error::config(format!("got {}", url.len()))) })
+        });
+        // Not a valid WHATWG URL (two ports), yet it reaches the backend.
+        let err = r
+            .connect("multi://h1:1,h2:2?x=1")
+            .await
+            .expect_err("the stub fails");
+        assert_eq!(err.message(), "got 21");
+        assert!(r.schemes().any(|s| s == "multi"));
     }
 
     #[tokio::test]

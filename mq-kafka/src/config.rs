@@ -1,0 +1,647 @@
+//! `kafka://` URLs and their typed equivalent, [`KafkaConfig`].
+//!
+//! A Kafka URL names several brokers (`kafka://h1:9092,h2:9092`), which is
+//! not a valid WHATWG URL (one authority, one port), so this module splits
+//! the host list off itself and hands the rest to [`UrlOptions`] for the
+//! strict option parsing every backend shares. Every error is redacted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use mq_core::url::{is_secret_key, redact_str, Secret, UrlOptions};
+use mq_core::{Error, Result};
+use rdkafka::ClientConfig;
+use url::Url;
+
+use crate::BACKEND;
+
+/// The port used when a broker in the URL names none.
+pub const DEFAULT_PORT: u16 = 9092;
+
+/// Bytes a record needs beyond what [`Message::encoded_len`](mq_core::Message::encoded_len)
+/// counts: the record batch header (61 bytes), the record's varints and
+/// attributes, and the names of the headers that carry the message id and
+/// content type. The size limit reported in the capabilities is
+/// `message_max_bytes` minus this, so a message exactly at the reported limit
+/// still fits in one record batch.
+pub const RECORD_OVERHEAD: usize = 512;
+
+/// Settings of a Kafka connection. [`KafkaConfig::from_url`] reads them
+/// from a `kafka://` URL; every field has the URL option of the same name
+/// (see the crate docs for the table).
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KafkaConfig {
+    /// Bootstrap brokers as `host:port`.
+    pub brokers: Vec<String>,
+    /// Consumer group of consumers that name none; `None` means `mq-<topic>`.
+    pub group: Option<String>,
+    /// `client.id` of every librdkafka client.
+    pub client_id: String,
+    /// Producer acknowledgements: `all` (default), `1` or `0`.
+    pub acks: String,
+    /// Idempotent producer (no duplicates or reordering on retries).
+    pub idempotence: bool,
+    /// How long the producer waits to fill a batch (`linger.ms`).
+    pub linger: Duration,
+    /// Largest producer batch in bytes (`batch.size`), librdkafka's default if `None`.
+    pub batch_size: Option<usize>,
+    /// Compression codec (`none`, `gzip`, `snappy`, `lz4`).
+    pub compression: Option<String>,
+    /// Largest record batch the producer sends (`message.max.bytes`).
+    pub message_max_bytes: usize,
+    /// Create missing topics (source, retry, dead-letter, reply) with
+    /// `partitions` and `replication`.
+    pub auto_create_topics: bool,
+    /// Partitions of topics this client creates.
+    pub partitions: i32,
+    /// Replication factor of topics this client creates.
+    pub replication: i16,
+    /// Consumer group session timeout (`session.timeout.ms`).
+    pub session_timeout: Duration,
+    /// Consumer group heartbeat interval (`heartbeat.interval.ms`).
+    pub heartbeat: Duration,
+    /// How often settled offsets are committed.
+    pub commit_interval: Duration,
+    /// How long a send may take before it fails (`message.timeout.ms`);
+    /// also bounds topic creation and metadata look-ups.
+    pub send_timeout: Duration,
+    /// Ordered mode: a nack pauses the partition and redelivers in place
+    /// instead of going through the retry topic.
+    pub ordered: bool,
+    /// Whether the broker keeps messages across restarts (reported as the
+    /// `persistent` capability).
+    pub persistent: bool,
+    /// Security settings.
+    pub security: Security,
+    /// librdkafka options passed through as given (`rdkafka.<option>=value`),
+    /// applied last, so they override everything above.
+    pub rdkafka: PassThrough,
+}
+
+/// TLS and SASL settings.
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Security {
+    /// `security.protocol`: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub protocol: Option<String>,
+    /// `sasl.mechanism`: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name (the URL's user).
+    pub username: Option<String>,
+    /// SASL password (the URL's password).
+    pub password: Option<Secret>,
+    /// CA certificate file (`ssl.ca.location`).
+    pub ssl_ca: Option<String>,
+    /// Client certificate file (`ssl.certificate.location`).
+    pub ssl_cert: Option<String>,
+    /// Client key file (`ssl.key.location`).
+    pub ssl_key: Option<String>,
+    /// Password of the client key (`ssl.key.password`).
+    pub ssl_key_password: Option<Secret>,
+}
+
+/// librdkafka options given as `rdkafka.<option>=value`. `Debug` hides the
+/// values of options that name secrets (`sasl.password`, `ssl.key.password`, ...).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PassThrough(BTreeMap<String, Secret>);
+
+impl PassThrough {
+    /// Sets `option` to `value`.
+    pub fn set(&mut self, option: impl Into<String>, value: impl Into<String>) {
+        self.0.insert(option.into(), Secret::new(value.into()));
+    }
+
+    /// The value of `option`.
+    pub fn get(&self, option: &str) -> Option<&str> {
+        self.0.get(option).map(Secret::expose)
+    }
+
+    /// Options and values.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.expose()))
+    }
+}
+
+impl fmt::Debug for PassThrough {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (k, v) in &self.0 {
+            if is_secret_key(k) {
+                map.entry(k, &"***");
+            } else {
+                map.entry(k, &v.expose());
+            }
+        }
+        map.finish()
+    }
+}
+
+impl fmt::Debug for Security {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Security")
+            .field("protocol", &self.protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("ssl_ca", &self.ssl_ca)
+            .field("ssl_cert", &self.ssl_cert)
+            .field("ssl_key", &self.ssl_key)
+            .field("ssl_key_password", &self.ssl_key_password)
+            .finish()
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .field("client_id", &self.client_id)
+            .field("acks", &self.acks)
+            .field("idempotence", &self.idempotence)
+            .field("linger", &self.linger)
+            .field("batch_size", &self.batch_size)
+            .field("compression", &self.compression)
+            .field("message_max_bytes", &self.message_max_bytes)
+            .field("auto_create_topics", &self.auto_create_topics)
+            .field("partitions", &self.partitions)
+            .field("replication", &self.replication)
+            .field("session_timeout", &self.session_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .field("commit_interval", &self.commit_interval)
+            .field("send_timeout", &self.send_timeout)
+            .field("ordered", &self.ordered)
+            .field("persistent", &self.persistent)
+            .field("security", &self.security)
+            .field("rdkafka", &self.rdkafka)
+            .finish()
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: vec![format!("localhost:{DEFAULT_PORT}")],
+            group: None,
+            client_id: "mq".to_owned(),
+            acks: "all".to_owned(),
+            idempotence: true,
+            linger: Duration::from_millis(5),
+            batch_size: None,
+            compression: None,
+            message_max_bytes: 1024 * 1024,
+            auto_create_topics: false,
+            partitions: 1,
+            replication: 1,
+            session_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(1),
+            commit_interval: Duration::from_millis(200),
+            send_timeout: Duration::from_secs(30),
+            ordered: false,
+            persistent: true,
+            security: Security::default(),
+            rdkafka: PassThrough::default(),
+        }
+    }
+}
+
+fn config_err(url: &str, what: impl fmt::Display) -> Error {
+    Error::config(format!("invalid kafka URL {}: {what}", redact_str(url))).with_backend(BACKEND)
+}
+
+fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+impl KafkaConfig {
+    /// A config for the brokers `hosts` (`host:port`), everything else default.
+    pub fn new(brokers: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into_iter().map(Into::into).collect(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    /// Reads a `kafka://[user:password@]host[:port][,host[:port]...][?option=value...]` URL, strictly.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let rest = url
+            .strip_prefix("kafka://")
+            .ok_or_else(|| config_err(url, "the scheme must be kafka://"))?;
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let (userinfo, hosts) = match authority.rfind('@') {
+            Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+            None => (None, authority),
+        };
+        if hosts.is_empty() {
+            return Err(config_err(url, "no broker host given"));
+        }
+        let mut brokers = Vec::new();
+        for host in hosts.split(',') {
+            brokers.push(parse_host(url, host)?);
+        }
+        // The rest is an ordinary URL once the host list is reduced to one
+        // placeholder host; it carries the user info, path and query.
+        let single = match userinfo {
+            Some(u) => format!("kafka://{u}@placeholder{tail}"),
+            None => format!("kafka://placeholder{tail}"),
+        };
+        let parsed = Url::parse(&single).map_err(|e| config_err(url, e))?;
+        if !matches!(parsed.path(), "" | "/") {
+            return Err(config_err(url, "kafka URLs take no path"));
+        }
+        if parsed.fragment().is_some() {
+            return Err(config_err(url, "kafka URLs take no fragment"));
+        }
+        let mut config = KafkaConfig {
+            brokers,
+            ..KafkaConfig::default()
+        };
+        if !parsed.username().is_empty() {
+            config.security.username = Some(decode(url, parsed.username())?);
+        }
+        if let Some(p) = parsed.password() {
+            config.security.password = Some(Secret::new(decode(url, p)?));
+        }
+        config.read_options(&parsed)?;
+        config.validate(url)?;
+        Ok(config)
+    }
+
+    fn read_options(&mut self, parsed: &Url) -> Result<()> {
+        let mut o = UrlOptions::new(BACKEND, parsed)?;
+        if let Some(g) = o.take_str("group") {
+            self.group = Some(g);
+        }
+        if let Some(c) = o.take_str("client_id") {
+            self.client_id = c;
+        }
+        if let Some(a) = o.take_str("acks") {
+            self.acks = a;
+        }
+        if let Some(i) = o.take_bool("idempotence")? {
+            self.idempotence = i;
+        }
+        if let Some(l) = o.take_duration("linger")? {
+            self.linger = l;
+        }
+        self.batch_size = o.take::<usize>("batch_size")?;
+        self.compression = o.take_str("compression");
+        if let Some(m) = o.take::<usize>("message_max_bytes")? {
+            self.message_max_bytes = m;
+        }
+        if let Some(a) = o.take_bool("auto_create_topics")? {
+            self.auto_create_topics = a;
+        }
+        if let Some(p) = o.take::<i32>("partitions")? {
+            self.partitions = p;
+        }
+        if let Some(r) = o.take::<i16>("replication")? {
+            self.replication = r;
+        }
+        if let Some(d) = o.take_duration("session_timeout")? {
+            self.session_timeout = d;
+        }
+        if let Some(d) = o.take_duration("heartbeat")? {
+            self.heartbeat = d;
+        }
+        if let Some(d) = o.take_duration("commit_interval")? {
+            self.commit_interval = d;
+        }
+        if let Some(d) = o.take_duration("send_timeout")? {
+            self.send_timeout = d;
+        }
+        if let Some(b) = o.take_bool("ordered")? {
+            self.ordered = b;
+        }
+        if let Some(b) = o.take_bool("persistent")? {
+            self.persistent = b;
+        }
+        self.security.protocol = o.take_str("security_protocol");
+        self.security.sasl_mechanism = o.take_str("sasl_mechanism");
+        self.security.ssl_ca = o.take_str("ssl_ca");
+        self.security.ssl_cert = o.take_str("ssl_cert");
+        self.security.ssl_key = o.take_str("ssl_key");
+        self.security.ssl_key_password = o.take_str("ssl_key_password").map(Secret::new);
+        for (k, v) in o.take_prefixed("rdkafka.") {
+            self.rdkafka.set(k, v);
+        }
+        o.finish()
+    }
+
+    fn validate(&self, url: &str) -> Result<()> {
+        if !matches!(self.acks.as_str(), "all" | "-1" | "0" | "1") {
+            return Err(config_err(
+                url,
+                format!("acks must be all, 1 or 0, not `{}`", self.acks),
+            ));
+        }
+        if self.idempotence && !matches!(self.acks.as_str(), "all" | "-1") {
+            return Err(config_err(
+                url,
+                "the idempotent producer needs acks=all (or set idempotence=false)",
+            ));
+        }
+        if self.partitions < 1 {
+            return Err(config_err(url, "partitions must be at least 1"));
+        }
+        if self.replication < 1 {
+            return Err(config_err(url, "replication must be at least 1"));
+        }
+        if self.message_max_bytes <= RECORD_OVERHEAD {
+            return Err(config_err(
+                url,
+                format!("message_max_bytes must be more than {RECORD_OVERHEAD}"),
+            ));
+        }
+        if let Some(p) = &self.security.protocol {
+            if !matches!(
+                p.to_ascii_lowercase().as_str(),
+                "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
+            ) {
+                return Err(config_err(
+                    url,
+                    format!("security_protocol must be plaintext, ssl, sasl_plaintext or sasl_ssl, not `{p}`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest message [`Message::encoded_len`](mq_core::Message::encoded_len)
+    /// this client sends; larger ones fail with `TooLarge` before sending.
+    pub fn max_message_size(&self) -> usize {
+        self.message_max_bytes - RECORD_OVERHEAD
+    }
+
+    /// The librdkafka settings every client (producer, consumer, admin) shares.
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.brokers.join(","));
+        c.set("client.id", &self.client_id);
+        let s = &self.security;
+        let protocol = s.protocol.clone().or_else(|| {
+            // A user name in the URL means SASL; plain text unless TLS is asked for.
+            s.username.as_ref().map(|_| "sasl_plaintext".to_owned())
+        });
+        if let Some(p) = protocol {
+            c.set("security.protocol", p.to_ascii_lowercase());
+        }
+        if let Some(u) = &s.username {
+            c.set("sasl.username", u);
+            c.set(
+                "sasl.mechanism",
+                s.sasl_mechanism.clone().unwrap_or_else(|| "PLAIN".into()),
+            );
+        } else if let Some(m) = &s.sasl_mechanism {
+            c.set("sasl.mechanism", m);
+        }
+        if let Some(p) = &s.password {
+            c.set("sasl.password", p.expose());
+        }
+        if let Some(v) = &s.ssl_ca {
+            c.set("ssl.ca.location", v);
+        }
+        if let Some(v) = &s.ssl_cert {
+            c.set("ssl.certificate.location", v);
+        }
+        if let Some(v) = &s.ssl_key {
+            c.set("ssl.key.location", v);
+        }
+        if let Some(v) = &s.ssl_key_password {
+            c.set("ssl.key.password", v.expose());
+        }
+        c.set("message.max.bytes", self.message_max_bytes.to_string());
+        c.set("log_level", "3");
+        c
+    }
+
+    /// Applies the pass-through options (last, so they win).
+    pub(crate) fn pass_through(&self, c: &mut ClientConfig) {
+        for (k, v) in self.rdkafka.iter() {
+            c.set(k, v);
+        }
+    }
+
+    /// Producer settings: acks, idempotence, batching, timeouts.
+    pub(crate) fn producer_config(&self) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("acks", &self.acks);
+        c.set("enable.idempotence", self.idempotence.to_string());
+        c.set("linger.ms", millis(self.linger));
+        c.set("message.timeout.ms", millis(self.send_timeout).as_str());
+        if let Some(b) = self.batch_size {
+            c.set("batch.size", b.to_string());
+        }
+        if let Some(z) = &self.compression {
+            c.set("compression.type", z);
+        }
+        self.pass_through(&mut c);
+        c
+    }
+
+    /// Consumer settings for `group`: manual commits only, earliest offset
+    /// for new groups, and the session timing.
+    pub(crate) fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("group.id", group);
+        c.set("enable.auto.commit", "false");
+        c.set("enable.auto.offset.store", "false");
+        c.set("auto.offset.reset", "earliest");
+        c.set("session.timeout.ms", millis(self.session_timeout));
+        c.set("heartbeat.interval.ms", millis(self.heartbeat));
+        c.set("enable.partition.eof", "false");
+        self.pass_through(&mut c);
+        c
+    }
+
+    /// Admin client settings.
+    pub(crate) fn admin_config(&self) -> ClientConfig {
+        let mut c = self.client_config();
+        self.pass_through(&mut c);
+        c
+    }
+}
+
+fn decode(url: &str, s: &str) -> Result<String> {
+    percent_decode(s)
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .ok_or_else(|| {
+            config_err(
+                url,
+                "user name or password is not valid percent-encoded UTF-8",
+            )
+        })
+}
+
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn parse_host(url: &str, host: &str) -> Result<String> {
+    if host.is_empty() {
+        return Err(config_err(url, "empty broker in the host list"));
+    }
+    let (name, port) = if let Some(v6) = host.strip_prefix('[') {
+        let close = v6
+            .find(']')
+            .ok_or_else(|| config_err(url, format!("unclosed IPv6 address in `{host}`")))?;
+        let after = &v6[close + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(config_err(url, format!("bad broker `{host}`"))),
+        };
+        (&host[..close + 2], port)
+    } else {
+        match host.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (host, None),
+        }
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'))
+    {
+        return Err(config_err(url, format!("bad broker host `{name}`")));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| config_err(url, format!("bad port `{p}` for broker `{name}`")))?,
+    };
+    Ok(format!("{name}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mq_core::ErrorKind;
+
+    #[test]
+    fn defaults_and_host_list() {
+        let c = KafkaConfig::from_url("kafka://127.0.0.1:9092").expect("parse");
+        assert_eq!(c.brokers, ["127.0.0.1:9092"]);
+        assert_eq!(c, KafkaConfig::new(["127.0.0.1:9092"]));
+        let c = KafkaConfig::from_url("kafka://a:1,b,[::1]:3?group=g").expect("parse");
+        assert_eq!(c.brokers, ["a:1", "b:9092", "[::1]:3"]);
+        assert_eq!(c.group.as_deref(), Some("g"));
+    }
+
+    #[test]
+    fn every_option() {
+        let c = KafkaConfig::from_url(
+            "kafka://u:p%40ss@h:1?group=g&client_id=c&acks=all&idempotence=false&linger=20ms\
+             &batch_size=1000&compression=lz4&message_max_bytes=2000000&auto_create_topics=true\
+             &partitions=4&replication=2&session_timeout=6s&heartbeat=500ms&commit_interval=1s\
+             &send_timeout=5s&ordered=true&persistent=false&security_protocol=sasl_ssl\
+             &sasl_mechanism=SCRAM-SHA-512&ssl_ca=/ca&ssl_cert=/c&ssl_key=/k&ssl_key_password=kp\
+             &rdkafka.fetch.wait.max.ms=50",
+        )
+        .expect("parse");
+        assert_eq!(c.group.as_deref(), Some("g"));
+        assert_eq!(c.client_id, "c");
+        assert!(!c.idempotence);
+        assert_eq!(c.linger, Duration::from_millis(20));
+        assert_eq!(c.batch_size, Some(1000));
+        assert_eq!(c.compression.as_deref(), Some("lz4"));
+        assert_eq!(c.message_max_bytes, 2_000_000);
+        assert_eq!(c.max_message_size(), 2_000_000 - RECORD_OVERHEAD);
+        assert!(c.auto_create_topics);
+        assert_eq!((c.partitions, c.replication), (4, 2));
+        assert_eq!(c.session_timeout, Duration::from_secs(6));
+        assert_eq!(c.heartbeat, Duration::from_millis(500));
+        assert_eq!(c.commit_interval, Duration::from_secs(1));
+        assert_eq!(c.send_timeout, Duration::from_secs(5));
+        assert!(c.ordered && !c.persistent);
+        assert_eq!(c.security.username.as_deref(), Some("u"));
+        assert_eq!(
+            c.security.password.as_ref().map(Secret::expose),
+            Some("p@ss")
+        );
+        assert_eq!(c.security.sasl_mechanism.as_deref(), Some("SCRAM-SHA-512"));
+        assert_eq!(c.rdkafka.get("fetch.wait.max.ms"), Some("50"));
+        let p = c.producer_config();
+        assert_eq!(p.get("sasl.password"), Some("p@ss"));
+        assert_eq!(p.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(p.get("ssl.key.password"), Some("kp"));
+        assert_eq!(p.get("compression.type"), Some("lz4"));
+        let k = c.consumer_config("grp");
+        assert_eq!(k.get("group.id"), Some("grp"));
+        assert_eq!(k.get("enable.auto.commit"), Some("false"));
+        assert_eq!(k.get("fetch.wait.max.ms"), Some("50"));
+    }
+
+    #[test]
+    fn user_means_sasl_plain() {
+        let c = KafkaConfig::from_url("kafka://alice:pw@h").expect("parse");
+        let p = c.producer_config();
+        assert_eq!(p.get("security.protocol"), Some("sasl_plaintext"));
+        assert_eq!(p.get("sasl.mechanism"), Some("PLAIN"));
+        assert_eq!(p.get("sasl.username"), Some("alice"));
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors_without_secrets() {
+        for bad in [
+            "kafka://",
+            "kafka://host:notaport",
+            "kafka:// spaces in host",
+            "kafka://h:0",
+            "kafka://a,,b",
+            "kafka://h/path",
+            "kafka://h?partitions=0",
+            "kafka://h?acks=1",
+            "kafka://h?acks=2&idempotence=false",
+            "kafka://h?security_protocol=tls",
+            "kafka://h?partitions=1&partitions=2",
+            "amqp://h",
+        ] {
+            let e = KafkaConfig::from_url(bad).expect_err(bad);
+            assert_eq!(e.kind(), ErrorKind::Config, "{bad}: {e}");
+        }
+        let e = KafkaConfig::from_url("kafka://u:hunter2@h?tokn=s3cr3t&rdkafka.x=1")
+            .expect_err("unknown");
+        let text = format!("{e} {e:?}");
+        assert!(text.contains("tokn"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let e = KafkaConfig::from_url("kafka://u:hunter2@h:bad?token=s3cr3t").expect_err("port");
+        let text = format!("{e} {e:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = KafkaConfig::from_url(
+            "kafka://u:hunter2@h?ssl_key_password=k3y&rdkafka.sasl.password=p4ss&rdkafka.linger.ms=3",
+        )
+        .expect("parse");
+        let text = format!("{c:?}");
+        for secret in ["hunter2", "k3y", "p4ss"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("linger.ms"), "{text}");
+    }
+}

@@ -1,0 +1,646 @@
+//! Receiving: one consumer-group member per [`KafkaConsumer`], polled on
+//! its own thread.
+//!
+//! The thread owns the librdkafka consumer and polls it all the time, so
+//! group heartbeats and rebalance callbacks are served even while the
+//! application holds its prefetch of deliveries and calls no `receive`.
+//! Fetched records wait in a small ready queue; `receive` takes from it.
+//!
+//! * Backpressure: when handed-out plus waiting records reach the prefetch,
+//!   every partition is paused (fetching stops); records librdkafka had
+//!   already queued are discarded and fetched again after the pause, by
+//!   seeking back to the first one discarded.
+//! * Offsets: see [`offsets`](crate::offsets). Settled offsets are committed
+//!   every `commit_interval`, when partitions are revoked (before the new
+//!   owner starts), and on close. Auto commit is off, so a record is never
+//!   committed unprocessed.
+//! * Retry topic: records not due yet (`mq-not-before` in the future) pause
+//!   their partition until due; other partitions keep flowing.
+//! * Close: deliveries handed out and not settled are republished to the
+//!   retry topic (attempt + 1), so the group's next consumer gets them and
+//!   the offsets behind them can be committed; in ordered mode they are not
+//!   committed instead, so the next owner reads them again in place.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use mq_core::{Consumer, Delivery, Error, ErrorKind, Received, Result};
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::codec::{decode, KafkaMetadata};
+use crate::config::KafkaConfig;
+use crate::error::convert;
+use crate::offsets::PartitionState;
+use crate::producer::Sender;
+use crate::settle::KafkaSettler;
+use crate::BACKEND;
+
+/// How long one poll of librdkafka waits; bounds how late a pause, resume
+/// or commit happens.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A topic and partition.
+pub(crate) type Tp = (Arc<str>, i32);
+
+/// A fetched record waiting to be handed out.
+struct Pending {
+    tp: Tp,
+    offset: i64,
+    received: Received,
+}
+
+/// State shared by the poll thread, the consumer and the settler.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    /// Wakes `receive` when a record is ready.
+    readable: Notify,
+    /// Wakes `close` when the last republish in flight finished.
+    pub(crate) idle: Notify,
+    /// One permit per delivery the application may hold unsettled.
+    pub(crate) permits: Semaphore,
+    prefetch: usize,
+    pub(crate) source: String,
+    pub(crate) retry_topic: String,
+    pub(crate) group: String,
+    pub(crate) ordered: bool,
+    commit_interval: Duration,
+}
+
+pub(crate) struct State {
+    /// `close` started: settling fails with `Closed`.
+    pub(crate) closed: bool,
+    /// The poll thread must commit and leave the group.
+    stop: bool,
+    ready: VecDeque<Pending>,
+    pub(crate) parts: HashMap<Tp, PartitionState>,
+    next_generation: u64,
+    /// Deliveries handed out and not settled, for `close`.
+    pub(crate) outstanding: HashMap<(Tp, i64), Received>,
+    /// Republishes (nack, dead letter) in flight.
+    pub(crate) inflight: usize,
+    /// Ordered mode: redeliveries in place per record, added to its attempt.
+    pub(crate) redeliveries: HashMap<(Tp, i64), u32>,
+    /// An error `receive` must report (bad credentials, fatal consumer error).
+    error: Option<Error>,
+}
+
+impl Shared {
+    /// Marks `(tp, offset)` settled if it still belongs to this assignment.
+    pub(crate) fn settle_offset(state: &mut State, meta: &KafkaMetadata, tp: &Tp) {
+        if let Some(part) = state.parts.get_mut(tp) {
+            if part.generation == meta.generation {
+                part.settle(meta.offset);
+            }
+        }
+        state.redeliveries.remove(&(tp.clone(), meta.offset));
+    }
+
+    /// Makes `(tp, offset)` come back in place after `delay` (ordered mode,
+    /// or a republish that failed): the partition is rewound to it.
+    pub(crate) fn rewind(
+        state: &mut State,
+        meta: &KafkaMetadata,
+        tp: &Tp,
+        delay: Option<Duration>,
+    ) {
+        let Some(part) = state.parts.get_mut(tp) else {
+            return;
+        };
+        if part.generation != meta.generation {
+            return;
+        }
+        part.rewind_to(meta.offset);
+        let due = Instant::now() + delay.unwrap_or(Duration::ZERO);
+        part.hold_until = Some(part.hold_until.map_or(due, |h| h.max(due)));
+        // Records of this partition at or past it that wait in the ready
+        // queue are fetched again after the rewind.
+        let mut forgotten = Vec::new();
+        state.ready.retain(|p| {
+            let drop = p.tp == *tp && p.offset >= meta.offset;
+            if drop {
+                forgotten.push(p.offset);
+            }
+            !drop
+        });
+        if let Some(part) = state.parts.get_mut(tp) {
+            for o in forgotten {
+                part.forget(o);
+            }
+        }
+        *state
+            .redeliveries
+            .entry((tp.clone(), meta.offset))
+            .or_default() += 1;
+    }
+
+    /// Called by the poll thread for each fetched record. Returns the
+    /// partition to pause at once, if the record is not due yet.
+    fn accept(&self, msg: &BorrowedMessage<'_>) -> Option<Tp> {
+        let tp: Tp = (Arc::from(msg.topic()), msg.partition());
+        let offset = msg.offset();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let part = state.parts.get_mut(&tp)?;
+        if part.paused || part.rewind.is_some() || part.hold_until.is_some() {
+            // Fetched before the pause took effect: read again later.
+            part.rewind_to(offset);
+            return None;
+        }
+        let from_retry = *tp.0 == *self.retry_topic;
+        let extra = state
+            .redeliveries
+            .get(&(tp.clone(), offset))
+            .copied()
+            .unwrap_or(0);
+        let decoded = decode(
+            msg,
+            &self.source,
+            &self.group,
+            part.generation,
+            from_retry,
+            extra,
+        );
+        if let Some(nb) = decoded.not_before {
+            if let Ok(wait) = nb.duration_since(SystemTime::now()) {
+                if !wait.is_zero() {
+                    part.hold_until = Some(Instant::now() + wait);
+                    part.rewind_to(offset);
+                    part.paused = true;
+                    return Some(tp);
+                }
+            }
+        }
+        part.accept(offset);
+        state.ready.push_back(Pending {
+            tp,
+            offset,
+            received: decoded.received,
+        });
+        drop(guard);
+        self.readable.notify_one();
+        None
+    }
+}
+
+/// What the poll thread must do after looking at the state.
+#[derive(Default)]
+struct Actions {
+    pause: Vec<Tp>,
+    seek: Vec<(Tp, i64)>,
+    resume: Vec<Tp>,
+    commit: Vec<(Tp, i64)>,
+    stop: bool,
+}
+
+fn tpl(list: &[Tp]) -> TopicPartitionList {
+    let mut t = TopicPartitionList::with_capacity(list.len());
+    for (topic, p) in list {
+        t.add_partition(topic, *p);
+    }
+    t
+}
+
+fn tpl_offsets(list: &[(Tp, i64)]) -> TopicPartitionList {
+    let mut t = TopicPartitionList::with_capacity(list.len());
+    for ((topic, p), o) in list {
+        // Cannot fail: a fresh list, each partition once, a plain offset.
+        let _ = t.add_partition_offset(topic, *p, Offset::Offset(*o));
+    }
+    t
+}
+
+impl Shared {
+    fn housekeeping(&self, commit_due: bool) -> Actions {
+        let mut a = Actions::default();
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        let waiting = state.ready.len();
+        let free = self.permits.available_permits();
+        // Pause when the prefetch is used up; resume once half of it is free
+        // again, so a busy consumer does not flap.
+        let full = free <= waiting;
+        let roomy = free >= waiting + (self.prefetch / 2).max(1);
+        let now = Instant::now();
+        for (tp, part) in state.parts.iter_mut() {
+            if part.hold_until.is_some_and(|t| t <= now) {
+                part.hold_until = None;
+            }
+            let held = part.hold_until.is_some();
+            if !part.paused && (full || held) {
+                part.paused = true;
+                a.pause.push(tp.clone());
+            } else if part.paused && !held && roomy {
+                part.paused = false;
+                if let Some(r) = part.rewind.take() {
+                    a.seek.push((tp.clone(), r));
+                }
+                a.resume.push(tp.clone());
+            } else if !part.paused && !held {
+                if let Some(r) = part.rewind.take() {
+                    a.seek.push((tp.clone(), r));
+                }
+            }
+            if commit_due || state.stop {
+                if let Some(o) = part.take_commit() {
+                    a.commit.push((tp.clone(), o));
+                }
+            }
+        }
+        a.stop = state.stop;
+        a
+    }
+}
+
+/// The consumer context: rebalance and commit callbacks, run on the poll thread.
+pub(crate) struct Context {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Context {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let e = convert(error, "consume", Some(&self.shared.source));
+        tracing::warn!(error = %e, reason, "kafka consumer error");
+        if matches!(e.kind(), ErrorKind::Permission | ErrorKind::Config) {
+            self.shared.state.lock().error = Some(e);
+            self.shared.readable.notify_one();
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let mut commit = Vec::new();
+        {
+            let mut state = self.shared.state.lock();
+            let state = &mut *state;
+            for e in revoked.elements() {
+                let tp: Tp = (Arc::from(e.topic()), e.partition());
+                if let Some(mut part) = state.parts.remove(&tp) {
+                    if let Some(o) = part.take_commit() {
+                        commit.push((tp.clone(), o));
+                    }
+                }
+                // Their deliveries belong to the next owner now: it reads
+                // them again from the committed offset.
+                state.ready.retain(|p| p.tp != tp);
+                state.outstanding.retain(|(t, _), _| *t != tp);
+                state.redeliveries.retain(|(t, _), _| *t != tp);
+            }
+        }
+        if !commit.is_empty() {
+            tracing::debug!(group = %self.shared.group, ?commit, "committing before revoke");
+            if let Err(e) = consumer.commit(&tpl_offsets(&commit), CommitMode::Sync) {
+                tracing::warn!(error = %e, "committing settled offsets before a revoke failed; they will be redelivered");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(assigned) => {
+                let mut state = self.shared.state.lock();
+                for e in assigned.elements() {
+                    let tp: Tp = (Arc::from(e.topic()), e.partition());
+                    if !state.parts.contains_key(&tp) {
+                        state.next_generation += 1;
+                        let g = state.next_generation;
+                        state.parts.insert(tp, PartitionState::new(g));
+                    }
+                }
+                tracing::debug!(group = %self.shared.group, partitions = state.parts.len(), "partitions assigned");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "offset commit failed; retrying on the next round");
+            let mut state = self.shared.state.lock();
+            for el in offsets.elements() {
+                if let Some(p) = state
+                    .parts
+                    .get_mut(&(Arc::from(el.topic()), el.partition()))
+                {
+                    p.commit_failed();
+                }
+            }
+        }
+    }
+}
+
+fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
+    let mut last_commit = Instant::now();
+    loop {
+        let commit_due = last_commit.elapsed() >= shared.commit_interval;
+        let a = shared.housekeeping(commit_due);
+        if commit_due {
+            last_commit = Instant::now();
+        }
+        apply(&consumer, &a);
+        if a.stop {
+            break;
+        }
+        match consumer.poll(POLL) {
+            None => {}
+            Some(Ok(msg)) => {
+                if let Some(tp) = shared.accept(&msg) {
+                    if let Err(e) = consumer.pause(&tpl(&[tp])) {
+                        tracing::warn!(error = %e, "pausing a partition until its retry is due failed");
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                let e = convert(e, "consume", Some(&shared.source));
+                tracing::debug!(error = %e, "kafka consumer poll error");
+                if matches!(e.kind(), ErrorKind::Permission) {
+                    shared.state.lock().error = Some(e);
+                    shared.readable.notify_one();
+                }
+            }
+        }
+    }
+    // Leave the group; the revoke this triggers finds nothing left to commit.
+    shared.state.lock().parts.clear();
+    consumer.unsubscribe();
+    drop(consumer);
+    tracing::debug!(group = %shared.group, source = %shared.source, "consumer left the group");
+}
+
+fn apply(consumer: &BaseConsumer<Context>, a: &Actions) {
+    if !a.pause.is_empty() {
+        if let Err(e) = consumer.pause(&tpl(&a.pause)) {
+            tracing::warn!(error = %e, "pausing partitions failed");
+        }
+    }
+    for ((topic, p), o) in &a.seek {
+        if let Err(e) = consumer.seek(
+            topic,
+            *p,
+            Offset::Offset(*o),
+            Timeout::After(Duration::from_secs(5)),
+        ) {
+            tracing::warn!(error = %e, topic = %topic, partition = p, offset = o, "seeking back failed");
+        }
+    }
+    if !a.resume.is_empty() {
+        if let Err(e) = consumer.resume(&tpl(&a.resume)) {
+            tracing::warn!(error = %e, "resuming partitions failed");
+        }
+    }
+    if !a.commit.is_empty() {
+        let mode = if a.stop {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        if let Err(e) = consumer.commit(&tpl_offsets(&a.commit), mode) {
+            tracing::debug!(error = %e, "committing offsets failed");
+        }
+    }
+}
+
+/// A consumer-group member reading one topic (and its group's retry topic).
+pub struct KafkaConsumer {
+    shared: Arc<Shared>,
+    settler: Arc<KafkaSettler>,
+    thread: Option<JoinHandle<()>>,
+    closed: bool,
+    close_timeout: Duration,
+}
+
+impl fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConsumer")
+            .field("source", &self.shared.source)
+            .field("group", &self.shared.group)
+            .field("retry_topic", &self.shared.retry_topic)
+            .field("prefetch", &self.shared.prefetch)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl KafkaConsumer {
+    /// Joins `group` on `source` and its retry topic and starts polling.
+    pub(crate) fn start(
+        config: &KafkaConfig,
+        sender: Arc<Sender>,
+        source: String,
+        group: String,
+        retry_topic: String,
+        prefetch: usize,
+    ) -> Result<Self> {
+        let prefetch = prefetch.max(1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                closed: false,
+                stop: false,
+                ready: VecDeque::new(),
+                parts: HashMap::new(),
+                next_generation: 0,
+                outstanding: HashMap::new(),
+                inflight: 0,
+                redeliveries: HashMap::new(),
+                error: None,
+            }),
+            readable: Notify::new(),
+            idle: Notify::new(),
+            permits: Semaphore::new(prefetch),
+            prefetch,
+            source: source.clone(),
+            retry_topic: retry_topic.clone(),
+            group: group.clone(),
+            ordered: config.ordered,
+            commit_interval: config.commit_interval,
+        });
+        let consumer: BaseConsumer<Context> = config
+            .consumer_config(&group)
+            .create_with_context(Context {
+                shared: shared.clone(),
+            })
+            .map_err(|e| convert(e, "connect", Some(&source)))?;
+        consumer
+            .subscribe(&[source.as_str(), retry_topic.as_str()])
+            .map_err(|e| convert(e, "subscribe", Some(&source)))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                "the Kafka consumer needs a Tokio runtime",
+            )
+            .with_backend(BACKEND)
+            .with_source(e)
+        })?;
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!(
+                    "mq-kafka-{}",
+                    source.chars().take(20).collect::<String>()
+                ))
+                .spawn(move || poll_loop(consumer, shared))
+                .map_err(|e| {
+                    Error::new(ErrorKind::Broker, "cannot start the consumer thread")
+                        .with_backend(BACKEND)
+                        .with_source(e)
+                })?
+        };
+        let settler = Arc::new(KafkaSettler::new(shared.clone(), sender, runtime));
+        Ok(KafkaConsumer {
+            shared,
+            settler,
+            thread: Some(thread),
+            closed: false,
+            close_timeout: config.send_timeout + Duration::from_secs(5),
+        })
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::closed("consumer is closed")
+            .with_backend(BACKEND)
+            .with_operation("receive")
+            .with_destination(self.shared.source.clone())
+    }
+
+    /// Takes a ready record if there is one (and a permit for it).
+    fn take_ready(
+        &self,
+        permit: tokio::sync::SemaphorePermit<'_>,
+    ) -> std::result::Result<Delivery, Option<Error>> {
+        let mut state = self.shared.state.lock();
+        if let Some(e) = state.error.take() {
+            return Err(Some(e));
+        }
+        match state.ready.pop_front() {
+            Some(p) => {
+                state
+                    .outstanding
+                    .insert((p.tp, p.offset), p.received.clone());
+                drop(state);
+                permit.forget();
+                Ok(Delivery::new(p.received, self.settler.clone()))
+            }
+            None => Err(None),
+        }
+    }
+
+    fn signal_stop(&self) {
+        let mut state = self.shared.state.lock();
+        state.closed = true;
+        state.stop = true;
+        state.ready.clear();
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn receive(&mut self) -> Result<Delivery> {
+        if self.closed {
+            return Err(self.closed_error());
+        }
+        let shared = self.shared.clone();
+        loop {
+            let permit = shared
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| self.closed_error())?;
+            let notified = shared.readable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.take_ready(permit) {
+                Ok(d) => return Ok(d),
+                Err(Some(e)) => return Err(e),
+                Err(None) => notified.await,
+            }
+        }
+    }
+
+    async fn receive_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let mut batch = Vec::new();
+        if max == 0 {
+            return Ok(batch);
+        }
+        match tokio::time::timeout(wait, self.receive()).await {
+            Ok(first) => batch.push(first?),
+            Err(_) => return Ok(batch),
+        }
+        while batch.len() < max {
+            let Ok(permit) = self.shared.permits.try_acquire() else {
+                break;
+            };
+            match self.take_ready(permit) {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Stops receiving, returns unsettled deliveries (see the module docs),
+    /// commits what is settled and leaves the group. Settling a delivery of
+    /// this consumer afterwards fails with [`ErrorKind::Closed`].
+    async fn close(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        let returned: Vec<((Tp, i64), Received)> = {
+            let mut state = self.shared.state.lock();
+            state.closed = true;
+            state.ready.clear();
+            state.outstanding.drain().collect()
+        };
+        if !returned.is_empty() && !self.shared.ordered {
+            self.settler.return_all(returned).await;
+        }
+        // Let nacks and dead letters in flight finish before the last commit.
+        let deadline = tokio::time::Instant::now() + self.close_timeout;
+        loop {
+            let notified = self.shared.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shared.state.lock().inflight == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(
+                    "republishes still in flight at close; their messages will be redelivered"
+                );
+                break;
+            }
+        }
+        self.signal_stop();
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            match tokio::time::timeout(self.close_timeout, joined).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(_) => tracing::warn!("the consumer thread panicked"),
+                Err(_) => tracing::warn!("the consumer did not leave its group in time"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        // Not closed: stop the thread (it commits what is settled and leaves
+        // the group); unsettled deliveries are redelivered to the next owner.
+        self.signal_stop();
+    }
+}

@@ -1,0 +1,144 @@
+//! The one place librdkafka errors become [`mq_core::Error`]s.
+//!
+//! Callers decide only by kind and retryability, so the mapping below is
+//! the whole contract: connection trouble and timeouts are retryable, a
+//! missing topic is `NotFound`, an oversized record `TooLarge`, failed
+//! authentication `Permission`, bad settings `Config`.
+
+use mq_core::url::is_secret_key;
+use mq_core::{Error, ErrorKind};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+
+use crate::BACKEND;
+
+/// The kind of a librdkafka error code.
+pub(crate) fn kind_of(code: Code) -> ErrorKind {
+    match code {
+        Code::MessageTimedOut
+        | Code::RequestTimedOut
+        | Code::OperationTimedOut
+        | Code::TimedOutQueue => ErrorKind::Timeout,
+        Code::BrokerTransportFailure
+        | Code::AllBrokersDown
+        | Code::Resolve
+        | Code::NetworkException
+        | Code::BrokerNotAvailable
+        | Code::LeaderNotAvailable
+        | Code::NotLeaderForPartition
+        | Code::NotCoordinator
+        | Code::CoordinatorNotAvailable
+        | Code::CoordinatorLoadInProgress
+        | Code::SSL => ErrorKind::Connection,
+        Code::UnknownTopicOrPartition | Code::UnknownTopic | Code::UnknownPartition => {
+            ErrorKind::NotFound
+        }
+        Code::MessageSizeTooLarge | Code::MessageBatchTooLarge | Code::InvalidMessageSize => {
+            ErrorKind::TooLarge
+        }
+        Code::TopicAuthorizationFailed
+        | Code::GroupAuthorizationFailed
+        | Code::ClusterAuthorizationFailed
+        | Code::SaslAuthenticationFailed
+        | Code::Authentication
+        | Code::IllegalSASLState
+        | Code::UnsupportedSASLMechanism => ErrorKind::Permission,
+        Code::InvalidArgument | Code::InvalidConfig | Code::InvalidTopic => ErrorKind::Config,
+        _ => ErrorKind::Broker,
+    }
+}
+
+/// Converts `err` from `operation` on `destination` (if any).
+pub(crate) fn convert(
+    err: KafkaError,
+    operation: &'static str,
+    destination: Option<&str>,
+) -> Error {
+    let (kind, message, keep_source) = match &err {
+        // Its Display shows the offending value, which may be a password.
+        KafkaError::ClientConfig(_, msg, key, value) => {
+            let shown = if is_secret_key(key) {
+                "***"
+            } else {
+                value.as_str()
+            };
+            (
+                ErrorKind::Config,
+                format!("librdkafka rejected option `{key}` = `{shown}`: {msg}"),
+                false,
+            )
+        }
+        KafkaError::ClientCreation(msg) => (
+            ErrorKind::Config,
+            format!("cannot create the librdkafka client: {msg}"),
+            false,
+        ),
+        KafkaError::AdminOp(code) => (kind_of(*code), format!("{operation} failed"), true),
+        KafkaError::Canceled => (
+            ErrorKind::Closed,
+            format!("{operation} was cancelled because the client closed"),
+            true,
+        ),
+        other => match other.rdkafka_error_code() {
+            Some(code) => (kind_of(code), format!("{operation} failed"), true),
+            None => (ErrorKind::Broker, format!("{operation} failed"), true),
+        },
+    };
+    let mut e = Error::new(kind, message)
+        .with_backend(BACKEND)
+        .with_operation(operation);
+    if let Some(d) = destination {
+        e = e.with_destination(d.to_owned());
+    }
+    if keep_source {
+        e = e.with_source(err);
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_retryability() {
+        let e = convert(
+            KafkaError::MessageProduction(Code::MessageTimedOut),
+            "send",
+            Some("t"),
+        );
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        assert!(e.is_retryable());
+        assert_eq!(e.destination(), Some("t"));
+        let e = convert(
+            KafkaError::MessageProduction(Code::UnknownTopicOrPartition),
+            "send",
+            None,
+        );
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        let e = convert(
+            KafkaError::MessageProduction(Code::MessageSizeTooLarge),
+            "send",
+            None,
+        );
+        assert_eq!(e.kind(), ErrorKind::TooLarge);
+        assert!(!e.is_retryable());
+        let e = convert(KafkaError::AdminOp(Code::AllBrokersDown), "create", None);
+        assert_eq!(e.kind(), ErrorKind::Connection);
+    }
+
+    #[test]
+    fn config_errors_hide_secret_values() {
+        let e = convert(
+            KafkaError::ClientConfig(
+                rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+                "bad".into(),
+                "sasl.password".into(),
+                "hunter2".into(),
+            ),
+            "connect",
+            None,
+        );
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(!format!("{e} {e:?}").contains("hunter2"));
+    }
+}

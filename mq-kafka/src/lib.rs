@@ -1,0 +1,155 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+mod codec;
+mod config;
+mod consumer;
+mod error;
+mod offsets;
+mod producer;
+mod settle;
+mod topology;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mq_core::client::Backend;
+use mq_core::rpc::ReplyChannel;
+use mq_core::{
+    Capabilities, Client, ConsumerOptions, DynConsumer, DynProducer, Error, Registry, Result,
+};
+
+pub use codec::{KafkaMetadata, NOT_BEFORE};
+pub use config::{KafkaConfig, PassThrough, Security, DEFAULT_PORT, RECORD_OVERHEAD};
+pub use consumer::KafkaConsumer;
+pub use producer::KafkaProducer;
+pub use topology::{dead_letter_topic, default_group, retry_topic};
+
+use producer::Sender;
+use topology::Topology;
+
+/// The backend's name in errors, logs and metrics.
+pub const BACKEND: &str = "kafka";
+
+/// The URL scheme this crate registers.
+pub const SCHEME: &str = "kafka";
+
+/// Registers `kafka://` in `registry`.
+pub fn register(registry: &mut Registry) {
+    registry.register_raw(SCHEME, |url| Box::pin(async move { connect(&url).await }));
+}
+
+/// Connects to the brokers a `kafka://` URL names (see the crate docs).
+pub async fn connect(url: &str) -> Result<Client> {
+    let config = KafkaConfig::from_url(url)?;
+    Ok(Client::new(KafkaBackend::new(config)?))
+}
+
+/// A connection to a Kafka cluster: one librdkafka producer and admin
+/// client, shared by every producer and consumer made from it. Clones share it.
+#[derive(Clone)]
+pub struct KafkaBackend {
+    config: Arc<KafkaConfig>,
+    sender: Arc<Sender>,
+}
+
+impl fmt::Debug for KafkaBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaBackend")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl KafkaBackend {
+    /// A backend for `config`. librdkafka connects lazily: an unreachable
+    /// broker shows as a connection or timeout error on the first operation.
+    pub fn new(config: KafkaConfig) -> Result<Self> {
+        let config = Arc::new(config);
+        let topology = Arc::new(Topology::new(config.clone())?);
+        let sender = Arc::new(Sender::new(config.clone(), topology)?);
+        Ok(KafkaBackend { config, sender })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    /// A producer.
+    pub fn kafka_producer(&self) -> KafkaProducer {
+        KafkaProducer::new(self.sender.clone())
+    }
+
+    /// A consumer as `options` say.
+    pub async fn kafka_consumer(&self, options: ConsumerOptions) -> Result<KafkaConsumer> {
+        if options.source.is_empty() {
+            return Err(Error::config("source name is empty").with_backend(BACKEND));
+        }
+        let group = options
+            .group
+            .clone()
+            .or_else(|| self.config.group.clone())
+            .unwrap_or_else(|| default_group(&options.source));
+        let retry = retry_topic(&options.source, &group);
+        let topology = &self.sender.topology;
+        topology.ensure(&options.source, false).await?;
+        topology.ensure(&retry, true).await?;
+        KafkaConsumer::start(
+            &self.config,
+            self.sender.clone(),
+            options.source,
+            group,
+            retry,
+            options.prefetch,
+        )
+    }
+}
+
+#[async_trait]
+impl Backend for KafkaBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.delayed_delivery = false;
+        c.ordering_key = true;
+        c.native_dead_letter = false;
+        c.pub_sub = true;
+        c.late_group_receives_history = true;
+        c.durable_attempt_count = true;
+        c.persistent = self.config.persistent;
+        c.max_message_size = Some(self.config.max_message_size());
+        c.max_batch = 10_000;
+        c
+    }
+
+    async fn producer(&self) -> Result<DynProducer> {
+        Ok(Arc::new(self.kafka_producer()))
+    }
+
+    async fn consumer(&self, options: ConsumerOptions) -> Result<DynConsumer> {
+        Ok(Box::new(self.kafka_consumer(options).await?))
+    }
+
+    /// A reply topic `mq-reply-<uuid>` with one partition, always created
+    /// (whatever `auto_create_topics` says), and a consumer on it that reads
+    /// it from the start.
+    async fn reply_channel(&self) -> Result<ReplyChannel> {
+        let reply_to = format!("mq-reply-{}", mq_core::message::new_message_id());
+        self.sender.topology.ensure(&reply_to, true).await?;
+        let consumer = self
+            .consumer(ConsumerOptions::new(reply_to.clone()))
+            .await?;
+        Ok(ReplyChannel { reply_to, consumer })
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.sender.flush().await
+    }
+}

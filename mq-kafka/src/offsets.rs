@@ -1,0 +1,136 @@
+//! Per-partition offset tracking: what may be committed.
+//!
+//! Deliveries of one partition are settled in any order, but Kafka keeps a
+//! single committed offset per partition. The commit point is therefore the
+//! lowest offset not yet settled (or one past the highest seen when all are
+//! settled): acking later offsets never commits past an earlier unsettled
+//! one, so a restart redelivers it.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+/// The state of one assigned partition.
+#[derive(Debug)]
+pub(crate) struct PartitionState {
+    /// Which assignment this is; deliveries of an older one are stale.
+    pub(crate) generation: u64,
+    /// Offsets fetched and not settled yet (handed out or waiting).
+    unsettled: BTreeSet<i64>,
+    /// One past the highest offset accepted.
+    next: Option<i64>,
+    /// The last offset committed (or being committed).
+    committed: Option<i64>,
+    /// Paused by us (prefetch full, retry not due, or a rewind pending).
+    pub(crate) paused: bool,
+    /// Fetching must restart at this offset: records at or past it were
+    /// discarded (fetched while paused, not due yet, or nacked in ordered mode).
+    pub(crate) rewind: Option<i64>,
+    /// Not before this instant: a retry record is not due yet, or an
+    /// ordered-mode nack asked for a delay.
+    pub(crate) hold_until: Option<Instant>,
+}
+
+impl PartitionState {
+    pub(crate) fn new(generation: u64) -> Self {
+        PartitionState {
+            generation,
+            unsettled: BTreeSet::new(),
+            next: None,
+            committed: None,
+            paused: false,
+            rewind: None,
+            hold_until: None,
+        }
+    }
+
+    /// A fetched record at `offset` is accepted (to be handed out).
+    pub(crate) fn accept(&mut self, offset: i64) {
+        self.unsettled.insert(offset);
+        self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
+    }
+
+    /// The record at `offset` is settled.
+    pub(crate) fn settle(&mut self, offset: i64) {
+        self.unsettled.remove(&offset);
+    }
+
+    /// Forgets a record that was accepted but never handed out (it will be
+    /// fetched again after a rewind).
+    pub(crate) fn forget(&mut self, offset: i64) {
+        self.unsettled.remove(&offset);
+        self.next = self.next.map(|n| n.min(offset));
+    }
+
+    /// Records at or past `offset` will be fetched again.
+    pub(crate) fn rewind_to(&mut self, offset: i64) {
+        self.rewind = Some(self.rewind.map_or(offset, |r| r.min(offset)));
+    }
+
+    /// The offset to commit: everything below it is settled.
+    pub(crate) fn commit_point(&self) -> Option<i64> {
+        let point = self.unsettled.first().copied().or(self.next)?;
+        Some(match self.rewind {
+            Some(r) => point.min(r),
+            None => point,
+        })
+    }
+
+    /// The offset to commit if it moved since the last commit; records it as committed.
+    pub(crate) fn take_commit(&mut self) -> Option<i64> {
+        let point = self.commit_point()?;
+        if self.committed.is_some_and(|c| c >= point) {
+            return None;
+        }
+        self.committed = Some(point);
+        Some(point)
+    }
+
+    /// A commit failed: commit again on the next round.
+    pub(crate) fn commit_failed(&mut self) {
+        self.committed = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_only_below_the_first_unsettled() {
+        let mut p = PartitionState::new(1);
+        assert_eq!(p.take_commit(), None, "nothing seen yet");
+        for o in 10..14 {
+            p.accept(o);
+        }
+        // Out of order: the later ones first.
+        p.settle(12);
+        p.settle(13);
+        assert_eq!(p.take_commit(), Some(10));
+        assert_eq!(p.take_commit(), None, "unchanged");
+        p.settle(10);
+        assert_eq!(p.take_commit(), Some(11));
+        p.settle(11);
+        assert_eq!(p.take_commit(), Some(14));
+        p.commit_failed();
+        assert_eq!(p.take_commit(), Some(14), "retried after a failure");
+    }
+
+    #[test]
+    fn rewinds_hold_the_commit_point() {
+        let mut p = PartitionState::new(1);
+        p.accept(5);
+        p.settle(5);
+        p.rewind_to(6);
+        p.accept(6);
+        p.forget(6);
+        assert_eq!(p.commit_point(), Some(6));
+        p.rewind = None;
+        assert_eq!(p.commit_point(), Some(6));
+        p.accept(6);
+        p.accept(7);
+        p.forget(7);
+        assert_eq!(p.commit_point(), Some(6));
+        p.settle(6);
+        assert_eq!(p.commit_point(), Some(7));
+    }
+}
