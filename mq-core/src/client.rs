@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use crate::capabilities::Capabilities;
 use crate::consumer::{ConsumerOptions, DynConsumer};
 use crate::error::Result;
+use crate::observe::{Health, InstrumentedConsumer, InstrumentedProducer, QueueStats};
 use crate::producer::DynProducer;
 use crate::rpc::ReplyChannel;
 
@@ -45,6 +46,22 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
             .consumer(ConsumerOptions::new(reply_to.clone()))
             .await?;
         Ok(ReplyChannel { reply_to, consumer })
+    }
+
+    /// The state of the connection: connected, last error, reconnects.
+    fn health(&self) -> Health {
+        Health::healthy()
+    }
+
+    /// What the broker reports about `source` (and `group`): depth,
+    /// in-flight, lag. [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
+    /// where the broker reports nothing.
+    async fn stats(&self, source: &str, group: Option<&str>) -> Result<QueueStats> {
+        let _ = group;
+        Err(crate::Error::unsupported(format!(
+            "{} reports no statistics for {source}",
+            self.name()
+        )))
     }
 
     /// Closes the connection; producers and consumers made from it stop working.
@@ -88,9 +105,11 @@ impl Client {
         self.backend.capabilities()
     }
 
-    /// A producer; clone it freely.
+    /// A producer; clone it freely. Every send is traced and counted (see
+    /// [`observe`](crate::observe)).
     pub async fn producer(&self) -> Result<DynProducer> {
-        self.backend.producer().await
+        let inner = self.backend.producer().await?;
+        Ok(InstrumentedProducer::wrap(inner, self.backend.name()))
     }
 
     /// A consumer of `source` in its default group; chain `.group(..)` or
@@ -108,9 +127,20 @@ impl Client {
         }
     }
 
-    /// A consumer as `options` say.
+    /// A consumer as `options` say. Every delivery is traced and counted
+    /// (see [`observe`](crate::observe)).
     pub async fn consumer_with(&self, options: ConsumerOptions) -> Result<DynConsumer> {
-        self.backend.consumer(options).await
+        instrumented_consumer(&self.backend, options).await
+    }
+
+    /// The state of the connection to the broker.
+    pub fn health(&self) -> Health {
+        self.backend.health()
+    }
+
+    /// What the broker reports about `source` in `group` (`None`: default group).
+    pub async fn stats(&self, source: &str, group: Option<&str>) -> Result<QueueStats> {
+        self.backend.stats(source, group).await
     }
 
     /// Where dead-lettered messages of `source` go.
@@ -122,6 +152,20 @@ impl Client {
     pub async fn close(&self) -> Result<()> {
         self.backend.close().await
     }
+}
+
+async fn instrumented_consumer(
+    backend: &Arc<dyn Backend>,
+    options: ConsumerOptions,
+) -> Result<DynConsumer> {
+    let (source, group) = (options.source.clone(), options.group.clone());
+    let inner = backend.consumer(options).await?;
+    Ok(InstrumentedConsumer::wrap(
+        inner,
+        backend.name(),
+        &source,
+        group.as_deref(),
+    ))
 }
 
 impl fmt::Debug for Client {
@@ -159,6 +203,6 @@ impl IntoFuture for ConsumerBuilder {
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move { self.backend.consumer(self.options).await })
+        Box::pin(async move { instrumented_consumer(&self.backend, self.options).await })
     }
 }

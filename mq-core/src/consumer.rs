@@ -49,6 +49,12 @@ pub trait Consumer: Send + fmt::Debug {
     async fn close(&mut self) -> Result<()> {
         Ok(())
     }
+
+    /// The state of the consumer's connection (healthy unless the backend
+    /// tracks its connection).
+    fn health(&self) -> crate::observe::Health {
+        crate::observe::Health::healthy()
+    }
 }
 
 #[async_trait]
@@ -61,6 +67,9 @@ impl<C: Consumer + ?Sized> Consumer for Box<C> {
     }
     async fn close(&mut self) -> Result<()> {
         (**self).close().await
+    }
+    fn health(&self) -> crate::observe::Health {
+        (**self).health()
     }
 }
 

@@ -86,6 +86,8 @@ pub struct Received {
     pub(crate) metadata: Option<Arc<dyn Any + Send + Sync>>,
     /// The in-memory backend's per-consumer delivery tag.
     pub(crate) tag: u64,
+    /// The backend's name, set by the client's consumer wrapper.
+    pub(crate) backend: &'static str,
 }
 
 impl Received {
@@ -101,6 +103,7 @@ impl Received {
             timestamp: None,
             metadata: None,
             tag: 0,
+            backend: "",
         }
     }
 
@@ -150,6 +153,12 @@ impl Received {
     /// The queue or topic the message was received from.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The backend that delivered the message (`"memory"`, `"rabbitmq"`, ...),
+    /// when it came through a [`Client`](crate::Client); empty otherwise.
+    pub fn backend(&self) -> &'static str {
+        self.backend
     }
 
     /// The consumer group, if the consumer was in one.
@@ -288,6 +297,20 @@ impl Delivery {
         Delivery {
             received,
             settler: Some(settler),
+        }
+    }
+
+    /// Splits the delivery without settling it or returning it to the broker.
+    pub(crate) fn into_parts(mut self) -> (Received, Option<Arc<dyn Settler>>) {
+        let settler = self.settler.take();
+        (self.received.clone(), settler)
+    }
+
+    /// A delivery that can no longer be settled (its settler is gone).
+    pub(crate) fn unsettleable(received: Received) -> Self {
+        Delivery {
+            received,
+            settler: None,
         }
     }
 

@@ -37,6 +37,12 @@ pub trait Producer: Send + Sync + fmt::Debug {
     async fn close(&self) -> Result<()> {
         Ok(())
     }
+
+    /// The state of the producer's connection (healthy unless the backend
+    /// tracks its connection).
+    fn health(&self) -> crate::observe::Health {
+        crate::observe::Health::healthy()
+    }
 }
 
 #[async_trait]
@@ -50,6 +56,9 @@ impl<P: Producer + ?Sized> Producer for Arc<P> {
     async fn close(&self) -> Result<()> {
         (**self).close().await
     }
+    fn health(&self) -> crate::observe::Health {
+        (**self).health()
+    }
 }
 
 #[async_trait]
@@ -62,6 +71,9 @@ impl<P: Producer + ?Sized> Producer for Box<P> {
     }
     async fn close(&self) -> Result<()> {
         (**self).close().await
+    }
+    fn health(&self) -> crate::observe::Health {
+        (**self).health()
     }
 }
 

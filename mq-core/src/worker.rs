@@ -17,18 +17,20 @@ use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::consumer::Consumer;
 use crate::delivery::{Delivery, Settlement};
 use crate::error::{ErrorKind, Result};
 use crate::handler::{apply_layers, BoxHandler, Handler, Layer};
 use crate::middleware::CatchPanicLayer;
+use crate::observe::{names, trace};
 
 /// Runs a handler over a consumer. Build with [`Worker::new`], add layers,
 /// then [`run`](Worker::run).
@@ -166,7 +168,17 @@ impl<C: Consumer + 'static> Worker<C> {
 }
 
 async fn handle(delivery: Delivery, handler: BoxHandler, stats: &Stats) {
-    let attempt = AssertUnwindSafe(handler.call(delivery.received().clone()));
+    let received = delivery.received().clone();
+    let labels = [
+        ("backend", received.backend().to_owned()),
+        ("source", received.source().to_owned()),
+        ("group", received.group().unwrap_or("").to_owned()),
+    ];
+    let in_flight = metrics::gauge!(names::IN_FLIGHT, &labels);
+    in_flight.increment(1.0);
+    let span = trace::process_span(&received);
+    let started = Instant::now();
+    let attempt = AssertUnwindSafe(handler.call(received).instrument(span));
     let settlement = match attempt.catch_unwind().await {
         Ok(Ok(())) => Settlement::Ack,
         Ok(Err(e)) if e.is_permanent() => Settlement::DeadLetter {
@@ -178,11 +190,18 @@ async fn handle(delivery: Delivery, handler: BoxHandler, stats: &Stats) {
         // A layer panicked outside the innermost catch: retry the message.
         Err(_) => Settlement::Nack { delay: None },
     };
-    let counter = match &settlement {
-        Settlement::Ack => &stats.acked,
-        Settlement::Nack { .. } => &stats.nacked,
-        Settlement::DeadLetter { .. } => &stats.dead_lettered,
+    in_flight.decrement(1.0);
+    let (counter, outcome) = match &settlement {
+        Settlement::Ack => (&stats.acked, "ack"),
+        Settlement::Nack { .. } => (&stats.nacked, "nack"),
+        Settlement::DeadLetter { .. } => (&stats.dead_lettered, "dead_letter"),
     };
+    let [backend, source, group] = labels;
+    metrics::histogram!(
+        names::HANDLER_DURATION,
+        &[backend, source, group, ("outcome", outcome.to_owned())]
+    )
+    .record(started.elapsed());
     let id = delivery.id().to_owned();
     match delivery.settle(settlement).await {
         Ok(()) => {

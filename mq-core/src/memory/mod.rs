@@ -23,6 +23,8 @@
 mod queue;
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -36,6 +38,7 @@ use crate::consumer::{Consumer, ConsumerOptions, DynConsumer};
 use crate::delivery::{Delivery, Received, Settlement, Settler};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
+use crate::observe::QueueStats;
 use crate::producer::{BatchReport, DynProducer, Producer};
 use crate::registry::Registry;
 use crate::url::{RedactedUrl, UrlOptions};
@@ -124,7 +127,7 @@ struct BrokerInner {
     name: String,
     config: MemoryConfig,
     /// destination -> its queues, one per group (`None` is the default group).
-    destinations: Mutex<HashMap<String, Queues>>,
+    destinations: Mutex<FxHashMap<String, Queues>>,
 }
 
 impl MemoryBroker {
@@ -134,7 +137,7 @@ impl MemoryBroker {
             inner: Arc::new(BrokerInner {
                 name: String::new(),
                 config,
-                destinations: Mutex::new(HashMap::new()),
+                destinations: Mutex::new(FxHashMap::default()),
             }),
         }
     }
@@ -360,6 +363,23 @@ impl Backend for MemoryBroker {
         Ok(Arc::new(MemoryBroker::producer(self)))
     }
 
+    async fn stats(&self, source: &str, group: Option<&str>) -> Result<QueueStats> {
+        let queue = self.inner.find_queue(source, group).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("no queue {source} (group {group:?}) in this memory broker"),
+            )
+            .with_backend(BACKEND)
+        })?;
+        let (ready, delayed, unsettled) = queue.counts();
+        Ok(QueueStats {
+            depth: Some(ready as u64),
+            in_flight: Some(unsettled as u64),
+            delayed: Some(delayed as u64),
+            ..QueueStats::default()
+        })
+    }
+
     async fn consumer(&self, options: ConsumerOptions) -> Result<DynConsumer> {
         if options.source.is_empty() {
             return Err(Error::config("source name is empty").with_backend(BACKEND));
@@ -409,6 +429,7 @@ impl MemoryConsumer {
             timestamp: Some(stored.sent_at),
             metadata: None,
             tag,
+            backend: BACKEND,
         };
         Delivery::new(received, self.settler.clone())
     }
@@ -497,7 +518,7 @@ struct MemorySettler {
 struct Outstanding {
     next_tag: u64,
     closed: bool,
-    by_tag: HashMap<u64, Stored>,
+    by_tag: FxHashMap<u64, Stored>,
 }
 
 impl MemorySettler {

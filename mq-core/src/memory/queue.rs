@@ -37,6 +37,8 @@ struct State {
     /// Every message this queue is responsible for: ready, delayed and
     /// delivered-but-unsettled. Bounded by the capacity.
     held: usize,
+    /// Messages waiting for their delay before they become ready.
+    delayed: usize,
 }
 
 /// The messages of one group of one destination.
@@ -140,8 +142,10 @@ impl Queue {
         let queue = self.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
+                self.state.lock().delayed += 1;
                 rt.spawn(async move {
                     tokio::time::sleep(delay).await;
+                    queue.state.lock().delayed -= 1;
                     queue.push_back(stored);
                 });
             }
@@ -198,5 +202,12 @@ impl Queue {
     /// Messages held in total (ready, delayed and unsettled).
     pub(crate) fn held(&self) -> usize {
         self.state.lock().held
+    }
+
+    /// (ready, delayed, delivered and unsettled) right now.
+    pub(crate) fn counts(&self) -> (usize, usize, usize) {
+        let s = self.state.lock();
+        let unsettled = s.held.saturating_sub(s.ready.len() + s.delayed);
+        (s.ready.len(), s.delayed, unsettled)
     }
 }

@@ -8,6 +8,7 @@ mod dlq;
 mod output;
 mod recv;
 mod send;
+mod stats;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,10 @@ enum Command {
     ///
     /// Example: mq dlq amqp://guest:guest@127.0.0.1:5672/%2f jobs --redrive
     Dlq(dlq::Args),
+    /// Queue depth, in-flight and delayed counts, consumer lag, connection health.
+    ///
+    /// Example: mq stats amqp://guest:guest@127.0.0.1:5672/%2f jobs
+    Stats(stats::Args),
     /// Measure publish and consume throughput and end-to-end latency.
     ///
     /// Example: mq bench memory:// --count 1000000 --size 100 --baseline
@@ -72,6 +77,7 @@ fn main() -> ExitCode {
             Command::Check(args) => check::run(args, cli.json).await,
             Command::Dlq(args) => dlq::run(args, cli.json).await,
             Command::Bench(args) => bench::run(args, cli.json).await,
+            Command::Stats(args) => stats::run(args, cli.json).await,
         }
     });
     match result {

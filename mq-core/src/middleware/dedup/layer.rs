@@ -98,6 +98,7 @@ impl Handler for Dedup {
                 Claim::Acquired(token) => token,
                 Claim::Done => {
                     tracing::debug!(%key, id = %message.id(), "duplicate suppressed");
+                    crate::observe::names::count_for(crate::observe::names::DUPLICATES, &message);
                     return Ok(());
                 }
                 Claim::InProgress(remaining) => {

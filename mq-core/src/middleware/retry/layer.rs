@@ -73,6 +73,7 @@ impl Handler for Retry {
                     .unwrap_or_else(|| policy.delay(failures));
                 tracing::debug!(id = %message.id(), attempt = failures, ?delay, %error,
                     "handler failed; retrying");
+                crate::observe::names::count_for(crate::observe::names::RETRIES, &message);
                 if run >= per_delivery {
                     return Err(error.retry_after(delay));
                 }
