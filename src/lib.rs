@@ -31,12 +31,10 @@ pub use mq_core::*;
 /// registered as hints, so connecting to one says which feature adds it.
 pub fn registry() -> Registry {
     let mut registry = Registry::with_memory();
-    hint_backend(
-        &mut registry,
-        &["amqp", "amqps"],
-        "rabbit",
-        cfg!(feature = "rabbit"),
-    );
+    #[cfg(feature = "rabbit")]
+    mq_rabbit::register(&mut registry);
+    #[cfg(not(feature = "rabbit"))]
+    hint_backend(&mut registry, &["amqp", "amqps"], "rabbit", false);
     #[cfg(feature = "kafka")]
     mq_kafka::register(&mut registry);
     #[cfg(not(feature = "kafka"))]

@@ -1,0 +1,208 @@
+//! The client: capabilities, and the factory of producers and consumers.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mq_core::rpc::ReplyChannel;
+use mq_core::url::RedactedUrl;
+use mq_core::{
+    Backend, Capabilities, ConsumerOptions, DynConsumer, DynProducer, Error, Message, Result,
+};
+
+use crate::config::{RabbitConfig, Topology};
+use crate::connection::Connector;
+use crate::consumer::RabbitConsumer;
+use crate::error::BACKEND;
+use crate::headers::{encode, Wire};
+use crate::producer::{publish_confirmed, RabbitProducer};
+use crate::rpc::{ReplyConsumer, ReplyRoutes};
+use crate::topology::{ensure, send_route, Route, MAX_DELAY};
+
+/// What producers, consumers and settlers of one client share.
+pub(crate) struct Shared {
+    pub(crate) config: Arc<RabbitConfig>,
+    /// The URL the client was made from, for `Debug` (always redacted).
+    url: Option<RedactedUrl>,
+    pub(crate) connector: Connector,
+    pub(crate) replies: ReplyRoutes,
+}
+
+impl Shared {
+    /// Where dead letters of `source` go.
+    pub(crate) fn dead_letter_destination(&self, source: &str) -> String {
+        format!("{source}-dlq")
+    }
+
+    /// Sends `message` to `destination` (checks, routes, declares, publishes).
+    pub(crate) async fn send(&self, destination: &str, message: Message) -> Result<()> {
+        if destination.is_empty() {
+            return Err(Error::config("destination name is empty")
+                .with_backend(BACKEND)
+                .with_operation("send"));
+        }
+        let size = message.encoded_len();
+        if size > self.config.max_message_size {
+            return Err(Error::too_large(
+                size,
+                self.config.max_message_size,
+                "RabbitMQ max_message_size",
+            )
+            .with_backend(BACKEND)
+            .with_operation("send"));
+        }
+        let route = send_route(&self.config, destination, message.delay())?;
+        let wire = encode(message, self.config.persistent)?;
+        self.publish(&route, wire, "send").await
+    }
+
+    /// Publishes `wire` along `route` with a confirm, declaring what the
+    /// route needs first.
+    pub(crate) async fn publish(
+        &self,
+        route: &Route,
+        wire: Wire,
+        operation: &'static str,
+    ) -> Result<()> {
+        let conn = self.connector.get().await?;
+        ensure(&conn, &self.config, &route.needs).await?;
+        let Wire {
+            payload,
+            properties,
+            reply_token,
+        } = wire;
+        match reply_token {
+            Some(token) => {
+                let channel = self
+                    .replies
+                    .channel(&token, self.config.connection_timeout)
+                    .await?;
+                let properties = properties.with_reply_to(crate::rpc::DIRECT_REPLY_TO.into());
+                publish_confirmed(&channel, route, &payload, properties, operation).await
+            }
+            None => {
+                let channel = conn.publish_channel().await?;
+                publish_confirmed(&channel, route, &payload, properties, operation).await
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitClient")
+            .field("url", &self.url)
+            .field("config", &self.config)
+            .field("connection", &self.connector)
+            .finish()
+    }
+}
+
+/// A connected RabbitMQ client; wrap it in [`mq_core::Client`] (what
+/// `mq::connect("amqp://...")` returns).
+#[derive(Clone)]
+pub struct RabbitBackend {
+    shared: Arc<Shared>,
+}
+
+impl RabbitBackend {
+    /// Connects with `config`. Fails if the broker cannot be reached or
+    /// refuses the login; later outages are recovered from automatically.
+    pub async fn connect(config: RabbitConfig) -> Result<Self> {
+        Self::connect_inner(config, None).await
+    }
+
+    /// Connects to the broker `url` names (see the crate docs for the options).
+    pub async fn connect_url(url: &RedactedUrl) -> Result<Self> {
+        let config = RabbitConfig::from_url(url)?;
+        Self::connect_inner(config, Some(url.clone())).await
+    }
+
+    async fn connect_inner(config: RabbitConfig, url: Option<RedactedUrl>) -> Result<Self> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let connector = Connector::connect(config.clone()).await?;
+        Ok(RabbitBackend {
+            shared: Arc::new(Shared {
+                config,
+                url,
+                connector,
+                replies: ReplyRoutes::default(),
+            }),
+        })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &RabbitConfig {
+        &self.shared.config
+    }
+
+    /// A producer (also what [`Backend::producer`] returns, boxed).
+    pub fn rabbit_producer(&self) -> RabbitProducer {
+        RabbitProducer::new(self.shared.clone())
+    }
+
+    /// A consumer (also what [`Backend::consumer`] returns, boxed).
+    pub async fn rabbit_consumer(&self, options: ConsumerOptions) -> Result<RabbitConsumer> {
+        if options.source.is_empty() {
+            return Err(Error::config("source name is empty").with_backend(BACKEND));
+        }
+        RabbitConsumer::start(self.shared.clone(), options).await
+    }
+}
+
+#[async_trait]
+impl Backend for RabbitBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let config = &self.shared.config;
+        let mut caps = Capabilities::default();
+        caps.delayed_delivery = true;
+        caps.max_delay = Some(MAX_DELAY);
+        // Per-key order needs one consumer at a time per queue.
+        caps.ordering_key = config.single_active_consumer;
+        caps.native_dead_letter = false;
+        caps.pub_sub = config.topology == Topology::Exchange;
+        caps.late_group_receives_history = false;
+        caps.durable_attempt_count = true;
+        caps.persistent = config.durable && config.persistent;
+        caps.max_message_size = Some(config.max_message_size);
+        // Sends are pipelined on one channel: any number per batch.
+        caps.max_batch = usize::MAX;
+        caps
+    }
+
+    async fn producer(&self) -> Result<DynProducer> {
+        Ok(Arc::new(self.rabbit_producer()))
+    }
+
+    async fn consumer(&self, options: ConsumerOptions) -> Result<DynConsumer> {
+        Ok(Box::new(self.rabbit_consumer(options).await?))
+    }
+
+    fn dead_letter_destination(&self, source: &str) -> String {
+        self.shared.dead_letter_destination(source)
+    }
+
+    async fn reply_channel(&self) -> Result<ReplyChannel> {
+        let (reply_to, consumer) = ReplyConsumer::start(self.shared.clone()).await?;
+        Ok(ReplyChannel {
+            reply_to,
+            consumer: Box::new(consumer),
+        })
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.shared.connector.close().await;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RabbitBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.shared, f)
+    }
+}

@@ -1,0 +1,379 @@
+//! One AMQP connection per client, re-established with backoff when it drops.
+//!
+//! Recovery is done here rather than with lapin's own auto-recovery so that
+//! the semantics are ours and simple: every connection has a generation;
+//! when it dies (broker restart, network cut, missed heartbeats) the first
+//! user to notice starts one background reconnection loop (exponential
+//! backoff with jitter, capped by `reconnect_max_delay`). Producers wait
+//! up to `connection_timeout` for it, then fail with a retryable
+//! `Connection` error while the broker stays away; consumers wait for the new connection, declare their topology again and
+//! resume. Declarations are cached per connection, so a new connection
+//! declares again (non-durable queues and exchanges may be gone).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
+use mq_core::{Error, ErrorKind, Result};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{watch, OnceCell};
+
+use crate::config::RabbitConfig;
+use crate::error::{closed, from_lapin, BACKEND};
+
+/// One live (or dead) AMQP connection and what hangs off it.
+pub(crate) struct Conn {
+    /// Increases with every reconnection.
+    pub(crate) generation: u64,
+    connection: Connection,
+    /// The confirm-mode channel producers publish on.
+    publish: RwLock<Option<Arc<Channel>>>,
+    /// Serialises opening the publish channel.
+    publish_open: tokio::sync::Mutex<()>,
+    /// Destinations and queues declared on this connection, once each.
+    declared: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+    /// Retry and delay queues (they expire when unused), by when last declared.
+    refreshed: Mutex<HashMap<String, Instant>>,
+}
+
+impl Conn {
+    async fn open(config: &RabbitConfig, generation: u64) -> Result<Conn> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(config.connection_name.clone().into());
+        let tls = config.tls_config()?;
+        let runtime = lapin::runtime::default_runtime().map_err(|e| from_lapin(e, "connect"))?;
+        let connect = Connection::connect_uri_with_config(config.amqp_uri(), props, tls, runtime);
+        let connection = match tokio::time::timeout(config.connection_timeout, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(from_lapin(e, "connect")),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no connection to RabbitMQ at {}:{} within {:?}",
+                        config.host, config.port, config.connection_timeout
+                    ),
+                )
+                .with_backend(BACKEND)
+                .with_operation("connect"))
+            }
+        };
+        Ok(Conn {
+            generation,
+            connection,
+            publish: RwLock::new(None),
+            publish_open: tokio::sync::Mutex::new(()),
+            declared: Mutex::new(HashMap::new()),
+            refreshed: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether the connection still works, as far as lapin knows.
+    pub(crate) fn is_open(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// A new channel (for a consumer, or for declarations that may fail and
+    /// take their channel down with them).
+    pub(crate) async fn channel(&self, operation: &'static str) -> Result<Channel> {
+        self.connection
+            .create_channel()
+            .await
+            .map_err(|e| from_lapin(e, operation))
+    }
+
+    /// The shared confirm-mode channel for publishing, reopened if it closed.
+    pub(crate) async fn publish_channel(&self) -> Result<Arc<Channel>> {
+        if let Some(ch) = self.publish.read().as_ref() {
+            if ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        let _opening = self.publish_open.lock().await;
+        if let Some(ch) = self.publish.read().as_ref() {
+            if ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = self.channel("send").await?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| from_lapin(e, "send"))?;
+        let ch = Arc::new(ch);
+        *self.publish.write() = Some(ch.clone());
+        Ok(ch)
+    }
+
+    /// Runs `declare` once per `key` on this connection; concurrent callers
+    /// wait for the first, a failure lets the next caller try again.
+    pub(crate) async fn declare_once<F, Fut>(&self, key: &str, declare: F) -> Result<()>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let cell = {
+            let mut declared = self.declared.lock();
+            match declared.get(key) {
+                Some(cell) if cell.initialized() => return Ok(()),
+                Some(cell) => cell.clone(),
+                None => declared.entry(key.to_owned()).or_default().clone(),
+            }
+        };
+        cell.get_or_try_init(declare).await.map(|_| ())
+    }
+
+    /// Forgets a declaration (the broker deleted the queue), so the next
+    /// user declares it again.
+    pub(crate) fn forget(&self, key: &str) {
+        self.declared.lock().remove(key);
+    }
+
+    /// Whether a queue that expires when unused must be declared again.
+    pub(crate) fn needs_refresh(&self, key: &str, every: Duration) -> bool {
+        self.refreshed
+            .lock()
+            .get(key)
+            .is_none_or(|at| at.elapsed() >= every)
+    }
+
+    /// Records that a queue that expires when unused was just declared.
+    pub(crate) fn refreshed(&self, key: &str) {
+        self.refreshed.lock().insert(key.to_owned(), Instant::now());
+    }
+
+    async fn close(&self) {
+        if self.is_open() {
+            if let Err(e) = self
+                .connection
+                .close(200, "closed by the client".into())
+                .await
+            {
+                tracing::debug!(error = %e, "closing the RabbitMQ connection failed");
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("generation", &self.generation)
+            .field("open", &self.is_open())
+            .finish()
+    }
+}
+
+/// Where the connection stands.
+#[derive(Clone)]
+enum State {
+    Connected(Arc<Conn>),
+    /// A reconnection attempt is running.
+    Reconnecting,
+    /// The last attempt failed; the next one starts after a backoff delay.
+    Down {
+        kind: ErrorKind,
+        message: String,
+    },
+    /// The client was closed.
+    Closed,
+}
+
+struct Inner {
+    config: Arc<RabbitConfig>,
+    state: watch::Sender<State>,
+}
+
+/// The client's connection, shared by its producers and consumers.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    inner: Arc<Inner>,
+}
+
+impl Connector {
+    /// Connects once; a failure is returned to the caller (bad credentials
+    /// or an unreachable broker should fail `mq::connect`, not hang).
+    pub(crate) async fn connect(config: Arc<RabbitConfig>) -> Result<Self> {
+        let conn = Conn::open(&config, 1).await?;
+        let (state, _) = watch::channel(State::Connected(Arc::new(conn)));
+        Ok(Connector {
+            inner: Arc::new(Inner { config, state }),
+        })
+    }
+
+    /// The live connection. While the broker is away this waits up to
+    /// `connection_timeout` for the reconnection (a broker restart or a
+    /// short network cut goes unnoticed), then fails with a retryable
+    /// `Connection` error, so a send never hangs on a dead broker.
+    pub(crate) async fn get(&self) -> Result<Arc<Conn>> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.connection_timeout;
+        self.acquire(Some(deadline)).await
+    }
+
+    /// The live connection, waiting as long as it takes (consumers resume
+    /// after an outage). Fails only once the client is closed.
+    pub(crate) async fn wait_connected(&self) -> Result<Arc<Conn>> {
+        self.acquire(None).await
+    }
+
+    async fn acquire(&self, deadline: Option<tokio::time::Instant>) -> Result<Arc<Conn>> {
+        let mut rx = self.inner.state.subscribe();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            let down = match state {
+                State::Connected(conn) if conn.is_open() => return Ok(conn),
+                State::Connected(conn) => {
+                    self.start_reconnect(conn.generation);
+                    None
+                }
+                State::Reconnecting => None,
+                State::Down { kind, message } => Some((kind, message)),
+                State::Closed => return Err(closed("the RabbitMQ client")),
+            };
+            let changed = match deadline {
+                None => rx.changed().await.is_ok(),
+                Some(deadline) => match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(changed) => changed.is_ok(),
+                    Err(_) => {
+                        let (kind, message) = down.unwrap_or((
+                            ErrorKind::Timeout,
+                            "still reconnecting to RabbitMQ".to_owned(),
+                        ));
+                        return Err(Error::new(kind, message)
+                            .with_retryable(true)
+                            .with_backend(BACKEND)
+                            .with_operation("connect"));
+                    }
+                },
+            };
+            if !changed {
+                return Err(closed("the RabbitMQ client"));
+            }
+        }
+    }
+
+    /// Starts the reconnection loop, unless the dead connection was
+    /// replaced already or a loop runs.
+    fn start_reconnect(&self, dead: u64) {
+        let mut start = false;
+        self.inner.state.send_if_modified(|s| match s {
+            State::Connected(c) if c.generation == dead && !c.is_open() => {
+                *s = State::Reconnecting;
+                start = true;
+                true
+            }
+            _ => false,
+        });
+        if !start {
+            return;
+        }
+        tracing::warn!(generation = dead, "RabbitMQ connection lost; reconnecting");
+        let weak = Arc::downgrade(&self.inner);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(reconnect_loop(weak, dead + 1));
+            }
+            Err(_) => {
+                self.inner.state.send_replace(State::Down {
+                    kind: ErrorKind::Connection,
+                    message: "cannot reconnect to RabbitMQ outside a tokio runtime".into(),
+                });
+            }
+        }
+    }
+
+    /// Closes the connection for good.
+    pub(crate) async fn close(&self) {
+        let previous = self.inner.state.send_replace(State::Closed);
+        if let State::Connected(conn) = previous {
+            conn.close().await;
+        }
+    }
+}
+
+async fn reconnect_loop(inner: Weak<Inner>, generation: u64) {
+    let mut backoff = {
+        let Some(inner) = inner.upgrade() else { return };
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(inner.config.reconnect_max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut attempt = 0u32;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if matches!(*strong.state.borrow(), State::Closed) {
+            return;
+        }
+        strong.state.send_if_modified(|s| {
+            let down = matches!(s, State::Down { .. });
+            if down {
+                *s = State::Reconnecting;
+            }
+            down
+        });
+        attempt += 1;
+        match Conn::open(&strong.config, generation).await {
+            Ok(conn) => {
+                let conn = Arc::new(conn);
+                let mut installed = false;
+                strong.state.send_if_modified(|s| {
+                    if matches!(s, State::Closed) {
+                        return false;
+                    }
+                    *s = State::Connected(conn.clone());
+                    installed = true;
+                    true
+                });
+                if installed {
+                    tracing::info!(generation, attempt, "reconnected to RabbitMQ");
+                } else {
+                    conn.close().await;
+                }
+                return;
+            }
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(strong.config.reconnect_max_delay);
+                tracing::warn!(error = %e, attempt, ?delay, "reconnecting to RabbitMQ failed");
+                let kind = match e.kind() {
+                    ErrorKind::Timeout => ErrorKind::Timeout,
+                    _ => ErrorKind::Connection,
+                };
+                strong.state.send_if_modified(|s| {
+                    if matches!(s, State::Closed) {
+                        return false;
+                    }
+                    *s = State::Down {
+                        kind,
+                        message: format!("RabbitMQ is unreachable, reconnecting: {e}"),
+                    };
+                    true
+                });
+                drop(strong);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &*self.inner.state.borrow() {
+            State::Connected(c) if c.is_open() => {
+                format!("connected (generation {})", c.generation)
+            }
+            State::Connected(c) => format!("connection lost (generation {})", c.generation),
+            State::Reconnecting => "reconnecting".to_owned(),
+            State::Down { .. } => "down".to_owned(),
+            State::Closed => "closed".to_owned(),
+        };
+        f.debug_struct("Connector").field("state", &state).finish()
+    }
+}

@@ -1,0 +1,238 @@
+//! Receiving: one channel per consumer, manual acks, `basic.qos` prefetch.
+//!
+//! The broker never has more than the prefetch of unacked deliveries out to
+//! a consumer, so backpressure is the broker's: nothing is buffered beyond
+//! it. When the channel or connection drops, `receive` waits for the
+//! connection to come back, declares the topology again and subscribes
+//! again; deliveries of the old channel are requeued by the broker.
+//! `close` (or dropping the consumer) cancels the subscription and closes
+//! the channel, which also requeues every unsettled delivery; settling one
+//! of those afterwards fails with `Closed`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::Channel;
+use mq_core::{Consumer, ConsumerOptions, Delivery, ErrorKind, Received, Result};
+
+use crate::backend::Shared;
+use crate::connection::Conn;
+use crate::error::{closed, from_lapin};
+use crate::headers::decode;
+use crate::settle::{RabbitDelivery, RabbitSettler};
+use crate::topology::{ensure_consumer_queue, forget_consumer_queue, short};
+
+/// A live subscription.
+struct Subscription {
+    conn: Arc<Conn>,
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+/// Receives from one queue of a RabbitMQ destination.
+pub struct RabbitConsumer {
+    shared: Arc<Shared>,
+    source: String,
+    group: Option<String>,
+    queue: String,
+    prefetch: u16,
+    settler: Arc<RabbitSettler>,
+    closed: Arc<AtomicBool>,
+    sub: Option<Subscription>,
+    /// Subscriptions lost in a row, for the pause before the next one.
+    failures: u32,
+}
+
+impl RabbitConsumer {
+    /// A consumer as `options` say, subscribed (so a group's queue exists
+    /// and is bound once this returns).
+    pub(crate) async fn start(shared: Arc<Shared>, options: ConsumerOptions) -> Result<Self> {
+        let queue = crate::topology::consumer_queue(
+            &shared.config,
+            &options.source,
+            options.group.as_deref(),
+        )?;
+        short("queue", &queue)?;
+        let prefetch = if options.prefetch == mq_core::consumer::DEFAULT_PREFETCH {
+            shared.config.prefetch
+        } else {
+            u16::try_from(options.prefetch).unwrap_or(u16::MAX)
+        }
+        .max(1);
+        let closed = Arc::new(AtomicBool::new(false));
+        let settler = Arc::new(RabbitSettler {
+            shared: shared.clone(),
+            source: options.source.clone(),
+            queue: queue.clone(),
+            closed: closed.clone(),
+        });
+        let mut consumer = RabbitConsumer {
+            shared,
+            source: options.source,
+            group: options.group,
+            queue,
+            prefetch,
+            settler,
+            closed,
+            sub: None,
+            failures: 0,
+        };
+        consumer.subscribe(false).await?;
+        Ok(consumer)
+    }
+
+    /// The queue this consumer reads.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    async fn subscribe(&mut self, patient: bool) -> Result<()> {
+        let conn = if patient {
+            self.shared.connector.wait_connected().await?
+        } else {
+            self.shared.connector.get().await?
+        };
+        let config = &self.shared.config;
+        ensure_consumer_queue(
+            &conn,
+            config,
+            &self.source,
+            self.group.as_deref(),
+            &self.queue,
+        )
+        .await?;
+        let channel = conn.channel("receive").await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(|e| from_lapin(e, "receive"))?;
+        let consumer = channel
+            .basic_consume(
+                short("queue", &self.queue)?,
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| from_lapin(e, "receive").with_destination(self.source.clone()))?;
+        self.sub = Some(Subscription {
+            conn,
+            channel,
+            consumer,
+        });
+        Ok(())
+    }
+
+    fn wrap(&self, d: lapin::message::Delivery) -> Delivery {
+        let mut d = d;
+        let data = std::mem::take(&mut d.data);
+        let properties = std::mem::take(&mut d.properties);
+        let decoded = decode(bytes::Bytes::from(data), &properties, d.redelivered);
+        let info = RabbitDelivery::new(&d, self.queue.clone(), properties);
+        let received = Received::new(self.source.clone(), decoded.message, decoded.attempt)
+            .with_group(self.group.clone())
+            .with_timestamp(decoded.timestamp)
+            .with_metadata(info);
+        Delivery::new(received, self.settler.clone())
+    }
+
+    fn pause(&self) -> Duration {
+        let ms = 100u64.saturating_mul(1 << self.failures.min(6));
+        Duration::from_millis(ms.min(5_000))
+    }
+
+    fn shut(&mut self) -> Option<Subscription> {
+        self.closed.store(true, Ordering::Release);
+        self.sub.take()
+    }
+}
+
+#[async_trait]
+impl Consumer for RabbitConsumer {
+    async fn receive(&mut self) -> Result<Delivery> {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(closed("the consumer").with_destination(self.source.clone()));
+            }
+            let Some(sub) = self.sub.as_mut() else {
+                if self.failures > 0 {
+                    tokio::time::sleep(self.pause()).await;
+                }
+                match self.subscribe(true).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::Closed || !e.is_retryable() => return Err(e),
+                    Err(e) => {
+                        self.failures = self.failures.saturating_add(1);
+                        tracing::warn!(source = %self.source, error = %e,
+                            "cannot subscribe again; retrying");
+                    }
+                }
+                continue;
+            };
+            match sub.consumer.next().await {
+                Some(Ok(d)) => {
+                    self.failures = 0;
+                    return Ok(self.wrap(d));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(source = %self.source, error = %e,
+                        "consumer channel failed; subscribing again");
+                    self.sub = None;
+                    self.failures = self.failures.saturating_add(1);
+                }
+                None => {
+                    // The broker cancelled the subscription (queue deleted) or
+                    // the channel closed: declare again and resubscribe.
+                    tracing::warn!(source = %self.source, queue = %self.queue,
+                        "subscription cancelled; subscribing again");
+                    forget_consumer_queue(&sub.conn, &self.source, &self.queue);
+                    self.sub = None;
+                    self.failures = self.failures.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(sub) = self.shut() {
+            let tag = sub.consumer.tag();
+            if let Err(e) = sub
+                .channel
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await
+            {
+                tracing::debug!(error = %e, "basic.cancel failed while closing a consumer");
+            }
+            if let Err(e) = sub.channel.close(200, "consumer closed".into()).await {
+                tracing::debug!(error = %e, "closing a consumer channel failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RabbitConsumer {
+    fn drop(&mut self) {
+        // Dropping the channel closes it; the broker requeues what is unacked.
+        self.shut();
+    }
+}
+
+impl fmt::Debug for RabbitConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitConsumer")
+            .field("source", &self.source)
+            .field("group", &self.group)
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .field("subscribed", &self.sub.is_some())
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}

@@ -1,0 +1,289 @@
+//! Settling deliveries (DESIGN.md §4) and the RabbitMQ metadata of each one.
+//!
+//! | settlement | what happens |
+//! |---|---|
+//! | ack | `basic.ack` |
+//! | nack | classic queues: republish to the same queue with `mq-attempt` + 1, confirmed, then `basic.ack` (the message goes to the back of the queue); quorum queues: `basic.nack` with requeue (the broker counts `x-delivery-count`) |
+//! | nack after a delay | republish to `<queue>.retry.<ms>` with `mq-attempt` + 1, confirmed, then `basic.ack`; the retry queue's TTL dead-letters it back to `<queue>` only |
+//! | dead-letter | publish to the destination `<source>-dlq` with the reason headers, confirmed, then `basic.ack` |
+//! | dropped unsettled | `basic.nack` with requeue, from a spawned task (the broker redelivers it, `redelivered` set) |
+//!
+//! Every republish is confirmed by the broker before the original is acked,
+//! so a crash in between duplicates a message but never loses one. A
+//! delivery whose channel is gone (reconnection, consumer closed) cannot be
+//! settled: the broker has requeued it already. Settling it returns
+//! `Closed` if its consumer was closed and a retryable `Connection` error
+//! otherwise; it is not republished, so no copy is made.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::{Acker, BasicProperties};
+use mq_core::{Delivery, Error, Result, Settlement, Settler};
+
+use crate::backend::Shared;
+use crate::config::QueueType;
+use crate::error::{channel_gone, from_lapin, BACKEND};
+use crate::headers::{for_attempt, Wire};
+use crate::topology::{dead_letter_route, retry_route};
+
+/// RabbitMQ details of a delivery, from
+/// [`Received::metadata`](mq_core::Received::metadata):
+///
+/// ```no_run
+/// # fn f(delivery: &mq_core::Delivery) {
+/// if let Some(rabbit) = delivery.metadata::<mq_rabbit::RabbitDelivery>() {
+///     println!("tag {} redelivered {}", rabbit.delivery_tag(), rabbit.redelivered());
+/// }
+/// # }
+/// ```
+pub struct RabbitDelivery {
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: String,
+    routing_key: String,
+    queue: String,
+    properties: BasicProperties,
+    acker: Option<Acker>,
+}
+
+impl RabbitDelivery {
+    pub(crate) fn new(
+        delivery: &lapin::message::Delivery,
+        queue: String,
+        properties: BasicProperties,
+    ) -> Self {
+        RabbitDelivery {
+            delivery_tag: delivery.delivery_tag,
+            redelivered: delivery.redelivered,
+            exchange: delivery.exchange.to_string(),
+            routing_key: delivery.routing_key.to_string(),
+            queue,
+            properties,
+            acker: Some(delivery.acker.clone()),
+        }
+    }
+
+    /// A delivery consumed without acknowledgements (direct reply-to).
+    pub(crate) fn without_ack(
+        delivery_tag: u64,
+        redelivered: bool,
+        exchange: String,
+        routing_key: String,
+        queue: String,
+        properties: BasicProperties,
+    ) -> Self {
+        RabbitDelivery {
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+            queue,
+            properties,
+            acker: None,
+        }
+    }
+
+    /// The delivery tag on its channel.
+    pub fn delivery_tag(&self) -> u64 {
+        self.delivery_tag
+    }
+
+    /// Whether the broker delivered this message before (to any consumer).
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// The exchange the message was published to (`""`: the default exchange).
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+
+    /// The queue it was consumed from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The AMQP properties exactly as received, headers of every type included.
+    pub fn properties(&self) -> &BasicProperties {
+        &self.properties
+    }
+}
+
+impl fmt::Debug for RabbitDelivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitDelivery")
+            .field("delivery_tag", &self.delivery_tag)
+            .field("redelivered", &self.redelivered)
+            .field("exchange", &self.exchange)
+            .field("routing_key", &self.routing_key)
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+/// Settles the deliveries of one consumer.
+pub(crate) struct RabbitSettler {
+    pub(crate) shared: Arc<Shared>,
+    /// The destination consumed (what deliveries report as their source).
+    pub(crate) source: String,
+    /// The queue consumed.
+    pub(crate) queue: String,
+    /// Set when the consumer is closed or dropped.
+    pub(crate) closed: Arc<AtomicBool>,
+}
+
+impl RabbitSettler {
+    fn gone(&self, operation: &'static str, id: &str) -> Error {
+        if self.closed.load(Ordering::Acquire) {
+            Error::closed(format!(
+                "the consumer was closed; message {id} went back to the queue"
+            ))
+            .with_backend(BACKEND)
+            .with_operation(operation)
+            .with_destination(self.source.clone())
+        } else {
+            channel_gone(operation).with_destination(self.source.clone())
+        }
+    }
+
+    async fn ack(&self, acker: &Acker, id: &str) -> Result<()> {
+        match acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.gone("ack", id)),
+            Err(e) => Err(from_lapin(e, "ack").with_destination(self.source.clone())),
+        }
+    }
+
+    /// Republishes the delivery to `route` as attempt + 1, then acks it.
+    async fn republish(
+        &self,
+        delivery: &Delivery,
+        info: &RabbitDelivery,
+        acker: &Acker,
+        delay: Option<std::time::Duration>,
+    ) -> Result<()> {
+        let route = retry_route(&self.queue, delay)?;
+        let wire = Wire {
+            payload: delivery.payload().clone(),
+            properties: for_attempt(&info.properties, delivery.attempt().saturating_add(1)),
+            reply_token: None,
+        };
+        self.shared
+            .publish(&route, wire, "nack")
+            .await
+            .map_err(|e| e.with_destination(self.source.clone()))?;
+        self.ack_after_republish(acker, delivery.id()).await
+    }
+
+    /// Acks the original of a message republished already: if its channel
+    /// died in between, the broker redelivers it too (a duplicate, never a loss).
+    async fn ack_after_republish(&self, acker: &Acker, id: &str) -> Result<()> {
+        match self.ack(acker, id).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(%id, error = %e,
+                    "message republished but its original could not be acked; it will be delivered twice");
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Settler for RabbitSettler {
+    async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()> {
+        let Some(info) = delivery.metadata::<RabbitDelivery>() else {
+            return Err(
+                Error::new(mq_core::ErrorKind::Broker, "not a RabbitMQ delivery")
+                    .with_backend(BACKEND),
+            );
+        };
+        let Some(acker) = info.acker.as_ref() else {
+            return Ok(());
+        };
+        if self.closed.load(Ordering::Acquire) || !acker.usable() {
+            return Err(self.gone("settle", delivery.id()));
+        }
+        match settlement {
+            Settlement::Ack => self.ack(acker, delivery.id()).await,
+            Settlement::Nack { delay }
+                if delay.is_none_or(|d| d.is_zero())
+                    && self.shared.config.queue_type == QueueType::Quorum =>
+            {
+                let requeue = BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                };
+                match acker.nack(requeue).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(self.gone("nack", delivery.id())),
+                    Err(e) => Err(from_lapin(e, "nack").with_destination(self.source.clone())),
+                }
+            }
+            Settlement::Nack { delay } => self.republish(delivery, info, acker, delay).await,
+            Settlement::DeadLetter { reason } => {
+                let dlq = self.shared.dead_letter_destination(&self.source);
+                let route = dead_letter_route(&self.shared.config, &dlq)?;
+                let wire = crate::headers::encode(
+                    delivery.dead_letter_message(&reason),
+                    self.shared.config.persistent,
+                )?;
+                self.shared
+                    .publish(&route, wire, "dead-letter")
+                    .await
+                    .map_err(|e| e.with_destination(dlq.clone()))?;
+                self.ack_after_republish(acker, delivery.id()).await
+            }
+            other => Err(Error::unsupported(format!("settlement {other:?}")).with_backend(BACKEND)),
+        }
+    }
+
+    fn abandon(&self, delivery: &Delivery) {
+        if self.closed.load(Ordering::Acquire) {
+            // The channel closed with the consumer: the broker requeued it.
+            return;
+        }
+        let Some(acker) = delivery
+            .metadata::<RabbitDelivery>()
+            .and_then(|i| i.acker.clone())
+        else {
+            return;
+        };
+        if !acker.usable() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // No runtime to nack from: the broker requeues it when the channel closes.
+            return;
+        };
+        let id = delivery.id().to_owned();
+        rt.spawn(async move {
+            let requeue = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            if let Err(e) = acker.nack(requeue).await {
+                tracing::debug!(%id, error = %e, "returning a dropped delivery failed; the broker requeues it when the channel closes");
+            }
+        });
+    }
+}
+
+impl fmt::Debug for RabbitSettler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitSettler")
+            .field("source", &self.source)
+            .field("queue", &self.queue)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}

@@ -1,0 +1,496 @@
+//! Which exchanges and queues a destination, a group, a retry or a delay
+//! uses, and their declaration.
+//!
+//! With `topology=exchange` (the default), destination `D` is a fanout
+//! exchange `D`. Its default group is the queue `D`, declared and bound on
+//! the first send *and* the first consume, so point-to-point never loses a
+//! message sent before the first consumer. Group `G` is the queue `D.G`,
+//! declared and bound when it is first consumed: a group created later
+//! misses what was sent before.
+//!
+//! A delayed nack republishes to `<queue>.retry.<ms>`, a queue with
+//! `x-message-ttl = ms` whose expired messages dead-letter through the
+//! default exchange straight back to `<queue>` (and to no other group). A
+//! delayed send goes to `D.delay.<ms>`, which dead-letters into the exchange
+//! `D` (every group). Delays are rounded up to 1/16 of their power of two
+//! (at most 6.25% later), so a jittered backoff reuses a bounded set of
+//! queues; these queues expire (`x-expires`) ten minutes after their last
+//! use. Names starting with `amq.` (server-named and direct reply-to queues)
+//! are addressed through the default exchange and never declared.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::ExchangeKind;
+use mq_core::{Error, Result};
+
+use crate::config::{QueueType, RabbitConfig, Topology};
+use crate::connection::Conn;
+use crate::error::{from_lapin, too_long, BACKEND};
+
+/// Queues whose names start with this belong to the broker (server-named
+/// queues, direct reply-to): addressed as they are, never declared.
+pub(crate) const BROKER_PREFIX: &str = "amq.";
+
+/// How long an unused retry or delay queue lives past its message TTL.
+const EXPIRES_MARGIN: Duration = Duration::from_secs(600);
+
+/// Declare retry/delay queues again this often while in use, so they never
+/// expire with messages in them (see [`EXPIRES_MARGIN`]).
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(300);
+
+/// The longest delay: `x-message-ttl` is a 32-bit number of milliseconds.
+pub(crate) const MAX_DELAY: Duration = Duration::from_millis(u32::MAX as u64);
+
+/// A validated AMQP name (at most 255 bytes).
+pub(crate) fn short(what: &str, value: &str) -> Result<ShortString> {
+    ShortString::try_new(value).map_err(|_| too_long(what, value))
+}
+
+/// The queue a consumer of (`source`, `group`) reads.
+pub(crate) fn consumer_queue(
+    config: &RabbitConfig,
+    source: &str,
+    group: Option<&str>,
+) -> Result<String> {
+    match (config.topology, group) {
+        (_, None) => Ok(source.to_owned()),
+        (Topology::Exchange, Some(_)) if source.starts_with(BROKER_PREFIX) => Err(Error::unsupported(
+            format!("`{source}` is a broker-named queue; it has no consumer groups"),
+        )
+        .with_backend(BACKEND)),
+        (Topology::Exchange, Some(g)) => Ok(format!("{source}.{g}")),
+        (Topology::Queue, Some(_)) => Err(Error::unsupported(
+            "consumer groups need topology=exchange; with topology=queue a destination is one queue",
+        )
+        .with_backend(BACKEND)),
+    }
+}
+
+/// `delay` in milliseconds, rounded up to 1/16 of its power of two.
+pub(crate) fn delay_bucket(delay: Duration) -> Result<u64> {
+    if delay > MAX_DELAY {
+        return Err(Error::unsupported(format!(
+            "a delay of {delay:?} is longer than RabbitMQ's longest message TTL ({MAX_DELAY:?})"
+        ))
+        .with_backend(BACKEND));
+    }
+    let micros = delay.as_micros();
+    let ms = u64::try_from(micros.div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1);
+    if ms <= 16 {
+        return Ok(ms);
+    }
+    let step = 1u64 << (63 - ms.leading_zeros() - 4);
+    Ok(ms
+        .div_ceil(step)
+        .saturating_mul(step)
+        .min(u64::from(u32::MAX)))
+}
+
+/// Where a message goes on the wire.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub(crate) exchange: ShortString,
+    pub(crate) routing_key: ShortString,
+    /// What must exist first.
+    pub(crate) needs: Needs,
+}
+
+/// Declarations a route depends on.
+#[derive(Debug, Clone)]
+pub(crate) enum Needs {
+    Nothing,
+    /// The destination's exchange, default queue and binding.
+    Destination(String),
+    /// A plain durable queue of ours (dead-letter queue with `topology=queue`).
+    Queue(String),
+    /// A TTL queue dead-lettering to `target`, after `needs`.
+    Ttl {
+        queue: String,
+        ttl_ms: u64,
+        target: DeadLetterTo,
+        before: Box<Needs>,
+    },
+}
+
+/// Where an expired message of a TTL queue goes.
+#[derive(Debug, Clone)]
+pub(crate) enum DeadLetterTo {
+    /// Every group of a destination (its fanout exchange).
+    Exchange(String),
+    /// One queue, through the default exchange.
+    Queue(String),
+}
+
+/// The route of a send to `destination`, delayed by `delay`.
+pub(crate) fn send_route(
+    config: &RabbitConfig,
+    destination: &str,
+    delay: Option<Duration>,
+) -> Result<Route> {
+    let to_queue = destination.starts_with(BROKER_PREFIX) || config.topology == Topology::Queue;
+    let base = if to_queue {
+        Route {
+            exchange: ShortString::default(),
+            routing_key: short("destination", destination)?,
+            needs: Needs::Nothing,
+        }
+    } else {
+        let name = short("destination", destination)?;
+        Route {
+            exchange: name,
+            routing_key: ShortString::default(),
+            needs: Needs::Destination(destination.to_owned()),
+        }
+    };
+    match delay.filter(|d| !d.is_zero()) {
+        None => Ok(base),
+        Some(d) => {
+            let ms = delay_bucket(d)?;
+            let queue = format!("{destination}.delay.{ms}");
+            let target = if to_queue {
+                DeadLetterTo::Queue(destination.to_owned())
+            } else {
+                DeadLetterTo::Exchange(destination.to_owned())
+            };
+            Ok(Route {
+                exchange: ShortString::default(),
+                routing_key: short("delay queue", &queue)?,
+                needs: Needs::Ttl {
+                    queue,
+                    ttl_ms: ms,
+                    target,
+                    before: Box::new(base.needs),
+                },
+            })
+        }
+    }
+}
+
+/// The route that sends a message back to `queue` only, after `delay`.
+pub(crate) fn retry_route(queue: &str, delay: Option<Duration>) -> Result<Route> {
+    match delay.filter(|d| !d.is_zero()) {
+        None => Ok(Route {
+            exchange: ShortString::default(),
+            routing_key: short("queue", queue)?,
+            needs: Needs::Nothing,
+        }),
+        Some(d) => {
+            let ms = delay_bucket(d)?;
+            let retry = format!("{queue}.retry.{ms}");
+            Ok(Route {
+                exchange: ShortString::default(),
+                routing_key: short("retry queue", &retry)?,
+                needs: Needs::Ttl {
+                    queue: retry,
+                    ttl_ms: ms,
+                    target: DeadLetterTo::Queue(queue.to_owned()),
+                    before: Box::new(Needs::Nothing),
+                },
+            })
+        }
+    }
+}
+
+/// The route of a dead letter to `dlq` (a destination).
+pub(crate) fn dead_letter_route(config: &RabbitConfig, dlq: &str) -> Result<Route> {
+    match config.topology {
+        Topology::Exchange => send_route(config, dlq, None),
+        Topology::Queue => Ok(Route {
+            exchange: ShortString::default(),
+            routing_key: short("dead-letter queue", dlq)?,
+            needs: Needs::Queue(dlq.to_owned()),
+        }),
+    }
+}
+
+/// Arguments of the destination and group queues this client declares.
+pub(crate) fn queue_arguments(config: &RabbitConfig) -> FieldTable {
+    let mut args = FieldTable::default();
+    if config.queue_type == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+    }
+    if config.single_active_consumer {
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    }
+    args
+}
+
+fn queue_options(config: &RabbitConfig) -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: config.durable,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// Makes sure everything `needs` names exists on `conn`.
+pub(crate) async fn ensure(conn: &Conn, config: &RabbitConfig, needs: &Needs) -> Result<()> {
+    match needs {
+        Needs::Nothing => Ok(()),
+        Needs::Destination(dest) => ensure_destination(conn, config, dest).await,
+        Needs::Queue(queue) => {
+            let key = format!("q:{queue}");
+            conn.declare_once(&key, || async {
+                let ch = conn.channel("declare").await?;
+                let name = short("queue", queue)?;
+                ch.queue_declare(name, queue_options(config), queue_arguments(config))
+                    .await
+                    .map_err(|e| declare_error(e, queue))?;
+                close_quietly(&ch).await;
+                Ok(())
+            })
+            .await
+        }
+        Needs::Ttl {
+            queue,
+            ttl_ms,
+            target,
+            before,
+        } => {
+            Box::pin(ensure(conn, config, before)).await?;
+            let key = format!("t:{queue}");
+            if !conn.needs_refresh(&key, REFRESH_EVERY) {
+                return Ok(());
+            }
+            declare_ttl_queue(conn, config, queue, *ttl_ms, target).await?;
+            conn.refreshed(&key);
+            Ok(())
+        }
+    }
+}
+
+/// The destination's exchange, its default queue and their binding.
+pub(crate) async fn ensure_destination(
+    conn: &Conn,
+    config: &RabbitConfig,
+    dest: &str,
+) -> Result<()> {
+    if config.topology == Topology::Queue || dest.starts_with(BROKER_PREFIX) {
+        return Ok(());
+    }
+    let key = format!("d:{dest}");
+    conn.declare_once(&key, || async {
+        let name = short("destination", dest)?;
+        let ch = conn.channel("declare").await?;
+        ch.exchange_declare(
+            name.clone(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: config.durable,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| declare_error(e, dest))?;
+        ch.queue_declare(name.clone(), queue_options(config), queue_arguments(config))
+            .await
+            .map_err(|e| declare_error(e, dest))?;
+        ch.queue_bind(
+            name.clone(),
+            name,
+            ShortString::default(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| declare_error(e, dest))?;
+        close_quietly(&ch).await;
+        Ok(())
+    })
+    .await
+}
+
+/// The queue a consumer of (`source`, `group`) reads, ready to consume:
+/// declared and bound with `topology=exchange`, checked to exist with
+/// `topology=queue`.
+pub(crate) async fn ensure_consumer_queue(
+    conn: &Conn,
+    config: &RabbitConfig,
+    source: &str,
+    group: Option<&str>,
+    queue: &str,
+) -> Result<()> {
+    if source.starts_with(BROKER_PREFIX) {
+        return Ok(());
+    }
+    match (config.topology, group) {
+        (Topology::Queue, _) => {
+            let key = format!("p:{queue}");
+            conn.declare_once(&key, || async {
+                let ch = conn.channel("declare").await?;
+                let name = short("queue", queue)?;
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                ch.queue_declare(name, passive, FieldTable::default())
+                    .await
+                    .map_err(|e| declare_error(e, queue))?;
+                close_quietly(&ch).await;
+                Ok(())
+            })
+            .await
+        }
+        (Topology::Exchange, None) => ensure_destination(conn, config, source).await,
+        (Topology::Exchange, Some(_)) => {
+            ensure_destination(conn, config, source).await?;
+            let key = format!("g:{queue}");
+            conn.declare_once(&key, || async {
+                let ch = conn.channel("declare").await?;
+                let name = short("queue", queue)?;
+                ch.queue_declare(name.clone(), queue_options(config), queue_arguments(config))
+                    .await
+                    .map_err(|e| declare_error(e, queue))?;
+                ch.queue_bind(
+                    name,
+                    short("destination", source)?,
+                    ShortString::default(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| declare_error(e, queue))?;
+                close_quietly(&ch).await;
+                Ok(())
+            })
+            .await
+        }
+    }
+}
+
+/// Forgets what was declared for a consumer's queue (the broker cancelled
+/// the consumer, e.g. because the queue was deleted).
+pub(crate) fn forget_consumer_queue(conn: &Conn, source: &str, queue: &str) {
+    conn.forget(&format!("p:{queue}"));
+    conn.forget(&format!("g:{queue}"));
+    conn.forget(&format!("d:{source}"));
+}
+
+async fn declare_ttl_queue(
+    conn: &Conn,
+    config: &RabbitConfig,
+    queue: &str,
+    ttl_ms: u64,
+    target: &DeadLetterTo,
+) -> Result<()> {
+    let mut args = FieldTable::default();
+    let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+    let expires = ttl.saturating_add(i64::try_from(EXPIRES_MARGIN.as_millis()).unwrap_or(0));
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(expires));
+    match target {
+        DeadLetterTo::Exchange(exchange) => {
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from(exchange.as_str())),
+            );
+        }
+        DeadLetterTo::Queue(queue) => {
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from("")),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(LongString::from(queue.as_str())),
+            );
+        }
+    }
+    let ch = conn.channel("declare").await?;
+    ch.queue_declare(short("queue", queue)?, queue_options_for_ttl(config), args)
+        .await
+        .map_err(|e| declare_error(e, queue))?;
+    close_quietly(&ch).await;
+    Ok(())
+}
+
+/// Retry and delay queues are classic (TTL and dead-lettering work the same
+/// on every RabbitMQ version) and as durable as the rest.
+fn queue_options_for_ttl(config: &RabbitConfig) -> QueueDeclareOptions {
+    queue_options(config)
+}
+
+fn declare_error(e: lapin::Error, name: &str) -> Error {
+    let err = from_lapin(e, "declare").with_destination(name.to_owned());
+    if err.kind() == mq_core::ErrorKind::Config {
+        // The queue or exchange exists with other settings (made by another
+        // application, or with another queue_type/durable setting).
+        return Error::config(format!(
+            "`{name}` already exists with different settings ({}); match its settings, \
+             or use topology=queue to consume an existing queue as it is",
+            err.message()
+        ))
+        .with_backend(BACKEND)
+        .with_operation("declare")
+        .with_destination(name.to_owned())
+        .with_source(err);
+    }
+    err
+}
+
+async fn close_quietly(ch: &lapin::Channel) {
+    if let Err(e) = ch.close(200, "declared".into()).await {
+        tracing::debug!(error = %e, "closing a declaration channel failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_round_up_by_at_most_a_sixteenth() {
+        assert_eq!(delay_bucket(Duration::from_millis(1)).expect("1"), 1);
+        assert_eq!(delay_bucket(Duration::from_micros(1500)).expect("1.5"), 2);
+        assert_eq!(delay_bucket(Duration::from_millis(16)).expect("16"), 16);
+        assert_eq!(delay_bucket(Duration::from_millis(200)).expect("200"), 200);
+        assert_eq!(delay_bucket(Duration::from_millis(3000)).expect("3s"), 3072);
+        for ms in [17u64, 33, 99, 1001, 4097, 65_537, 1_000_003, 86_400_000] {
+            let b = delay_bucket(Duration::from_millis(ms)).expect("bucket");
+            assert!(b >= ms && (b - ms) * 16 <= ms, "{ms} -> {b}");
+        }
+        assert!(delay_bucket(Duration::from_secs(60 * 86_400)).is_err());
+        let distinct: std::collections::HashSet<u64> = (1000..2000)
+            .map(|ms| delay_bucket(Duration::from_millis(ms)).expect("b"))
+            .collect();
+        assert!(distinct.len() <= 17, "{}", distinct.len());
+    }
+
+    #[test]
+    fn routes() {
+        let config = RabbitConfig::default();
+        let r = send_route(&config, "orders", None).expect("route");
+        assert_eq!(
+            (r.exchange.as_str(), r.routing_key.as_str()),
+            ("orders", "")
+        );
+        let r = send_route(&config, "orders", Some(Duration::from_secs(2))).expect("delay");
+        assert_eq!(
+            (r.exchange.as_str(), r.routing_key.as_str()),
+            ("", "orders.delay.2048")
+        );
+        let r = send_route(&config, "amq.rabbitmq.reply-to.abc", None).expect("reply");
+        assert_eq!(r.exchange.as_str(), "");
+        let r = retry_route("orders.billing", Some(Duration::from_millis(200))).expect("retry");
+        assert_eq!(r.routing_key.as_str(), "orders.billing.retry.200");
+        let queue_mode = RabbitConfig {
+            topology: Topology::Queue,
+            ..RabbitConfig::default()
+        };
+        let r = send_route(&queue_mode, "jobs", None).expect("queue");
+        assert_eq!((r.exchange.as_str(), r.routing_key.as_str()), ("", "jobs"));
+        assert!(consumer_queue(&queue_mode, "jobs", Some("g")).is_err());
+        assert_eq!(
+            consumer_queue(&config, "jobs", Some("g")).expect("group"),
+            "jobs.g"
+        );
+        assert!(send_route(&config, &"x".repeat(256), None).is_err());
+    }
+}
