@@ -145,6 +145,27 @@ where
     }
 }
 
+/// What a [`BatchHandler`] returns: one result per message, in order, or
+/// one error for the whole batch.
+pub type BatchResult = Result<Vec<HandlerResult>, HandlerError>;
+
+/// Processes a batch of messages (see [`Worker::batch`](crate::Worker::batch)).
+/// Implemented for every `Fn(Vec<Received>) -> impl Future<Output = BatchResult>`.
+pub trait BatchHandler: Send + Sync + 'static {
+    /// Handles `batch`; each message is settled by its own result.
+    fn call(&self, batch: Vec<Received>) -> BoxFuture<'static, BatchResult>;
+}
+
+impl<F, Fut> BatchHandler for F
+where
+    F: Fn(Vec<Received>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = BatchResult> + Send + 'static,
+{
+    fn call(&self, batch: Vec<Received>) -> BoxFuture<'static, BatchResult> {
+        Box::pin(self(batch))
+    }
+}
+
 /// A type-erased, shareable handler.
 pub type BoxHandler = Arc<dyn Handler>;
 

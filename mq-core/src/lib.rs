@@ -9,6 +9,7 @@
 
 pub mod capabilities;
 pub mod client;
+pub mod codec;
 pub mod consumer;
 pub mod delivery;
 pub mod error;
@@ -31,11 +32,13 @@ pub use client::{Backend, Client, ConsumerBuilder};
 pub use consumer::{Consumer, ConsumerOptions, DynConsumer};
 pub use delivery::{Delivery, Received, Settlement, Settler};
 pub use error::{Error, ErrorKind, Result};
-pub use handler::{BoxHandler, Handler, HandlerError, HandlerResult, Layer};
+pub use handler::{
+    BatchHandler, BatchResult, BoxHandler, Handler, HandlerError, HandlerResult, Layer,
+};
 pub use message::{headers, Headers, Message};
 pub use observe::{Health, QueueStats};
 pub use pipeline::{Pipeline, PipelineReport};
 pub use producer::{BatchReport, DynProducer, Producer, ProducerExt};
 pub use registry::Registry;
 pub use rpc::{reply, Requester};
-pub use worker::{CancellationToken, Worker, WorkerReport};
+pub use worker::{BatchWorker, CancellationToken, Worker, WorkerReport};

@@ -189,3 +189,43 @@ pub async fn reply<P: Producer + ?Sized>(
         .insert(headers::CORRELATION_ID, correlation_id);
     producer.send(reply_to, response).await
 }
+
+/// A handler that answers requests: runs `f` on each request and sends what
+/// it returns as the reply (see [`reply`]). An error from `f` is handled
+/// like any handler error (retry, dead-letter); a request without a
+/// reply-to header is dead-lettered.
+///
+/// ```no_run
+/// # async fn f(client: mq_core::Client) -> mq_core::Result<()> {
+/// use mq_core::{rpc::responder, Message, Worker};
+/// let producer = client.producer().await?;
+/// let consumer = client.consumer("pricing").await?;
+/// let worker = Worker::new(consumer, responder(producer, |req| async move {
+///     Ok(Message::new(format!("price of {}", req.text()?)))
+/// }));
+/// # Ok(()) }
+/// ```
+pub fn responder<F, Fut>(producer: DynProducer, f: F) -> impl crate::Handler
+where
+    F: Fn(Received) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = std::result::Result<Message, crate::HandlerError>>
+        + Send
+        + 'static,
+{
+    let f = Arc::new(f);
+    move |request: Received| {
+        let (f, producer) = (f.clone(), producer.clone());
+        async move {
+            if request.headers().get(headers::REPLY_TO).is_none() {
+                return Err(crate::HandlerError::permanent(format!(
+                    "request {} has no {} header",
+                    request.id(),
+                    headers::REPLY_TO
+                )));
+            }
+            let response = f(request.clone()).await?;
+            reply(&*producer, &request, response).await?;
+            Ok(())
+        }
+    }
+}

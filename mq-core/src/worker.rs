@@ -23,12 +23,15 @@ use futures::FutureExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
+
+mod batch;
+pub use batch::BatchWorker;
 use tracing::Instrument;
 
 use crate::consumer::Consumer;
 use crate::delivery::{Delivery, Settlement};
 use crate::error::{ErrorKind, Result};
-use crate::handler::{apply_layers, BoxHandler, Handler, Layer};
+use crate::handler::{apply_layers, BatchHandler, BoxHandler, Handler, Layer};
 use crate::middleware::CatchPanicLayer;
 use crate::observe::{names, trace};
 
@@ -36,7 +39,7 @@ use crate::observe::{names, trace};
 /// then [`run`](Worker::run).
 pub struct Worker<C> {
     consumer: C,
-    handler: BoxHandler,
+    work: Work,
     layers: Vec<Arc<dyn Layer>>,
     concurrency: usize,
     grace: Duration,
@@ -48,7 +51,7 @@ impl<C: Consumer + 'static> Worker<C> {
     pub fn new(consumer: C, handler: impl Handler) -> Self {
         Worker {
             consumer,
-            handler: Arc::new(handler),
+            work: Work::One(Arc::new(handler)),
             layers: Vec::new(),
             concurrency: 1,
             grace: Duration::from_secs(30),
@@ -96,7 +99,13 @@ impl<C: Consumer + 'static> Worker<C> {
     /// failed permanently (a closed consumer or bad configuration); transient
     /// receive errors are logged and retried with backoff.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<WorkerReport> {
-        let handler = apply_layers(CatchPanicLayer.layer(self.handler.clone()), &self.layers);
+        let work = match &self.work {
+            Work::One(handler) => Work::One(apply_layers(
+                CatchPanicLayer.layer(handler.clone()),
+                &self.layers,
+            )),
+            batch => batch.clone(),
+        };
         let stats = Arc::new(Stats::default());
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut tasks = JoinSet::new();
@@ -112,20 +121,38 @@ impl<C: Consumer + 'static> Worker<C> {
                     Err(_) => break,
                 },
             };
-            let delivery = tokio::select! {
+            let received = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                d = self.consumer.receive() => d,
+                d = next(&mut self.consumer, &work) => d,
             };
-            match delivery {
-                Ok(delivery) => {
+            match received {
+                Ok(batch) if batch.is_empty() => {}
+                Ok(mut batch) => {
                     receive_failures = 0;
-                    stats.received.fetch_add(1, Ordering::Relaxed);
-                    let (handler, stats) = (handler.clone(), stats.clone());
-                    tasks.spawn(async move {
-                        handle(delivery, handler, &stats).await;
-                        drop(slot);
-                    });
+                    stats
+                        .received
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    let stats = stats.clone();
+                    match &work {
+                        Work::One(handler) => {
+                            let handler = handler.clone();
+                            let Some(delivery) = batch.pop() else {
+                                continue;
+                            };
+                            tasks.spawn(async move {
+                                handle(delivery, handler, &stats).await;
+                                drop(slot);
+                            });
+                        }
+                        Work::Batch { handler, .. } => {
+                            let handler = handler.clone();
+                            tasks.spawn(async move {
+                                batch::handle(batch, handler, &stats).await;
+                                drop(slot);
+                            });
+                        }
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::Closed || !e.is_retryable() => {
                     tracing::error!(error = %e, "consumer failed; worker stopping");
@@ -167,6 +194,57 @@ impl<C: Consumer + 'static> Worker<C> {
     }
 }
 
+/// What a worker runs: one handler per message, or one per batch.
+#[derive(Clone)]
+enum Work {
+    One(BoxHandler),
+    Batch {
+        handler: Arc<dyn BatchHandler>,
+        max: usize,
+        wait: Duration,
+    },
+}
+
+/// The next delivery, or the next batch, from `consumer`.
+async fn next<C: Consumer>(consumer: &mut C, work: &Work) -> Result<Vec<Delivery>> {
+    match work {
+        Work::One(_) => consumer.receive().await.map(|d| vec![d]),
+        Work::Batch { max, wait, .. } => consumer.receive_batch(*max, *wait).await,
+    }
+}
+
+/// Settles `delivery` as `settlement` says and counts it.
+async fn settle_counted(delivery: Delivery, settlement: Settlement, stats: &Stats) {
+    let counter = match &settlement {
+        Settlement::Ack => &stats.acked,
+        Settlement::Nack { .. } => &stats.nacked,
+        Settlement::DeadLetter { .. } => &stats.dead_lettered,
+    };
+    let id = delivery.id().to_owned();
+    match delivery.settle(settlement).await {
+        Ok(()) => {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats.settle_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%id, error = %e, "settlement failed; the broker will redeliver");
+        }
+    }
+}
+
+/// The settlement a handler's outcome asks for.
+fn settlement_for(result: &crate::handler::HandlerResult) -> Settlement {
+    match result {
+        Ok(()) => Settlement::Ack,
+        Err(e) if e.is_permanent() => Settlement::DeadLetter {
+            reason: e.to_string(),
+        },
+        Err(e) => Settlement::Nack {
+            delay: e.requested_delay(),
+        },
+    }
+}
+
 async fn handle(delivery: Delivery, handler: BoxHandler, stats: &Stats) {
     let received = delivery.received().clone();
     let labels = [
@@ -180,21 +258,15 @@ async fn handle(delivery: Delivery, handler: BoxHandler, stats: &Stats) {
     let started = Instant::now();
     let attempt = AssertUnwindSafe(handler.call(received).instrument(span));
     let settlement = match attempt.catch_unwind().await {
-        Ok(Ok(())) => Settlement::Ack,
-        Ok(Err(e)) if e.is_permanent() => Settlement::DeadLetter {
-            reason: e.to_string(),
-        },
-        Ok(Err(e)) => Settlement::Nack {
-            delay: e.requested_delay(),
-        },
+        Ok(result) => settlement_for(&result),
         // A layer panicked outside the innermost catch: retry the message.
         Err(_) => Settlement::Nack { delay: None },
     };
     in_flight.decrement(1.0);
-    let (counter, outcome) = match &settlement {
-        Settlement::Ack => (&stats.acked, "ack"),
-        Settlement::Nack { .. } => (&stats.nacked, "nack"),
-        Settlement::DeadLetter { .. } => (&stats.dead_lettered, "dead_letter"),
+    let outcome = match &settlement {
+        Settlement::Ack => "ack",
+        Settlement::Nack { .. } => "nack",
+        Settlement::DeadLetter { .. } => "dead_letter",
     };
     let [backend, source, group] = labels;
     metrics::histogram!(
@@ -202,16 +274,7 @@ async fn handle(delivery: Delivery, handler: BoxHandler, stats: &Stats) {
         &[backend, source, group, ("outcome", outcome.to_owned())]
     )
     .record(started.elapsed());
-    let id = delivery.id().to_owned();
-    match delivery.settle(settlement).await {
-        Ok(()) => {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            stats.settle_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%id, error = %e, "settlement failed; the broker will redeliver");
-        }
-    }
+    settle_counted(delivery, settlement, stats).await;
 }
 
 fn log_task_failure(done: std::result::Result<(), tokio::task::JoinError>) {
