@@ -49,9 +49,13 @@ impl<C: Consumer + 'static> Worker<C> {
     /// A worker feeding `consumer`'s deliveries to `handler`, one at a time
     /// until [`concurrency`](Worker::concurrency) says otherwise.
     pub fn new(consumer: C, handler: impl Handler) -> Self {
+        Self::with_work(consumer, Work::One(Arc::new(handler)))
+    }
+
+    fn with_work(consumer: C, work: Work) -> Self {
         Worker {
             consumer,
-            work: Work::One(Arc::new(handler)),
+            work,
             layers: Vec::new(),
             concurrency: 1,
             grace: Duration::from_secs(30),

@@ -27,13 +27,14 @@ impl<C: Consumer + 'static> Worker<C> {
     /// A worker calling `handler` with batches of up to 100 messages,
     /// waiting at most 1 s to fill a batch.
     pub fn batch(consumer: C, handler: impl BatchHandler) -> BatchWorker<C> {
-        let mut worker = Worker::new(consumer, |_m: crate::Received| async { Ok(()) });
-        worker.work = Work::Batch {
-            handler: Arc::new(handler),
-            max: 100,
-            wait: Duration::from_secs(1),
-        };
-        BatchWorker(worker)
+        BatchWorker(Worker::with_work(
+            consumer,
+            Work::Batch {
+                handler: Arc::new(handler),
+                max: 100,
+                wait: Duration::from_secs(1),
+            },
+        ))
     }
 }
 
