@@ -108,10 +108,16 @@ impl Topology {
             return Ok(());
         }
         cell.get_or_try_init(|| async {
-            if self.config.auto_create_topics || force {
-                self.create(topic).await
-            } else {
-                self.check(topic).await
+            // Look first: creating needs more rights than reading metadata,
+            // and some brokers (librdkafka's mock cluster) cannot create.
+            match self.check(topic).await {
+                Err(e)
+                    if e.kind() == ErrorKind::NotFound
+                        && (self.config.auto_create_topics || force) =>
+                {
+                    self.create(topic).await
+                }
+                other => other,
             }
         })
         .await
