@@ -75,7 +75,7 @@ impl Shared {
             Some(token) => {
                 let channel = self
                     .replies
-                    .channel(&token, self.config.connection_timeout)
+                    .channel(&token, self.config.reconnect_wait)
                     .await?;
                 let properties = properties.with_reply_to(crate::rpc::DIRECT_REPLY_TO.into());
                 publish_confirmed(&channel, route, &payload, properties, operation).await

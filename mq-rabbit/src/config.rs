@@ -141,6 +141,11 @@ pub struct RabbitConfig {
     pub max_message_size: usize,
     /// Longest pause between reconnection attempts.
     pub reconnect_max_delay: Duration,
+    /// How long connecting, sending and creating a consumer keep trying
+    /// while the broker is unreachable (a restart, a short network cut)
+    /// before they fail with a retryable `Connection` error; zero fails at
+    /// the first refused attempt.
+    pub reconnect_wait: Duration,
     /// Connection name shown by `rabbitmqctl list_connections` and the management UI.
     pub connection_name: String,
     /// PEM file of extra CA certificates trusted for `amqps://`.
@@ -173,6 +178,7 @@ impl Default for RabbitConfig {
             single_active_consumer: false,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             reconnect_max_delay: Duration::from_secs(5),
+            reconnect_wait: Duration::from_secs(30),
             connection_name: "mq".into(),
             tls_ca: None,
             tls_cert: None,
@@ -209,9 +215,11 @@ impl RabbitConfig {
         };
         config.host = match u.host_str() {
             Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
-            _ => return Err(config_error(format!(
+            _ => {
+                return Err(config_error(format!(
                 "the RabbitMQ URL has no host: {url} (expected amqp://user:pass@host:5672/vhost)"
-            ))),
+            )))
+            }
         };
         config.port = u.port().unwrap_or(if config.tls { 5671 } else { 5672 });
         if !u.username().is_empty() {
@@ -297,6 +305,9 @@ impl RabbitConfig {
         }
         if let Some(d) = o.take_duration("reconnect_max_delay")? {
             config.reconnect_max_delay = d;
+        }
+        if let Some(d) = o.take_duration("reconnect_wait")? {
+            config.reconnect_wait = d;
         }
         if let Some(n) = o.take_str("connection_name") {
             config.connection_name = n;
@@ -448,7 +459,7 @@ mod tests {
         let c = parse(
             "amqps://h/vh?prefetch=7&heartbeat=15&connection_timeout=2s&frame_max=8192&channel_max=64\
              &auth_mechanism=EXTERNAL&queue_type=quorum&durable=true&persistent=false&topology=queue\
-             &single_active_consumer=yes&max_message_size=1024&reconnect_max_delay=750ms\
+             &single_active_consumer=yes&max_message_size=1024&reconnect_max_delay=750ms&reconnect_wait=0\
              &connection_name=billing&tls_ca=/etc/ca.pem&tls_cert=/etc/c.pem&tls_key=/etc/k.pem",
         )
         .expect("parse");
@@ -462,6 +473,7 @@ mod tests {
         assert_eq!(c.topology, Topology::Queue);
         assert_eq!(c.max_message_size, 1024);
         assert_eq!(c.reconnect_max_delay, Duration::from_millis(750));
+        assert_eq!(c.reconnect_wait, Duration::ZERO);
         assert_eq!(c.connection_name, "billing");
         assert_eq!(c.tls_ca, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!(c.tls_key, Some(PathBuf::from("/etc/k.pem")));

@@ -5,7 +5,7 @@
 //! when it dies (broker restart, network cut, missed heartbeats) the first
 //! user to notice starts one background reconnection loop (exponential
 //! backoff with jitter, capped by `reconnect_max_delay`). Producers wait
-//! up to `connection_timeout` for it, then fail with a retryable
+//! up to `reconnect_wait` for it, then fail with a retryable
 //! `Connection` error while the broker stays away; consumers wait for the new connection, declare their topology again and
 //! resume. Declarations are cached per connection, so a new connection
 //! declares again (non-durable queues and exchanges may be gone).
@@ -34,8 +34,8 @@ pub(crate) struct Conn {
     publish: RwLock<Option<Arc<Channel>>>,
     /// Serialises opening the publish channel.
     publish_open: tokio::sync::Mutex<()>,
-    /// Destinations and queues declared on this connection, once each.
-    declared: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+    /// Destinations and queues declared on this connection, once each, by kind.
+    declared: [Mutex<HashMap<String, Arc<OnceCell<()>>>>; Declared::KINDS],
     /// Retry and delay queues (they expire when unused), by when last declared.
     refreshed: Mutex<HashMap<String, Instant>>,
 }
@@ -67,7 +67,7 @@ impl Conn {
             connection,
             publish: RwLock::new(None),
             publish_open: tokio::sync::Mutex::new(()),
-            declared: Mutex::new(HashMap::new()),
+            declared: Default::default(),
             refreshed: Mutex::new(HashMap::new()),
         })
     }
@@ -108,19 +108,26 @@ impl Conn {
         Ok(ch)
     }
 
-    /// Runs `declare` once per `key` on this connection; concurrent callers
-    /// wait for the first, a failure lets the next caller try again.
-    pub(crate) async fn declare_once<F, Fut>(&self, key: &str, declare: F) -> Result<()>
+    /// Runs `declare` once per (`kind`, `name`) on this connection;
+    /// concurrent callers wait for the first, a failure lets the next caller
+    /// try again. The check is a map lookup, without allocation, because
+    /// every send makes it.
+    pub(crate) async fn declare_once<F, Fut>(
+        &self,
+        kind: Declared,
+        name: &str,
+        declare: F,
+    ) -> Result<()>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
         let cell = {
-            let mut declared = self.declared.lock();
-            match declared.get(key) {
+            let mut declared = self.declared[kind as usize].lock();
+            match declared.get(name) {
                 Some(cell) if cell.initialized() => return Ok(()),
                 Some(cell) => cell.clone(),
-                None => declared.entry(key.to_owned()).or_default().clone(),
+                None => declared.entry(name.to_owned()).or_default().clone(),
             }
         };
         cell.get_or_try_init(declare).await.map(|_| ())
@@ -128,8 +135,8 @@ impl Conn {
 
     /// Forgets a declaration (the broker deleted the queue), so the next
     /// user declares it again.
-    pub(crate) fn forget(&self, key: &str) {
-        self.declared.lock().remove(key);
+    pub(crate) fn forget(&self, kind: Declared, name: &str) {
+        self.declared[kind as usize].lock().remove(name);
     }
 
     /// Whether a queue that expires when unused must be declared again.
@@ -167,6 +174,23 @@ impl fmt::Debug for Conn {
     }
 }
 
+/// What a declaration made (the namespaces of [`Conn::declare_once`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Declared {
+    /// A destination's exchange, default queue and binding.
+    Destination = 0,
+    /// A group's queue and binding.
+    Group = 1,
+    /// An existing queue, checked passively.
+    Existing = 2,
+    /// A plain queue of ours.
+    Queue = 3,
+}
+
+impl Declared {
+    const KINDS: usize = 4;
+}
+
 /// Where the connection stands.
 #[derive(Clone)]
 enum State {
@@ -194,10 +218,28 @@ pub(crate) struct Connector {
 }
 
 impl Connector {
-    /// Connects once; a failure is returned to the caller (bad credentials
-    /// or an unreachable broker should fail `mq::connect`, not hang).
+    /// Connects. An unreachable broker is tried again with backoff for up
+    /// to `reconnect_wait` (a service may start while its broker restarts);
+    /// a refused login, a missing vhost or bad TLS material fail at once.
     pub(crate) async fn connect(config: Arc<RabbitConfig>) -> Result<Self> {
-        let conn = Conn::open(&config, 1).await?;
+        let give_up = tokio::time::Instant::now() + config.reconnect_wait;
+        let mut backoff = backoff(&config);
+        let mut attempt = 0u32;
+        let conn = loop {
+            attempt += 1;
+            match Conn::open(&config, 1).await {
+                Ok(conn) => break conn,
+                Err(e) if e.is_retryable() => {
+                    let delay = backoff.next().unwrap_or(config.reconnect_max_delay);
+                    if tokio::time::Instant::now() + delay > give_up {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, attempt, ?delay, "connecting to RabbitMQ failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let (state, _) = watch::channel(State::Connected(Arc::new(conn)));
         Ok(Connector {
             inner: Arc::new(Inner { config, state }),
@@ -205,11 +247,11 @@ impl Connector {
     }
 
     /// The live connection. While the broker is away this waits up to
-    /// `connection_timeout` for the reconnection (a broker restart or a
-    /// short network cut goes unnoticed), then fails with a retryable
+    /// `reconnect_wait` for the reconnection (a broker restart or a short
+    /// network cut goes unnoticed), then fails with a retryable
     /// `Connection` error, so a send never hangs on a dead broker.
     pub(crate) async fn get(&self) -> Result<Arc<Conn>> {
-        let deadline = tokio::time::Instant::now() + self.inner.config.connection_timeout;
+        let deadline = tokio::time::Instant::now() + self.inner.config.reconnect_wait;
         self.acquire(Some(deadline)).await
     }
 
@@ -220,6 +262,12 @@ impl Connector {
     }
 
     async fn acquire(&self, deadline: Option<tokio::time::Instant>) -> Result<Arc<Conn>> {
+        // Fast path, taken by every send: the connection is up.
+        if let State::Connected(conn) = &*self.inner.state.borrow() {
+            if conn.is_open() {
+                return Ok(conn.clone());
+            }
+        }
         let mut rx = self.inner.state.subscribe();
         loop {
             let state = rx.borrow_and_update().clone();
@@ -294,15 +342,21 @@ impl Connector {
     }
 }
 
+/// Pauses between connection attempts: 100 ms doubling up to
+/// `reconnect_max_delay`, with jitter so clients do not reconnect in step.
+fn backoff(config: &RabbitConfig) -> backon::ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(config.reconnect_max_delay.max(Duration::from_millis(100)))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 async fn reconnect_loop(inner: Weak<Inner>, generation: u64) {
     let mut backoff = {
         let Some(inner) = inner.upgrade() else { return };
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(inner.config.reconnect_max_delay)
-            .with_jitter()
-            .without_max_times()
-            .build()
+        backoff(&inner.config)
     };
     let mut attempt = 0u32;
     loop {

@@ -81,7 +81,7 @@ pub(crate) async fn publish_confirmed(
             route.exchange.clone(),
             route.routing_key.clone(),
             BasicPublishOptions {
-                mandatory: true,
+                mandatory: route.mandatory,
                 immediate: false,
             },
             payload,

@@ -26,12 +26,15 @@ use lapin::ExchangeKind;
 use mq_core::{Error, Result};
 
 use crate::config::{QueueType, RabbitConfig, Topology};
-use crate::connection::Conn;
+use crate::connection::{Conn, Declared};
 use crate::error::{from_lapin, too_long, BACKEND};
 
 /// Queues whose names start with this belong to the broker (server-named
 /// queues, direct reply-to): addressed as they are, never declared.
 pub(crate) const BROKER_PREFIX: &str = "amq.";
+
+/// Addresses of direct reply-to consumers, as the broker rewrites them.
+const DIRECT_REPLY_PREFIX: &str = "amq.rabbitmq.reply-to.";
 
 /// How long an unused retry or delay queue lives past its message TTL.
 const EXPIRES_MARGIN: Duration = Duration::from_secs(600);
@@ -95,6 +98,8 @@ pub(crate) fn delay_bucket(delay: Duration) -> Result<u64> {
 pub(crate) struct Route {
     pub(crate) exchange: ShortString,
     pub(crate) routing_key: ShortString,
+    /// Publish with `mandatory`, so a message no queue takes is an error.
+    pub(crate) mandatory: bool,
     /// What must exist first.
     pub(crate) needs: Needs,
 }
@@ -136,6 +141,11 @@ pub(crate) fn send_route(
         Route {
             exchange: ShortString::default(),
             routing_key: short("destination", destination)?,
+            // RabbitMQ (3.10 at least) returns a message published with
+            // `mandatory` to a direct reply-to address as unroutable even
+            // though it delivered it, so replies go without it (a reply to a
+            // requester that is gone is dropped by the broker).
+            mandatory: !destination.starts_with(DIRECT_REPLY_PREFIX),
             needs: Needs::Nothing,
         }
     } else {
@@ -143,6 +153,7 @@ pub(crate) fn send_route(
         Route {
             exchange: name,
             routing_key: ShortString::default(),
+            mandatory: true,
             needs: Needs::Destination(destination.to_owned()),
         }
     };
@@ -159,6 +170,7 @@ pub(crate) fn send_route(
             Ok(Route {
                 exchange: ShortString::default(),
                 routing_key: short("delay queue", &queue)?,
+                mandatory: true,
                 needs: Needs::Ttl {
                     queue,
                     ttl_ms: ms,
@@ -176,6 +188,7 @@ pub(crate) fn retry_route(queue: &str, delay: Option<Duration>) -> Result<Route>
         None => Ok(Route {
             exchange: ShortString::default(),
             routing_key: short("queue", queue)?,
+            mandatory: true,
             needs: Needs::Nothing,
         }),
         Some(d) => {
@@ -184,6 +197,7 @@ pub(crate) fn retry_route(queue: &str, delay: Option<Duration>) -> Result<Route>
             Ok(Route {
                 exchange: ShortString::default(),
                 routing_key: short("retry queue", &retry)?,
+                mandatory: true,
                 needs: Needs::Ttl {
                     queue: retry,
                     ttl_ms: ms,
@@ -202,6 +216,7 @@ pub(crate) fn dead_letter_route(config: &RabbitConfig, dlq: &str) -> Result<Rout
         Topology::Queue => Ok(Route {
             exchange: ShortString::default(),
             routing_key: short("dead-letter queue", dlq)?,
+            mandatory: true,
             needs: Needs::Queue(dlq.to_owned()),
         }),
     }
@@ -235,8 +250,7 @@ pub(crate) async fn ensure(conn: &Conn, config: &RabbitConfig, needs: &Needs) ->
         Needs::Nothing => Ok(()),
         Needs::Destination(dest) => ensure_destination(conn, config, dest).await,
         Needs::Queue(queue) => {
-            let key = format!("q:{queue}");
-            conn.declare_once(&key, || async {
+            conn.declare_once(Declared::Queue, queue, || async {
                 let ch = conn.channel("declare").await?;
                 let name = short("queue", queue)?;
                 ch.queue_declare(name, queue_options(config), queue_arguments(config))
@@ -274,8 +288,7 @@ pub(crate) async fn ensure_destination(
     if config.topology == Topology::Queue || dest.starts_with(BROKER_PREFIX) {
         return Ok(());
     }
-    let key = format!("d:{dest}");
-    conn.declare_once(&key, || async {
+    conn.declare_once(Declared::Destination, dest, || async {
         let name = short("destination", dest)?;
         let ch = conn.channel("declare").await?;
         ch.exchange_declare(
@@ -322,8 +335,7 @@ pub(crate) async fn ensure_consumer_queue(
     }
     match (config.topology, group) {
         (Topology::Queue, _) => {
-            let key = format!("p:{queue}");
-            conn.declare_once(&key, || async {
+            conn.declare_once(Declared::Existing, queue, || async {
                 let ch = conn.channel("declare").await?;
                 let name = short("queue", queue)?;
                 let passive = QueueDeclareOptions {
@@ -341,8 +353,7 @@ pub(crate) async fn ensure_consumer_queue(
         (Topology::Exchange, None) => ensure_destination(conn, config, source).await,
         (Topology::Exchange, Some(_)) => {
             ensure_destination(conn, config, source).await?;
-            let key = format!("g:{queue}");
-            conn.declare_once(&key, || async {
+            conn.declare_once(Declared::Group, queue, || async {
                 let ch = conn.channel("declare").await?;
                 let name = short("queue", queue)?;
                 ch.queue_declare(name.clone(), queue_options(config), queue_arguments(config))
@@ -368,9 +379,9 @@ pub(crate) async fn ensure_consumer_queue(
 /// Forgets what was declared for a consumer's queue (the broker cancelled
 /// the consumer, e.g. because the queue was deleted).
 pub(crate) fn forget_consumer_queue(conn: &Conn, source: &str, queue: &str) {
-    conn.forget(&format!("p:{queue}"));
-    conn.forget(&format!("g:{queue}"));
-    conn.forget(&format!("d:{source}"));
+    conn.forget(Declared::Existing, queue);
+    conn.forget(Declared::Group, queue);
+    conn.forget(Declared::Destination, source);
 }
 
 async fn declare_ttl_queue(
@@ -478,6 +489,12 @@ mod tests {
         );
         let r = send_route(&config, "amq.rabbitmq.reply-to.abc", None).expect("reply");
         assert_eq!(r.exchange.as_str(), "");
+        assert!(!r.mandatory);
+        assert!(
+            send_route(&config, "amq.gen-abc", None)
+                .expect("gen")
+                .mandatory
+        );
         let r = retry_route("orders.billing", Some(Duration::from_millis(200))).expect("retry");
         assert_eq!(r.routing_key.as_str(), "orders.billing.retry.200");
         let queue_mode = RabbitConfig {
