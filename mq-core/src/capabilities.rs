@@ -12,7 +12,10 @@ pub struct Capabilities {
     pub delayed_delivery: bool,
     /// The longest delay a send or a delayed nack accepts, if limited.
     pub max_delay: Option<Duration>,
-    /// Messages with the same key are delivered in order (to one consumer).
+    /// Messages with the same key reach a single consumer of the source in
+    /// the order they were confirmed, as long as none is nacked. (Kafka keeps
+    /// that order across a whole group, per partition; a RabbitMQ queue only
+    /// for one consumer at a time; SQS only on FIFO queues.)
     pub ordering_key: bool,
     /// The broker moves messages to a dead-letter queue itself (redrive policy).
     pub native_dead_letter: bool,

@@ -162,8 +162,10 @@ impl Backend for RabbitBackend {
         let mut caps = Capabilities::default();
         caps.delayed_delivery = true;
         caps.max_delay = Some(MAX_DELAY);
-        // Per-key order needs one consumer at a time per queue.
-        caps.ordering_key = config.single_active_consumer;
+        // A queue delivers in order to one consumer; several competing
+        // consumers of one queue interleave (use single_active_consumer=true
+        // to keep order with standbys). Nacks requeue at the back.
+        caps.ordering_key = true;
         caps.native_dead_letter = false;
         caps.pub_sub = config.topology == Topology::Exchange;
         caps.late_group_receives_history = false;

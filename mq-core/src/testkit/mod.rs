@@ -299,20 +299,27 @@ pub async fn run_suite(target: Target) -> SuiteReport {
         .unwrap_or(4usize)
         .max(1);
     let target = Arc::new(target);
-    let selected: Vec<Scenario> = scenarios()
+    let (exclusive, shared): (Vec<Scenario>, Vec<Scenario>) = scenarios()
         .into_iter()
         .filter(|s| s.name.contains(filter.as_str()))
-        .collect();
-    let results = futures::stream::iter(selected)
+        .partition(|s| EXCLUSIVE.contains(&s.name));
+    let mut results = futures::stream::iter(shared)
         .map(|scenario| run_one(target.clone(), scenario))
         .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
         .await;
+    // Scenarios that disturb the broker for everyone run alone, last.
+    for scenario in exclusive {
+        results.push(run_one(target.clone(), scenario).await);
+    }
     SuiteReport {
         backend: target.backend.clone(),
         results,
     }
 }
+
+/// Scenarios that must not overlap with others (they restart the broker).
+const EXCLUSIVE: &[&str] = &["broker_restart_recovers"];
 
 async fn run_one(target: Arc<Target>, scenario: Scenario) -> (&'static str, Status, Duration) {
     let started = Instant::now();

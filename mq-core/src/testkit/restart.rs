@@ -59,8 +59,8 @@ async fn send_until_confirmed<P: Producer + ?Sized>(
 pub async fn broker_restart_recovers(ctx: Ctx) -> Outcome {
     let Some(command) = ctx.target().restart_command.clone() else {
         return Err(Verdict::Skip(format!(
-            "no restart command (set MQ_TEST_{}_RESTART)",
-            ctx.target().backend.to_uppercase()
+            "no restart command for {} (MQ_TEST_<BACKEND>_RESTART)",
+            ctx.target().backend
         )));
     };
     let persistent = ctx.caps().persistent;
