@@ -34,7 +34,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo test --workspace --all-features"
 cargo test --workspace --all-features
 
-step "cargo run --example quickstart"
-cargo run --example quickstart
+step "examples (scripts/examples.sh): memory://, then every broker started above"
+bash scripts/examples.sh
 
 step "all checks passed"

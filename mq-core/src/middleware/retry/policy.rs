@@ -154,8 +154,15 @@ impl RetryPolicy {
                     builder = builder.with_jitter();
                 }
                 let d = builder.build().nth(n - 1).unwrap_or(*max);
-                // backon multiplies in f32; drop the sub-microsecond noise.
-                Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+                // backon multiplies in f32 (40 ms * 2 = 79.999 ms): round to
+                // whole milliseconds, or microseconds below one millisecond.
+                let unit = if d >= Duration::from_millis(1) {
+                    1_000
+                } else {
+                    1
+                };
+                let micros = (d.as_secs_f64() * 1e6 / f64::from(unit)).round() * f64::from(unit);
+                Duration::from_micros(micros as u64)
             }
         }
     }

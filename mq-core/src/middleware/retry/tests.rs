@@ -14,6 +14,8 @@ fn exponential_schedule_grows_and_caps() {
         .without_jitter();
     let delays: Vec<u128> = (1..=6).map(|n| p.delay(n).as_millis()).collect();
     assert_eq!(delays, [100, 200, 400, 500, 500, 500]);
+    let p = RetryPolicy::exponential(Duration::from_millis(40)).without_jitter();
+    assert_eq!(p.delay(2), Duration::from_millis(80), "no f32 noise");
     assert_eq!(
         RetryPolicy::fixed(Duration::from_secs(2)).delay(7),
         Duration::from_secs(2)
@@ -26,7 +28,10 @@ fn jitter_stays_within_one_extra_delay() {
     let p = RetryPolicy::exponential(Duration::from_millis(100));
     for _ in 0..100 {
         let d = p.delay(2).as_millis();
-        assert!((200..400).contains(&d), "jittered delay {d}ms out of range");
+        assert!(
+            (200..=400).contains(&d),
+            "jittered delay {d}ms out of range"
+        );
     }
 }
 
