@@ -70,7 +70,11 @@ impl SqsBackend {
         self.open_consumer(options, false).await
     }
 
-    async fn open_consumer(&self, options: ConsumerOptions, temporary: bool) -> Result<SqsConsumer> {
+    async fn open_consumer(
+        &self,
+        options: ConsumerOptions,
+        temporary: bool,
+    ) -> Result<SqsConsumer> {
         if let Some(group) = &options.group {
             return Err(Error::unsupported(format!(
                 "SQS has no consumer groups or fan-out (group `{group}` asked for): consumers of a queue \

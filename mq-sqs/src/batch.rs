@@ -49,8 +49,12 @@ where
     (tx, task)
 }
 
-async fn run<T, W, F, Fut>(settings: Settings, mut rx: mpsc::UnboundedReceiver<T>, weight: W, flush: F)
-where
+async fn run<T, W, F, Fut>(
+    settings: Settings,
+    mut rx: mpsc::UnboundedReceiver<T>,
+    weight: W,
+    flush: F,
+) where
     T: Send + 'static,
     W: Fn(&T) -> usize + Send + 'static,
     F: Fn(Vec<T>) -> Fut + Send + 'static,
@@ -79,7 +83,10 @@ where
             let next = match rx.try_recv() {
                 Ok(entry) => Some(entry),
                 Err(mpsc::error::TryRecvError::Empty) if !settings.linger.is_zero() => {
-                    tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten()
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
                 }
                 Err(_) => None,
             };
@@ -118,16 +125,20 @@ mod tests {
             linger: Duration::ZERO,
             concurrency: 1,
         };
-        let (tx, _task) = spawn(settings, |(w, _): &(usize, oneshot::Sender<()>)| *w, move |batch: Vec<(usize, oneshot::Sender<()>)>| {
-            let s = s.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                s.lock().push(batch.len());
-                for (_, done) in batch {
-                    let _ = done.send(());
+        let (tx, _task) = spawn(
+            settings,
+            |(w, _): &(usize, oneshot::Sender<()>)| *w,
+            move |batch: Vec<(usize, oneshot::Sender<()>)>| {
+                let s = s.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    s.lock().push(batch.len());
+                    for (_, done) in batch {
+                        let _ = done.send(());
+                    }
                 }
-            }
-        });
+            },
+        );
         let mut waits = Vec::new();
         for i in 0..25 {
             let (done, wait) = oneshot::channel();

@@ -140,25 +140,24 @@ pub(crate) fn encode(message: Message, fifo: bool) -> Result<Wire> {
         ..
     } = message.into_parts();
 
-    let delay_seconds = match delay {
-        None => None,
-        Some(d) if d.is_zero() => None,
-        Some(_) if fifo => {
-            return Err(Error::unsupported(
+    let delay_seconds =
+        match delay {
+            None => None,
+            Some(d) if d.is_zero() => None,
+            Some(_) if fifo => return Err(Error::unsupported(
                 "SQS FIFO queues take no per-message delay (set the queue's DelaySeconds instead)",
             )
             .with_backend(BACKEND)
-            .with_operation("send"))
-        }
-        Some(d) if d > MAX_DELAY => {
-            return Err(Error::unsupported(format!(
+            .with_operation("send")),
+            Some(d) if d > MAX_DELAY => {
+                return Err(Error::unsupported(format!(
                 "SQS delays a message by at most 15 minutes (DelaySeconds 900); asked for {d:?}"
             ))
-            .with_backend(BACKEND)
-            .with_operation("send"))
-        }
-        Some(d) => Some(secs_i32(d)),
-    };
+                .with_backend(BACKEND)
+                .with_operation("send"))
+            }
+            Some(d) => Some(secs_i32(d)),
+        };
 
     let (body, encoding) = match std::str::from_utf8(&payload) {
         Ok("") => (" ".to_owned(), Some("empty")),
@@ -297,7 +296,9 @@ pub(crate) fn decode(msg: &SqsMessage) -> Decoded {
         None => Bytes::copy_from_slice(body.as_bytes()),
     };
 
-    let mut message = Message::new(payload).with_id(id).with_headers(fields.into_iter().collect());
+    let mut message = Message::new(payload)
+        .with_id(id)
+        .with_headers(fields.into_iter().collect());
     if let Some(k) = key {
         message = message.with_key(k);
     }
@@ -370,7 +371,13 @@ mod tests {
         let names: Vec<&str> = wire.attributes.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["mq-message-id", "mq-content-type", "mq-key", "X-Mixed-Case", "tenant"]
+            [
+                "mq-message-id",
+                "mq-content-type",
+                "mq-key",
+                "X-Mixed-Case",
+                "tenant"
+            ]
         );
         assert_eq!(d.message, m);
         assert_eq!(d.attempt, 2);
@@ -409,7 +416,10 @@ mod tests {
         }
         let (wire, d) = round_trip(m.clone());
         assert_eq!(wire.attributes.len(), MAX_ATTRIBUTES);
-        assert_eq!(wire.attributes.last().map(|(n, _)| n.as_str()), Some(ATTR_HEADERS));
+        assert_eq!(
+            wire.attributes.last().map(|(n, _)| n.as_str()),
+            Some(ATTR_HEADERS)
+        );
         assert_eq!(d.message, m);
 
         // Exactly ten fields: all native, no JSON.
@@ -426,25 +436,39 @@ mod tests {
     #[test]
     fn size_counts_body_names_types_and_values() {
         let wire = encode(Message::new("abc").with_id("at-limit"), false).expect("encode");
-        assert_eq!(wire.size(), 3 + "mq-message-id".len() + 6 + "at-limit".len());
+        assert_eq!(
+            wire.size(),
+            3 + "mq-message-id".len() + 6 + "at-limit".len()
+        );
     }
 
     #[test]
     fn delays_are_checked_and_rounded_up() {
-        let w = encode(Message::new("x").with_delay(Duration::from_millis(1500)), false).expect("d");
+        let w = encode(
+            Message::new("x").with_delay(Duration::from_millis(1500)),
+            false,
+        )
+        .expect("d");
         assert_eq!(w.delay_seconds, Some(2));
-        let err = encode(Message::new("x").with_delay(Duration::from_secs(901)), false)
-            .expect_err("too long");
+        let err = encode(
+            Message::new("x").with_delay(Duration::from_secs(901)),
+            false,
+        )
+        .expect_err("too long");
         assert_eq!(err.kind(), mq_core::ErrorKind::Unsupported);
         assert!(err.to_string().contains("15 minutes"), "{err}");
-        let err = encode(Message::new("x").with_delay(Duration::from_secs(1)), true)
-            .expect_err("fifo");
+        let err =
+            encode(Message::new("x").with_delay(Duration::from_secs(1)), true).expect_err("fifo");
         assert_eq!(err.kind(), mq_core::ErrorKind::Unsupported);
     }
 
     #[test]
     fn fifo_group_and_dedup_ids() {
-        let w = encode(Message::new("x").with_id("order-1").with_key("customer-7"), true).expect("w");
+        let w = encode(
+            Message::new("x").with_id("order-1").with_key("customer-7"),
+            true,
+        )
+        .expect("w");
         assert_eq!(w.fifo, Some(("customer-7".into(), "order-1".into())));
         let w = encode(Message::new("x").with_id("id with spaces"), true).expect("w");
         let (group, dedup) = w.fifo.expect("fifo");
@@ -461,11 +485,19 @@ mod tests {
             .body("from boto3")
             .message_attributes(
                 "Author",
-                MessageAttributeValue::builder().data_type("String").string_value("ada").build().expect("a"),
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value("ada")
+                    .build()
+                    .expect("a"),
             )
             .message_attributes(
                 "count",
-                MessageAttributeValue::builder().data_type("Number").string_value("42").build().expect("n"),
+                MessageAttributeValue::builder()
+                    .data_type("Number")
+                    .string_value("42")
+                    .build()
+                    .expect("n"),
             )
             .message_attributes(
                 "blob",
@@ -490,7 +522,17 @@ mod tests {
         for ok in ["a", "X-Mixed_Case.v2", "traceparent", "mq-reply-to"] {
             assert!(valid_attribute_name(ok), "{ok}");
         }
-        for bad in ["", ".a", "a.", "a..b", "AWS.x", "amazon.y", "sp ace", "é", &"a".repeat(257)] {
+        for bad in [
+            "",
+            ".a",
+            "a.",
+            "a..b",
+            "AWS.x",
+            "amazon.y",
+            "sp ace",
+            "é",
+            &"a".repeat(257),
+        ] {
             assert!(!valid_attribute_name(bad), "{bad}");
         }
     }

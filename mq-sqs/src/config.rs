@@ -56,7 +56,8 @@ pub struct SqsConfig {
     pub region: Option<String>,
     /// Static credentials; `None` uses the standard AWS credential chain.
     pub credentials: Option<StaticCredentials>,
-    /// Long poll of each `ReceiveMessage` (whole seconds, at most 20).
+    /// Long poll of each `ReceiveMessage` (whole seconds, at most 20; 20 on
+    /// AWS, 1 on a plain-HTTP endpoint).
     pub wait: Duration,
     /// How long a received message stays invisible to other consumers; it is
     /// extended while the delivery is held (whole seconds, 1 s to 12 h).
@@ -77,7 +78,12 @@ pub struct SqsConfig {
     pub linger: Duration,
     /// `SendMessageBatch` requests in flight per destination and producer.
     pub send_concurrency: usize,
-    /// `ReceiveMessage` requests in flight per consumer; 0 means
+    /// Requests other than receives in flight at once per connection (like
+    /// the connection pool limit of other AWS SDKs): protects the endpoint
+    /// from a burst of thousands of concurrent sends.
+    pub max_connections: usize,
+    /// The most `ReceiveMessage` requests in flight per consumer (one while
+    /// a poll comes back empty, more while they come back full); 0 means
     /// `prefetch / 10` rounded up, at most 4.
     pub receivers: usize,
     /// Whether the broker keeps messages across its restart (AWS: yes; an
@@ -90,11 +96,19 @@ impl SqsConfig {
     /// endpoint is taken for an in-memory emulator unless told otherwise.
     pub fn new(endpoint: Endpoint) -> Self {
         let persistent = endpoint == Endpoint::Aws;
+        // A plain-HTTP endpoint is an emulator: one process, often one core.
+        let emulator = matches!(&endpoint, Endpoint::Url(u) if u.starts_with("http://"));
         SqsConfig {
             endpoint,
             region: None,
             credentials: None,
-            wait: MAX_WAIT,
+            // An emulator wakes every waiting long poll for each message sent,
+            // and a long poll cannot be cancelled on the server: short ones there.
+            wait: if emulator {
+                Duration::from_secs(1)
+            } else {
+                MAX_WAIT
+            },
             visibility_timeout: Duration::from_secs(30),
             create_queues: true,
             fifo: false,
@@ -104,6 +118,7 @@ impl SqsConfig {
             max_attempts: 3,
             linger: Duration::ZERO,
             send_concurrency: 16,
+            max_connections: if emulator { 8 } else { 50 },
             receivers: 0,
             persistent,
         }
@@ -196,8 +211,12 @@ impl SqsConfig {
             config.wait = whole_seconds("wait", wait, Duration::ZERO, MAX_WAIT)?;
         }
         if let Some(v) = opts.take_duration("visibility_timeout")? {
-            config.visibility_timeout =
-                whole_seconds("visibility_timeout", v, Duration::from_secs(1), MAX_VISIBILITY)?;
+            config.visibility_timeout = whole_seconds(
+                "visibility_timeout",
+                v,
+                Duration::from_secs(1),
+                MAX_VISIBILITY,
+            )?;
         }
         if let Some(b) = opts.take_bool("create_queues")? {
             config.create_queues = b;
@@ -244,6 +263,14 @@ impl SqsConfig {
             }
             config.send_concurrency = n;
         }
+        if let Some(n) = opts.take::<usize>("max_connections")? {
+            if n == 0 {
+                return Err(Error::config(
+                    "sqs URL option `max_connections` must be at least 1",
+                ));
+            }
+            config.max_connections = n;
+        }
         if let Some(n) = opts.take::<usize>("receivers")? {
             config.receivers = n;
         }
@@ -254,7 +281,7 @@ impl SqsConfig {
         Ok(config)
     }
 
-    /// `ReceiveMessage` requests a consumer with `prefetch` keeps in flight.
+    /// The most `ReceiveMessage` requests a consumer with `prefetch` keeps in flight.
     pub(crate) fn receivers_for(&self, prefetch: usize) -> usize {
         match self.receivers {
             0 => prefetch.div_ceil(10).clamp(1, 4),
@@ -363,10 +390,16 @@ mod tests {
         assert_eq!(creds.secret_access_key.expose(), "se/cret");
         assert!(!c.persistent, "an emulator keeps nothing by default");
         let shown = format!("{c:?}");
-        assert!(!shown.contains("se/cret") && !shown.contains("se%2Fcret"), "{shown}");
+        assert!(
+            !shown.contains("se/cret") && !shown.contains("se%2Fcret"),
+            "{shown}"
+        );
 
         let c = parse("sqs+https://vpce.example:8443?persistent=true").expect("https");
-        assert_eq!(c.endpoint, Endpoint::Url("https://vpce.example:8443".into()));
+        assert_eq!(
+            c.endpoint,
+            Endpoint::Url("https://vpce.example:8443".into())
+        );
         assert!(c.persistent && c.credentials.is_none());
     }
 
@@ -375,7 +408,7 @@ mod tests {
         let c = parse(
             "sqs+http://k:s@localhost:9324?region=eu-central-1&wait=5s&visibility_timeout=2m\
              &create_queues=false&fifo=true&max_message_size=262144&timeout=3s&connect_timeout=1s\
-             &max_attempts=5&linger=5ms&send_concurrency=4&receivers=2&persistent=yes&session_token=tok",
+             &max_attempts=5&linger=5ms&send_concurrency=4&max_connections=8&receivers=2&persistent=yes&session_token=tok",
         )
         .expect("all options");
         assert_eq!(c.wait, Duration::from_secs(5));
@@ -387,9 +420,12 @@ mod tests {
         assert_eq!(c.max_attempts, 5);
         assert_eq!(c.linger, Duration::from_millis(5));
         assert_eq!(c.send_concurrency, 4);
+        assert_eq!(c.max_connections, 8);
         assert_eq!(c.receivers, 2);
         assert_eq!(
-            c.credentials.and_then(|c| c.session_token).map(|t| t.expose().to_owned()),
+            c.credentials
+                .and_then(|c| c.session_token)
+                .map(|t| t.expose().to_owned()),
             Some("tok".into())
         );
     }
@@ -401,6 +437,10 @@ mod tests {
         assert_eq!(c.receivers_for(10), 1);
         assert_eq!(c.receivers_for(11), 2);
         assert_eq!(c.receivers_for(100), 4);
+        let emulator = SqsConfig::new(Endpoint::Url("http://127.0.0.1:4566".into()));
+        assert_eq!(emulator.wait, Duration::from_secs(1));
+        assert_eq!(emulator.max_connections, 8);
+        assert_eq!(c.max_connections, 50);
     }
 
     #[test]
@@ -422,6 +462,7 @@ mod tests {
             "sqs+http://h:1?max_attempts=0",
             "sqs+http://h:1?linger=2s",
             "sqs+http://h:1?send_concurrency=0",
+            "sqs+http://h:1?max_connections=0",
             "sqs+http://h:1?fifo=maybe",
             "sqs+http://h:1?region=eu%20west",
             "sqs+http://h:1?session_token=t",
@@ -438,8 +479,14 @@ mod tests {
         let err = parse("sqs+http://k:hunter2@h:1?region=us-east-1&token=t0ps3cret&wiat=1s")
             .expect_err("unknown");
         let text = format!("{err} {err:?}");
-        assert!(text.contains("token") && text.contains("known options"), "{text}");
-        assert!(!text.contains("t0ps3cret") && !text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("token") && text.contains("known options"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("t0ps3cret") && !text.contains("hunter2"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,26 +1,28 @@
 //! Receiving: a background poller per consumer long-polls `ReceiveMessage`
-//! (up to 10 messages a call, `receivers` calls at once) while the consumer
-//! has prefetch room, and hands deliveries over through a channel. So
-//! `receive` is cancel-safe: dropping its future loses nothing, because the
-//! HTTP call belongs to the poller, not to the caller.
+//! (up to 10 messages a call) when a `receive` waits with nothing buffered
+//! and the consumer has prefetch room, and hands deliveries over through a
+//! channel. So `receive` is cancel-safe: dropping its future loses nothing,
+//! because the HTTP call belongs to the poller, not to the caller; what it
+//! brings waits for the next `receive`.
 //!
-//! Closing (or dropping) the consumer stops the poller: a long poll in
-//! flight is given a short grace to return what it already took, then
-//! abandoned (a message SQS handed to an abandoned call comes back after the
-//! visibility timeout). Every unsettled delivery, handed out or buffered, is
-//! made visible again at once; settling one afterwards fails with
-//! [`ErrorKind::Closed`](mq_core::ErrorKind::Closed).
+//! Closing (or dropping) the consumer stops the poller and makes every
+//! unsettled delivery, handed out or buffered, visible again at once;
+//! settling one afterwards fails with
+//! [`ErrorKind::Closed`](mq_core::ErrorKind::Closed). A long poll in flight
+//! is not cut off (SQS would still hand it messages that then stay hidden
+//! for the visibility timeout): it runs to its end in the background and
+//! whatever it took is made visible again at once.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{Message as SqsMessage, MessageSystemAttributeName};
 use mq_core::{Consumer, Delivery, Error, ErrorKind, Received, Result};
-use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -30,8 +32,8 @@ use crate::error;
 use crate::settle::SqsSettler;
 use crate::topology::Queues;
 
-/// How long closing waits for a long poll in flight to return what it took.
-const CLOSE_GRACE: Duration = Duration::from_millis(300);
+/// How long `receive_batch` waits for more once deliveries stop being ready.
+const BATCH_SETTLE: Duration = Duration::from_millis(5);
 
 /// SQS-specific facts about a delivery: `delivery.metadata::<SqsMetadata>()`.
 #[derive(Debug, Clone)]
@@ -66,6 +68,7 @@ pub struct SqsConsumer {
     deliveries: mpsc::UnboundedReceiver<Result<Delivery>>,
     /// Set while an error waits in `deliveries`, so errors do not pile up.
     error_queued: Arc<AtomicBool>,
+    demand: Arc<Demand>,
     stop: CancellationToken,
     poller: Option<JoinHandle<()>>,
     closed: bool,
@@ -86,23 +89,30 @@ impl fmt::Debug for SqsConsumer {
 impl SqsConsumer {
     /// A consumer of `logical` (already resolved) holding at most `prefetch`
     /// unsettled deliveries.
-    pub(crate) fn start(queues: Arc<Queues>, logical: &str, prefetch: usize, temporary: bool) -> Self {
+    pub(crate) fn start(
+        queues: Arc<Queues>,
+        logical: &str,
+        prefetch: usize,
+        temporary: bool,
+    ) -> Self {
         let receivers = queues.config.receivers_for(prefetch);
         let settler = SqsSettler::start(queues, logical, prefetch);
         let (tx, rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let error_queued = Arc::new(AtomicBool::new(false));
+        let demand = Arc::new(Demand::new(receivers));
         let poller = tokio::spawn(poll(
             settler.clone(),
             tx,
             stop.clone(),
-            receivers,
+            demand.clone(),
             error_queued.clone(),
         ));
         SqsConsumer {
             settler,
             deliveries: rx,
             error_queued,
+            demand,
             stop,
             poller: Some(poller),
             closed: false,
@@ -112,12 +122,17 @@ impl SqsConsumer {
 
     fn check_open(&self) -> Result<()> {
         if self.closed {
-            return Err(error::closed("the consumer", "receive", &self.settler.logical));
+            return Err(error::closed(
+                "the consumer",
+                "receive",
+                &self.settler.logical,
+            ));
         }
         Ok(())
     }
 
     fn take(&self, item: Result<Delivery>) -> Result<Delivery> {
+        self.demand.taken();
         if item.is_err() {
             self.error_queued.store(false, Ordering::Release);
         }
@@ -139,6 +154,7 @@ impl SqsConsumer {
             runtime.spawn(async move {
                 let Some(info) = queues.cached(&logical) else { return };
                 queues.invalidate(&info);
+                let _request = queues.permit(crate::topology::Budget::Other).await;
                 if let Err(e) = queues.clients.ops.delete_queue().queue_url(&info.url).send().await {
                     tracing::debug!(queue = %logical, error = %crate::error::sdk(e, "delete queue", &logical), "could not delete a reply queue");
                 }
@@ -151,6 +167,8 @@ impl SqsConsumer {
 impl Consumer for SqsConsumer {
     async fn receive(&mut self) -> Result<Delivery> {
         self.check_open()?;
+        let demand = self.demand.clone();
+        let _waiting = demand.wait();
         match self.deliveries.recv().await {
             Some(item) => self.take(item),
             None => Err(self.poller_gone()),
@@ -163,13 +181,34 @@ impl Consumer for SqsConsumer {
         if max == 0 {
             return Ok(batch);
         }
-        match tokio::time::timeout(wait, self.deliveries.recv()).await {
+        let demand = self.demand.clone();
+        let waiting = demand.wait();
+        let first = tokio::time::timeout(wait, self.deliveries.recv()).await;
+        // Only the first delivery is asked for; the rest is what polls
+        // already in flight bring.
+        drop(waiting);
+        match first {
             Err(_) => return Ok(batch),
             Ok(None) => return Err(self.poller_gone()),
             Ok(Some(item)) => batch.push(self.take(item)?),
         }
         while batch.len() < max {
-            match self.deliveries.try_recv() {
+            // What is ready, plus what polls in flight deliver within moments
+            // (concurrent polls answer together).
+            let next = match self.deliveries.try_recv() {
+                Ok(item) => Ok(item),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout(BATCH_SETTLE, self.deliveries.recv()).await {
+                        Ok(Some(item)) => Ok(item),
+                        _ => Err(()),
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
+            };
+            if next.is_ok() {
+                self.demand.taken();
+            }
+            match next {
                 Ok(Ok(d)) => batch.push(d),
                 Ok(Err(e)) => {
                     // Keep it for the next call; this one has deliveries.
@@ -177,7 +216,7 @@ impl Consumer for SqsConsumer {
                     self.error_queued.store(false, Ordering::Release);
                     break;
                 }
-                Err(_) => break,
+                Err(()) => break,
             }
         }
         Ok(batch)
@@ -210,32 +249,111 @@ impl Drop for SqsConsumer {
     }
 }
 
-/// The poller: keeps `receivers` long polls running while there is prefetch room.
+/// What the poller knows of the consumer: whether a `receive` is waiting,
+/// what is buffered, and how many long polls run.
+///
+/// Polls start only while a `receive` waits and nothing is buffered, so a
+/// consumer never has polls in flight that nobody asked for: a long poll
+/// cannot be cancelled on the server, and one still running after the
+/// consumer closed would take messages only to hand them back. Up to `max`
+/// polls run at once while they come back full; one once a poll comes back
+/// empty (idle long polls cost requests on AWS and CPU on emulators).
+#[derive(Debug)]
+struct Demand {
+    waiting: AtomicUsize,
+    buffered: AtomicUsize,
+    max: usize,
+    active: AtomicUsize,
+    wanted: AtomicUsize,
+    changed: Notify,
+}
+
+impl Demand {
+    fn new(max: usize) -> Self {
+        Demand {
+            waiting: AtomicUsize::new(0),
+            buffered: AtomicUsize::new(0),
+            max: max.max(1),
+            active: AtomicUsize::new(0),
+            wanted: AtomicUsize::new(max.max(1)),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Counts a waiting `receive` until the guard drops.
+    fn wait(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+        Waiting(self)
+    }
+
+    /// A delivery left the buffer.
+    fn taken(&self) {
+        if self.buffered.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.changed.notify_one();
+        }
+    }
+
+    fn may_start(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+            && self.buffered.load(Ordering::Acquire) == 0
+            && self.active.load(Ordering::Acquire) < self.wanted.load(Ordering::Acquire)
+    }
+
+    /// A poll asked for `asked` and got `got` messages (`None`: it failed).
+    fn done(&self, asked: usize, got: Option<usize>) {
+        match got {
+            Some(0) => self.wanted.store(1, Ordering::Release),
+            Some(got) if got == asked && asked == MAX_ENTRIES => {
+                let wanted = self.wanted.load(Ordering::Acquire);
+                self.wanted
+                    .store((wanted + 1).min(self.max), Ordering::Release);
+            }
+            _ => {}
+        }
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+}
+
+/// A `receive` waiting for a delivery.
+struct Waiting<'a>(&'a Demand);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The poller: starts long polls as [`Demand`] allows, while there is prefetch room.
 async fn poll(
     settler: Arc<SqsSettler>,
     tx: mpsc::UnboundedSender<Result<Delivery>>,
     stop: CancellationToken,
-    receivers: usize,
+    demand: Arc<Demand>,
     error_queued: Arc<AtomicBool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(receivers.max(1)));
     let failures = Arc::new(AtomicU32::new(0));
-    let mut calls = JoinSet::new();
     loop {
-        let slot = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-        };
+        loop {
+            let changed = demand.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if demand.may_start() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                () = changed => {}
+            }
+        }
         let first = tokio::select! {
             biased;
-            () = stop.cancelled() => break,
+            () = stop.cancelled() => return,
             permit = settler.permits.acquire() => match permit {
                 Ok(permit) => permit,
-                Err(_) => break,
+                Err(_) => return,
             },
         };
         first.forget();
@@ -249,20 +367,25 @@ async fn poll(
                 Err(_) => break,
             }
         }
+        demand.active.fetch_add(1, Ordering::AcqRel);
         let call = ReceiveCall {
             settler: settler.clone(),
             tx: tx.clone(),
             stop: stop.clone(),
+            demand: demand.clone(),
             error_queued: error_queued.clone(),
             failures: failures.clone(),
         };
-        calls.spawn(async move {
-            call.run(n).await;
-            drop(slot);
+        // Not owned by the poller: a long poll in flight when the consumer
+        // stops runs to its end, so what it took goes back at once (an
+        // abandoned long poll would still take messages on the server side
+        // and hide them for the visibility timeout).
+        tokio::spawn(async move {
+            let demand = call.demand.clone();
+            let got = call.run(n).await;
+            demand.done(n, got);
         });
-        while calls.try_join_next().is_some() {}
     }
-    while calls.join_next().await.is_some() {}
 }
 
 /// One `ReceiveMessage` call of the poller.
@@ -270,38 +393,59 @@ struct ReceiveCall {
     settler: Arc<SqsSettler>,
     tx: mpsc::UnboundedSender<Result<Delivery>>,
     stop: CancellationToken,
+    demand: Arc<Demand>,
     error_queued: Arc<AtomicBool>,
     failures: Arc<AtomicU32>,
 }
 
 impl ReceiveCall {
-    /// Receives up to `n` messages (holding `n` prefetch permits).
-    async fn run(self, n: usize) {
+    /// Receives up to `n` messages (holding `n` prefetch permits); returns
+    /// how many arrived, `None` on failure.
+    async fn run(self, n: usize) -> Option<usize> {
         let started = Instant::now();
-        let request = receive(&self.settler, n);
-        tokio::pin!(request);
-        let outcome = tokio::select! {
-            r = &mut request => Some(r),
-            () = self.stop.cancelled() => tokio::time::timeout(CLOSE_GRACE, &mut request).await.ok(),
-        };
+        let outcome = receive(&self.settler, n).await;
         let settler = &self.settler;
         match outcome {
-            None => settler.permits.add_permits(n),
-            Some(Ok((url, messages))) => {
+            Ok((url, messages)) => {
+                let got = messages.len();
                 self.failures.store(0, Ordering::Relaxed);
-                settler.permits.add_permits(n.saturating_sub(messages.len()));
+                settler
+                    .permits
+                    .add_permits(n.saturating_sub(messages.len()));
                 let visible_until = started + settler.queues.config.visibility_timeout;
+                let mut returned = Vec::new();
                 for m in messages {
-                    if let Some(d) = deliver(settler, &url, m, visible_until) {
-                        // A closed channel drops the delivery, which returns it.
-                        let _ = self.tx.send(Ok(d));
+                    let Some(receipt) = m.receipt_handle() else {
+                        tracing::warn!("SQS returned a message without a receipt handle; skipped");
+                        continue;
+                    };
+                    // Once the consumer stopped, nothing more is handed out.
+                    let tag = if self.stop.is_cancelled() {
+                        None
+                    } else {
+                        settler.track(receipt, visible_until)
+                    };
+                    match tag {
+                        Some(tag) => {
+                            self.demand.buffered.fetch_add(1, Ordering::AcqRel);
+                            // A closed channel drops the delivery, which returns it.
+                            let _ = self.tx.send(Ok(deliver(settler, &url, &m, receipt, tag)));
+                        }
+                        None => returned.push(receipt.into()),
                     }
                 }
+                if !returned.is_empty() {
+                    settler.permits.add_permits(returned.len());
+                    settler.return_now(returned).await;
+                }
+                Some(got)
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 settler.permits.add_permits(n);
-                let recreate = e.kind() == ErrorKind::NotFound && settler.queues.config.create_queues;
+                let recreate =
+                    e.kind() == ErrorKind::NotFound && settler.queues.config.create_queues;
                 if !recreate && !self.error_queued.swap(true, Ordering::AcqRel) {
+                    self.demand.buffered.fetch_add(1, Ordering::AcqRel);
                     let _ = self.tx.send(Err(e));
                 } else {
                     tracing::debug!(error = %e, "receive failed; retrying");
@@ -312,6 +456,7 @@ impl ReceiveCall {
                     () = self.stop.cancelled() => {}
                     () = tokio::time::sleep(pause) => {}
                 }
+                None
             }
         }
     }
@@ -322,6 +467,7 @@ async fn receive(settler: &SqsSettler, n: usize) -> Result<(String, Vec<SqsMessa
     let queues = &settler.queues;
     let info = queues.resolve(&settler.logical).await?;
     let config = &queues.config;
+    let _request = queues.permit(crate::topology::Budget::Receive).await;
     let result = queues
         .clients
         .receive
@@ -346,22 +492,27 @@ async fn receive(settler: &SqsSettler, n: usize) -> Result<(String, Vec<SqsMessa
     }
 }
 
-/// A delivery of `m`, tracked by the settler.
-fn deliver(settler: &Arc<SqsSettler>, url: &str, m: SqsMessage, visible_until: Instant) -> Option<Delivery> {
-    let Some(receipt) = m.receipt_handle() else {
-        tracing::warn!("SQS returned a message without a receipt handle; skipped");
-        return None;
-    };
-    let tag = settler.track(receipt, visible_until);
-    let decoded = codec::decode(&m);
+/// The delivery of `m`, tracked by the settler under `tag`.
+fn deliver(
+    settler: &Arc<SqsSettler>,
+    url: &str,
+    m: &SqsMessage,
+    receipt: &str,
+    tag: u64,
+) -> Delivery {
+    let decoded = codec::decode(m);
     let metadata = SqsMetadata {
         tag,
         receipt_handle: receipt.to_owned(),
         sqs_message_id: m.message_id().unwrap_or_default().to_owned(),
         queue_url: url.to_owned(),
     };
-    let received = Received::new(settler.logical.to_string(), decoded.message, decoded.attempt)
-        .with_timestamp(decoded.sent_at)
-        .with_metadata(metadata);
-    Some(Delivery::new(received, settler.clone()))
+    let received = Received::new(
+        settler.logical.to_string(),
+        decoded.message,
+        decoded.attempt,
+    )
+    .with_timestamp(decoded.sent_at)
+    .with_metadata(metadata);
+    Delivery::new(received, settler.clone())
 }

@@ -106,11 +106,9 @@ where
             false,
             "the request could not be sent (check the endpoint and region)".to_owned(),
         ),
-        SdkError::DispatchFailure(_) => (
-            ErrorKind::Connection,
-            true,
-            "cannot reach SQS".to_owned(),
-        ),
+        SdkError::DispatchFailure(_) => {
+            (ErrorKind::Connection, true, "cannot reach SQS".to_owned())
+        }
         SdkError::ResponseError(_) => (
             ErrorKind::Broker,
             true,
@@ -127,7 +125,11 @@ where
                 }
                 other => other,
             };
-            (kind, retryable, format!("SQS refused the request: {code}: {msg}"))
+            (
+                kind,
+                retryable,
+                format!("SQS refused the request: {code}: {msg}"),
+            )
         }
         _ => (ErrorKind::Broker, true, "SQS request failed".to_owned()),
     };
@@ -149,10 +151,7 @@ pub(crate) fn entry(
     let (kind, retryable) = classify(failed.code(), message, Some(failed.sender_fault()));
     Error::new(
         kind,
-        format!(
-            "SQS refused the message: {}: {message}",
-            failed.code()
-        ),
+        format!("SQS refused the message: {}: {message}", failed.code()),
     )
     .with_retryable(retryable)
     .with_backend(BACKEND)
@@ -163,7 +162,8 @@ pub(crate) fn entry(
 /// A copy of `err` for each of several callers (a failed batch request fails
 /// every message in it; `Error` is not `Clone` because its source is not).
 pub(crate) fn replicate(err: &Error) -> Error {
-    let mut copy = Error::new(err.kind(), err.message().to_owned()).with_retryable(err.is_retryable());
+    let mut copy =
+        Error::new(err.kind(), err.message().to_owned()).with_retryable(err.is_retryable());
     if let Some(b) = err.backend() {
         copy = copy.with_backend(b);
     }
@@ -205,22 +205,40 @@ mod tests {
 
     #[test]
     fn codes_map_to_kinds() {
-        assert_eq!(classify("QueueDoesNotExist", "", None), (ErrorKind::NotFound, false));
+        assert_eq!(
+            classify("QueueDoesNotExist", "", None),
+            (ErrorKind::NotFound, false)
+        );
         assert_eq!(
             classify("AWS.SimpleQueueService.NonExistentQueue", "", None).0,
             ErrorKind::NotFound
         );
         assert_eq!(classify("AccessDenied", "", None).0, ErrorKind::Permission);
-        assert_eq!(classify("RequestThrottled", "", None), (ErrorKind::Broker, true));
         assert_eq!(
-            classify("InvalidParameterValue", "Message must be shorter than 2048 bytes.", Some(true)).0,
+            classify("RequestThrottled", "", None),
+            (ErrorKind::Broker, true)
+        );
+        assert_eq!(
+            classify(
+                "InvalidParameterValue",
+                "Message must be shorter than 2048 bytes.",
+                Some(true)
+            )
+            .0,
             ErrorKind::TooLarge
         );
         assert_eq!(
-            classify("InvalidParameterValue", "DelaySeconds must be >= 0", Some(true)),
+            classify(
+                "InvalidParameterValue",
+                "DelaySeconds must be >= 0",
+                Some(true)
+            ),
             (ErrorKind::Broker, false)
         );
-        assert_eq!(classify("Whatever", "", Some(false)), (ErrorKind::Broker, true));
+        assert_eq!(
+            classify("Whatever", "", Some(false)),
+            (ErrorKind::Broker, true)
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::batch::{self, MAX_ENTRIES};
 use crate::codec::{self, Wire};
 use crate::error;
-use crate::topology::{QueueInfo, Queues, RESERVED_FOR_ATTRIBUTES};
+use crate::topology::{Budget, QueueInfo, Queues, RESERVED_FOR_ATTRIBUTES};
 use crate::BACKEND;
 
 /// The most bytes (bodies and attributes) one `SendMessageBatch` carries.
@@ -35,9 +35,12 @@ pub struct SqsProducer {
 
 struct ProducerInner {
     queues: Arc<Queues>,
-    batchers: Mutex<HashMap<String, (mpsc::UnboundedSender<Pending>, JoinHandle<()>)>>,
+    batchers: Mutex<HashMap<String, Batcher>>,
     closed: AtomicBool,
 }
+
+/// The batching task of one destination and where to hand it messages.
+type Batcher = (mpsc::UnboundedSender<Pending>, JoinHandle<()>);
 
 /// A message waiting for its batch, and where its outcome goes.
 struct Pending {
@@ -124,8 +127,8 @@ pub(crate) fn prepare(info: &QueueInfo, message: Message) -> Result<Wire> {
         .with_operation("send")
         .with_destination(info.logical.clone()));
     }
-    let wire = codec::encode(message, info.fifo)
-        .map_err(|e| e.with_destination(info.logical.clone()))?;
+    let wire =
+        codec::encode(message, info.fifo).map_err(|e| e.with_destination(info.logical.clone()))?;
     if wire.size() > info.max_size {
         return Err(Error::too_large(
             wire.size(),
@@ -148,7 +151,11 @@ fn attributes(wire: &Wire) -> Result<HashMap<String, MessageAttributeValue>> {
                 .string_value(value)
                 .build()
                 .map(|v| (name.clone(), v))
-                .map_err(|e| Error::config("invalid message attribute").with_backend(BACKEND).with_source(e))
+                .map_err(|e| {
+                    Error::config("invalid message attribute")
+                        .with_backend(BACKEND)
+                        .with_source(e)
+                })
         })
         .collect()
 }
@@ -176,6 +183,7 @@ pub(crate) async fn send_to(queues: &Queues, logical: &str, wires: &[Wire]) -> V
 async fn call(queues: &Queues, info: &QueueInfo, wires: &[Wire]) -> Result<Vec<Result<()>>> {
     let client = &queues.clients.ops;
     let logical = info.logical.as_str();
+    let _request = queues.permit(Budget::Send).await;
     if let [wire] = wires {
         let mut req = client
             .send_message()
@@ -199,13 +207,15 @@ async fn call(queues: &Queues, info: &QueueInfo, wires: &[Wire]) -> Result<Vec<R
             .set_message_attributes(Some(attributes(wire)?))
             .set_delay_seconds(wire.delay_seconds);
         if let Some((group, dedup)) = &wire.fifo {
-            entry = entry.message_group_id(group).message_deduplication_id(dedup);
+            entry = entry
+                .message_group_id(group)
+                .message_deduplication_id(dedup);
         }
-        entries.push(
-            entry
-                .build()
-                .map_err(|e| Error::config("invalid batch entry").with_backend(BACKEND).with_source(e))?,
-        );
+        entries.push(entry.build().map_err(|e| {
+            Error::config("invalid batch entry")
+                .with_backend(BACKEND)
+                .with_source(e)
+        })?);
     }
     let out = client
         .send_message_batch()
@@ -216,12 +226,22 @@ async fn call(queues: &Queues, info: &QueueInfo, wires: &[Wire]) -> Result<Vec<R
         .map_err(|e| error::sdk(e, "send", logical))?;
     let mut results: Vec<Option<Result<()>>> = wires.iter().map(|_| None).collect();
     for ok in out.successful() {
-        if let Some(slot) = ok.id().parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
+        if let Some(slot) = ok
+            .id()
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| results.get_mut(i))
+        {
             *slot = Some(Ok(()));
         }
     }
     for failed in out.failed() {
-        if let Some(slot) = failed.id().parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
+        if let Some(slot) = failed
+            .id()
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| results.get_mut(i))
+        {
             *slot = Some(Err(error::entry(failed, "send", logical)));
         }
     }
@@ -229,10 +249,12 @@ async fn call(queues: &Queues, info: &QueueInfo, wires: &[Wire]) -> Result<Vec<R
         .into_iter()
         .map(|r| {
             r.unwrap_or_else(|| {
-                Err(Error::new(ErrorKind::Broker, "SQS reported no outcome for the message")
-                    .with_backend(BACKEND)
-                    .with_operation("send")
-                    .with_destination(logical))
+                Err(
+                    Error::new(ErrorKind::Broker, "SQS reported no outcome for the message")
+                        .with_backend(BACKEND)
+                        .with_operation("send")
+                        .with_destination(logical),
+                )
             })
         })
         .collect())
@@ -270,10 +292,13 @@ impl Producer for SqsProducer {
             .send(Pending { wire, reply })
             .map_err(|_| error::closed("the producer", "send", destination))?;
         outcome.await.unwrap_or_else(|_| {
-            Err(Error::new(ErrorKind::Broker, "the batching task stopped before the message was sent")
-                .with_backend(BACKEND)
-                .with_operation("send")
-                .with_destination(destination))
+            Err(Error::new(
+                ErrorKind::Broker,
+                "the batching task stopped before the message was sent",
+            )
+            .with_backend(BACKEND)
+            .with_operation("send")
+            .with_destination(destination))
         })
     }
 
@@ -287,7 +312,9 @@ impl Producer for SqsProducer {
             Ok(info) => info,
             Err(e) => {
                 return BatchReport::new(
-                    ids.into_iter().map(|id| (id, Err(error::replicate(&e)))).collect(),
+                    ids.into_iter()
+                        .map(|id| (id, Err(error::replicate(&e))))
+                        .collect(),
                 )
             }
         };
@@ -306,7 +333,11 @@ impl Producer for SqsProducer {
             indexes.into_iter().zip(outcomes).collect::<Vec<_>>()
         });
         // FIFO order across chunks needs one call after the other.
-        let in_flight = if info.fifo { 1 } else { queues.config.send_concurrency };
+        let in_flight = if info.fifo {
+            1
+        } else {
+            queues.config.send_concurrency
+        };
         let done: Vec<Vec<(usize, Result<()>)>> = futures::stream::iter(calls)
             .buffer_unordered(in_flight)
             .collect()
@@ -319,7 +350,8 @@ impl Producer for SqsProducer {
                 .zip(results)
                 .map(|(id, r)| {
                     let r = r.unwrap_or_else(|| {
-                        Err(Error::new(ErrorKind::Broker, "message was not sent").with_backend(BACKEND))
+                        Err(Error::new(ErrorKind::Broker, "message was not sent")
+                            .with_backend(BACKEND))
                     });
                     (id, r)
                 })
@@ -347,7 +379,9 @@ mod tests {
 
     #[test]
     fn chunks_respect_count_and_bytes() {
-        let wire = |n: usize| codec::encode(Message::new(vec![b'a'; n]).with_id("i"), false).expect("wire");
+        let wire = |n: usize| {
+            codec::encode(Message::new(vec![b'a'; n]).with_id("i"), false).expect("wire")
+        };
         let ready: Vec<(usize, Wire)> = (0..23).map(|i| (i, wire(10))).collect();
         let sizes: Vec<usize> = chunks(ready).iter().map(Vec::len).collect();
         assert_eq!(sizes, [10, 10, 3]);

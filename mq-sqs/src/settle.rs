@@ -2,7 +2,7 @@
 //!
 //! | settlement | SQS call |
 //! |---|---|
-//! | ack | `DeleteMessageBatch` |
+//! | ack | `DeleteMessageBatch`, queued: `ack` returns at once |
 //! | nack | `ChangeMessageVisibilityBatch` to 0 |
 //! | nack after `d` | `ChangeMessageVisibilityBatch` to `d` rounded up to seconds (at most 12 h) |
 //! | dead-letter | `SendMessage` to the dead-letter queue, then delete |
@@ -11,7 +11,10 @@
 //!
 //! Deletes and visibility changes of one consumer are coalesced into batch
 //! calls of up to 10 (see [`crate::batch`]); a failed entry fails only its
-//! own settlement. While a delivery is held, a heartbeat extends its
+//! own settlement. An ack does not wait for its delete, so even acks made one
+//! after the other share batch calls (as in the AWS SDKs' buffered clients);
+//! a failed delete is logged and the message comes back after its
+//! visibility timeout, and closing the consumer waits for queued deletes. While a delivery is held, a heartbeat extends its
 //! visibility by the visibility timeout once half of it has passed, so a long
 //! handler does not see its message redelivered to another consumer. The
 //! heartbeat and a settlement of the same message never overlap: each holds
@@ -20,14 +23,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+};
 use mq_core::{Delivery, Error, ErrorKind, Result, Settlement, Settler};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::batch::{self, MAX_ENTRIES};
@@ -35,7 +41,7 @@ use crate::config::{secs_i32, MAX_VISIBILITY};
 use crate::consumer::SqsMetadata;
 use crate::error;
 use crate::producer::{prepare, send_to};
-use crate::topology::Queues;
+use crate::topology::{Budget, Queues};
 use crate::BACKEND;
 
 /// Settlement calls of one consumer in flight at once, per kind.
@@ -47,6 +53,51 @@ struct Op {
     /// The new visibility timeout (visibility changes only).
     seconds: i32,
     reply: Option<oneshot::Sender<Result<()>>>,
+    /// Held until the call of an op nobody awaits is done, so `close` can wait for it.
+    _ticket: Option<Ticket>,
+}
+
+/// Ops queued without a waiting caller (acks) and not done yet.
+#[derive(Debug, Default)]
+struct Unconfirmed {
+    count: AtomicUsize,
+    done: Notify,
+}
+
+/// One unconfirmed op; dropping it marks the op done.
+struct Ticket(Arc<Unconfirmed>);
+
+impl Ticket {
+    fn new(unconfirmed: &Arc<Unconfirmed>) -> Self {
+        unconfirmed.count.fetch_add(1, Ordering::AcqRel);
+        Ticket(unconfirmed.clone())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
+}
+
+impl Unconfirmed {
+    /// Waits until every unconfirmed op is done (at most `limit`).
+    async fn drained(&self, limit: Duration) {
+        let wait = async {
+            loop {
+                let done = self.done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if self.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
 }
 
 /// A delivery handed out (or buffered) and not settled yet.
@@ -74,6 +125,7 @@ pub(crate) struct SqsSettler {
     /// One permit per delivery the consumer may still take (prefetch).
     pub(crate) permits: Arc<Semaphore>,
     state: Mutex<Outstanding>,
+    unconfirmed: Arc<Unconfirmed>,
     deletes: mpsc::UnboundedSender<Op>,
     visibility: mpsc::UnboundedSender<Op>,
 }
@@ -101,21 +153,30 @@ impl SqsSettler {
             concurrency: SETTLE_CONCURRENCY,
         };
         let (q, l) = (queues.clone(), logical.clone());
-        let (deletes, _) = batch::spawn(settings, |_: &Op| 0, move |ops| {
-            let (q, l) = (q.clone(), l.clone());
-            async move { flush(&q, &l, ops, Kind::Delete).await }
-        });
+        let (deletes, _) = batch::spawn(
+            settings,
+            |_: &Op| 0,
+            move |ops| {
+                let (q, l) = (q.clone(), l.clone());
+                async move { flush(&q, &l, ops, Kind::Delete).await }
+            },
+        );
         let (q, l) = (queues.clone(), logical.clone());
-        let (visibility, _) = batch::spawn(settings, |_: &Op| 0, move |ops| {
-            let (q, l) = (q.clone(), l.clone());
-            async move { flush(&q, &l, ops, Kind::Visibility).await }
-        });
+        let (visibility, _) = batch::spawn(
+            settings,
+            |_: &Op| 0,
+            move |ops| {
+                let (q, l) = (q.clone(), l.clone());
+                async move { flush(&q, &l, ops, Kind::Visibility).await }
+            },
+        );
         let vt = queues.config.visibility_timeout;
         let settler = Arc::new(SqsSettler {
             queues,
             logical,
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
             state: Mutex::new(Outstanding::default()),
+            unconfirmed: Arc::default(),
             deletes,
             visibility,
         });
@@ -124,9 +185,12 @@ impl SqsSettler {
     }
 
     /// Starts tracking a received message; its visibility runs out at
-    /// `visible_until`. Returns its tag.
-    pub(crate) fn track(&self, receipt: &str, visible_until: Instant) -> u64 {
+    /// `visible_until`. Returns its tag, or `None` once the consumer closed.
+    pub(crate) fn track(&self, receipt: &str, visible_until: Instant) -> Option<u64> {
         let mut state = self.state.lock();
+        if state.closed {
+            return None;
+        }
         state.next_tag += 1;
         let tag = state.next_tag;
         state.entries.insert(
@@ -137,7 +201,7 @@ impl SqsSettler {
                 lease: Arc::default(),
             },
         );
-        tag
+        Some(tag)
     }
 
     /// Stops tracking `tag`, giving its prefetch slot back; `None` when the
@@ -162,10 +226,21 @@ impl SqsSettler {
                 receipt,
                 seconds,
                 reply: Some(reply),
+                _ticket: None,
             })
-            .map_err(|_| error::closed("the consumer's settlement task", kind.operation(), &self.logical))?;
+            .map_err(|_| {
+                error::closed(
+                    "the consumer's settlement task",
+                    kind.operation(),
+                    &self.logical,
+                )
+            })?;
         outcome.await.unwrap_or_else(|_| {
-            Err(error::closed("the consumer's settlement task", kind.operation(), &self.logical))
+            Err(error::closed(
+                "the consumer's settlement task",
+                kind.operation(),
+                &self.logical,
+            ))
         })
     }
 
@@ -175,7 +250,38 @@ impl SqsSettler {
             receipt,
             seconds: 0,
             reply: None,
+            _ticket: Some(Ticket::new(&self.unconfirmed)),
         });
+    }
+
+    /// Queues the delete of `receipt` without waiting for it: sequential
+    /// acks then share batch calls. A delete that fails is logged, and SQS
+    /// redelivers the message after its visibility timeout (at-least-once).
+    fn delete_later(&self, receipt: Arc<str>) -> Result<()> {
+        self.deletes
+            .send(Op {
+                receipt,
+                seconds: 0,
+                reply: None,
+                _ticket: Some(Ticket::new(&self.unconfirmed)),
+            })
+            .map_err(|_| error::closed("the consumer's settlement task", "ack", &self.logical))
+    }
+
+    /// Makes received but untracked messages visible again, waiting for SQS.
+    pub(crate) async fn return_now(&self, receipts: Vec<Arc<str>>) {
+        let returns = receipts
+            .into_iter()
+            .map(|r| self.run(Kind::Visibility, r, 0));
+        let failed = futures::future::join_all(returns)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .count();
+        if failed > 0 {
+            tracing::warn!(source = %self.logical, failed,
+                "could not return some messages; SQS redelivers them after their visibility timeout");
+        }
     }
 
     /// Marks the consumer closed and makes every unsettled delivery visible
@@ -200,6 +306,10 @@ impl SqsSettler {
             tracing::warn!(source = %self.logical, failed,
                 "could not return some unsettled messages on close; SQS redelivers them after their visibility timeout");
         }
+        // Acks still queued or in flight finish before close returns.
+        self.unconfirmed
+            .drained(self.queues.config.timeout * 2)
+            .await;
         Ok(())
     }
 
@@ -230,8 +340,12 @@ impl SqsSettler {
             let ops: Vec<(u64, Arc<str>)> = chunk.iter().map(|(t, r, _)| (*t, r.clone())).collect();
             async move {
                 let receipts: Vec<Arc<str>> = ops.iter().map(|(_, r)| r.clone()).collect();
-                let results = change_visibility(&self.queues, &self.logical, &receipts, seconds).await;
-                ops.into_iter().map(|(tag, _)| tag).zip(results).collect::<Vec<_>>()
+                let results =
+                    change_visibility(&self.queues, &self.logical, &receipts, seconds).await;
+                ops.into_iter()
+                    .map(|(tag, _)| tag)
+                    .zip(results)
+                    .collect::<Vec<_>>()
             }
         });
         let results = futures::future::join_all(calls).await;
@@ -261,7 +375,12 @@ impl SqsSettler {
         send_to(&self.queues, &dlq, std::slice::from_ref(&wire))
             .await
             .pop()
-            .unwrap_or_else(|| Err(Error::new(ErrorKind::Broker, "no outcome for the dead letter")))
+            .unwrap_or_else(|| {
+                Err(Error::new(
+                    ErrorKind::Broker,
+                    "no outcome for the dead letter",
+                ))
+            })
     }
 }
 
@@ -290,7 +409,7 @@ impl Settler for SqsSettler {
         drop(entry.lease.lock().await);
         let receipt = entry.receipt;
         match settlement {
-            Settlement::Ack => self.run(Kind::Delete, receipt, 0).await,
+            Settlement::Ack => self.delete_later(receipt),
             Settlement::Nack { delay: None } => self.run(Kind::Visibility, receipt, 0).await,
             Settlement::Nack { delay: Some(d) } if d > MAX_VISIBILITY => {
                 self.release_now(receipt);
@@ -310,17 +429,21 @@ impl Settler for SqsSettler {
                     self.release_now(receipt);
                     return Err(e.with_operation(operation));
                 }
-                self.run(Kind::Delete, receipt, 0).await
+                self.delete_later(receipt)
             }
             other => {
                 self.release_now(receipt);
-                Err(Error::unsupported(format!("unknown settlement {other:?}")).with_backend(BACKEND))
+                Err(Error::unsupported(format!("unknown settlement {other:?}"))
+                    .with_backend(BACKEND))
             }
         }
     }
 
     fn abandon(&self, delivery: &Delivery) {
-        let Some(entry) = delivery.metadata::<SqsMetadata>().and_then(|m| self.untrack(m.tag)) else {
+        let Some(entry) = delivery
+            .metadata::<SqsMetadata>()
+            .and_then(|m| self.untrack(m.tag))
+        else {
             return;
         };
         let visibility = self.visibility.clone();
@@ -328,6 +451,7 @@ impl Settler for SqsSettler {
             receipt: entry.receipt,
             seconds: 0,
             reply: None,
+            _ticket: Some(Ticket::new(&self.unconfirmed)),
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -399,7 +523,12 @@ fn outcomes<'a>(
         }
     }
     for f in failed {
-        if let Some(slot) = f.id().parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
+        if let Some(slot) = f
+            .id()
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| results.get_mut(i))
+        {
             *slot = Some(Err(error::entry(f, operation, logical)));
         }
     }
@@ -407,10 +536,12 @@ fn outcomes<'a>(
         .into_iter()
         .map(|r| {
             r.unwrap_or_else(|| {
-                Err(Error::new(ErrorKind::Broker, "SQS reported no outcome for the entry")
-                    .with_backend(BACKEND)
-                    .with_operation(operation)
-                    .with_destination(logical))
+                Err(
+                    Error::new(ErrorKind::Broker, "SQS reported no outcome for the entry")
+                        .with_backend(BACKEND)
+                        .with_operation(operation)
+                        .with_destination(logical),
+                )
             })
         })
         .collect()
@@ -421,7 +552,9 @@ fn all_failed(n: usize, e: &Error) -> Vec<Result<()>> {
 }
 
 fn build_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::config("invalid batch entry").with_backend(BACKEND).with_source(e)
+    Error::config("invalid batch entry")
+        .with_backend(BACKEND)
+        .with_source(e)
 }
 
 async fn delete(queues: &Queues, logical: &str, receipts: &[Arc<str>]) -> Vec<Result<()>> {
@@ -444,6 +577,7 @@ async fn delete(queues: &Queues, logical: &str, receipts: &[Arc<str>]) -> Vec<Re
         Ok(e) => e,
         Err(e) => return all_failed(receipts.len(), &e),
     };
+    let _request = queues.permit(Budget::Other).await;
     match queues
         .clients
         .ops
@@ -468,7 +602,12 @@ async fn delete(queues: &Queues, logical: &str, receipts: &[Arc<str>]) -> Vec<Re
     }
 }
 
-async fn change_visibility(queues: &Queues, logical: &str, receipts: &[Arc<str>], seconds: i32) -> Vec<Result<()>> {
+async fn change_visibility(
+    queues: &Queues,
+    logical: &str,
+    receipts: &[Arc<str>],
+    seconds: i32,
+) -> Vec<Result<()>> {
     let each = vec![seconds; receipts.len()];
     change_visibility_each(queues, logical, receipts, &each).await
 }
@@ -500,6 +639,7 @@ async fn change_visibility_each(
         Ok(e) => e,
         Err(e) => return all_failed(receipts.len(), &e),
     };
+    let _request = queues.permit(Budget::Other).await;
     match queues
         .clients
         .ops

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use aws_sdk_sqs::types::QueueAttributeName;
 use mq_core::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use crate::config::{SqsConfig, DEFAULT_MAX_MESSAGE_SIZE, MIN_MAX_MESSAGE_SIZE};
 use crate::error;
@@ -68,6 +68,25 @@ pub(crate) struct Queues {
     pub(crate) clients: Clients,
     pub(crate) config: Arc<SqsConfig>,
     cache: Mutex<HashMap<String, Slot>>,
+    /// One permit per send in flight.
+    sends: Semaphore,
+    /// One permit per other request in flight (receives excepted): apart
+    /// from sends, so acks never queue behind a burst of sends (on an
+    /// emulator, a queue that is not drained makes every call slower).
+    others: Semaphore,
+    /// One permit per `ReceiveMessage` in flight, across consumers.
+    receives: Semaphore,
+}
+
+/// Which request budget a call uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Budget {
+    /// `SendMessage`/`SendMessageBatch`.
+    Send,
+    /// Deletes, visibility changes and queue management.
+    Other,
+    /// `ReceiveMessage` (long polls).
+    Receive,
 }
 
 impl fmt::Debug for Queues {
@@ -82,9 +101,24 @@ impl Queues {
     pub(crate) fn new(clients: Clients, config: Arc<SqsConfig>) -> Self {
         Queues {
             clients,
+            sends: Semaphore::new(config.max_connections.max(1)),
+            others: Semaphore::new(config.max_connections.max(1)),
+            receives: Semaphore::new(config.max_connections.max(1)),
             config,
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Waits for a request slot (`max_connections` per budget); hold it
+    /// while the request runs.
+    pub(crate) async fn permit(&self, budget: Budget) -> Option<SemaphorePermit<'_>> {
+        let pool = match budget {
+            Budget::Send => &self.sends,
+            Budget::Other => &self.others,
+            Budget::Receive => &self.receives,
+        };
+        // The semaphores are never closed, so this is always `Some`.
+        pool.acquire().await.ok()
     }
 
     /// The SQS name of destination `logical`, validated.
@@ -101,10 +135,13 @@ impl Queues {
     /// The queue of destination `logical`: cached, else looked up, else
     /// created (with `create_queues`). Concurrent first uses share one lookup.
     pub(crate) async fn resolve(&self, logical: &str) -> Result<Arc<QueueInfo>> {
-        let slot = self.cache.lock().entry(logical.to_owned()).or_default().clone();
-        slot.get_or_try_init(|| self.load(logical))
-            .await
-            .cloned()
+        let slot = self
+            .cache
+            .lock()
+            .entry(logical.to_owned())
+            .or_default()
+            .clone();
+        slot.get_or_try_init(|| self.load(logical)).await.cloned()
     }
 
     /// The cached queue of `logical`, if resolved already (no I/O).
@@ -139,6 +176,7 @@ impl Queues {
         let name = self.sqs_name(logical)?;
         let fifo = name.ends_with(FIFO_SUFFIX);
         let client = &self.clients.ops;
+        let _request = self.permit(Budget::Other).await;
         let url = match client.get_queue_url().queue_name(&name).send().await {
             Ok(out) => out.queue_url().map(str::to_owned),
             Err(e) => {
@@ -168,9 +206,12 @@ impl Queues {
             }
         };
         let url = url.ok_or_else(|| {
-            Error::new(ErrorKind::Broker, format!("SQS returned no URL for queue `{name}`"))
-                .with_backend(BACKEND)
-                .with_destination(logical)
+            Error::new(
+                ErrorKind::Broker,
+                format!("SQS returned no URL for queue `{name}`"),
+            )
+            .with_backend(BACKEND)
+            .with_destination(logical)
         })?;
 
         let attrs = client
@@ -249,10 +290,25 @@ mod tests {
 
     #[test]
     fn queue_names() {
-        for ok in ["jobs", "a-b_C9", "orders.fifo", &"x".repeat(80), &format!("{}.fifo", "y".repeat(75))] {
+        for ok in [
+            "jobs",
+            "a-b_C9",
+            "orders.fifo",
+            &"x".repeat(80),
+            &format!("{}.fifo", "y".repeat(75)),
+        ] {
             validate_name(ok).expect(ok);
         }
-        for bad in ["", ".fifo", "a.b", "has space", "é", &"x".repeat(81), "q.fifo.fifo", "q/1"] {
+        for bad in [
+            "",
+            ".fifo",
+            "a.b",
+            "has space",
+            "é",
+            &"x".repeat(81),
+            "q.fifo.fifo",
+            "q/1",
+        ] {
             let err = validate_name(bad).expect_err(bad);
             assert_eq!(err.kind(), ErrorKind::Config, "{bad}");
         }
@@ -261,7 +317,9 @@ mod tests {
     #[test]
     fn redrive_policy_names_its_target() {
         assert_eq!(
-            redrive_target(r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:123456789012:jobs-dead","maxReceiveCount":"5"}"#),
+            redrive_target(
+                r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:123456789012:jobs-dead","maxReceiveCount":"5"}"#
+            ),
             Some("jobs-dead".into())
         );
         assert_eq!(redrive_target("not json"), None);
