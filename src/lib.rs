@@ -44,11 +44,14 @@ pub fn registry() -> Registry {
     mq_kafka::register(&mut registry);
     #[cfg(not(feature = "kafka"))]
     hint_backend(&mut registry, &["kafka"], "kafka", false);
+    #[cfg(feature = "sqs")]
+    mq_sqs::register(&mut registry);
+    #[cfg(not(feature = "sqs"))]
     hint_backend(
         &mut registry,
-        &["sqs", "sqs+http"],
+        &["sqs", "sqs+http", "sqs+https"],
         "sqs",
-        cfg!(feature = "sqs"),
+        false,
     );
     registry
 }
