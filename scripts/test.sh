@@ -14,6 +14,18 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mq-target}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Build dependencies of the backends (bundled librdkafka needs a C toolchain,
+# OpenSSL and zlib headers): install whatever is missing from Debian.
+missing=()
+for pkg in $(cat scripts/deps-*.txt 2>/dev/null); do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  step "apt-get install ${missing[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
 # Real brokers for the conformance suite (DESIGN.md §10). With a Docker
 # engine the tests start them with testcontainers; without one (this kind of
 # machine) scripts/brokers.sh installs and starts them natively on 127.0.0.1,
