@@ -453,6 +453,9 @@ impl KafkaConfig {
         c.set("session.timeout.ms", millis(self.session_timeout));
         c.set("heartbeat.interval.ms", millis(self.heartbeat));
         c.set("enable.partition.eof", "false");
+        // Notice topics created after subscribing (or re-created after a
+        // broker without persistence restarted) within seconds, not minutes.
+        c.set("topic.metadata.refresh.interval.ms", "10000");
         self.pass_through(&mut c);
         c
     }

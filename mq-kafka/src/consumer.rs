@@ -6,10 +6,12 @@
 //! application holds its prefetch of deliveries and calls no `receive`.
 //! Fetched records wait in a small ready queue; `receive` takes from it.
 //!
-//! * Backpressure: when handed-out plus waiting records reach the prefetch,
-//!   every partition is paused (fetching stops); records librdkafka had
-//!   already queued are discarded and fetched again after the pause, by
-//!   seeking back to the first one discarded.
+//! * Backpressure: at most `prefetch` deliveries are handed out unsettled
+//!   (`receive` waits for a settlement). Behind them the thread reads ahead
+//!   up to twice the prefetch (at least 500 records, at most 32 MiB of
+//!   payload); beyond that every partition is paused (fetching stops).
+//!   Records librdkafka had already queued are discarded and fetched again
+//!   after the pause, by seeking back to the first one discarded.
 //! * Offsets: see [`offsets`](crate::offsets). Settled offsets are committed
 //!   every `commit_interval`, when partitions are revoked (before the new
 //!   owner starts), and on close. Auto commit is off, so a record is never
@@ -49,6 +51,16 @@ use crate::BACKEND;
 /// or commit happens.
 const POLL: Duration = Duration::from_millis(20);
 
+/// Records fetched ahead of `receive` (beyond the prefetch of handed-out
+/// deliveries) before fetching pauses: pausing costs a fetch round trip
+/// (librdkafka drops what it had queued and fetches it again), so the
+/// consumer reads ahead generously and pauses only when the application
+/// falls far behind.
+const READ_AHEAD_MIN: usize = 500;
+
+/// Bytes of payload fetched ahead before fetching pauses.
+const READ_AHEAD_BYTES: usize = 32 * 1024 * 1024;
+
 /// A topic and partition.
 pub(crate) type Tp = (Arc<str>, i32);
 
@@ -82,6 +94,8 @@ pub(crate) struct State {
     /// The poll thread must commit and leave the group.
     stop: bool,
     ready: VecDeque<Pending>,
+    /// Payload bytes in `ready`.
+    ready_bytes: usize,
     pub(crate) parts: HashMap<Tp, PartitionState>,
     next_generation: u64,
     /// Deliveries handed out and not settled, for `close`.
@@ -132,6 +146,7 @@ impl Shared {
             }
             !drop
         });
+        state.ready_bytes = state.ready.iter().map(|p| p.received.payload().len()).sum();
         if let Some(part) = state.parts.get_mut(tp) {
             for o in forgotten {
                 part.forget(o);
@@ -181,6 +196,7 @@ impl Shared {
             }
         }
         part.accept(offset);
+        state.ready_bytes += decoded.received.payload().len();
         state.ready.push_back(Pending {
             tp,
             offset,
@@ -224,12 +240,12 @@ impl Shared {
         let mut a = Actions::default();
         let mut state = self.state.lock();
         let state = &mut *state;
+        // Pause when the read-ahead is used up; resume once it is half
+        // empty again, so a busy consumer does not flap.
+        let limit = (self.prefetch * 2).max(READ_AHEAD_MIN);
         let waiting = state.ready.len();
-        let free = self.permits.available_permits();
-        // Pause when the prefetch is used up; resume once half of it is free
-        // again, so a busy consumer does not flap.
-        let full = free <= waiting;
-        let roomy = free >= waiting + (self.prefetch / 2).max(1);
+        let full = waiting >= limit || state.ready_bytes >= READ_AHEAD_BYTES;
+        let roomy = waiting <= limit / 2 && state.ready_bytes <= READ_AHEAD_BYTES / 2;
         let now = Instant::now();
         for (tp, part) in state.parts.iter_mut() {
             if part.hold_until.is_some_and(|t| t <= now) {
@@ -241,12 +257,13 @@ impl Shared {
                 a.pause.push(tp.clone());
             } else if part.paused && !held && roomy {
                 part.paused = false;
-                if let Some(r) = part.rewind.take() {
-                    a.seek.push((tp.clone(), r));
-                }
                 a.resume.push(tp.clone());
-            } else if !part.paused && !held {
-                if let Some(r) = part.rewind.take() {
+            }
+            // Records at or past `rewind` were discarded: fetch them again.
+            // The rewind stays set (and later records are discarded) until
+            // the seek succeeded, so nothing is skipped if it fails.
+            if !part.paused {
+                if let Some(r) = part.rewind {
                     a.seek.push((tp.clone(), r));
                 }
             }
@@ -296,6 +313,7 @@ impl ConsumerContext for Context {
                 // Their deliveries belong to the next owner now: it reads
                 // them again from the committed offset.
                 state.ready.retain(|p| p.tp != tp);
+                state.ready_bytes = state.ready.iter().map(|p| p.received.payload().len()).sum();
                 state.outstanding.retain(|(t, _), _| *t != tp);
                 state.redeliveries.retain(|(t, _), _| *t != tp);
             }
@@ -351,7 +369,7 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
         if commit_due {
             last_commit = Instant::now();
         }
-        apply(&consumer, &a);
+        apply(&consumer, &shared, &a);
         if a.stop {
             break;
         }
@@ -381,25 +399,37 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
     tracing::debug!(group = %shared.group, source = %shared.source, "consumer left the group");
 }
 
-fn apply(consumer: &BaseConsumer<Context>, a: &Actions) {
+fn apply(consumer: &BaseConsumer<Context>, shared: &Shared, a: &Actions) {
     if !a.pause.is_empty() {
         if let Err(e) = consumer.pause(&tpl(&a.pause)) {
             tracing::warn!(error = %e, "pausing partitions failed");
         }
     }
-    for ((topic, p), o) in &a.seek {
-        if let Err(e) = consumer.seek(
-            topic,
-            *p,
-            Offset::Offset(*o),
-            Timeout::After(Duration::from_secs(5)),
-        ) {
-            tracing::warn!(error = %e, topic = %topic, partition = p, offset = o, "seeking back failed");
-        }
-    }
     if !a.resume.is_empty() {
         if let Err(e) = consumer.resume(&tpl(&a.resume)) {
             tracing::warn!(error = %e, "resuming partitions failed");
+        }
+    }
+    for (tp, o) in &a.seek {
+        let sought = consumer.seek(
+            &tp.0,
+            tp.1,
+            Offset::Offset(*o),
+            Timeout::After(Duration::from_secs(5)),
+        );
+        match sought {
+            Ok(()) => {
+                let mut state = shared.state.lock();
+                if let Some(part) = state.parts.get_mut(tp) {
+                    if part.rewind == Some(*o) {
+                        part.rewind = None;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, topic = %tp.0, partition = tp.1, offset = o,
+                    "seeking back failed; retrying");
+            }
         }
     }
     if !a.commit.is_empty() {
@@ -451,6 +481,7 @@ impl KafkaConsumer {
                 closed: false,
                 stop: false,
                 ready: VecDeque::new(),
+                ready_bytes: 0,
                 parts: HashMap::new(),
                 next_generation: 0,
                 outstanding: HashMap::new(),
@@ -527,6 +558,7 @@ impl KafkaConsumer {
         }
         match state.ready.pop_front() {
             Some(p) => {
+                state.ready_bytes = state.ready_bytes.saturating_sub(p.received.payload().len());
                 state
                     .outstanding
                     .insert((p.tp, p.offset), p.received.clone());
@@ -543,6 +575,7 @@ impl KafkaConsumer {
         state.closed = true;
         state.stop = true;
         state.ready.clear();
+        state.ready_bytes = 0;
     }
 }
 
@@ -603,6 +636,7 @@ impl Consumer for KafkaConsumer {
             let mut state = self.shared.state.lock();
             state.closed = true;
             state.ready.clear();
+            state.ready_bytes = 0;
             state.outstanding.drain().collect()
         };
         if !returned.is_empty() && !self.shared.ordered {

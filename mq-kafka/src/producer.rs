@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mq_core::{Error, Message, Producer, Result};
+use mq_core::{Error, ErrorKind, Message, Producer, Result};
+use parking_lot::RwLock;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
@@ -24,7 +25,10 @@ use crate::BACKEND;
 
 /// The connection's librdkafka producer and what it needs to send.
 pub(crate) struct Sender {
-    pub(crate) producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error (an idempotent
+    /// producer fenced after the broker lost its producer state): such a
+    /// producer never sends again.
+    producer: RwLock<FutureProducer>,
     pub(crate) topology: Arc<Topology>,
     pub(crate) config: Arc<KafkaConfig>,
     pub(crate) max_message_size: usize,
@@ -41,16 +45,44 @@ impl fmt::Debug for Sender {
 
 impl Sender {
     pub(crate) fn new(config: Arc<KafkaConfig>, topology: Arc<Topology>) -> Result<Self> {
-        let producer: FutureProducer = config
-            .producer_config()
-            .create()
-            .map_err(|e| convert(e, "connect", None))?;
+        let producer = Self::create(&config)?;
         Ok(Sender {
-            producer,
+            producer: RwLock::new(producer),
             topology,
             max_message_size: config.max_message_size(),
             config,
         })
+    }
+
+    fn create(config: &KafkaConfig) -> Result<FutureProducer> {
+        config
+            .producer_config()
+            .create()
+            .map_err(|e| convert(e, "connect", None))
+    }
+
+    /// After a failed send: a producer in a fatal state, or one that could
+    /// not deliver within `send_timeout`, is replaced, so the next send
+    /// works again (the failed one is reported, and retryable). A broker
+    /// that lost its state in a restart fences the idempotent producer or
+    /// answers `UnknownProducerId` for good; a fresh producer gets a new id.
+    fn recover(&self, failed: &FutureProducer, error: &Error) {
+        let reason = match failed.client().fatal_error() {
+            Some((code, reason)) => format!("fatal error {code}: {reason}"),
+            None if error.kind() == ErrorKind::Timeout => "a send timed out".to_owned(),
+            None => return,
+        };
+        let mut current = self.producer.write();
+        if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
+            return; // Already replaced by another send.
+        }
+        match Self::create(&self.config) {
+            Ok(fresh) => {
+                tracing::warn!(reason, "replaced the Kafka producer");
+                *current = fresh;
+            }
+            Err(e) => tracing::warn!(error = %e, "replacing the failed Kafka producer failed"),
+        }
     }
 
     fn check(&self, destination: &str, message: &Message) -> Result<()> {
@@ -109,15 +141,23 @@ impl Sender {
         if let Some(k) = message.key() {
             record = record.key(k);
         }
-        self.producer
+        let producer = self.producer.read().clone();
+        let sent = producer
             .send(record, Timeout::After(self.config.send_timeout))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| convert(e, "send", Some(topic)))
+            .map_err(|(e, _)| convert(e, "send", Some(topic)));
+        if let Err(e) = &sent {
+            self.recover(&producer, e);
+            if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Timeout) {
+                self.topology.forget(topic);
+            }
+        }
+        sent
     }
 
     pub(crate) async fn flush(&self) -> Result<()> {
-        let producer = self.producer.clone();
+        let producer = self.producer.read().clone();
         let timeout = self.config.send_timeout;
         tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout)))
             .await

@@ -98,15 +98,15 @@ impl Topology {
     /// Ensures `topic` exists: created if auto-creation is on (or `force`),
     /// otherwise checked, with `NotFound` if it is missing.
     pub(crate) async fn ensure(&self, topic: &str, force: bool) -> Result<()> {
-        let cell = self
-            .known
-            .lock()
-            .entry(topic.to_owned())
-            .or_default()
-            .clone();
-        if cell.initialized() {
-            return Ok(());
-        }
+        // The hot path (every send): one lookup, no allocation.
+        let cell = {
+            let mut known = self.known.lock();
+            match known.get(topic) {
+                Some(c) if c.initialized() => return Ok(()),
+                Some(c) => c.clone(),
+                None => known.entry(topic.to_owned()).or_default().clone(),
+            }
+        };
         cell.get_or_try_init(|| async {
             // Look first: creating needs more rights than reading metadata,
             // and some brokers (librdkafka's mock cluster) cannot create.
@@ -122,6 +122,13 @@ impl Topology {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Forgets that `topic` exists (a send to it failed as if it were gone:
+    /// a broker without persistence lost it in a restart), so the next use
+    /// looks it up, and creates it, again.
+    pub(crate) fn forget(&self, topic: &str) {
+        self.known.lock().remove(topic);
     }
 
     async fn create(&self, topic: &str) -> Result<()> {

@@ -261,3 +261,82 @@ async fn nack_and_dead_letter_through_mock_topics() {
     d.ack().await.expect("ack");
     dlq.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_mode_redelivers_in_place() {
+    let topic = "ordered";
+    let c = cluster(1, topic, 1);
+    let b = backend(&c, "&ordered=true");
+    let producer = b.kafka_producer();
+    for name in ["a", "b", "c"] {
+        producer
+            .send(topic, Message::new(name).with_key("k"))
+            .await
+            .expect("send");
+    }
+    let mut consumer = b
+        .kafka_consumer(ConsumerOptions::new(topic))
+        .await
+        .expect("consumer");
+    let first = consumer.receive().await.expect("a");
+    assert_eq!((first.text().expect("text"), first.attempt()), ("a", 1));
+    first.nack().await.expect("nack");
+    let again = consumer.receive().await.expect("a again");
+    assert_eq!(
+        (again.text().expect("text"), again.attempt()),
+        ("a", 2),
+        "redelivered in place, before b"
+    );
+    let nacked_at = Instant::now();
+    again
+        .nack_after(Duration::from_secs(1))
+        .await
+        .expect("nack after");
+    let third = consumer.receive().await.expect("a a third time");
+    assert!(
+        nacked_at.elapsed() >= Duration::from_millis(900),
+        "waited the delay"
+    );
+    assert_eq!((third.text().expect("text"), third.attempt()), ("a", 3));
+    third.ack().await.expect("ack");
+    let mut rest = Vec::new();
+    while rest.len() < 2 {
+        let d = consumer.receive().await.expect("rest");
+        rest.push(d.text().expect("text").to_owned());
+        d.ack().await.expect("ack");
+    }
+    assert_eq!(rest, ["b", "c"], "order kept");
+    consumer.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_prefetch_pauses_and_resumes() {
+    let topic = "prefetch";
+    let c = cluster(1, topic, 2);
+    let b = backend(
+        &c,
+        &std::env::var("MQ_KAFKA_TEST_EXTRA").unwrap_or_default(),
+    );
+    let (acked, failed) = send_all(&b, topic, 300).await.expect("send");
+    assert_eq!(failed, 0);
+    let mut consumer = b
+        .kafka_consumer(ConsumerOptions::new(topic).prefetch(5))
+        .await
+        .expect("consumer");
+    let mut missing: HashSet<String> = acked.into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !missing.is_empty() {
+        assert!(Instant::now() < deadline, "{} never arrived", missing.len());
+        let batch = consumer
+            .receive_batch(5, Duration::from_millis(500))
+            .await
+            .expect("receive");
+        // Hold the batch a little so the prefetch fills and the partitions pause.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        for d in batch {
+            missing.remove(d.id());
+            d.ack().await.expect("ack");
+        }
+    }
+    consumer.close().await.expect("close");
+}
