@@ -38,37 +38,33 @@ pub fn registry() -> Registry {
     let mut registry = Registry::with_memory();
     #[cfg(feature = "rabbit")]
     mq_rabbit::register(&mut registry);
-    #[cfg(not(feature = "rabbit"))]
-    hint_backend(&mut registry, &["amqp", "amqps"], "rabbit", false);
     #[cfg(feature = "kafka")]
     mq_kafka::register(&mut registry);
-    #[cfg(not(feature = "kafka"))]
-    hint_backend(&mut registry, &["kafka"], "kafka", false);
     #[cfg(feature = "sqs")]
     mq_sqs::register(&mut registry);
-    #[cfg(not(feature = "sqs"))]
-    hint_backend(
-        &mut registry,
-        &["sqs", "sqs+http", "sqs+https"],
-        "sqs",
-        false,
-    );
+    for (schemes, hint) in DISABLED_BACKENDS {
+        for scheme in *schemes {
+            registry.hint(scheme, hint);
+        }
+    }
     registry
 }
 
-/// Backends whose crates do not exist yet: the feature is declared, so the
-/// hint tells whether it is off or simply not implemented in this version.
-fn hint_backend(registry: &mut Registry, schemes: &[&'static str], feature: &str, enabled: bool) {
-    let how: &'static str = match (feature, enabled) {
-        ("rabbit", false) => "enable the `rabbit` feature of mq to add it",
-        ("kafka", false) => "enable the `kafka` feature of mq to add it",
-        ("sqs", false) => "enable the `sqs` feature of mq to add it",
-        _ => "its backend is not implemented in this version of mq yet",
-    };
-    for scheme in schemes {
-        registry.hint(scheme, how);
-    }
-}
+/// The schemes of the backends this build leaves out, and the feature that adds each.
+const DISABLED_BACKENDS: &[(&[&str], &str)] = &[
+    #[cfg(not(feature = "rabbit"))]
+    (
+        &["amqp", "amqps"],
+        "enable the `rabbit` feature of mq to add it",
+    ),
+    #[cfg(not(feature = "kafka"))]
+    (&["kafka"], "enable the `kafka` feature of mq to add it"),
+    #[cfg(not(feature = "sqs"))]
+    (
+        &["sqs", "sqs+http", "sqs+https"],
+        "enable the `sqs` feature of mq to add it",
+    ),
+];
 
 /// Connects to the broker `url` names, e.g. `memory://`,
 /// `amqp://user:pass@host:5672/vhost`, `kafka://host:9092`.
