@@ -473,7 +473,9 @@ start_kafka() {
 stop_kafka() { stop_pid kafka "$(pidfile kafka)" tansu; }
 
 env_kafka() {
-    emit MQ_TEST_KAFKA_URL "kafka://$HOST:$KAFKA_PORT"
+    # tansu creates no topics on its own, and its group joins are slow with
+    # librdkafka's default timeouts: the tests need both options.
+    emit MQ_TEST_KAFKA_URL "kafka://$HOST:$KAFKA_PORT?${MQ_TEST_KAFKA_OPTIONS:-auto_create_topics=true&partitions=4&session_timeout=6s&heartbeat=500ms&send_timeout=30s&persistent=false&rdkafka.batch.num.messages=1}"
     ours_kafka && emit MQ_TEST_KAFKA_RESTART "$(restart_cmd kafka)"
     return 0
 }
