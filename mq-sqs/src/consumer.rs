@@ -10,8 +10,9 @@
 //! settling one afterwards fails with
 //! [`ErrorKind::Closed`](mq_core::ErrorKind::Closed). A long poll in flight
 //! is not cut off (SQS would still hand it messages that then stay hidden
-//! for the visibility timeout): it runs to its end in the background and
-//! whatever it took is made visible again at once.
+//! for the visibility timeout): it runs to its end in the background, and
+//! what it brings is handed to the next consumer of the same queue on this
+//! connection if one asks within 2 s, and made visible again otherwise.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -30,7 +31,14 @@ use crate::batch::MAX_ENTRIES;
 use crate::codec;
 use crate::error;
 use crate::settle::SqsSettler;
-use crate::topology::Queues;
+use crate::topology::{Orphan, Queues};
+
+/// How long messages a stopped consumer's last poll brought wait for the
+/// next consumer of the queue before they are made visible again.
+const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a waiting consumer looks for such messages.
+const ORPHAN_CHECK: Duration = Duration::from_millis(50);
 
 /// How long `receive_batch` waits for more once deliveries stop being ready.
 const BATCH_SETTLE: Duration = Duration::from_millis(5);
@@ -294,10 +302,13 @@ impl Demand {
         }
     }
 
+    /// A `receive` waits and nothing is buffered.
+    fn hungry(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0 && self.buffered.load(Ordering::Acquire) == 0
+    }
+
     fn may_start(&self) -> bool {
-        self.waiting.load(Ordering::Acquire) > 0
-            && self.buffered.load(Ordering::Acquire) == 0
-            && self.active.load(Ordering::Acquire) < self.wanted.load(Ordering::Acquire)
+        self.hungry() && self.active.load(Ordering::Acquire) < self.wanted.load(Ordering::Acquire)
     }
 
     /// A poll asked for `asked` and got `got` messages (`None`: it failed).
@@ -339,13 +350,24 @@ async fn poll(
             let changed = demand.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
+            let hungry = demand.hungry();
+            if hungry && adopt(&settler, &tx, &demand) {
+                continue;
+            }
             if demand.may_start() {
                 break;
             }
+            // While a receive waits, look for left-behind messages now and then.
+            let recheck = if hungry {
+                ORPHAN_CHECK
+            } else {
+                Duration::from_secs(3600)
+            };
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
                 () = changed => {}
+                () = tokio::time::sleep(recheck) => {}
             }
         }
         let first = tokio::select! {
@@ -413,30 +435,29 @@ impl ReceiveCall {
                     .permits
                     .add_permits(n.saturating_sub(messages.len()));
                 let visible_until = started + settler.queues.config.visibility_timeout;
-                let mut returned = Vec::new();
-                for m in messages {
-                    let Some(receipt) = m.receipt_handle() else {
-                        tracing::warn!("SQS returned a message without a receipt handle; skipped");
-                        continue;
-                    };
+                let mut orphans = Vec::new();
+                for message in messages {
                     // Once the consumer stopped, nothing more is handed out.
-                    let tag = if self.stop.is_cancelled() {
-                        None
-                    } else {
-                        settler.track(receipt, visible_until)
-                    };
-                    match tag {
-                        Some(tag) => {
-                            self.demand.buffered.fetch_add(1, Ordering::AcqRel);
-                            // A closed channel drops the delivery, which returns it.
-                            let _ = self.tx.send(Ok(deliver(settler, &url, &m, receipt, tag)));
-                        }
-                        None => returned.push(receipt.into()),
+                    if self.stop.is_cancelled()
+                        || !hand_over(
+                            settler,
+                            &self.tx,
+                            &self.demand,
+                            &url,
+                            &message,
+                            visible_until,
+                        )
+                    {
+                        orphans.push(Orphan {
+                            message,
+                            url: url.clone(),
+                            visible_until,
+                        });
                     }
                 }
-                if !returned.is_empty() {
-                    settler.permits.add_permits(returned.len());
-                    settler.return_now(returned).await;
+                if !orphans.is_empty() {
+                    settler.permits.add_permits(orphans.len());
+                    self.leave(orphans).await;
                 }
                 Some(got)
             }
@@ -460,6 +481,78 @@ impl ReceiveCall {
             }
         }
     }
+}
+
+impl ReceiveCall {
+    /// Leaves what a poll brought after its consumer stopped to the next
+    /// consumer of the queue (as churning consumers do), and makes whatever
+    /// nobody claimed within [`ORPHAN_GRACE`] visible again.
+    async fn leave(&self, orphans: Vec<Orphan>) {
+        let queues = &self.settler.queues;
+        queues.leave_orphans(&self.settler.logical, orphans);
+        tokio::time::sleep(ORPHAN_GRACE).await;
+        let unclaimed: Vec<Arc<str>> = queues
+            .claim_orphans(&self.settler.logical, usize::MAX)
+            .iter()
+            .filter_map(|o| o.message.receipt_handle().map(Arc::from))
+            .collect();
+        if !unclaimed.is_empty() {
+            self.settler.return_now(unclaimed).await;
+        }
+    }
+}
+
+/// Tracks `m` and hands it to the consumer; `false` once the consumer closed.
+fn hand_over(
+    settler: &Arc<SqsSettler>,
+    tx: &mpsc::UnboundedSender<Result<Delivery>>,
+    demand: &Demand,
+    url: &str,
+    m: &SqsMessage,
+    visible_until: Instant,
+) -> bool {
+    let Some(receipt) = m.receipt_handle() else {
+        tracing::warn!("SQS returned a message without a receipt handle; skipped");
+        return true;
+    };
+    let Some(tag) = settler.track(receipt, visible_until) else {
+        return false;
+    };
+    demand.buffered.fetch_add(1, Ordering::AcqRel);
+    // A closed channel drops the delivery, which returns it.
+    let _ = tx.send(Ok(deliver(settler, url, m, receipt, tag)));
+    true
+}
+
+/// Hands over messages a stopped consumer of the same queue left behind,
+/// as far as the prefetch allows; whether there were any.
+fn adopt(
+    settler: &Arc<SqsSettler>,
+    tx: &mpsc::UnboundedSender<Result<Delivery>>,
+    demand: &Demand,
+) -> bool {
+    let free = settler.permits.available_permits();
+    if free == 0 {
+        return false;
+    }
+    let orphans = settler.queues.claim_orphans(&settler.logical, free);
+    if orphans.is_empty() {
+        return false;
+    }
+    for o in orphans {
+        match settler.permits.try_acquire() {
+            Ok(p) => p.forget(),
+            Err(_) => {
+                settler.queues.leave_orphans(&settler.logical, vec![o]);
+                continue;
+            }
+        }
+        if !hand_over(settler, tx, demand, &o.url, &o.message, o.visible_until) {
+            settler.permits.add_permits(1);
+            settler.queues.leave_orphans(&settler.logical, vec![o]);
+        }
+    }
+    true
 }
 
 /// One long poll for up to `n` messages; returns the queue URL used too.

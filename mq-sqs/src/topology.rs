@@ -31,6 +31,16 @@ pub const MAX_QUEUE_NAME: usize = 80;
 
 const FIFO_SUFFIX: &str = ".fifo";
 
+/// A message received by a consumer that stopped before handing it out:
+/// kept a moment for the next consumer of the queue (its receipt handle stays
+/// valid), since a long poll cannot be taken back once it is sent.
+#[derive(Debug)]
+pub(crate) struct Orphan {
+    pub(crate) message: aws_sdk_sqs::types::Message,
+    pub(crate) url: String,
+    pub(crate) visible_until: tokio::time::Instant,
+}
+
 /// The two SDK clients of a connection: one for ordinary requests, one with
 /// a time limit that leaves room for the long poll.
 #[derive(Clone)]
@@ -68,6 +78,7 @@ pub(crate) struct Queues {
     pub(crate) clients: Clients,
     pub(crate) config: Arc<SqsConfig>,
     cache: Mutex<HashMap<String, Slot>>,
+    orphans: Mutex<HashMap<String, Vec<Orphan>>>,
     /// One permit per send in flight.
     sends: Semaphore,
     /// One permit per other request in flight (receives excepted): apart
@@ -106,7 +117,31 @@ impl Queues {
             receives: Semaphore::new(config.max_connections.max(1)),
             config,
             cache: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps `orphans` of `logical` for its next consumer.
+    pub(crate) fn leave_orphans(&self, logical: &str, orphans: Vec<Orphan>) {
+        self.orphans
+            .lock()
+            .entry(logical.to_owned())
+            .or_default()
+            .extend(orphans);
+    }
+
+    /// Takes up to `max` orphans of `logical`.
+    pub(crate) fn claim_orphans(&self, logical: &str, max: usize) -> Vec<Orphan> {
+        let mut all = self.orphans.lock();
+        let Some(list) = all.get_mut(logical) else {
+            return Vec::new();
+        };
+        let take = list.len().min(max);
+        let claimed: Vec<Orphan> = list.drain(..take).collect();
+        if list.is_empty() {
+            all.remove(logical);
+        }
+        claimed
     }
 
     /// Waits for a request slot (`max_connections` per budget); hold it

@@ -40,7 +40,12 @@ fn boto3(config: &SqsConfig, script: &str) -> String {
     let (key, secret) = config
         .credentials
         .as_ref()
-        .map(|c| (c.access_key_id.clone(), c.secret_access_key.expose().to_owned()))
+        .map(|c| {
+            (
+                c.access_key_id.clone(),
+                c.secret_access_key.expose().to_owned(),
+            )
+        })
         .unwrap_or_else(|| ("test".into(), "test".into()));
     let prelude = "import boto3, json, os, sys\n\
          c = boto3.client('sqs', endpoint_url=os.environ['EP'], region_name=os.environ['REGION'],\n\
@@ -113,7 +118,11 @@ async fn boto3_sends_mq_receives_attributes_as_headers() {
         Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     );
     assert_eq!(h.get("count"), Some("42"));
-    assert_eq!(h.get("blob"), Some("AQID"), "Binary values arrive in base64");
+    assert_eq!(
+        h.get("blob"),
+        Some("AQID"),
+        "Binary values arrive in base64"
+    );
     assert_eq!(h.get("unicode"), Some("caf\u{e9} \u{2713}"));
     assert_eq!(d.attempt(), 1);
     assert!(!d.id().is_empty(), "the SQS MessageId stands in for the id");
