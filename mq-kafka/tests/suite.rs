@@ -26,3 +26,33 @@ async fn conformance_kafka_direct() {
         report.failures()
     );
 }
+
+/// With `auto_create_topics=false`, a send to or a consumer of a missing
+/// topic is a `NotFound` error naming it (on a broker that does not create
+/// topics itself, such as tansu).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kafka broker: MQ_TEST_KAFKA_URL"]
+async fn missing_topic_is_not_found_without_auto_creation() {
+    let Ok(url) = std::env::var("MQ_TEST_KAFKA_URL") else {
+        eprintln!("missing topic: skipped (MQ_TEST_KAFKA_URL is not set)");
+        return;
+    };
+    let mut config = mq_kafka::KafkaConfig::from_url(&url).expect("url");
+    config.auto_create_topics = false;
+    let backend = mq_kafka::KafkaBackend::new(config).expect("backend");
+    let topic = format!("mqt-missing-{}", uuid::Uuid::now_v7().simple());
+    let err = mq_core::Producer::send(
+        &backend.kafka_producer(),
+        &topic,
+        mq_core::Message::new("x"),
+    )
+    .await
+    .expect_err("missing topic");
+    assert_eq!(err.kind(), mq_core::ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains(&topic), "{err}");
+    let err = backend
+        .kafka_consumer(mq_core::ConsumerOptions::new(topic.clone()))
+        .await
+        .expect_err("missing topic");
+    assert_eq!(err.kind(), mq_core::ErrorKind::NotFound, "{err}");
+}
