@@ -452,7 +452,10 @@ start_kafka() {
     local bin engines engine pid
     bin=$(tansu_bin)
     # Reuse the engine that worked last time so restarts keep the data.
-    if [[ -s $RUN/kafka.engine ]]; then engines=$(<"$RUN/kafka.engine"); else engines=$TANSU_STORAGE; fi
+    engines=$TANSU_STORAGE
+    if [[ -s $RUN/kafka.engine && " $TANSU_STORAGE " == *" $(<"$RUN/kafka.engine") "* ]]; then
+        engines=$(<"$RUN/kafka.engine")
+    fi
     if ours_kafka; then stop_pid kafka "$(pidfile kafka)" tansu; fi
     for engine in $engines; do
         log "starting kafka (tansu on $HOST:$KAFKA_PORT, storage $engine, data $KAFKA_DIR)"
