@@ -68,7 +68,8 @@ pub struct SqsConfig {
     pub fifo: bool,
     /// Upper bound of the queue's `MaximumMessageSize` this client assumes.
     pub max_message_size: usize,
-    /// Time limit of one request attempt (a receive gets `wait` on top).
+    /// Time limit of one request attempt (a receive gets `wait` on top);
+    /// 10 s on AWS, 30 s on a plain-HTTP endpoint.
     pub timeout: Duration,
     /// Time limit for opening a connection.
     pub connect_timeout: Duration,
@@ -113,7 +114,9 @@ impl SqsConfig {
             create_queues: true,
             fifo: false,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            timeout: Duration::from_secs(10),
+            // An emulator is one process that slows down with every queued
+            // message; under load it answers late rather than not at all.
+            timeout: Duration::from_secs(if emulator { 30 } else { 10 }),
             connect_timeout: Duration::from_secs(5),
             max_attempts: 3,
             linger: Duration::ZERO,
@@ -439,6 +442,8 @@ mod tests {
         assert_eq!(c.receivers_for(100), 4);
         let emulator = SqsConfig::new(Endpoint::Url("http://127.0.0.1:4566".into()));
         assert_eq!(emulator.wait, Duration::from_secs(1));
+        assert_eq!(emulator.timeout, Duration::from_secs(30));
+        assert_eq!(c.timeout, Duration::from_secs(10));
         assert_eq!(emulator.max_connections, 8);
         assert_eq!(c.max_connections, 50);
     }
