@@ -74,6 +74,9 @@ async fn broker_target(
             backend_feature(backend)
         ));
     }
+    if let Ok(why) = std::env::var(format!("MQ_TEST_{env}_SKIP")) {
+        return Err(format!("skipped on purpose (MQ_TEST_{env}_SKIP): {why}"));
+    }
     let restart = std::env::var(format!("MQ_TEST_{env}_RESTART")).ok();
     if let Ok(url) = std::env::var(format!("MQ_TEST_{env}_URL")) {
         let target = Target::new(backend, url, mq::registry()).with_restart_command(restart);
