@@ -5,7 +5,7 @@
 # Usage:
 #   scripts/brokers.sh start   [rabbit|kafka|sqs|redis|all]...   (default: all)
 #   scripts/brokers.sh stop    [rabbit|kafka|sqs|redis|all]...   (default: all)
-#   scripts/brokers.sh restart rabbit|kafka|sqs|redis
+#   scripts/brokers.sh restart rabbit|kafka|kafka-durable|sqs|redis
 #   scripts/brokers.sh env
 #   scripts/brokers.sh rabbitmqctl <args>...   (rabbitmqctl against our node)
 #
@@ -24,7 +24,9 @@
 #                            (default $HOME/.cache/mq-brokers)
 #   MQ_BROKERS_WAIT          seconds to wait for a broker to answer (default 120)
 #   MQ_BROKERS_RABBIT_PORT   5672   (distribution port: MQ_BROKERS_RABBIT_DIST_PORT, 25672)
-#   MQ_BROKERS_KAFKA_PORT    9092
+#   MQ_BROKERS_KAFKA_PORT    9092   (in-memory tansu, for the suites)
+#   MQ_BROKERS_KAFKA_DURABLE_PORT 9094 (sqlite tansu, for the restart scenario;
+#                            `kafka` starts and stops both)
 #   MQ_BROKERS_SQS_PORT      4566
 #   MQ_BROKERS_REDIS_PORT    6379
 #   ERL_EPMD_PORT            4369   (epmd for the RabbitMQ node)
@@ -33,6 +35,7 @@
 #                            (default "memory://tansu/": tansu 0.6's sqlite://
 #                            engine panics under the conformance load, see
 #                            mq-kafka/README.md; "sqlite://tansu.db" persists)
+#   MQ_TANSU_DURABLE_STORAGE storage of the durable tansu (sqlite://tansu.db)
 set -euo pipefail
 
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
@@ -50,12 +53,14 @@ RABBIT_DIST_PORT="${MQ_BROKERS_RABBIT_DIST_PORT:-25672}"
 RABBIT_NODE=rabbit@localhost
 EPMD_PORT="${ERL_EPMD_PORT:-4369}"
 KAFKA_PORT="${MQ_BROKERS_KAFKA_PORT:-9092}"
+KAFKA_DURABLE_PORT="${MQ_BROKERS_KAFKA_DURABLE_PORT:-9094}"
 SQS_PORT="${MQ_BROKERS_SQS_PORT:-4566}"
 REDIS_PORT="${MQ_BROKERS_REDIS_PORT:-6379}"
 TANSU_VERSION="${MQ_TANSU_VERSION:-0.6.0}"
 TANSU_STORAGE="${MQ_TANSU_STORAGE:-memory://tansu/}"
+TANSU_DURABLE_STORAGE="${MQ_TANSU_DURABLE_STORAGE:-sqlite://tansu.db}"
 
-ALL=(rabbit kafka sqs redis)
+ALL=(rabbit kafka kafka_durable sqs redis)
 
 export DEBIAN_FRONTEND=noninteractive PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -135,16 +140,18 @@ probe_rabbit() {
         grep -q 01
 }
 
-# A Kafka Metadata request through the tansu CLI (TCP only without it).
+# A Kafka Metadata request through the tansu CLI (TCP only without it) to
+# port $1 (default: the main Kafka port).
 probe_kafka() {
-    local bin
-    port_open "$KAFKA_PORT" || return 1 # the CLI keeps retrying a closed port
+    local bin port=${1:-$KAFKA_PORT}
+    port_open "$port" || return 1 # the CLI keeps retrying a closed port
     if bin=$(tansu_bin 2>/dev/null); then
-        timeout 10 "$bin" topic list --broker "tcp://$HOST:$KAFKA_PORT" >/dev/null 2>&1
+        timeout 10 "$bin" topic list --broker "tcp://$HOST:$port" >/dev/null 2>&1
     else
-        port_open "$KAFKA_PORT"
+        port_open "$port"
     fi
 }
+probe_kafka_durable() { probe_kafka "$KAFKA_DURABLE_PORT"; }
 
 # SQS ListQueues over plain HTTP.
 probe_sqs() {
@@ -437,51 +444,68 @@ env_rabbit() {
 
 # Kafka (tansu) --------------------------------------------------------------
 
-KAFKA_DIR="$DATA/kafka"
+# Two tansu brokers: `kafka` (in-memory storage, fast, for the suites) and
+# `kafka_durable` (sqlite storage, for the restart scenario: it keeps topics,
+# their ids and acknowledged records across a restart; its engine panics
+# under the full conformance load, see mq-kafka/README.md).
 
 ours_kafka() { live_pid "$(pidfile kafka)" tansu >/dev/null; }
+ours_kafka_durable() { live_pid "$(pidfile kafka_durable)" tansu >/dev/null; }
 
-start_kafka() {
-    if ours_kafka && probe_kafka; then
-        log "kafka already running (pid $(<"$(pidfile kafka)")), reusing it"
+# start_tansu NAME PORT ENGINES: start tansu NAME on PORT with the first
+# storage engine of ENGINES that works (data in $DATA/NAME).
+start_tansu() {
+    local name=$1 port=$2 engines=$3 dir="$DATA/$1" bin engine pid
+    if "ours_$name" && probe_kafka "$port"; then
+        log "$name already running (pid $(<"$(pidfile "$name")")), reusing it"
         return
     fi
-    if ! ours_kafka && reuse_foreign kafka "$KAFKA_PORT" probe_kafka; then return; fi
+    if ! "ours_$name" && reuse_foreign "$name" "$port" "probe_$name"; then return; fi
     ensure_kafka
-    mkdir -p "$KAFKA_DIR"
-    local bin engines engine pid
+    mkdir -p "$dir"
     bin=$(tansu_bin)
     # Reuse the engine that worked last time so restarts keep the data.
-    engines=$TANSU_STORAGE
-    if [[ -s $RUN/kafka.engine && " $TANSU_STORAGE " == *" $(<"$RUN/kafka.engine") "* ]]; then
-        engines=$(<"$RUN/kafka.engine")
+    if [[ -s $RUN/$name.engine && " $engines " == *" $(<"$RUN/$name.engine") "* ]]; then
+        engines=$(<"$RUN/$name.engine")
     fi
-    if ours_kafka; then stop_pid kafka "$(pidfile kafka)" tansu; fi
+    if "ours_$name"; then stop_pid "$name" "$(pidfile "$name")" tansu; fi
     for engine in $engines; do
-        log "starting kafka (tansu on $HOST:$KAFKA_PORT, storage $engine, data $KAFKA_DIR)"
+        log "starting $name (tansu on $HOST:$port, storage $engine, data $dir)"
         # tansu resolves sqlite://NAME relative to its working directory.
-        pid=$(cd "$KAFKA_DIR" && spawn "$LOGS/kafka.log" "$bin" broker \
-            --listener-url "tcp://$HOST:$KAFKA_PORT" \
-            --advertised-listener-url "tcp://$HOST:$KAFKA_PORT" \
+        pid=$(cd "$dir" && spawn "$LOGS/$name.log" "$bin" broker \
+            --listener-url "tcp://$HOST:$port" \
+            --advertised-listener-url "tcp://$HOST:$port" \
             --storage-engine "$engine")
-        echo "$pid" >"$(pidfile kafka)"
-        if wait_ready kafka "$LOGS/kafka.log" "running $pid" probe_kafka; then
-            echo "$engine" >"$RUN/kafka.engine"
+        echo "$pid" >"$(pidfile "$name")"
+        if wait_ready "$name" "$LOGS/$name.log" "running $pid" probe_kafka "$port"; then
+            echo "$engine" >"$RUN/$name.engine"
             return
         fi
-        stop_pid kafka "$(pidfile kafka)" tansu
-        log "kafka: storage engine $engine did not work, trying the next one"
+        stop_pid "$name" "$(pidfile "$name")" tansu
+        log "$name: storage engine $engine did not work, trying the next one"
     done
-    die "kafka (tansu) did not start with any of: $engines"
+    die "$name (tansu) did not start with any of: $engines"
 }
 
+start_kafka() { start_tansu kafka "$KAFKA_PORT" "$TANSU_STORAGE"; }
+start_kafka_durable() { start_tansu kafka_durable "$KAFKA_DURABLE_PORT" "$TANSU_DURABLE_STORAGE"; }
 stop_kafka() { stop_pid kafka "$(pidfile kafka)" tansu; }
+stop_kafka_durable() { stop_pid kafka_durable "$(pidfile kafka_durable)" tansu; }
+ensure_kafka_durable() { ensure_kafka; }
+
+# tansu creates no topics on its own, and its group joins are slow with
+# librdkafka's default timeouts: the tests need both options.
+KAFKA_TEST_OPTIONS="${MQ_TEST_KAFKA_OPTIONS:-auto_create_topics=true&partitions=4&session_timeout=6s&heartbeat=500ms&send_timeout=30s&rdkafka.batch.num.messages=1}"
 
 env_kafka() {
-    # tansu creates no topics on its own, and its group joins are slow with
-    # librdkafka's default timeouts: the tests need both options.
-    emit MQ_TEST_KAFKA_URL "kafka://$HOST:$KAFKA_PORT?${MQ_TEST_KAFKA_OPTIONS:-auto_create_topics=true&partitions=4&session_timeout=6s&heartbeat=500ms&send_timeout=30s&persistent=false&rdkafka.batch.num.messages=1}"
-    ours_kafka && emit MQ_TEST_KAFKA_RESTART "$(restart_cmd kafka)"
+    emit MQ_TEST_KAFKA_URL "kafka://$HOST:$KAFKA_PORT?$KAFKA_TEST_OPTIONS&persistent=false"
+    return 0
+}
+
+# The restart scenario runs against the durable broker (MQ_TEST_KAFKA_RESTART_URL).
+env_kafka_durable() {
+    emit MQ_TEST_KAFKA_RESTART_URL "kafka://$HOST:$KAFKA_DURABLE_PORT?$KAFKA_TEST_OPTIONS"
+    ours_kafka_durable && emit MQ_TEST_KAFKA_RESTART "$(restart_cmd kafka-durable)"
     return 0
 }
 
@@ -556,7 +580,7 @@ env_redis() {
 restart_cmd() {
     local v cmd=
     for v in MQ_BROKERS_DIR MQ_BROKERS_WAIT MQ_BROKERS_RABBIT_PORT MQ_BROKERS_RABBIT_DIST_PORT \
-        ERL_EPMD_PORT MQ_BROKERS_KAFKA_PORT MQ_BROKERS_SQS_PORT MQ_BROKERS_REDIS_PORT; do
+        ERL_EPMD_PORT MQ_BROKERS_KAFKA_PORT MQ_BROKERS_KAFKA_DURABLE_PORT MQ_TANSU_DURABLE_STORAGE MQ_BROKERS_SQS_PORT MQ_BROKERS_REDIS_PORT; do
         [[ -n ${!v:-} ]] && cmd+=" $v=$(printf %q "${!v}")"
     done
     [[ -n $cmd ]] && cmd="env$cmd "
@@ -571,7 +595,9 @@ brokers() {
         case $b in
         all) out+=("${ALL[@]}") ;;
         rabbit | rabbitmq) out+=(rabbit) ;;
-        kafka | tansu) out+=(kafka) ;;
+        kafka | tansu) out+=(kafka kafka_durable) ;;
+        kafka-memory) out+=(kafka) ;;
+        kafka-durable | kafka_durable) out+=(kafka_durable) ;;
         sqs | moto) out+=(sqs) ;;
         redis) out+=(redis) ;;
         *) die "unknown broker '$b' (known: ${ALL[*]} all)" ;;
@@ -609,16 +635,19 @@ cmd_stop() {
     lock
     for b in $list; do "stop_$b"; done
     # The next start tries the preferred storage engine again.
-    [[ $list == *kafka* ]] && rm -f "$RUN/kafka.engine"
+    for b in $list; do rm -f "$RUN/$b.engine"; done
     # Our epmd only serves our rabbit node (it is kept across a restart).
     [[ $list == *rabbit* ]] && stop_epmd
     log "stopped: ${list//$'\n'/ }"
 }
 
 cmd_restart() {
-    (($# == 1)) || die "usage: $0 restart rabbit|kafka|sqs|redis"
+    (($# == 1)) || die "usage: $0 restart rabbit|kafka|kafka-durable|sqs|redis"
     local b
-    b=$(brokers "$1")
+    case $1 in
+    kafka | tansu) b=kafka ;; # the in-memory one; `kafka-durable` names the other
+    *) b=$(brokers "$1") ;;
+    esac
     [[ $b == *$'\n'* ]] && die "restart takes exactly one broker"
     lock
     if ! "ours_$b" && "probe_$b"; then

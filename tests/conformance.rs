@@ -5,6 +5,10 @@
 //! start` prints them); otherwise it is reported as skipped, with why.
 //! `MQ_TEST_STRESS=N` runs N copies of each suite at once against the same
 //! broker; `MQ_TEST_FILTER=name` runs matching scenarios only.
+//! `MQ_TEST_<BACKEND>_RESTART` is the shell command that restarts the broker
+//! for the restart scenario, and `MQ_TEST_<BACKEND>_RESTART_URL` the broker
+//! that scenario uses when it is not the main one (Kafka: a tansu that keeps
+//! its data, while the suites use an in-memory one).
 
 use std::io::Write;
 
@@ -78,8 +82,11 @@ async fn broker_target(
         return Err(format!("skipped on purpose (MQ_TEST_{env}_SKIP): {why}"));
     }
     let restart = std::env::var(format!("MQ_TEST_{env}_RESTART")).ok();
+    let restart_url = std::env::var(format!("MQ_TEST_{env}_RESTART_URL")).ok();
     if let Ok(url) = std::env::var(format!("MQ_TEST_{env}_URL")) {
-        let target = Target::new(backend, url, mq::registry()).with_restart_command(restart);
+        let target = Target::new(backend, url, mq::registry())
+            .with_restart_command(restart)
+            .with_restart_url(restart_url);
         return Ok((target, None));
     }
     if !containers::docker_available() {

@@ -1,6 +1,6 @@
 //! The conformance suite against `MQ_TEST_KAFKA_URL`, from this crate alone
 //! (the root `tests/conformance.rs` runs it through the `mq` facade).
-//! Ignored by default so `cargo test --workspace` runs the suite once:
+//! The suite is ignored by default so `cargo test --workspace` runs it once:
 //! `cargo test -p mq-kafka --test suite -- --ignored --nocapture`.
 
 use mq_core::testkit::{run_suite, Target};
@@ -16,7 +16,8 @@ async fn conformance_kafka_direct() {
     let mut registry = Registry::with_memory();
     mq_kafka::register(&mut registry);
     let target = Target::new("kafka", url, registry)
-        .with_restart_command(std::env::var("MQ_TEST_KAFKA_RESTART").ok());
+        .with_restart_command(std::env::var("MQ_TEST_KAFKA_RESTART").ok())
+        .with_restart_url(std::env::var("MQ_TEST_KAFKA_RESTART_URL").ok());
     let report = run_suite(target).await;
     eprintln!("{}", report.summary());
     assert_eq!(
@@ -29,9 +30,8 @@ async fn conformance_kafka_direct() {
 
 /// With `auto_create_topics=false`, a send to or a consumer of a missing
 /// topic is a `NotFound` error naming it (on a broker that does not create
-/// topics itself, such as tansu).
+/// topics itself, such as tansu). Runs whenever `MQ_TEST_KAFKA_URL` is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a Kafka broker: MQ_TEST_KAFKA_URL"]
 async fn missing_topic_is_not_found_without_auto_creation() {
     let Ok(url) = std::env::var("MQ_TEST_KAFKA_URL") else {
         eprintln!("missing topic: skipped (MQ_TEST_KAFKA_URL is not set)");

@@ -52,6 +52,10 @@ pub struct Target {
     pub registry: Registry,
     /// Shell command that restarts the broker (for the restart scenario).
     pub restart_command: Option<String>,
+    /// Broker the restart scenario runs against instead of `url`, when the
+    /// restart command restarts another instance (one that keeps its data
+    /// while the suites use a faster in-memory one).
+    pub restart_url: Option<String>,
 }
 
 impl Target {
@@ -62,6 +66,7 @@ impl Target {
             url: url.into(),
             registry,
             restart_command: None,
+            restart_url: None,
         }
     }
 
@@ -69,6 +74,21 @@ impl Target {
     pub fn with_restart_command(mut self, command: Option<String>) -> Self {
         self.restart_command = command.filter(|c| !c.trim().is_empty());
         self
+    }
+
+    /// Runs the restart scenario against `url` instead of the main URL.
+    pub fn with_restart_url(mut self, url: Option<String>) -> Self {
+        self.restart_url = url.filter(|u| !u.trim().is_empty());
+        self
+    }
+
+    /// This target as the restart scenario sees it.
+    fn for_restart(&self) -> Target {
+        let mut target = self.clone();
+        if let Some(url) = &self.restart_url {
+            target.url = url.clone();
+        }
+        target
     }
 
     /// Connects to the target.
@@ -83,6 +103,10 @@ impl fmt::Debug for Target {
             .field("backend", &self.backend)
             .field("url", &crate::url::redact_str(&self.url))
             .field("restart_command", &self.restart_command)
+            .field(
+                "restart_url",
+                &self.restart_url.as_deref().map(crate::url::redact_str),
+            )
             .finish()
     }
 }
@@ -309,8 +333,9 @@ pub async fn run_suite(target: Target) -> SuiteReport {
         .collect::<Vec<_>>()
         .await;
     // Scenarios that disturb the broker for everyone run alone, last.
+    let restart_target = Arc::new(target.for_restart());
     for scenario in exclusive {
-        results.push(run_one(target.clone(), scenario).await);
+        results.push(run_one(restart_target.clone(), scenario).await);
     }
     SuiteReport {
         backend: target.backend.clone(),
@@ -331,8 +356,12 @@ async fn run_one(target: Arc<Target>, scenario: Scenario) -> (&'static str, Stat
                 client: client.clone(),
                 scenario: scenario.name,
             };
-            let run = tokio::spawn((scenario.run)(ctx));
-            let status = match tokio::time::timeout(SCENARIO_TIMEOUT, run).await {
+            let mut run = tokio::spawn((scenario.run)(ctx));
+            let finished = tokio::time::timeout(SCENARIO_TIMEOUT, &mut run).await;
+            // A scenario that ran out of time must not keep loading the
+            // broker (or holding its consumers) while the others run.
+            run.abort();
+            let status = match finished {
                 Ok(Ok(Ok(()))) => Status::Passed,
                 Ok(Ok(Err(Verdict::Skip(why)))) => Status::Skipped(why),
                 Ok(Ok(Err(Verdict::Fail(why)))) => Status::Failed(why),
