@@ -266,18 +266,20 @@ ensure_kafka() {
     log "tansu built in $((($(now_ms) - start) / 1000))s"
 }
 
-moto_bin() {
-    if [[ -x $STATE/moto/bin/moto_server ]]; then
-        echo "$STATE/moto/bin/moto_server"
-    elif command -v moto_server >/dev/null; then
-        command -v moto_server
-    else
-        return 1
-    fi
+# The Python that has moto[server] (our virtualenv, else the system's).
+moto_python() {
+    local py
+    for py in "$STATE/moto/bin/python" python3; do
+        if command -v "$py" >/dev/null && "$py" -c 'import moto.server, flask' 2>/dev/null; then
+            command -v "$py"
+            return
+        fi
+    done
+    return 1
 }
 
 ensure_sqs() {
-    moto_bin >/dev/null && return
+    moto_python >/dev/null && return
     # A private virtualenv: Debian's system Python refuses `pip install`
     # (PEP 668), and this keeps moto's dependencies out of everything else.
     if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
@@ -523,7 +525,8 @@ start_sqs() {
     if ours_sqs; then stop_pid sqs "$(pidfile sqs)" moto; fi
     log "starting sqs (moto_server on $HOST:$SQS_PORT; state is in memory only)"
     local pid
-    pid=$(spawn "$LOGS/sqs.log" "$(moto_bin)" -H "$HOST" -p "$SQS_PORT")
+    # Through scripts/moto_server.py: moto with a faster clock (see there).
+    pid=$(spawn "$LOGS/sqs.log" "$(moto_python)" "$(dirname "$SELF")/moto_server.py" -H "$HOST" -p "$SQS_PORT")
     echo "$pid" >"$(pidfile sqs)"
     wait_ready sqs "$LOGS/sqs.log" "running $pid" probe_sqs || die "sqs (moto_server) did not start"
     # Through a pyenv shim the pid is that of the exec'd Python; make sure.

@@ -37,11 +37,6 @@ if [[ -z "${MQ_TEST_NO_BROKERS:-}" ]] && ! docker info >/dev/null 2>&1; then
   eval "$(bash scripts/brokers.sh start all)"
   # Kafka's restart scenario runs against the durable (sqlite) tansu that
   # brokers.sh starts next to the in-memory one (MQ_TEST_KAFKA_RESTART_URL).
-  # The SQS backend does not pass the conformance suite against moto yet
-  # (timeouts under the suite's load; issue 7 is open): build and lint it,
-  # run its unit tests, but keep it off the broker suites until it does.
-  export MQ_TEST_SQS_SKIP="the SQS backend times out against moto under the suite's load (issue 7 open)"
-  unset MQ_TEST_SQS_URL MQ_TEST_SQS_RESTART
 fi
 
 step "cargo fmt --all -- --check"
