@@ -4,10 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mq_core::observe::{Health, QueueStats};
 use mq_core::rpc::ReplyChannel;
 use mq_core::url::RedactedUrl;
 use mq_core::{
-    Backend, Capabilities, ConsumerOptions, DynConsumer, DynProducer, Error, Message, Result,
+    Backend, Capabilities, ConsumerOptions, DynConsumer, DynProducer, Error, ErrorKind, Message,
+    Result,
 };
 
 use crate::config::{RabbitConfig, Topology};
@@ -17,7 +19,9 @@ use crate::error::BACKEND;
 use crate::headers::{encode, Wire};
 use crate::producer::{publish_confirmed, RabbitProducer};
 use crate::rpc::{ReplyConsumer, ReplyRoutes};
-use crate::topology::{ensure, send_route, Route, MAX_DELAY};
+use crate::topology::{
+    consumer_queue, ensure, inspect_queue, known_ttl_queues, send_route, Route, MAX_DELAY,
+};
 
 /// What producers, consumers and settlers of one client share.
 pub(crate) struct Shared {
@@ -195,6 +199,39 @@ impl Backend for RabbitBackend {
             reply_to,
             consumer: Box::new(consumer),
         })
+    }
+
+    fn health(&self) -> Health {
+        self.shared.connector.health()
+    }
+
+    /// A passive `queue.declare` of the queue a consumer of (`source`,
+    /// `group`) reads: `depth` is its ready messages, `consumers` its
+    /// consumers. `in_flight` (delivered, unacked) is not in the AMQP
+    /// answer, so it is `None`. `delayed` sums the retry/delay queues this
+    /// client declared for it on its current connection, `None` if none.
+    async fn stats(&self, source: &str, group: Option<&str>) -> Result<QueueStats> {
+        let queue = consumer_queue(&self.shared.config, source, group)
+            .map_err(|e| e.with_operation("stats"))?;
+        let conn = self.shared.connector.get().await?;
+        let (depth, consumers) = inspect_queue(&conn, &queue).await?;
+        let mut stats = QueueStats::default();
+        stats.depth = Some(depth);
+        stats.consumers = Some(consumers);
+        let ttl_queues = known_ttl_queues(&conn, source, &queue);
+        if !ttl_queues.is_empty() {
+            let mut delayed = 0;
+            for ttl_queue in ttl_queues {
+                match inspect_queue(&conn, &ttl_queue).await {
+                    Ok((ready, _)) => delayed += ready,
+                    // Expired since (x-expires): nothing waits in it.
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            stats.delayed = Some(delayed);
+        }
+        Ok(stats)
     }
 
     async fn close(&self) -> Result<()> {

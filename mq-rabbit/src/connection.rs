@@ -3,24 +3,33 @@
 //! Recovery is done here rather than with lapin's own auto-recovery so that
 //! the semantics are ours and simple: every connection has a generation;
 //! when it dies (broker restart, network cut, missed heartbeats) the first
-//! user to notice starts one background reconnection loop (exponential
+//! user (or the watcher below) to notice starts one background reconnection loop (exponential
 //! backoff with jitter, capped by `reconnect_max_delay`). Producers wait
 //! up to `reconnect_wait` for it, then fail with a retryable
 //! `Connection` error while the broker stays away; consumers wait for the new connection, declare their topology again and
 //! resume. Declarations are cached per connection, so a new connection
 //! declares again (non-durable queues and exchanges may be gone).
+//!
+//! Each connection also has a small watcher task (lapin's connection events,
+//! and its state every 500 ms, because a broker shutdown sends no error
+//! event): it records why the connection died for [`Connector::health`] and
+//! starts the reconnection at once, so an idle client recovers (and reports
+//! `connected`) without waiting for its next send.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
+use mq_core::observe::Health;
 use mq_core::{Error, ErrorKind, Result};
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{watch, OnceCell};
+use tokio::sync::{oneshot, watch, OnceCell};
 
 use crate::config::RabbitConfig;
 use crate::error::{closed, from_lapin, BACKEND};
@@ -38,6 +47,8 @@ pub(crate) struct Conn {
     declared: [Mutex<HashMap<String, Arc<OnceCell<()>>>>; Declared::KINDS],
     /// Retry and delay queues (they expire when unused), by when last declared.
     refreshed: Mutex<HashMap<String, Instant>>,
+    /// Dropping it (with the connection) ends the event watcher's task.
+    watcher: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl Conn {
@@ -69,6 +80,7 @@ impl Conn {
             publish_open: tokio::sync::Mutex::new(()),
             declared: Default::default(),
             refreshed: Mutex::new(HashMap::new()),
+            watcher: Mutex::new(None),
         })
     }
 
@@ -152,6 +164,18 @@ impl Conn {
         self.refreshed.lock().insert(key.to_owned(), Instant::now());
     }
 
+    /// The keys recorded by [`Conn::refreshed`] that start with `prefix`
+    /// (the retry and delay queues this connection declared; RabbitMQ has
+    /// no way to list queues over AMQP).
+    pub(crate) fn refreshed_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.refreshed
+            .lock()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
     async fn close(&self) {
         if self.is_open() {
             if let Err(e) = self
@@ -209,6 +233,16 @@ enum State {
 struct Inner {
     config: Arc<RabbitConfig>,
     state: watch::Sender<State>,
+    /// Successful reconnections since the client was created.
+    reconnects: AtomicU64,
+    /// The last connection-level error and when it happened.
+    last_error: Mutex<Option<(String, SystemTime)>>,
+}
+
+impl Inner {
+    fn record_error(&self, message: String) {
+        *self.last_error.lock() = Some((message, SystemTime::now()));
+    }
 }
 
 /// The client's connection, shared by its producers and consumers.
@@ -240,10 +274,31 @@ impl Connector {
                 Err(e) => return Err(e),
             }
         };
-        let (state, _) = watch::channel(State::Connected(Arc::new(conn)));
-        Ok(Connector {
-            inner: Arc::new(Inner { config, state }),
-        })
+        let conn = Arc::new(conn);
+        let (state, _) = watch::channel(State::Connected(conn.clone()));
+        let inner = Arc::new(Inner {
+            config,
+            state,
+            reconnects: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        });
+        watch_events(&inner, &conn);
+        Ok(Connector { inner })
+    }
+
+    /// Connected or not, the last connection error, and how many times the
+    /// connection was re-established. `connected` is false while a
+    /// reconnection runs and after `close`.
+    pub(crate) fn health(&self) -> Health {
+        let connected = matches!(&*self.inner.state.borrow(), State::Connected(c) if c.is_open());
+        let mut health = Health::healthy();
+        health.connected = connected;
+        health.reconnects = self.inner.reconnects.load(Ordering::Relaxed);
+        if let Some((message, at)) = self.inner.last_error.lock().clone() {
+            health.last_error = Some(message);
+            health.last_error_at = Some(at);
+        }
+        health
     }
 
     /// The live connection. While the broker is away this waits up to
@@ -274,7 +329,7 @@ impl Connector {
             let down = match state {
                 State::Connected(conn) if conn.is_open() => return Ok(conn),
                 State::Connected(conn) => {
-                    self.start_reconnect(conn.generation);
+                    start_reconnect(&self.inner, conn.generation, "RabbitMQ connection lost");
                     None
                 }
                 State::Reconnecting => None,
@@ -303,36 +358,6 @@ impl Connector {
         }
     }
 
-    /// Starts the reconnection loop, unless the dead connection was
-    /// replaced already or a loop runs.
-    fn start_reconnect(&self, dead: u64) {
-        let mut start = false;
-        self.inner.state.send_if_modified(|s| match s {
-            State::Connected(c) if c.generation == dead && !c.is_open() => {
-                *s = State::Reconnecting;
-                start = true;
-                true
-            }
-            _ => false,
-        });
-        if !start {
-            return;
-        }
-        tracing::warn!(generation = dead, "RabbitMQ connection lost; reconnecting");
-        let weak = Arc::downgrade(&self.inner);
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(reconnect_loop(weak, dead + 1));
-            }
-            Err(_) => {
-                self.inner.state.send_replace(State::Down {
-                    kind: ErrorKind::Connection,
-                    message: "cannot reconnect to RabbitMQ outside a tokio runtime".into(),
-                });
-            }
-        }
-    }
-
     /// Closes the connection for good.
     pub(crate) async fn close(&self) {
         let previous = self.inner.state.send_replace(State::Closed);
@@ -340,6 +365,97 @@ impl Connector {
             conn.close().await;
         }
     }
+}
+
+/// Starts the reconnection loop, unless the dead connection was replaced
+/// already or a loop runs; `reason` becomes the last error if it does.
+fn start_reconnect(inner: &Arc<Inner>, dead: u64, reason: &str) {
+    let mut start = false;
+    inner.state.send_if_modified(|s| match s {
+        State::Connected(c) if c.generation == dead && !c.is_open() => {
+            *s = State::Reconnecting;
+            start = true;
+            true
+        }
+        _ => false,
+    });
+    if !start {
+        return;
+    }
+    inner.record_error(reason.to_owned());
+    tracing::warn!(
+        generation = dead,
+        reason,
+        "RabbitMQ connection lost; reconnecting"
+    );
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(reconnect_loop(Arc::downgrade(inner), dead + 1));
+        }
+        Err(_) => {
+            let message = "cannot reconnect to RabbitMQ outside a tokio runtime";
+            inner.record_error(message.to_owned());
+            inner.state.send_replace(State::Down {
+                kind: ErrorKind::Connection,
+                message: message.into(),
+            });
+        }
+    }
+}
+
+/// How often the event watcher looks at the connection's state: a broker
+/// that closes the connection (`CONNECTION_FORCED` on shutdown) sends lapin
+/// no error event, only a state change.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// Watches `conn` until it dies (or is dropped): its death is recorded and
+/// starts the reconnection at once, with lapin's error when it reports one;
+/// a broker resource alarm (`connection.blocked`: publishing stalls) is
+/// recorded too. Channel errors (a passive declare of a missing queue, ...)
+/// come through the same event stream and are ignored: the connection is
+/// still open after them.
+fn watch_events(inner: &Arc<Inner>, conn: &Arc<Conn>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    *conn.watcher.lock() = Some(stop);
+    let mut events = conn.connection.events_listener();
+    let status = conn.connection.status().clone();
+    let generation = conn.generation;
+    let weak = Arc::downgrade(inner);
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut listening = true;
+        loop {
+            let event = tokio::select! {
+                event = events.next(), if listening => {
+                    listening = event.is_some();
+                    event
+                }
+                _ = tick.tick() => None,
+                _ = &mut stopped => return,
+            };
+            let Some(inner) = weak.upgrade() else { return };
+            if matches!(*inner.state.borrow(), State::Closed) {
+                return;
+            }
+            let reason = match event {
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    inner.record_error(format!("RabbitMQ blocked publishing: {reason}"));
+                    continue;
+                }
+                Some(lapin::Event::Error(e)) if !status.connected() => {
+                    format!("RabbitMQ connection lost: {}", from_lapin(e, "connection"))
+                }
+                _ if !status.connected() => "RabbitMQ closed the connection".to_owned(),
+                _ => continue,
+            };
+            start_reconnect(&inner, generation, &reason);
+            return;
+        }
+    });
 }
 
 /// Pauses between connection attempts: 100 ms doubling up to
@@ -387,6 +503,8 @@ async fn reconnect_loop(inner: Weak<Inner>, generation: u64) {
                     true
                 });
                 if installed {
+                    strong.reconnects.fetch_add(1, Ordering::Relaxed);
+                    watch_events(&strong, &conn);
                     tracing::info!(generation, attempt, "reconnected to RabbitMQ");
                 } else {
                     conn.close().await;
@@ -400,6 +518,7 @@ async fn reconnect_loop(inner: Weak<Inner>, generation: u64) {
                     ErrorKind::Timeout => ErrorKind::Timeout,
                     _ => ErrorKind::Connection,
                 };
+                strong.record_error(format!("reconnecting to RabbitMQ failed: {e}"));
                 strong.state.send_if_modified(|s| {
                     if matches!(s, State::Closed) {
                         return false;

@@ -199,6 +199,10 @@ impl Consumer for RabbitConsumer {
         }
     }
 
+    fn health(&self) -> mq_core::observe::Health {
+        self.shared.connector.health()
+    }
+
     async fn close(&mut self) -> Result<()> {
         if let Some(sub) = self.shut() {
             let tag = sub.consumer.tag();

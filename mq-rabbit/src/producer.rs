@@ -52,6 +52,10 @@ impl Producer for RabbitProducer {
             .map_err(|e| e.with_destination(destination.to_owned()))
     }
 
+    fn health(&self) -> mq_core::observe::Health {
+        self.shared.connector.health()
+    }
+
     async fn close(&self) -> Result<()> {
         // Every send waits for its confirm, so nothing is left to flush.
         self.closed.store(true, Ordering::Release);

@@ -207,6 +207,10 @@ impl Consumer for ReplyConsumer {
         }
     }
 
+    fn health(&self) -> mq_core::observe::Health {
+        self.shared.connector.health()
+    }
+
     async fn close(&mut self) -> Result<()> {
         self.closed = true;
         self.shared.replies.remove(&self.token);

@@ -376,6 +376,46 @@ pub(crate) async fn ensure_consumer_queue(
     }
 }
 
+/// What a passive `queue.declare` reports about `queue`: ready messages and
+/// consumers. It runs on a channel of its own, because the broker closes
+/// the channel when the queue does not exist (`NotFound`).
+pub(crate) async fn inspect_queue(conn: &Conn, queue: &str) -> Result<(u64, u64)> {
+    let name = short("queue", queue)?;
+    let ch = conn.channel("stats").await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = ch
+        .queue_declare(name, passive, FieldTable::default())
+        .await
+        .map_err(|e| from_lapin(e, "stats").with_destination(queue.to_owned()))?;
+    close_quietly(&ch).await;
+    Ok((
+        u64::from(declared.message_count()),
+        u64::from(declared.consumer_count()),
+    ))
+}
+
+/// The retry queues of `queue` and the delay queues of `source` that this
+/// connection declared (AMQP cannot list queues, and the delays in use are
+/// only known to whoever sent them).
+pub(crate) fn known_ttl_queues(conn: &Conn, source: &str, queue: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for prefix in [format!("{queue}.retry."), format!("{source}.delay.")] {
+        for key in conn.refreshed_with_prefix(&format!("t:{prefix}")) {
+            let name = &key[2..];
+            let bucket = &name[prefix.len()..];
+            if !bucket.is_empty() && bucket.bytes().all(|b| b.is_ascii_digit()) {
+                found.push(name.to_owned());
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
 /// Forgets what was declared for a consumer's queue (the broker cancelled
 /// the consumer, e.g. because the queue was deleted).
 pub(crate) fn forget_consumer_queue(conn: &Conn, source: &str, queue: &str) {
