@@ -245,3 +245,131 @@ mod rabbit {
         assert!(stats.depth.is_some(), "{stats:?}");
     }
 }
+
+#[cfg(feature = "sqs")]
+mod sqs {
+    use super::*;
+
+    const N: usize = 10;
+    const HELD: usize = 3;
+
+    #[tokio::test]
+    async fn sqs_stats_and_health() {
+        let Some(url) = url("MQ_TEST_SQS_URL", "sqs_stats_and_health") else {
+            return;
+        };
+        within(Duration::from_secs(30), "the SQS stats test", async {
+            let client = mq::connect(&url).await.expect("connect");
+            let queue = unique("stats");
+            let producer = client.producer().await.expect("producer");
+            send_n(&producer, &queue, N).await;
+
+            let stats = stats_until(&client, &queue, None, Duration::from_secs(5), |s| {
+                s.depth == Some(N as u64)
+            })
+            .await;
+            eprintln!("sqs {queue} after {N} sends: {stats:?}");
+            assert_eq!(stats.depth, Some(N as u64), "{stats:?}");
+            assert_eq!(stats.in_flight, Some(0), "{stats:?}");
+            assert_eq!(stats.delayed, Some(0), "{stats:?}");
+
+            // Received and not deleted: not visible, i.e. in flight. The
+            // consumer holds at most its prefetch, so exactly HELD.
+            let mut consumer = client
+                .consumer(&queue)
+                .prefetch(HELD)
+                .await
+                .expect("consumer");
+            let mut held = Vec::new();
+            for _ in 0..HELD {
+                held.push(consumer.receive().await.expect("receive"));
+            }
+            let stats = stats_until(&client, &queue, None, Duration::from_secs(5), |s| {
+                s.in_flight == Some(HELD as u64)
+            })
+            .await;
+            eprintln!("sqs {queue} holding {HELD}: {stats:?}");
+            assert_eq!(stats.in_flight, Some(HELD as u64), "{stats:?}");
+            assert_eq!(stats.depth, Some((N - HELD) as u64), "{stats:?}");
+
+            // A delayed send is counted apart until it is due.
+            producer
+                .send(
+                    &queue,
+                    Message::new("later").with_delay(Duration::from_secs(60)),
+                )
+                .await
+                .expect("delayed send");
+            let stats = stats_until(&client, &queue, None, Duration::from_secs(5), |s| {
+                s.delayed == Some(1)
+            })
+            .await;
+            eprintln!("sqs {queue} with one delayed: {stats:?}");
+            assert_eq!(stats.delayed, Some(1), "{stats:?}");
+
+            let missing = unique("missing");
+            for _ in 0..2 {
+                // Twice: stats must not create the queue it looks at.
+                let err = client.stats(&missing, None).await.err();
+                assert_eq!(
+                    err.map(|e| e.kind()),
+                    Some(ErrorKind::NotFound),
+                    "a missing queue"
+                );
+            }
+            let grouped = client.stats(&queue, Some("g")).await.err();
+            assert_eq!(grouped.map(|e| e.kind()), Some(ErrorKind::Unsupported));
+
+            let health = client.health();
+            eprintln!("sqs health: {health:?}");
+            assert!(health.connected, "{health:?}");
+            assert!(health.last_error.is_none(), "{health:?}");
+            assert!(producer.health().connected);
+            assert!(consumer.health().connected);
+
+            for d in held {
+                d.ack().await.expect("ack");
+            }
+            consumer.close().await.expect("close");
+        })
+        .await;
+    }
+
+    /// Nothing listens on the endpoint: requests fail to connect, health
+    /// says so. Needs no broker, but runs with the others.
+    #[tokio::test]
+    async fn sqs_health_reports_an_unreachable_endpoint() {
+        let Some(_) = url(
+            "MQ_TEST_SQS_URL",
+            "sqs_health_reports_an_unreachable_endpoint",
+        ) else {
+            return;
+        };
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let url = format!(
+            "sqs+http://test:test@127.0.0.1:{port}?region=us-east-1&max_attempts=1&connect_timeout=1s&timeout=2s"
+        );
+        let client = mq::connect(&url).await.expect("connect makes no request");
+        assert!(client.health().connected, "no request failed yet");
+        let err = within(
+            Duration::from_secs(20),
+            "stats on a dead endpoint",
+            client.stats("anything", None),
+        )
+        .await
+        .err();
+        let kind = err.as_ref().map(|e| e.kind());
+        assert!(
+            matches!(kind, Some(ErrorKind::Connection | ErrorKind::Timeout)),
+            "{err:?}"
+        );
+        let health = client.health();
+        eprintln!("sqs health, endpoint down: {health:?}");
+        assert!(!health.connected, "{health:?}");
+        assert!(health.last_error.is_some(), "{health:?}");
+        assert_eq!(health.reconnects, 0);
+    }
+}

@@ -11,12 +11,14 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sqs::config::Credentials;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use mq_core::observe::{Health, QueueStats};
 use mq_core::rpc::ReplyChannel;
 use mq_core::{Backend, Capabilities, ConsumerOptions, DynConsumer, DynProducer, Error, Result};
 
 use crate::batch::MAX_ENTRIES;
 use crate::config::{Endpoint, SqsConfig, MAX_DELAY};
 use crate::consumer::SqsConsumer;
+use crate::health::{HealthInterceptor, HealthState};
 use crate::producer::SqsProducer;
 use crate::topology::{Clients, Queues, RESERVED_FOR_ATTRIBUTES};
 use crate::BACKEND;
@@ -131,7 +133,9 @@ async fn clients(config: &SqsConfig) -> Result<Clients> {
         loader = loader.endpoint_url(url.clone());
     }
     let shared = loader.load().await;
-    let mut builder = aws_sdk_sqs::config::Builder::from(&shared);
+    let health = Arc::new(HealthState::default());
+    let mut builder =
+        aws_sdk_sqs::config::Builder::from(&shared).interceptor(HealthInterceptor(health.clone()));
     if shared.region().is_none() {
         match config.endpoint {
             Endpoint::Url(_) => builder = builder.region(Region::new(EMULATOR_REGION)),
@@ -152,6 +156,7 @@ async fn clients(config: &SqsConfig) -> Result<Clients> {
     Ok(Clients {
         ops: aws_sdk_sqs::Client::from_conf(ops),
         receive: aws_sdk_sqs::Client::from_conf(receive),
+        health,
     })
 }
 
@@ -187,6 +192,27 @@ impl Backend for SqsBackend {
 
     fn dead_letter_destination(&self, source: &str) -> String {
         self.queues.dead_letter_destination(source)
+    }
+
+    /// From the outcome of the latest requests (SQS is HTTP: see the crate
+    /// docs, "Health and statistics").
+    fn health(&self) -> Health {
+        self.queues.clients.health.health()
+    }
+
+    /// `GetQueueAttributes`: ApproximateNumberOfMessages (`depth`),
+    /// ...NotVisible (`in_flight`), ...Delayed (`delayed`). Never creates
+    /// the queue: a missing one is `NotFound`.
+    async fn stats(&self, source: &str, group: Option<&str>) -> Result<QueueStats> {
+        if let Some(group) = group {
+            return Err(Error::unsupported(format!(
+                "SQS has no consumer groups (group `{group}` asked for): stats are per queue"
+            ))
+            .with_backend(BACKEND)
+            .with_operation("stats")
+            .with_destination(source));
+        }
+        self.queues.stats(source).await
     }
 
     /// A private queue `mq-reply-<uuid>` (with `.fifo` under `fifo=true`),

@@ -230,6 +230,10 @@ impl Consumer for SqsConsumer {
         Ok(batch)
     }
 
+    fn health(&self) -> mq_core::observe::Health {
+        self.settler.queues.clients.health.health()
+    }
+
     async fn close(&mut self) -> Result<()> {
         if self.closed {
             return Ok(());

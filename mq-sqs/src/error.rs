@@ -56,7 +56,7 @@ const INVALID: &[&str] = &[
 ];
 
 /// What an SQS error code means for `mq`: the kind and whether a retry can help.
-fn classify(code: &str, message: &str, sender_fault: Option<bool>) -> (ErrorKind, bool) {
+pub(crate) fn classify(code: &str, message: &str, sender_fault: Option<bool>) -> (ErrorKind, bool) {
     let is = |codes: &[&str]| codes.iter().any(|c| c.eq_ignore_ascii_case(code));
     if is(QUEUE_MISSING) {
         (ErrorKind::NotFound, false)

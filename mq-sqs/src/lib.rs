@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 mod consumer;
 mod error;
+mod health;
 mod producer;
 mod settle;
 pub mod topology;

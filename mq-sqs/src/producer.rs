@@ -359,6 +359,10 @@ impl Producer for SqsProducer {
         )
     }
 
+    fn health(&self) -> mq_core::observe::Health {
+        self.inner.queues.clients.health.health()
+    }
+
     /// Stops accepting sends and waits until every queued message was sent.
     async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);

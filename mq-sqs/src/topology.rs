@@ -12,12 +12,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use aws_sdk_sqs::types::QueueAttributeName;
+use mq_core::observe::QueueStats;
 use mq_core::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
 use crate::config::{SqsConfig, DEFAULT_MAX_MESSAGE_SIZE, MIN_MAX_MESSAGE_SIZE};
 use crate::error;
+use crate::health::HealthState;
 use crate::BACKEND;
 
 /// Bytes of the queue's `MaximumMessageSize` kept for `mq`'s own attributes
@@ -47,6 +49,8 @@ pub(crate) struct Orphan {
 pub(crate) struct Clients {
     pub(crate) ops: aws_sdk_sqs::Client,
     pub(crate) receive: aws_sdk_sqs::Client,
+    /// What the requests of both clients said lately.
+    pub(crate) health: Arc<HealthState>,
 }
 
 /// What `mq` knows about one queue.
@@ -274,6 +278,78 @@ impl Queues {
             max_size: queue_max.min(self.config.max_message_size),
             redrive_target,
         }))
+    }
+
+    /// The URL of the existing queue of `logical`: cached, else looked up.
+    /// Never creates the queue (statistics must not make one); a missing
+    /// queue is `NotFound`.
+    async fn existing_url(&self, logical: &str) -> Result<String> {
+        if let Some(info) = self.cached(logical) {
+            return Ok(info.url.clone());
+        }
+        let name = self.sqs_name(logical)?;
+        let _request = self.permit(Budget::Other).await;
+        let out = self
+            .clients
+            .ops
+            .get_queue_url()
+            .queue_name(&name)
+            .send()
+            .await
+            .map_err(|e| error::sdk(e, "stats", logical))?;
+        out.queue_url().map(str::to_owned).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Broker,
+                format!("SQS returned no URL for queue `{name}`"),
+            )
+            .with_backend(BACKEND)
+            .with_destination(logical)
+        })
+    }
+
+    /// The queue's approximate counts: visible (`depth`), received and not
+    /// deleted (`in_flight`) and not yet visible (`delayed`). A queue that
+    /// does not exist is `NotFound`; one deleted since it was cached is
+    /// looked up once more (it may have been created again).
+    pub(crate) async fn stats(&self, logical: &str) -> Result<QueueStats> {
+        let mut url = self.existing_url(logical).await?;
+        let mut looked_up_again = false;
+        let out = loop {
+            let request = self
+                .clients
+                .ops
+                .get_queue_attributes()
+                .queue_url(&url)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+            let result = {
+                let _request = self.permit(Budget::Other).await;
+                request.send().await
+            };
+            match result.map_err(|e| error::sdk(e, "stats", logical)) {
+                Ok(out) => break out,
+                Err(e) if e.kind() == ErrorKind::NotFound && !looked_up_again => {
+                    if let Some(info) = self.cached(logical) {
+                        self.invalidate(&info);
+                    }
+                    looked_up_again = true;
+                    url = self.existing_url(logical).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let attrs = out.attributes();
+        let count = |n: QueueAttributeName| {
+            attrs
+                .and_then(|a| a.get(&n))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let mut stats = QueueStats::default();
+        stats.depth = count(QueueAttributeName::ApproximateNumberOfMessages);
+        stats.in_flight = count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible);
+        stats.delayed = count(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+        Ok(stats)
     }
 
     /// Where dead letters of `logical` go: the target of the queue's redrive
