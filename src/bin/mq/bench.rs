@@ -8,6 +8,16 @@
 //!    until all `--count` arrived;
 //! 3. end-to-end: producers and consumers at once, each message stamped
 //!    with its send time; latency percentiles from the receive side.
+//!
+//! Consumers are opened before the phase they serve (as an application's
+//! would be), so a push-based client may hold up to its prefetch when the
+//! phase starts. A phase ends when the last message was received and every
+//! consumer was closed (which waits for its acks where the backend queues
+//! them); consumers waiting for more are woken at once when the total is in.
+//!
+//! `--baseline` runs the same phases with the raw client (see
+//! [`baseline`]); `--baseline-only` runs only that, so that each side's
+//! peak RSS can be measured in its own process.
 
 mod baseline;
 
@@ -17,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use mq::{Client, Consumer, DynConsumer, Message, ProducerExt};
-use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::output::progress;
@@ -50,6 +59,9 @@ pub(crate) struct Args {
     /// Also run the workload with the raw client and print SDK/raw ratios.
     #[arg(long)]
     baseline: bool,
+    /// Run only the raw-client workload (no SDK client is created).
+    #[arg(long, conflicts_with = "baseline")]
+    baseline_only: bool,
 }
 
 /// One measured phase.
@@ -61,7 +73,7 @@ pub(crate) struct Phase {
 }
 
 impl Phase {
-    fn new(messages: u64, size: usize, elapsed: Duration) -> Self {
+    pub(crate) fn new(messages: u64, size: usize, elapsed: Duration) -> Self {
         Phase {
             messages,
             bytes: messages * size as u64,
@@ -145,20 +157,34 @@ pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
     if args.count == 0 || args.producers == 0 || args.consumers == 0 {
         return Err("--count, --producers and --consumers must be at least 1".into());
     }
-    let client = mq::connect(&args.url).await?;
-    if client.backend_name() == "memory" && (client.capabilities().max_batch as u64) < args.count {
-        return Err(format!(
-            "the memory broker holds {} messages per queue, fewer than --count {}; \
-             use a URL like memory://bench?capacity={}",
-            client.capabilities().max_batch,
-            args.count,
-            args.count
-        )
-        .into());
+    if args.in_flight == 0 || args.prefetch == 0 {
+        return Err("--in-flight and --prefetch must be at least 1".into());
     }
-    reset_peak_rss();
-    let sdk = sdk_workload(&client, &args).await?;
-    let raw = if args.baseline {
+    let sdk = if args.baseline_only {
+        None
+    } else {
+        let client = mq::connect(&args.url).await?;
+        if client.backend_name() == "memory"
+            && (client.capabilities().max_batch as u64) < args.count
+        {
+            return Err(format!(
+                "the memory broker holds {} messages per queue, fewer than --count {}; \
+                 use a URL like memory://bench?capacity={}",
+                client.capabilities().max_batch,
+                args.count,
+                args.count
+            )
+            .into());
+        }
+        reset_peak_rss();
+        let (sdk, destinations) = sdk_workload(&client, &args).await?;
+        drop(client);
+        // The SDK run's destinations hold nothing any more; delete them so
+        // that repeated runs do not pile up queues and topics on the broker.
+        baseline::cleanup(&args.url, &destinations).await;
+        Some(sdk)
+    };
+    let raw = if args.baseline || args.baseline_only {
         reset_peak_rss();
         Some(baseline::run(&args).await?)
     } else {
@@ -167,7 +193,7 @@ pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
     if json_out {
         println!(
             "{}",
-            json!({"sdk": sdk.to_json(), "raw": raw.as_ref().map(Results::to_json), "args": {
+            json!({"sdk": sdk.as_ref().map(Results::to_json), "raw": raw.as_ref().map(Results::to_json), "args": {
                 "url": mq::url::redact_str(&args.url), "count": args.count, "size": args.size,
                 "producers": args.producers, "consumers": args.consumers,
                 "in_flight": args.in_flight, "prefetch": args.prefetch}})
@@ -178,9 +204,13 @@ pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
         "{} messages of {} bytes, {} producer(s) x {} in flight, {} consumer(s) x prefetch {}",
         args.count, args.size, args.producers, args.in_flight, args.consumers, args.prefetch
     );
-    sdk.print();
-    if let Some(raw) = raw {
+    if let Some(sdk) = &sdk {
+        sdk.print();
+    }
+    if let Some(raw) = &raw {
         raw.print();
+    }
+    if let (Some(sdk), Some(raw)) = (sdk, raw) {
         println!("SDK / raw");
         for (name, s, r) in [
             ("publish", sdk.publish.rate(), raw.publish.rate()),
@@ -215,14 +245,104 @@ pub(crate) fn shares(total: u64, parts: usize) -> Vec<u64> {
         .collect()
 }
 
-/// The header carrying a message's send time for latency.
-const SENT_AT: &str = "bench-sent-ns";
+/// The header carrying a message's send time for latency: nanoseconds
+/// since the start of the run, in decimal.
+pub(crate) const SENT_AT: &str = "bench-sent-ns";
 
-async fn sdk_workload(client: &Client, args: &Args) -> CliResult<Results> {
+/// A fresh destination name (valid on every backend: letters, digits, `-`).
+pub(crate) fn fresh_name(what: &str) -> String {
+    format!("mq-bench-{what}{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Records the latency of a message stamped `sent` (ns since `base`) and
+/// received at `now_ns`.
+pub(crate) fn record_latency(histogram: &mut Histogram<u64>, now_ns: u128, sent: &[u8]) {
+    let Some(sent) = std::str::from_utf8(sent)
+        .ok()
+        .and_then(|s| s.parse::<u128>().ok())
+    else {
+        return;
+    };
+    let us = now_ns.saturating_sub(sent) / 1000;
+    let _ = histogram.record(u64::try_from(us).unwrap_or(u64::MAX));
+}
+
+/// Counts what the consumers of one phase received, and tells them all
+/// when the total is in (so none sits out its receive timeout).
+#[derive(Debug)]
+pub(crate) struct Tally {
+    received: AtomicU64,
+    count: u64,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Tally {
+    pub(crate) fn new(count: u64) -> Arc<Self> {
+        Arc::new(Tally {
+            received: AtomicU64::new(0),
+            count,
+            done: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    /// Adds `n` received messages; true once the total is in.
+    pub(crate) fn add(&self, n: u64) -> bool {
+        let total = self.received.fetch_add(n, Ordering::Relaxed) + n;
+        if total >= self.count {
+            self.done.send_replace(true);
+            return true;
+        }
+        false
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.received.load(Ordering::Relaxed) >= self.count
+    }
+
+    pub(crate) fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the total is in.
+    pub(crate) async fn wait_done(&self) {
+        let mut rx = self.done.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+}
+
+/// Waits for the consumer tasks of a phase, at most ten minutes.
+pub(crate) async fn join_consumers(
+    mut tasks: tokio::task::JoinSet<CliResult<Histogram<u64>>>,
+    tally: &Tally,
+    count: u64,
+) -> CliResult<Histogram<u64>> {
+    let deadline = Duration::from_secs(600);
+    let all = tokio::time::timeout(deadline, async {
+        let mut latency = new_histogram()?;
+        while let Some(done) = tasks.join_next().await {
+            let local = done.map_err(|e| format!("consumer task: {e}"))??;
+            let _ = latency.add(&local);
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latency)
+    })
+    .await;
+    match all {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "only {} of {count} messages arrived within {deadline:?}",
+            tally.received()
+        )
+        .into()),
+    }
+}
+
+/// Runs the SDK workload; returns its results and the destinations it used.
+async fn sdk_workload(client: &Client, args: &Args) -> CliResult<(Results, Vec<String>)> {
     let base = Instant::now();
     let body = payload(args.size);
-    let dest = format!("mq-bench-{}", uuid::Uuid::now_v7().simple());
-    let consumers = open_consumers(client, &dest, args).await?;
+    let dest = fresh_name("");
+    let mut consumers = open_consumers(client, &dest, args).await?;
+    baseline::ready(&args.url, &dest, &mut consumers).await?;
 
     let bar = progress(args.count, "publish");
     let started = Instant::now();
@@ -236,27 +356,27 @@ async fn sdk_workload(client: &Client, args: &Args) -> CliResult<Results> {
     let consume_phase = Phase::new(args.count, args.size, started.elapsed());
     bar.finish_and_clear();
 
-    let dest = format!("mq-bench-e2e-{}", uuid::Uuid::now_v7().simple());
-    let consumers = open_consumers(client, &dest, args).await?;
-    let latency = Arc::new(Mutex::new(new_histogram()?));
+    let e2e_dest = fresh_name("e2e-");
+    let mut consumers = open_consumers(client, &e2e_dest, args).await?;
+    baseline::ready(&args.url, &e2e_dest, &mut consumers).await?;
     let bar = progress(args.count, "end-to-end");
     let started = Instant::now();
-    let receiving = consume(consumers, args.count, Some((base, latency.clone())), &bar);
-    let sending = publish(client, &dest, args, &body, Some(base), &bar);
+    let receiving = consume(consumers, args.count, Some(base), &bar);
+    let sending = publish(client, &e2e_dest, args, &body, Some(base), &bar);
     let (r, s) = tokio::join!(receiving, sending);
-    r?;
+    let latency_us = r?;
     s?;
     let e2e = Phase::new(args.count, args.size, started.elapsed());
     bar.finish_and_clear();
-    let latency_us = latency.lock().clone();
-    Ok(Results {
+    let results = Results {
         label: format!("SDK ({})", client.backend_name()),
         publish: publish_phase,
         consume: consume_phase,
         end_to_end: e2e,
         latency_us,
         peak_rss_bytes: peak_rss(),
-    })
+    };
+    Ok((results, vec![dest, e2e_dest]))
 }
 
 async fn open_consumers(client: &Client, dest: &str, args: &Args) -> CliResult<Vec<DynConsumer>> {
@@ -304,61 +424,50 @@ async fn publish(
     Ok(())
 }
 
-type LatencySink = (Instant, Arc<Mutex<Histogram<u64>>>);
+/// Most deliveries taken (and then acked one by one) per receive call.
+pub(crate) const RECEIVE_BATCH: usize = 1000;
 
+/// How long a receive call waits for its first delivery.
+pub(crate) const RECEIVE_WAIT: Duration = Duration::from_millis(200);
+
+/// Receives and acks `count` messages; with `stamp_base`, returns the
+/// latency histogram of the stamped ones.
 async fn consume(
     consumers: Vec<DynConsumer>,
     count: u64,
-    latency: Option<LatencySink>,
+    stamp_base: Option<Instant>,
     bar: &indicatif::ProgressBar,
-) -> CliResult {
-    let received = Arc::new(AtomicU64::new(0));
+) -> CliResult<Histogram<u64>> {
+    let tally = Tally::new(count);
     let mut tasks = tokio::task::JoinSet::new();
     for mut consumer in consumers {
-        let (received, latency, bar) = (received.clone(), latency.clone(), bar.clone());
+        let (tally, bar) = (tally.clone(), bar.clone());
         tasks.spawn(async move {
             let mut local = new_histogram()?;
-            while received.load(Ordering::Relaxed) < count {
-                let batch = consumer
-                    .receive_batch(1000, Duration::from_millis(200))
-                    .await?;
-                let now = latency.as_ref().map(|(base, _)| base.elapsed().as_nanos());
+            while !tally.is_done() {
+                // Receiving is cancel-safe: a batch cut off by the end of
+                // the phase loses nothing.
+                let batch = tokio::select! {
+                    biased;
+                    batch = consumer.receive_batch(RECEIVE_BATCH, RECEIVE_WAIT) => batch?,
+                    () = tally.wait_done() => break,
+                };
+                let now = stamp_base.map(|base| base.elapsed().as_nanos());
                 let n = batch.len() as u64;
                 for d in batch {
                     if let (Some(now), Some(sent)) = (now, d.headers().get(SENT_AT)) {
-                        if let Ok(sent) = sent.parse::<u128>() {
-                            let us = now.saturating_sub(sent) / 1000;
-                            let _ = local.record(u64::try_from(us).unwrap_or(u64::MAX));
-                        }
+                        record_latency(&mut local, now, sent.as_bytes());
                     }
                     d.ack().await?;
                 }
-                received.fetch_add(n, Ordering::Relaxed);
+                tally.add(n);
                 bar.inc(n);
             }
-            if let Some((_, sink)) = latency {
-                let _ = sink.lock().add(&local);
-            }
             consumer.close().await?;
-            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(local)
         });
     }
-    let deadline = Duration::from_secs(600);
-    let all = tokio::time::timeout(deadline, async {
-        while let Some(done) = tasks.join_next().await {
-            done.map_err(|e| format!("consumer task: {e}"))??;
-        }
-        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-    })
-    .await;
-    match all {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "only {} of {count} messages arrived within {deadline:?}",
-            received.load(Ordering::Relaxed)
-        )
-        .into()),
-    }
+    join_consumers(tasks, &tally, count).await
 }
 
 pub(crate) fn new_histogram() -> CliResult<Histogram<u64>> {
@@ -366,7 +475,7 @@ pub(crate) fn new_histogram() -> CliResult<Histogram<u64>> {
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`).
-fn peak_rss() -> Option<u64> {
+pub(crate) fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -1,9 +1,27 @@
 //! The same workload through the raw client, for the SDK/raw ratio.
 //!
+//! Each baseline runs the three phases of the SDK workload (publish,
+//! consume+ack, end-to-end) on fresh destinations of its own, with the
+//! client settings the backend crate uses, read from the same URL:
+//!
+//! | scheme | baseline | module |
+//! |---|---|---|
+//! | `memory://` | a bare bounded `tokio::sync::mpsc` channel | here |
+//! | `amqp://`, `amqps://` | lapin, publisher confirms, `basic.qos` prefetch, manual acks | [`rabbit`] |
+//! | `kafka://` | rdkafka, the same producer and consumer settings | [`kafka`] |
+//! | `sqs://`, `sqs+http://`, `sqs+https://` | aws-sdk-sqs, `SendMessageBatch`, long polls, `DeleteMessageBatch` | [`sqs`] |
+//!
 //! memory:// compares against a bare bounded `tokio::sync::mpsc` channel of
 //! `(payload, timestamp)` pairs with the same producer count and capacity
 //! `--count`; its single receiver drains with `recv_many` (an mpsc channel
 //! has one receiver, so `--consumers` does not apply to it).
+
+#[cfg(feature = "kafka")]
+mod kafka;
+#[cfg(feature = "rabbit")]
+mod rabbit;
+#[cfg(feature = "sqs")]
+mod sqs;
 
 use std::time::Instant;
 
@@ -13,11 +31,56 @@ use tokio::sync::mpsc;
 use super::{new_histogram, payload, shares, Args, Phase, Results};
 use crate::CliResult;
 
+fn scheme(url: &str) -> &str {
+    url.split("://").next().unwrap_or("")
+}
+
 pub(crate) async fn run(args: &Args) -> CliResult<Results> {
-    let scheme = args.url.split("://").next().unwrap_or("");
-    match scheme {
+    match scheme(&args.url) {
         "memory" => memory(args).await,
+        #[cfg(feature = "rabbit")]
+        "amqp" | "amqps" => rabbit::run(args).await,
+        #[cfg(feature = "kafka")]
+        "kafka" => kafka::run(args).await,
+        #[cfg(feature = "sqs")]
+        "sqs" | "sqs+http" | "sqs+https" => sqs::run(args).await,
         other => Err(format!("no raw-client baseline for `{other}://` in this build").into()),
+    }
+}
+
+/// Waits until the SDK's `consumers` of `destination` are ready to receive
+/// where joining takes time (a Kafka consumer group), so that no phase
+/// measures it; the baselines do the same for theirs.
+pub(crate) async fn ready(
+    url: &str,
+    destination: &str,
+    consumers: &mut [mq::DynConsumer],
+) -> CliResult {
+    match scheme(url) {
+        #[cfg(feature = "kafka")]
+        "kafka" => kafka::sdk_ready(url, destination, consumers).await,
+        _ => {
+            let _ = (destination, consumers);
+            Ok(())
+        }
+    }
+}
+
+/// Deletes the bench's `destinations` (and what the SDK made for them, such
+/// as Kafka retry topics) from the broker `url` names. Failures are only
+/// reported: the measurement is done by then.
+pub(crate) async fn cleanup(url: &str, destinations: &[String]) {
+    let result: CliResult = match scheme(url) {
+        #[cfg(feature = "rabbit")]
+        "amqp" | "amqps" => rabbit::cleanup(url, destinations).await,
+        #[cfg(feature = "kafka")]
+        "kafka" => kafka::cleanup(url, destinations).await,
+        #[cfg(feature = "sqs")]
+        "sqs" | "sqs+http" | "sqs+https" => sqs::cleanup(url, destinations).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        eprintln!("warning: could not delete the bench destinations {destinations:?}: {e}");
     }
 }
 

@@ -1,0 +1,621 @@
+//! Kafka baseline: the bench workload written directly against rdkafka,
+//! with the settings `mq-kafka` uses for the same URL.
+//!
+//! The settings come from `KafkaConfig::from_url`, and are turned into
+//! librdkafka options the way `mq-kafka` does it (its `producer_config` and
+//! `consumer_config` are private, so [`client_config`],
+//! [`producer_config`] and [`consumer_config`] below repeat them):
+//!
+//! | setting | mq-kafka | this baseline |
+//! |---|---|---|
+//! | every client | `bootstrap.servers`, `client.id`, security options, `message.max.bytes`, `log_level=3`, `rdkafka.*` pass-through last | the same |
+//! | producer | one `FutureProducer` per client: `acks=all`, `enable.idempotence=true`, `linger.ms=5`, `message.timeout.ms=30000` (`send_timeout`), `batch.size`/`compression.type` if set | the same; one producer shared by the `--producers` tasks, each keeping `--in-flight` delivery futures outstanding (`send_result`, no timer per message) |
+//! | record | value, header `mq-message-id` (a UUIDv7), no key | value only (plus the latency header in the end-to-end phase), no key |
+//! | topic | created with `partitions` and `replication` when `auto_create_topics=true` | always created with `partitions` and `replication` |
+//! | consumer | a `BaseConsumer` per consumer polled on its own thread (20 ms polls) in group `mq-<topic>`, subscribed to the topic and its retry topic; `enable.auto.commit=false`, `enable.auto.offset.store=false`, `auto.offset.reset=earliest`, `session.timeout.ms=10000`, `heartbeat.interval.ms=1000`, `enable.partition.eof=false` | the same settings and thread, subscribed to the topic only |
+//! | prefetch | at most `--prefetch` records fetched and not settled: beyond, the partitions are paused, records librdkafka had queued are dropped and fetched again after a seek on resume | before the phase, at most `--prefetch` records taken, then the partitions are paused until the phase starts; in the phase each record is acked as it is polled, so librdkafka's own fetch queue (`queued.min.messages`, `queued.max.messages.kbytes`, defaults) is the only read-ahead |
+//! | ack | offset marked done; the lowest unsettled offset per partition committed (async) every `commit_interval` (200 ms) and on close (sync) | the next offset per partition committed (async) every `commit_interval` and at the end (sync) |
+//!
+//! Both the SDK run and the baseline wait until their consumer group is
+//! ready before they start a phase ([`sdk_ready`], [`raw_ready`]: a probe
+//! record to every partition, round after round, until one round reached
+//! every consumer): a group join takes seconds on some brokers and would
+//! otherwise land in one phase or another.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use mq_kafka::KafkaConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+
+use super::super::{
+    fresh_name, join_consumers, new_histogram, payload, peak_rss, record_latency, shares, Args,
+    Phase, Results, Tally, SENT_AT,
+};
+use crate::CliResult;
+
+/// How long one poll waits (`mq-kafka` polls every 20 ms too).
+const POLL: Duration = Duration::from_millis(20);
+
+/// How long to wait for the consumers to join their group.
+const JOIN_WAIT: Duration = Duration::from_secs(60);
+
+fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+/// What `mq-kafka` sets on every client.
+fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", config.brokers.join(","));
+    c.set("client.id", &config.client_id);
+    let s = &config.security;
+    let protocol = s
+        .protocol
+        .clone()
+        .or_else(|| s.username.as_ref().map(|_| "sasl_plaintext".to_owned()));
+    if let Some(p) = protocol {
+        c.set("security.protocol", p.to_ascii_lowercase());
+    }
+    if let Some(u) = &s.username {
+        c.set("sasl.username", u);
+        c.set(
+            "sasl.mechanism",
+            s.sasl_mechanism.clone().unwrap_or_else(|| "PLAIN".into()),
+        );
+    } else if let Some(m) = &s.sasl_mechanism {
+        c.set("sasl.mechanism", m);
+    }
+    if let Some(p) = &s.password {
+        c.set("sasl.password", p.expose());
+    }
+    for (key, value) in [
+        ("ssl.ca.location", &s.ssl_ca),
+        ("ssl.certificate.location", &s.ssl_cert),
+        ("ssl.key.location", &s.ssl_key),
+    ] {
+        if let Some(v) = value {
+            c.set(key, v);
+        }
+    }
+    if let Some(v) = &s.ssl_key_password {
+        c.set("ssl.key.password", v.expose());
+    }
+    c.set("message.max.bytes", config.message_max_bytes.to_string());
+    c.set("log_level", "3");
+    c
+}
+
+fn pass_through(config: &KafkaConfig, c: &mut ClientConfig) {
+    for (k, v) in config.rdkafka.iter() {
+        c.set(k, v);
+    }
+}
+
+/// What `mq-kafka` sets on its producer.
+fn producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(config);
+    c.set("acks", &config.acks);
+    c.set("enable.idempotence", config.idempotence.to_string());
+    c.set("linger.ms", millis(config.linger));
+    c.set("message.timeout.ms", millis(config.send_timeout));
+    if let Some(b) = config.batch_size {
+        c.set("batch.size", b.to_string());
+    }
+    if let Some(z) = &config.compression {
+        c.set("compression.type", z);
+    }
+    pass_through(config, &mut c);
+    c
+}
+
+/// What `mq-kafka` sets on its consumers.
+fn consumer_config(config: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut c = client_config(config);
+    c.set("group.id", group);
+    c.set("enable.auto.commit", "false");
+    c.set("enable.auto.offset.store", "false");
+    c.set("auto.offset.reset", "earliest");
+    c.set("session.timeout.ms", millis(config.session_timeout));
+    c.set("heartbeat.interval.ms", millis(config.heartbeat));
+    c.set("enable.partition.eof", "false");
+    pass_through(config, &mut c);
+    c
+}
+
+fn admin(config: &KafkaConfig) -> CliResult<AdminClient<DefaultClientContext>> {
+    let mut c = client_config(config);
+    pass_through(config, &mut c);
+    Ok(c.create()?)
+}
+
+fn admin_options(config: &KafkaConfig) -> AdminOptions {
+    AdminOptions::new()
+        .operation_timeout(Some(config.send_timeout))
+        .request_timeout(Some(config.send_timeout))
+}
+
+async fn create_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    config: &KafkaConfig,
+    topic: &str,
+) -> CliResult {
+    let new = NewTopic::new(
+        topic,
+        config.partitions,
+        TopicReplication::Fixed(i32::from(config.replication)),
+    );
+    for r in admin.create_topics([&new], &admin_options(config)).await? {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(format!("cannot create topic {topic}: {code}").into()),
+        }
+    }
+    Ok(())
+}
+
+/// A consumer thread waiting for its phase to start.
+struct RawConsumer {
+    go: std::sync::mpsc::Sender<()>,
+    done: oneshot::Receiver<CliResult<Histogram<u64>>>,
+    /// Probe records seen (and acked) before the phase.
+    probes: Arc<AtomicUsize>,
+}
+
+/// What a consumer thread does in its phase.
+struct Job {
+    topic: String,
+    prefetch: usize,
+    commit_interval: Duration,
+    tally: Arc<Tally>,
+    stamp_base: Option<Instant>,
+    probes: Arc<AtomicUsize>,
+}
+
+/// A record taken before the phase started: (partition, offset, stamp).
+type Early = (i32, i64, Option<Vec<u8>>);
+
+fn stamp_of<M: Message>(m: &M) -> Option<Vec<u8>> {
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == SENT_AT)
+        .and_then(|h| h.value.map(<[u8]>::to_vec))
+}
+
+/// Offsets and latency of what one consumer thread acked.
+struct Acked {
+    topic: String,
+    tally: Arc<Tally>,
+    stamp_base: Option<Instant>,
+    latency: Histogram<u64>,
+    /// The next offset to commit, per partition.
+    next: HashMap<i32, i64>,
+    committed: HashMap<i32, i64>,
+}
+
+impl Acked {
+    fn ack(&mut self, partition: i32, offset: i64, stamp: Option<&[u8]>) {
+        if let (Some(base), Some(sent)) = (self.stamp_base, stamp) {
+            record_latency(&mut self.latency, base.elapsed().as_nanos(), sent);
+        }
+        self.next.insert(partition, offset + 1);
+        self.tally.add(1);
+    }
+
+    fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        mode: CommitMode,
+    ) -> CliResult {
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &o) in &self.next {
+            if self.committed.get(&p) != Some(&o) {
+                tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
+                self.committed.insert(p, o);
+            }
+        }
+        if tpl.count() > 0 {
+            consumer.commit(&tpl, mode)?;
+        }
+        Ok(())
+    }
+}
+
+fn consumer_thread(
+    consumer: BaseConsumer,
+    go: std::sync::mpsc::Receiver<()>,
+    job: Job,
+) -> CliResult<Histogram<u64>> {
+    let mut acked = Acked {
+        topic: job.topic,
+        tally: job.tally,
+        stamp_base: job.stamp_base,
+        latency: new_histogram()?,
+        next: HashMap::new(),
+        committed: HashMap::new(),
+    };
+    // Before the phase: join the group and take up to the prefetch.
+    let mut early: Vec<Early> = Vec::new();
+    loop {
+        match go.try_recv() {
+            Ok(()) => break,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(acked.latency),
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+        }
+        if early.len() >= job.prefetch {
+            // The prefetch is taken: stop fetching until the phase starts
+            // (as the SDK pauses its partitions), so that the client does
+            // not read the rest of the topic ahead during the publish phase.
+            // Nothing was discarded, so resuming needs no seek.
+            let assignment = consumer.assignment()?;
+            consumer.pause(&assignment)?;
+            if go.recv().is_err() {
+                return Ok(acked.latency);
+            }
+            consumer.resume(&assignment)?;
+            break;
+        }
+        if let Some(m) = consumer.poll(POLL) {
+            let m = m?;
+            let probe = m
+                .headers()
+                .is_some_and(|h| h.iter().any(|h| h.key == PROBE));
+            if probe {
+                acked.next.insert(m.partition(), m.offset() + 1);
+                job.probes.fetch_add(1, Ordering::AcqRel);
+            } else {
+                early.push((m.partition(), m.offset(), stamp_of(&m)));
+            }
+        }
+    }
+    for (p, o, stamp) in early.drain(..) {
+        acked.ack(p, o, stamp.as_deref());
+    }
+    let mut last_commit = Instant::now();
+    while !acked.tally.is_done() {
+        if let Some(m) = consumer.poll(POLL) {
+            let m = m?;
+            let stamp = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == SENT_AT))
+                .and_then(|h| h.value);
+            acked.ack(m.partition(), m.offset(), stamp);
+        }
+        if last_commit.elapsed() >= job.commit_interval {
+            last_commit = Instant::now();
+            acked.commit(&consumer, CommitMode::Async)?;
+        }
+    }
+    acked.commit(&consumer, CommitMode::Sync)?;
+    consumer.unsubscribe();
+    drop(consumer);
+    Ok(acked.latency)
+}
+
+fn open_consumers(
+    config: &KafkaConfig,
+    topic: &str,
+    args: &Args,
+    tally: &Arc<Tally>,
+    stamp_base: Option<Instant>,
+) -> CliResult<Vec<RawConsumer>> {
+    let group = config
+        .group
+        .clone()
+        .unwrap_or_else(|| mq_kafka::default_group(topic));
+    let mut out = Vec::with_capacity(args.consumers);
+    for i in 0..args.consumers {
+        let consumer: BaseConsumer = consumer_config(config, &group).create()?;
+        consumer.subscribe(&[topic])?;
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let probes = Arc::new(AtomicUsize::new(0));
+        let job = Job {
+            probes: probes.clone(),
+            topic: topic.to_owned(),
+            prefetch: args.prefetch,
+            commit_interval: config.commit_interval,
+            tally: tally.clone(),
+            stamp_base,
+        };
+        std::thread::Builder::new()
+            .name(format!("bench-raw-kafka-{i}"))
+            .spawn(move || {
+                let _ = done_tx.send(consumer_thread(consumer, go_rx, job));
+            })?;
+        out.push(RawConsumer {
+            go: go_tx,
+            done: done_rx,
+            probes,
+        });
+    }
+    Ok(out)
+}
+
+/// The header of the probe records that show a consumer group is ready.
+const PROBE: &str = "bench-probe";
+
+/// How long to wait for one round of probes.
+const PROBE_ROUND: Duration = Duration::from_secs(2);
+
+/// A plain (not idempotent) producer for the probe records, apart from
+/// the measured producers.
+fn probe_producer(config: &KafkaConfig) -> CliResult<FutureProducer> {
+    let mut c = producer_config(config);
+    c.set("enable.idempotence", "false");
+    c.set("message.timeout.ms", "10000");
+    Ok(c.create()?)
+}
+
+/// Sends one probe record to every partition of `topic`.
+async fn send_probes(producer: &FutureProducer, topic: &str, partitions: i32) -> CliResult {
+    let mut reports = Vec::new();
+    for p in 0..partitions {
+        let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(topic)
+            .partition(p)
+            .payload(&b"probe"[..])
+            .headers(OwnedHeaders::new().insert(Header {
+                key: PROBE,
+                value: Some(b"1"),
+            }));
+        reports.push(producer.send_result(record).map_err(|(e, _)| e)?);
+    }
+    for r in reports {
+        delivered(r.await)?;
+    }
+    Ok(())
+}
+
+/// Whether a round of probes shows a ready group: every partition's probe
+/// arrived, and every consumer got one when there are no more consumers
+/// than partitions (so no member is still joining).
+fn round_complete(per_consumer: &[usize], partitions: i32) -> bool {
+    let total: usize = per_consumer.iter().sum();
+    let each = per_consumer.len() > usize::try_from(partitions).unwrap_or(0)
+        || per_consumer.iter().all(|&n| n > 0);
+    total >= usize::try_from(partitions).unwrap_or(0) && each
+}
+
+/// Waits until the SDK's `consumers` of `topic` form a ready group: sends
+/// probe records to every partition, round after round, until one round
+/// reaches every consumer ([`round_complete`]); the consumers ack the
+/// probes. A consumer-group join takes seconds on some brokers, and would
+/// otherwise be measured by whichever phase it overlaps. The baseline's
+/// consumers go through the same rounds ([`raw_ready`]).
+pub(crate) async fn sdk_ready(
+    url: &str,
+    topic: &str,
+    consumers: &mut [mq::DynConsumer],
+) -> CliResult {
+    let config = KafkaConfig::from_url(url)?;
+    let producer = probe_producer(&config)?;
+    let deadline = Instant::now() + JOIN_WAIT;
+    while Instant::now() < deadline {
+        send_probes(&producer, topic, config.partitions).await?;
+        let mut got = vec![0usize; consumers.len()];
+        let round_end = Instant::now() + PROBE_ROUND;
+        while Instant::now() < round_end {
+            for (i, c) in consumers.iter_mut().enumerate() {
+                for d in c.receive_batch(100, Duration::from_millis(10)).await? {
+                    if d.headers().get(PROBE).is_some() {
+                        got[i] += 1;
+                    }
+                    d.ack().await?;
+                }
+            }
+            if round_complete(&got, config.partitions) {
+                return Ok(());
+            }
+        }
+    }
+    eprintln!(
+        "warning: the consumers of {topic} did not all get a probe within {JOIN_WAIT:?}; going on"
+    );
+    Ok(())
+}
+
+/// [`sdk_ready`] for the baseline's consumer threads, which ack probes
+/// before their phase starts and count them in `probes`.
+async fn raw_ready(
+    producer: &FutureProducer,
+    config: &KafkaConfig,
+    topic: &str,
+    consumers: &[RawConsumer],
+) -> CliResult {
+    let deadline = Instant::now() + JOIN_WAIT;
+    while Instant::now() < deadline {
+        let before: Vec<usize> = consumers
+            .iter()
+            .map(|c| c.probes.load(Ordering::Acquire))
+            .collect();
+        send_probes(producer, topic, config.partitions).await?;
+        let round_end = Instant::now() + PROBE_ROUND;
+        while Instant::now() < round_end {
+            let got: Vec<usize> = consumers
+                .iter()
+                .zip(&before)
+                .map(|(c, b)| c.probes.load(Ordering::Acquire) - b)
+                .collect();
+            if round_complete(&got, config.partitions) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    eprintln!(
+        "warning: the consumers of {topic} did not all get a probe within {JOIN_WAIT:?}; going on"
+    );
+    Ok(())
+}
+
+async fn consume(
+    consumers: Vec<RawConsumer>,
+    tally: Arc<Tally>,
+    count: u64,
+) -> CliResult<Histogram<u64>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in consumers {
+        let _ = c.go.send(());
+        tasks.spawn(async move {
+            c.done
+                .await
+                .map_err(|_| "the consumer thread died".to_owned())?
+        });
+    }
+    join_consumers(tasks, &tally, count).await
+}
+
+fn delivered(d: <DeliveryFuture as std::future::Future>::Output) -> CliResult {
+    match d {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e.into()),
+        Err(_) => Err("the producer dropped a delivery report".into()),
+    }
+}
+
+async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    args: &Args,
+    body: &bytes::Bytes,
+    stamp_from: Option<Instant>,
+) -> CliResult {
+    let mut tasks = tokio::task::JoinSet::new();
+    for share in shares(args.count, args.producers) {
+        let (producer, body, topic) = (producer.clone(), body.clone(), topic.to_owned());
+        let in_flight = args.in_flight;
+        tasks.spawn(async move {
+            let mut window: FuturesUnordered<DeliveryFuture> = FuturesUnordered::new();
+            for _ in 0..share {
+                // Stamped before waiting for room in the window, as the SDK
+                // workload stamps a message before handing it to its pipeline.
+                let stamp = stamp_from.map(|base| base.elapsed().as_nanos().to_string());
+                while window.len() >= in_flight {
+                    if let Some(d) = window.next().await {
+                        delivered(d)?;
+                    }
+                }
+                let mut record: FutureRecord<'_, (), [u8]> =
+                    FutureRecord::to(&topic).payload(&body[..]);
+                if let Some(stamp) = &stamp {
+                    record = record.headers(OwnedHeaders::new().insert(Header {
+                        key: SENT_AT,
+                        value: Some(stamp.as_bytes()),
+                    }));
+                }
+                loop {
+                    match producer.send_result(record) {
+                        Ok(future) => {
+                            window.push(future);
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            // librdkafka's queue is full: wait for a report.
+                            record = r;
+                            match window.next().await {
+                                Some(d) => delivered(d)?,
+                                None => tokio::time::sleep(Duration::from_millis(1)).await,
+                            }
+                        }
+                        Err((e, _)) => return Err(e.into()),
+                    }
+                }
+            }
+            while let Some(d) = window.next().await {
+                delivered(d)?;
+            }
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| format!("producer task: {e}"))??;
+    }
+    Ok(())
+}
+
+pub(crate) async fn run(args: &Args) -> CliResult<Results> {
+    let config = KafkaConfig::from_url(&args.url)?;
+    let base = Instant::now();
+    let body = payload(args.size);
+    let admin = admin(&config)?;
+    let producer: FutureProducer = producer_config(&config).create()?;
+    let probes = probe_producer(&config)?;
+
+    let dest = fresh_name("raw-");
+    create_topic(&admin, &config, &dest).await?;
+    let tally = Tally::new(args.count);
+    let consumers = open_consumers(&config, &dest, args, &tally, None)?;
+    raw_ready(&probes, &config, &dest, &consumers).await?;
+    let started = Instant::now();
+    publish(&producer, &dest, args, &body, None).await?;
+    let publish_phase = Phase::new(args.count, args.size, started.elapsed());
+    let started = Instant::now();
+    consume(consumers, tally, args.count).await?;
+    let consume_phase = Phase::new(args.count, args.size, started.elapsed());
+
+    let e2e_dest = fresh_name("raw-e2e-");
+    create_topic(&admin, &config, &e2e_dest).await?;
+    let tally = Tally::new(args.count);
+    let consumers = open_consumers(&config, &e2e_dest, args, &tally, Some(base))?;
+    raw_ready(&probes, &config, &e2e_dest, &consumers).await?;
+    let started = Instant::now();
+    let receiving = consume(consumers, tally, args.count);
+    let sending = publish(&producer, &e2e_dest, args, &body, Some(base));
+    let (r, s) = tokio::join!(receiving, sending);
+    let latency_us = r?;
+    s?;
+    let end_to_end = Phase::new(args.count, args.size, started.elapsed());
+    let peak_rss_bytes = peak_rss();
+    drop(producer);
+    let names = [dest.as_str(), e2e_dest.as_str()];
+    admin.delete_topics(&names, &admin_options(&config)).await?;
+    Ok(Results {
+        label: format!(
+            "raw (rdkafka: acks={} idempotence={} linger={:?}, {} partition(s), BaseConsumer thread per consumer)",
+            config.acks, config.idempotence, config.linger, config.partitions
+        ),
+        publish: publish_phase,
+        consume: consume_phase,
+        end_to_end,
+        latency_us,
+        peak_rss_bytes,
+    })
+}
+
+/// Deletes the topics of `destinations` and the retry topics the SDK's
+/// consumers made for them.
+pub(crate) async fn cleanup(url: &str, destinations: &[String]) -> CliResult {
+    let config = KafkaConfig::from_url(url)?;
+    let admin = admin(&config)?;
+    let mut names = Vec::new();
+    for dest in destinations {
+        let group = config
+            .group
+            .clone()
+            .unwrap_or_else(|| mq_kafka::default_group(dest));
+        names.push(dest.clone());
+        names.push(mq_kafka::retry_topic(dest, &group));
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    for r in admin.delete_topics(&names, &admin_options(&config)).await? {
+        if let Err((topic, code)) = r {
+            if code != RDKafkaErrorCode::UnknownTopicOrPartition {
+                return Err(format!("cannot delete topic {topic}: {code}").into());
+            }
+        }
+    }
+    Ok(())
+}

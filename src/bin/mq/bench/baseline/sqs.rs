@@ -1,0 +1,591 @@
+//! SQS baseline: the bench workload written directly against aws-sdk-sqs,
+//! with the settings `mq-sqs` uses for the same URL.
+//!
+//! The settings come from `SqsConfig::from_url`; the SDK client is built
+//! the way `mq-sqs` builds it (its `clients` function is private, so
+//! [`clients`] below repeats it):
+//!
+//! | setting | mq-sqs | this baseline |
+//! |---|---|---|
+//! | client | hyper + rustls (ring); standard retries, `max_attempts` (3); `connect_timeout` (5 s); per-attempt `timeout` (10 s), receives `wait` + `timeout`; region, endpoint and static credentials from the URL | the same two clients |
+//! | queue | created on first use with no attributes (a standard queue) | the same, on a fresh `mq-bench-raw-*` name |
+//! | send | `SendMessageBatch` of up to 10 entries (1 MiB), coalesced from concurrent sends; at most `send_concurrency` (16) calls in flight per producer and destination, `max_connections` (8 on a plain-HTTP endpoint, else 50) send calls per client | batches of 10 built directly; per producer at most `send_concurrency` calls and `--in-flight` messages in flight, `max_connections` send calls per client |
+//! | message | body = the payload (text), String attribute `mq-message-id` (a UUIDv7) | body only (plus the String attribute with the latency stamp in the end-to-end phase) |
+//! | receive | a poller per consumer, opened before the phase: `ReceiveMessage` of up to 10 (`MaxNumberOfMessages` = free prefetch), `WaitTimeSeconds` = `wait` (20), `VisibilityTimeout` = `visibility_timeout` (30), attributes `All` plus three system attributes; `receivers` long polls at once (1 on a plain-HTTP endpoint, else adaptive up to 4) | the same poller with a fixed `receivers` count (the same 1 on an emulator) and message attributes `All`, no system attributes |
+//! | prefetch | at most `--prefetch` deliveries received and not acked; their visibility is extended by `visibility_timeout` once half of it has passed | the same, with `ChangeMessageVisibilityBatch` |
+//! | ack | queued `DeleteMessageBatch` of up to 10, at most 8 calls in flight per consumer and `max_connections` per client; `close` waits for them | `DeleteMessageBatch` per 10 processed receipts, the same limits; the phase waits for them |
+//!
+//! FIFO queues (`fifo=true`) are not supported by the baseline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_sqs::config::Credentials;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, SendMessageBatchRequestEntry,
+};
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use hdrhistogram::Histogram;
+use mq::url::RedactedUrl;
+use mq_sqs::{Endpoint, SqsConfig};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::super::{
+    fresh_name, join_consumers, new_histogram, payload, peak_rss, record_latency, shares, Args,
+    Phase, Results, Tally, RECEIVE_BATCH, RECEIVE_WAIT, SENT_AT,
+};
+use crate::CliResult;
+
+/// Entries per batch call.
+const MAX_ENTRIES: usize = 10;
+
+/// Delete calls in flight per consumer (`mq-sqs`'s `SETTLE_CONCURRENCY`).
+const SETTLE_CONCURRENCY: usize = 8;
+
+/// The region of an explicit endpoint when none is configured.
+const EMULATOR_REGION: &str = "us-east-1";
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn config(url: &str) -> CliResult<SqsConfig> {
+    let config = SqsConfig::from_url(&RedactedUrl::parse(url)?)?;
+    if config.fifo {
+        return Err("the SQS baseline does not support fifo=true".into());
+    }
+    Ok(config)
+}
+
+fn is_emulator(config: &SqsConfig) -> bool {
+    matches!(&config.endpoint, Endpoint::Url(u) if u.starts_with("http://"))
+}
+
+/// Whole seconds, rounded up (as `mq-sqs` sends them).
+fn secs(d: Duration) -> i32 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i32::try_from(s).unwrap_or(i32::MAX)
+}
+
+/// The two clients `mq-sqs` builds: one for ordinary calls, one whose time
+/// limits leave room for the long poll.
+#[derive(Clone)]
+struct Clients {
+    ops: aws_sdk_sqs::Client,
+    receive: aws_sdk_sqs::Client,
+}
+
+async fn clients(config: &SqsConfig) -> CliResult<Clients> {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let attempts = config.max_attempts;
+    let timeouts = |attempt: Duration| {
+        TimeoutConfig::builder()
+            .connect_timeout(config.connect_timeout)
+            .operation_attempt_timeout(attempt)
+            .operation_timeout(attempt * attempts + Duration::from_secs(2) * attempts)
+            .build()
+    };
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(RetryConfig::standard().with_max_attempts(attempts))
+        .timeout_config(timeouts(config.timeout));
+    if let Some(region) = &config.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(c) = &config.credentials {
+        loader = loader.credentials_provider(Credentials::new(
+            c.access_key_id.clone(),
+            c.secret_access_key.expose().to_owned(),
+            c.session_token.as_ref().map(|t| t.expose().to_owned()),
+            None,
+            "mq-bench-raw",
+        ));
+    }
+    if let Endpoint::Url(url) = &config.endpoint {
+        loader = loader.endpoint_url(url.clone());
+    }
+    let shared = loader.load().await;
+    let mut builder = aws_sdk_sqs::config::Builder::from(&shared);
+    if shared.region().is_none() {
+        if config.endpoint == Endpoint::Aws {
+            return Err("no AWS region: add ?region=... to the sqs:// URL".into());
+        }
+        builder = builder.region(Region::new(EMULATOR_REGION));
+    }
+    let ops = builder.clone().build();
+    let receive = builder
+        .timeout_config(timeouts(config.wait + config.timeout))
+        .build();
+    Ok(Clients {
+        ops: aws_sdk_sqs::Client::from_conf(ops),
+        receive: aws_sdk_sqs::Client::from_conf(receive),
+    })
+}
+
+/// What the calls of one run share.
+struct Ctx {
+    clients: Clients,
+    config: SqsConfig,
+    /// Send calls in flight per client (`max_connections`).
+    sends: Arc<Semaphore>,
+    /// Delete calls in flight per client (`max_connections`).
+    others: Arc<Semaphore>,
+}
+
+async fn create_queue(ctx: &Ctx, name: &str) -> CliResult<String> {
+    let out = ctx
+        .clients
+        .ops
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(aws_sdk_sqs::Error::from)?;
+    Ok(out
+        .queue_url()
+        .ok_or("SQS returned no queue URL")?
+        .to_owned())
+}
+
+fn attribute(value: String) -> CliResult<MessageAttributeValue> {
+    Ok(MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()?)
+}
+
+async fn publish(
+    ctx: &Arc<Ctx>,
+    queue_url: &str,
+    args: &Args,
+    body: &str,
+    stamp_from: Option<Instant>,
+) -> CliResult {
+    let mut tasks = JoinSet::new();
+    for share in shares(args.count, args.producers) {
+        let (ctx, queue_url, body) = (ctx.clone(), queue_url.to_owned(), body.to_owned());
+        // Calls in flight for this producer: `send_concurrency`, and no
+        // more messages than `--in-flight`.
+        let calls = ctx
+            .config
+            .send_concurrency
+            .min(args.in_flight.div_ceil(MAX_ENTRIES))
+            .max(1);
+        tasks.spawn(async move {
+            let slots = Arc::new(Semaphore::new(calls));
+            let mut in_flight: JoinSet<CliResult> = JoinSet::new();
+            let mut left = share;
+            while left > 0 {
+                let n = usize::try_from(left.min(MAX_ENTRIES as u64)).unwrap_or(MAX_ENTRIES);
+                left -= n as u64;
+                // Stamped before waiting for a free call, as the SDK
+                // workload stamps a message before handing it over.
+                let stamps: Vec<Option<String>> = (0..n)
+                    .map(|_| stamp_from.map(|base| base.elapsed().as_nanos().to_string()))
+                    .collect();
+                let slot = slots.clone().acquire_owned().await?;
+                let mut entries = Vec::with_capacity(n);
+                for (i, stamp) in stamps.into_iter().enumerate() {
+                    let mut attrs = None;
+                    if let Some(stamp) = stamp {
+                        attrs = Some(HashMap::from([(SENT_AT.to_owned(), attribute(stamp)?)]));
+                    }
+                    entries.push(
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(body.clone())
+                            .set_message_attributes(attrs)
+                            .build()?,
+                    );
+                }
+                let (ctx, queue_url) = (ctx.clone(), queue_url.clone());
+                in_flight.spawn(async move {
+                    let _slot = slot;
+                    let _permit = ctx.sends.acquire().await?;
+                    let out = ctx
+                        .clients
+                        .ops
+                        .send_message_batch()
+                        .queue_url(queue_url)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await
+                        .map_err(aws_sdk_sqs::Error::from)?;
+                    if let Some(failed) = out.failed().first() {
+                        return Err(format!("SendMessageBatch entry failed: {failed:?}").into());
+                    }
+                    Ok(())
+                });
+                while let Some(done) = in_flight.try_join_next() {
+                    done??;
+                }
+            }
+            while let Some(done) = in_flight.join_next().await {
+                done??;
+            }
+            Ok::<(), Error>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| format!("producer task: {e}"))??;
+    }
+    Ok(())
+}
+
+/// A received message: receipt handle and latency stamp.
+type Got = Result<(String, Option<String>), String>;
+
+/// Received and not yet processed: receipt handle -> when it becomes
+/// visible again unless extended.
+type Held = Arc<Mutex<HashMap<String, Instant>>>;
+
+struct RawConsumer {
+    rx: mpsc::UnboundedReceiver<Got>,
+    /// One permit per delivery the consumer may still take (prefetch).
+    permits: Arc<Semaphore>,
+    held: Held,
+    /// The pollers and the lease keeper.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Extends the visibility of held messages past half of it, as `mq-sqs`
+/// does for the deliveries a consumer holds (a message received ahead of
+/// its phase must not come back to the queue meanwhile).
+async fn keep_leases(ctx: Arc<Ctx>, queue_url: String, held: Held) {
+    let vt = ctx.config.visibility_timeout;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        let due: Vec<String> = held
+            .lock()
+            .iter_mut()
+            .filter(|(_, until)| **until <= now + vt / 2)
+            .map(|(receipt, until)| {
+                *until = now + vt;
+                receipt.clone()
+            })
+            .collect();
+        for chunk in due.chunks(MAX_ENTRIES) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(secs(vt))
+                        .build()
+                        .ok()
+                })
+                .collect();
+            let Ok(_permit) = ctx.others.acquire().await else {
+                return;
+            };
+            // A message processed meanwhile fails its entry: nothing to do.
+            let _ = ctx
+                .clients
+                .ops
+                .change_message_visibility_batch()
+                .queue_url(&queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+        }
+    }
+}
+
+/// Long polls `queue_url` while there is prefetch room.
+async fn poller(
+    ctx: Arc<Ctx>,
+    queue_url: String,
+    permits: Arc<Semaphore>,
+    held: Held,
+    tx: mpsc::UnboundedSender<Got>,
+) {
+    loop {
+        let Ok(first) = permits.acquire().await else {
+            return;
+        };
+        first.forget();
+        let mut n = 1;
+        while n < MAX_ENTRIES {
+            match permits.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let result = ctx
+            .clients
+            .receive
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(i32::try_from(n).unwrap_or(10))
+            .wait_time_seconds(secs(ctx.config.wait))
+            .visibility_timeout(secs(ctx.config.visibility_timeout))
+            .message_attribute_names("All")
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let messages = out.messages.unwrap_or_default();
+                permits.add_permits(n.saturating_sub(messages.len()));
+                for m in messages {
+                    let stamp = m
+                        .message_attributes()
+                        .and_then(|a| a.get(SENT_AT))
+                        .and_then(|v| v.string_value())
+                        .map(str::to_owned);
+                    let Some(receipt) = m.receipt_handle else {
+                        permits.add_permits(1);
+                        continue;
+                    };
+                    held.lock()
+                        .insert(receipt.clone(), started + ctx.config.visibility_timeout);
+                    if tx.send(Ok((receipt, stamp))).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                permits.add_permits(n);
+                let _ = tx.send(Err(aws_sdk_sqs::Error::from(e).to_string()));
+                return;
+            }
+        }
+    }
+}
+
+fn open_consumers(ctx: &Arc<Ctx>, queue_url: &str, args: &Args) -> Vec<RawConsumer> {
+    let receivers = match ctx.config.receivers {
+        0 if is_emulator(&ctx.config) => 1,
+        0 => args.prefetch.div_ceil(MAX_ENTRIES).clamp(1, 4),
+        n => n,
+    };
+    (0..args.consumers)
+        .map(|_| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let permits = Arc::new(Semaphore::new(args.prefetch));
+            let held = Held::default();
+            let mut tasks: Vec<JoinHandle<()>> = (0..receivers)
+                .map(|_| {
+                    tokio::spawn(poller(
+                        ctx.clone(),
+                        queue_url.to_owned(),
+                        permits.clone(),
+                        held.clone(),
+                        tx.clone(),
+                    ))
+                })
+                .collect();
+            tasks.push(tokio::spawn(keep_leases(
+                ctx.clone(),
+                queue_url.to_owned(),
+                held.clone(),
+            )));
+            RawConsumer {
+                rx,
+                permits,
+                held,
+                tasks,
+            }
+        })
+        .collect()
+}
+
+async fn delete(ctx: &Ctx, queue_url: &str, slots: &Semaphore, receipts: Vec<String>) -> CliResult {
+    let _slot = slots.acquire().await?;
+    let _permit = ctx.others.acquire().await?;
+    let entries = receipts
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(r)
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = ctx
+        .clients
+        .ops
+        .delete_message_batch()
+        .queue_url(queue_url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .map_err(aws_sdk_sqs::Error::from)?;
+    if let Some(failed) = out.failed().first() {
+        return Err(format!("DeleteMessageBatch entry failed: {failed:?}").into());
+    }
+    Ok(())
+}
+
+async fn consume(
+    ctx: &Arc<Ctx>,
+    queue_url: &str,
+    consumers: Vec<RawConsumer>,
+    count: u64,
+    stamp_base: Option<Instant>,
+) -> CliResult<Histogram<u64>> {
+    let tally = Tally::new(count);
+    let mut tasks = JoinSet::new();
+    for RawConsumer {
+        mut rx,
+        permits,
+        held,
+        tasks: background,
+    } in consumers
+    {
+        let (ctx, queue_url, tally) = (ctx.clone(), queue_url.to_owned(), tally.clone());
+        tasks.spawn(async move {
+            let mut local = new_histogram()?;
+            let slots = Arc::new(Semaphore::new(SETTLE_CONCURRENCY));
+            let mut deletes: JoinSet<CliResult> = JoinSet::new();
+            let mut batch = Vec::with_capacity(RECEIVE_BATCH);
+            while !tally.is_done() {
+                let first = tokio::select! {
+                    biased;
+                    first = tokio::time::timeout(RECEIVE_WAIT, rx.recv()) => first,
+                    () = tally.wait_done() => break,
+                };
+                match first {
+                    Err(_) => continue,
+                    Ok(Some(got)) => batch.push(got?),
+                    Ok(None) => return Err("the pollers stopped".into()),
+                }
+                while batch.len() < RECEIVE_BATCH {
+                    match rx.try_recv() {
+                        Ok(got) => batch.push(got?),
+                        Err(_) => break,
+                    }
+                }
+                let now = stamp_base.map(|base| base.elapsed().as_nanos());
+                let n = batch.len();
+                let mut receipts = Vec::with_capacity(n);
+                {
+                    let mut held = held.lock();
+                    for (receipt, _) in &batch {
+                        held.remove(receipt);
+                    }
+                }
+                for (receipt, stamp) in batch.drain(..) {
+                    if let (Some(now), Some(sent)) = (now, stamp) {
+                        record_latency(&mut local, now, sent.as_bytes());
+                    }
+                    receipts.push(receipt);
+                }
+                // Acked: the prefetch room comes back at once, the deletes
+                // run in the background (as mq-sqs does).
+                permits.add_permits(n);
+                while !receipts.is_empty() {
+                    let rest = receipts.split_off(receipts.len().min(MAX_ENTRIES));
+                    let chunk = std::mem::replace(&mut receipts, rest);
+                    let (ctx, queue_url, slots) = (ctx.clone(), queue_url.clone(), slots.clone());
+                    deletes.spawn(async move { delete(&ctx, &queue_url, &slots, chunk).await });
+                }
+                while let Some(done) = deletes.try_join_next() {
+                    done??;
+                }
+                tally.add(n as u64);
+            }
+            for t in background {
+                t.abort();
+            }
+            while let Some(done) = deletes.join_next().await {
+                done??;
+            }
+            Ok::<_, Error>(local)
+        });
+    }
+    join_consumers(tasks, &tally, count).await
+}
+
+pub(crate) async fn run(args: &Args) -> CliResult<Results> {
+    let config = config(&args.url)?;
+    let ctx = Arc::new(Ctx {
+        clients: clients(&config).await?,
+        sends: Arc::new(Semaphore::new(config.max_connections.max(1))),
+        others: Arc::new(Semaphore::new(config.max_connections.max(1))),
+        config,
+    });
+    let base = Instant::now();
+    let body = String::from_utf8(payload(args.size).to_vec())?;
+
+    let dest = create_queue(&ctx, &fresh_name("raw-")).await?;
+    let consumers = open_consumers(&ctx, &dest, args);
+    let started = Instant::now();
+    publish(&ctx, &dest, args, &body, None).await?;
+    let publish_phase = Phase::new(args.count, args.size, started.elapsed());
+    let started = Instant::now();
+    consume(&ctx, &dest, consumers, args.count, None).await?;
+    let consume_phase = Phase::new(args.count, args.size, started.elapsed());
+
+    let e2e_dest = create_queue(&ctx, &fresh_name("raw-e2e-")).await?;
+    let consumers = open_consumers(&ctx, &e2e_dest, args);
+    let started = Instant::now();
+    let receiving = consume(&ctx, &e2e_dest, consumers, args.count, Some(base));
+    let sending = publish(&ctx, &e2e_dest, args, &body, Some(base));
+    let (r, s) = tokio::join!(receiving, sending);
+    let latency_us = r?;
+    s?;
+    let end_to_end = Phase::new(args.count, args.size, started.elapsed());
+    let peak_rss_bytes = peak_rss();
+    for url in [&dest, &e2e_dest] {
+        ctx.clients
+            .ops
+            .delete_queue()
+            .queue_url(url)
+            .send()
+            .await
+            .map_err(aws_sdk_sqs::Error::from)?;
+    }
+    Ok(Results {
+        label: format!(
+            "raw (aws-sdk-sqs: SendMessageBatch x10, {} send calls/producer, {} per client, long poll {}s)",
+            ctx.config.send_concurrency,
+            ctx.config.max_connections,
+            secs(ctx.config.wait)
+        ),
+        publish: publish_phase,
+        consume: consume_phase,
+        end_to_end,
+        latency_us,
+        peak_rss_bytes,
+    })
+}
+
+/// Deletes the queues of `destinations`.
+pub(crate) async fn cleanup(url: &str, destinations: &[String]) -> CliResult {
+    let config = config(url)?;
+    let clients = clients(&config).await?;
+    for name in destinations {
+        let out = clients
+            .ops
+            .get_queue_url()
+            .queue_name(name)
+            .send()
+            .await
+            .map_err(aws_sdk_sqs::Error::from)?;
+        if let Some(url) = out.queue_url() {
+            clients
+                .ops
+                .delete_queue()
+                .queue_url(url)
+                .send()
+                .await
+                .map_err(aws_sdk_sqs::Error::from)?;
+        }
+    }
+    Ok(())
+}
