@@ -373,3 +373,129 @@ mod sqs {
         assert_eq!(health.reconnects, 0);
     }
 }
+
+#[cfg(feature = "kafka")]
+mod kafka {
+    use super::*;
+
+    const N: usize = 12;
+    const ACKED: usize = 5;
+
+    fn lag_sum(stats: &QueueStats) -> Option<i64> {
+        stats
+            .lag
+            .as_ref()
+            .map(|l| l.iter().map(|(_, lag)| lag).sum())
+    }
+
+    #[tokio::test]
+    async fn kafka_stats_and_health() {
+        let Some(url) = url("MQ_TEST_KAFKA_URL", "kafka_stats_and_health") else {
+            return;
+        };
+        within(Duration::from_secs(30), "the Kafka stats test", async {
+            let client = mq::connect(&url).await.expect("connect");
+            let topic = unique("stats");
+            let group = unique("g");
+            let producer = client.producer().await.expect("producer");
+            send_n(&producer, &topic, N).await;
+
+            // A group that never consumed lags by everything sent.
+            let stats = stats_until(
+                &client,
+                &topic,
+                Some(&group),
+                Duration::from_secs(10),
+                |s| s.depth == Some(N as u64),
+            )
+            .await;
+            eprintln!("kafka {topic} group {group} after {N} sends: {stats:?}");
+            assert_eq!(stats.depth, Some(N as u64), "{stats:?}");
+            assert_eq!(lag_sum(&stats), Some(N as i64), "{stats:?}");
+            // The default group (`mq-<topic>`) has not consumed either.
+            let default = client.stats(&topic, None).await.expect("default group");
+            assert_eq!(default.depth, Some(N as u64), "{default:?}");
+
+            // Acked deliveries are committed (every commit_interval); the
+            // rest, fetched or not, stay behind the committed offsets.
+            let mut consumer = client
+                .consumer(&topic)
+                .group(&group)
+                .await
+                .expect("consumer");
+            for _ in 0..ACKED {
+                let d = consumer.receive().await.expect("receive");
+                d.ack().await.expect("ack");
+            }
+            let remaining = (N - ACKED) as u64;
+            let stats = stats_until(
+                &client,
+                &topic,
+                Some(&group),
+                Duration::from_secs(15),
+                |s| s.depth == Some(remaining),
+            )
+            .await;
+            eprintln!("kafka {topic} group {group} after {ACKED} acks: {stats:?}");
+            assert_eq!(stats.depth, Some(remaining), "{stats:?}");
+            assert_eq!(lag_sum(&stats), Some(remaining as i64), "{stats:?}");
+            assert_eq!(stats.in_flight, None, "{stats:?}");
+
+            let missing = client.stats(&unique("missing"), Some(&group)).await;
+            assert_eq!(
+                missing.err().map(|e| e.kind()),
+                Some(ErrorKind::NotFound),
+                "a missing topic"
+            );
+
+            let health = client.health();
+            eprintln!("kafka health: {health:?}");
+            assert!(health.connected, "{health:?}");
+            assert!(producer.health().connected);
+            assert!(consumer.health().connected);
+            consumer.close().await.expect("close");
+            assert!(client.health().connected, "closing is not an outage");
+        })
+        .await;
+    }
+}
+
+#[cfg(feature = "kafka")]
+mod kafka_down {
+    use super::*;
+
+    /// Nothing listens on the bootstrap address: librdkafka reports all
+    /// brokers down, health says so.
+    #[tokio::test]
+    async fn kafka_health_reports_unreachable_brokers() {
+        let test = "kafka_health_reports_unreachable_brokers";
+        let Some(_) = url("MQ_TEST_KAFKA_URL", test) else {
+            return;
+        };
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let client = mq::connect(&format!("kafka://127.0.0.1:{port}?send_timeout=2s"))
+            .await
+            .expect("librdkafka connects lazily");
+        let producer = client.producer().await.expect("producer");
+        let sent = within(
+            Duration::from_secs(20),
+            "a send to a dead cluster",
+            producer.send("anything", Message::new("x")),
+        )
+        .await;
+        assert!(sent.is_err(), "nothing can take the message");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut health = client.health();
+        while health.connected && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            health = client.health();
+        }
+        eprintln!("kafka health, brokers down: {health:?}");
+        assert!(!health.connected, "{health:?}");
+        assert!(health.last_error.is_some(), "{health:?}");
+        assert!(!producer.health().connected);
+    }
+}

@@ -415,6 +415,8 @@ impl KafkaConfig {
         }
         c.set("message.max.bytes", self.message_max_bytes.to_string());
         c.set("log_level", "3");
+        // Brokers' connection states, for health (see `health`).
+        c.set("statistics.interval.ms", crate::health::STATS_INTERVAL);
         c
     }
 

@@ -42,6 +42,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::codec::{decode, KafkaMetadata};
 use crate::config::KafkaConfig;
 use crate::error::convert;
+use crate::health::KafkaHealth;
 use crate::offsets::PartitionState;
 use crate::producer::Sender;
 use crate::settle::KafkaSettler;
@@ -281,10 +282,16 @@ impl Shared {
 /// The consumer context: rebalance and commit callbacks, run on the poll thread.
 pub(crate) struct Context {
     shared: Arc<Shared>,
+    health: Arc<KafkaHealth>,
 }
 
 impl ClientContext for Context {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.health.stats(&statistics);
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.health.error(&error, reason);
         let e = convert(error, "consume", Some(&self.shared.source));
         tracing::warn!(error = %e, reason, "kafka consumer error");
         if matches!(e.kind(), ErrorKind::Permission | ErrorKind::Config) {
@@ -346,6 +353,9 @@ impl ConsumerContext for Context {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if result.is_ok() {
+            self.health.up();
+        }
         if let Err(e) = result {
             tracing::debug!(error = %e, "offset commit failed; retrying on the next round");
             let mut state = self.shared.state.lock();
@@ -447,6 +457,7 @@ fn apply(consumer: &BaseConsumer<Context>, shared: &Shared, a: &Actions) {
 /// A consumer-group member reading one topic (and its group's retry topic).
 pub struct KafkaConsumer {
     shared: Arc<Shared>,
+    health: Arc<KafkaHealth>,
     settler: Arc<KafkaSettler>,
     thread: Option<JoinHandle<()>>,
     closed: bool,
@@ -503,6 +514,7 @@ impl KafkaConsumer {
             .consumer_config(&group)
             .create_with_context(Context {
                 shared: shared.clone(),
+                health: sender.health.clone(),
             })
             .map_err(|e| convert(e, "connect", Some(&source)))?;
         consumer
@@ -530,9 +542,11 @@ impl KafkaConsumer {
                         .with_source(e)
                 })?
         };
+        let health = sender.health.clone();
         let settler = Arc::new(KafkaSettler::new(shared.clone(), sender, runtime));
         Ok(KafkaConsumer {
             shared,
+            health,
             settler,
             thread: Some(thread),
             closed: false,
@@ -627,6 +641,10 @@ impl Consumer for KafkaConsumer {
     /// Stops receiving, returns unsettled deliveries (see the module docs),
     /// commits what is settled and leaves the group. Settling a delivery of
     /// this consumer afterwards fails with [`ErrorKind::Closed`].
+    fn health(&self) -> mq_core::observe::Health {
+        self.health.health()
+    }
+
     async fn close(&mut self) -> Result<()> {
         if self.closed {
             return Ok(());

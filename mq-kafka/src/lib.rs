@@ -7,9 +7,11 @@ mod codec;
 mod config;
 mod consumer;
 mod error;
+mod health;
 mod offsets;
 mod producer;
 mod settle;
+mod stats;
 mod topology;
 
 use std::fmt;
@@ -17,6 +19,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mq_core::client::Backend;
+use mq_core::observe::{Health, QueueStats};
 use mq_core::rpc::ReplyChannel;
 use mq_core::{
     Capabilities, Client, ConsumerOptions, DynConsumer, DynProducer, Error, Registry, Result,
@@ -28,6 +31,7 @@ pub use consumer::KafkaConsumer;
 pub use producer::KafkaProducer;
 pub use topology::{dead_letter_topic, default_group, retry_topic};
 
+use health::KafkaHealth;
 use producer::Sender;
 use topology::Topology;
 
@@ -69,9 +73,19 @@ impl KafkaBackend {
     /// broker shows as a connection or timeout error on the first operation.
     pub fn new(config: KafkaConfig) -> Result<Self> {
         let config = Arc::new(config);
-        let topology = Arc::new(Topology::new(config.clone())?);
-        let sender = Arc::new(Sender::new(config.clone(), topology)?);
+        let health = Arc::new(KafkaHealth::default());
+        let topology = Arc::new(Topology::new(config.clone(), health.clone())?);
+        let sender = Arc::new(Sender::new(config.clone(), topology, health)?);
         Ok(KafkaBackend { config, sender })
+    }
+
+    /// The group a consumer of `source` joins when it names `group` (or
+    /// none): the URL's `group`, else [`default_group`].
+    pub fn group_for(&self, source: &str, group: Option<&str>) -> String {
+        group
+            .map(str::to_owned)
+            .or_else(|| self.config.group.clone())
+            .unwrap_or_else(|| default_group(source))
     }
 
     /// The settings.
@@ -89,11 +103,7 @@ impl KafkaBackend {
         if options.source.is_empty() {
             return Err(Error::config("source name is empty").with_backend(BACKEND));
         }
-        let group = options
-            .group
-            .clone()
-            .or_else(|| self.config.group.clone())
-            .unwrap_or_else(|| default_group(&options.source));
+        let group = self.group_for(&options.source, options.group.as_deref());
         let retry = retry_topic(&options.source, &group);
         let topology = &self.sender.topology;
         topology.ensure(&options.source, false).await?;
@@ -147,6 +157,23 @@ impl Backend for KafkaBackend {
             .consumer(ConsumerOptions::new(reply_to.clone()))
             .await?;
         Ok(ReplyChannel { reply_to, consumer })
+    }
+
+    /// From librdkafka's error and statistics callbacks of every client of
+    /// this backend (see the crate docs, "Health and statistics").
+    fn health(&self) -> Health {
+        self.sender.health.health()
+    }
+
+    /// The lag of `group` (default: the group a consumer of `source` would
+    /// join) on `source`: `depth` is its sum, `lag` per partition,
+    /// `delayed` what waits in the group's retry topic.
+    async fn stats(&self, source: &str, group: Option<&str>) -> Result<QueueStats> {
+        if source.is_empty() {
+            return Err(Error::config("source name is empty").with_backend(BACKEND));
+        }
+        let group = self.group_for(source, group);
+        stats::group_stats(&self.config, &self.sender.health, source, &group).await
     }
 
     async fn close(&self) -> Result<()> {

@@ -20,6 +20,7 @@ use rdkafka::util::Timeout;
 use crate::codec::record_headers;
 use crate::config::KafkaConfig;
 use crate::error::convert;
+use crate::health::{HealthContext, KafkaHealth};
 use crate::topology::Topology;
 use crate::BACKEND;
 
@@ -28,8 +29,10 @@ pub(crate) struct Sender {
     /// Replaced when librdkafka reports a fatal error (an idempotent
     /// producer fenced after the broker lost its producer state): such a
     /// producer never sends again.
-    producer: RwLock<FutureProducer>,
+    producer: RwLock<FutureProducer<HealthContext>>,
     pub(crate) topology: Arc<Topology>,
+    /// What this backend's librdkafka clients reported lately.
+    pub(crate) health: Arc<KafkaHealth>,
     pub(crate) config: Arc<KafkaConfig>,
     pub(crate) max_message_size: usize,
 }
@@ -44,20 +47,28 @@ impl fmt::Debug for Sender {
 }
 
 impl Sender {
-    pub(crate) fn new(config: Arc<KafkaConfig>, topology: Arc<Topology>) -> Result<Self> {
-        let producer = Self::create(&config)?;
+    pub(crate) fn new(
+        config: Arc<KafkaConfig>,
+        topology: Arc<Topology>,
+        health: Arc<KafkaHealth>,
+    ) -> Result<Self> {
+        let producer = Self::create(&config, &health)?;
         Ok(Sender {
             producer: RwLock::new(producer),
             topology,
+            health,
             max_message_size: config.max_message_size(),
             config,
         })
     }
 
-    fn create(config: &KafkaConfig) -> Result<FutureProducer> {
+    fn create(
+        config: &KafkaConfig,
+        health: &Arc<KafkaHealth>,
+    ) -> Result<FutureProducer<HealthContext>> {
         config
             .producer_config()
-            .create()
+            .create_with_context(HealthContext::new(health.clone()))
             .map_err(|e| convert(e, "connect", None))
     }
 
@@ -66,7 +77,7 @@ impl Sender {
     /// works again (the failed one is reported, and retryable). A broker
     /// that lost its state in a restart fences the idempotent producer or
     /// answers `UnknownProducerId` for good; a fresh producer gets a new id.
-    fn recover(&self, failed: &FutureProducer, error: &Error) {
+    fn recover(&self, failed: &FutureProducer<HealthContext>, error: &Error) {
         let reason = match failed.client().fatal_error() {
             Some((code, reason)) => format!("fatal error {code}: {reason}"),
             None if error.kind() == ErrorKind::Timeout => "a send timed out".to_owned(),
@@ -76,7 +87,7 @@ impl Sender {
         if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
             return; // Already replaced by another send.
         }
-        match Self::create(&self.config) {
+        match Self::create(&self.config, &self.health) {
             Ok(fresh) => {
                 tracing::warn!(reason, "replaced the Kafka producer");
                 *current = fresh;
@@ -147,6 +158,9 @@ impl Sender {
             .await
             .map(|_| ())
             .map_err(|(e, _)| convert(e, "send", Some(topic)));
+        if sent.is_ok() {
+            self.health.up();
+        }
         if let Err(e) = &sent {
             self.recover(&producer, e);
             if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Timeout) {
@@ -207,6 +221,10 @@ impl Producer for KafkaProducer {
                 .with_destination(destination));
         }
         self.sender.send(destination, &message, &[]).await
+    }
+
+    fn health(&self) -> mq_core::observe::Health {
+        self.sender.health.health()
     }
 
     async fn close(&self) -> Result<()> {

@@ -18,12 +18,12 @@ use std::time::Duration;
 use mq_core::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use tokio::sync::OnceCell;
 
 use crate::config::KafkaConfig;
 use crate::error::convert;
+use crate::health::{HealthContext, KafkaHealth};
 use crate::BACKEND;
 
 /// Longest topic name Kafka accepts.
@@ -69,7 +69,7 @@ pub fn default_group(topic: &str) -> String {
 
 /// Makes sure topics exist, once per topic per connection.
 pub(crate) struct Topology {
-    admin: Arc<AdminClient<DefaultClientContext>>,
+    admin: Arc<AdminClient<HealthContext>>,
     config: Arc<KafkaConfig>,
     known: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
 }
@@ -83,10 +83,10 @@ impl std::fmt::Debug for Topology {
 }
 
 impl Topology {
-    pub(crate) fn new(config: Arc<KafkaConfig>) -> Result<Self> {
+    pub(crate) fn new(config: Arc<KafkaConfig>, health: Arc<KafkaHealth>) -> Result<Self> {
         let admin = config
             .admin_config()
-            .create()
+            .create_with_context(HealthContext::new(health))
             .map_err(|e| convert(e, "connect", None))?;
         Ok(Topology {
             admin: Arc::new(admin),

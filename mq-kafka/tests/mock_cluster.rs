@@ -109,12 +109,20 @@ async fn broker_down_then_up_loses_nothing_acknowledged() {
         .expect("warm-up send");
     let sending = send_all(&b, topic, 2_000);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(b.health().connected, "{:?}", b.health());
     c.broker_down(1).expect("down");
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = b.health();
     c.broker_up(1).expect("up");
     let (acked, failed) = sending.await.expect("send task");
     eprintln!("down/up: {} acknowledged, {failed} failed", acked.len());
     assert_eq!(failed, 0, "sends are retried across a short outage");
+    // Health: librdkafka's AllBrokersDown, then deliveries again.
+    let after = b.health();
+    eprintln!("health during the outage: {during:?}; after: {after:?}");
+    assert!(!during.connected, "{during:?}");
+    assert!(during.last_error.is_some(), "{during:?}");
+    assert!(after.connected && after.reconnects >= 1, "{after:?}");
     consume_all(&b, topic, &acked, Duration::from_secs(60)).await;
 }
 
