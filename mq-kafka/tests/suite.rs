@@ -56,3 +56,71 @@ async fn missing_topic_is_not_found_without_auto_creation() {
         .expect_err("missing topic");
     assert_eq!(err.kind(), mq_core::ErrorKind::NotFound, "{err}");
 }
+
+/// A consumer whose application falls behind for longer than the pause
+/// threshold (its read-ahead full, the partitions paused) and then catches
+/// up gets every record exactly as sent: nothing is skipped across the
+/// pause and resume. Runs whenever `MQ_TEST_KAFKA_URL` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_full_read_ahead_pauses_and_loses_nothing() {
+    use mq_core::{Consumer, Producer, ProducerExt};
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+
+    let Ok(url) = std::env::var("MQ_TEST_KAFKA_URL") else {
+        eprintln!("read-ahead pause: skipped (MQ_TEST_KAFKA_URL is not set)");
+        return;
+    };
+    const TOTAL: usize = 3_000;
+    let config = mq_kafka::KafkaConfig::from_url(&url).expect("url");
+    let backend = mq_kafka::KafkaBackend::new(config).expect("backend");
+    let topic = format!("mqt-readahead-{}", uuid::Uuid::now_v7().simple());
+    let producer = backend.kafka_producer();
+    let report = producer
+        .send_batch(
+            &topic,
+            (0..TOTAL)
+                .map(|i| mq_core::Message::new(format!("r{i}")))
+                .collect(),
+        )
+        .await;
+    assert_eq!(report.sent(), TOTAL, "every record confirmed");
+    // Prefetch 10: the read-ahead (500 records) fills at once.
+    let mut consumer = backend
+        .kafka_consumer(mq_core::ConsumerOptions::new(topic.clone()).prefetch(10))
+        .await
+        .expect("consumer");
+    let held = consumer
+        .receive_batch(10, Duration::from_secs(30))
+        .await
+        .expect("first deliveries");
+    assert!(!held.is_empty(), "nothing arrived");
+    // Fall behind for longer than the pause threshold (1 s).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut seen = HashSet::new();
+    for d in held {
+        seen.insert(d.text().expect("text").to_owned());
+        d.ack().await.expect("ack");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < TOTAL && Instant::now() < deadline {
+        for d in consumer
+            .receive_batch(10, Duration::from_secs(1))
+            .await
+            .expect("receive")
+        {
+            seen.insert(d.text().expect("text").to_owned());
+            d.ack().await.expect("ack");
+        }
+    }
+    consumer.close().await.expect("close");
+    let missing: Vec<usize> = (0..TOTAL)
+        .filter(|i| !seen.contains(&format!("r{i}")))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {TOTAL} arrived; missing e.g. {missing:?}",
+        seen.len()
+    );
+}
