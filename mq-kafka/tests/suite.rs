@@ -63,7 +63,7 @@ async fn missing_topic_is_not_found_without_auto_creation() {
 /// pause and resume. Runs whenever `MQ_TEST_KAFKA_URL` is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_full_read_ahead_pauses_and_loses_nothing() {
-    use mq_core::{Consumer, Producer, ProducerExt};
+    use mq_core::{Consumer, Producer};
     use std::collections::HashSet;
     use std::time::{Duration, Instant};
 
