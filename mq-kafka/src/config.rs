@@ -427,8 +427,10 @@ impl KafkaConfig {
         }
     }
 
-    /// Producer settings: acks, idempotence, batching, timeouts.
-    pub(crate) fn producer_config(&self) -> ClientConfig {
+    /// Producer settings: acks, idempotence, batching, timeouts. Public so
+    /// that a raw-client comparison (`mq bench --baseline`) uses exactly the
+    /// settings this crate uses.
+    pub fn producer_config(&self) -> ClientConfig {
         let mut c = self.client_config();
         c.set("acks", &self.acks);
         c.set("enable.idempotence", self.idempotence.to_string());
@@ -446,7 +448,7 @@ impl KafkaConfig {
 
     /// Consumer settings for `group`: manual commits only, earliest offset
     /// for new groups, and the session timing.
-    pub(crate) fn consumer_config(&self, group: &str) -> ClientConfig {
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut c = self.client_config();
         c.set("group.id", group);
         c.set("enable.auto.commit", "false");
@@ -463,7 +465,7 @@ impl KafkaConfig {
     }
 
     /// Admin client settings.
-    pub(crate) fn admin_config(&self) -> ClientConfig {
+    pub fn admin_config(&self) -> ClientConfig {
         let mut c = self.client_config();
         self.pass_through(&mut c);
         c

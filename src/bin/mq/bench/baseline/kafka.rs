@@ -1,18 +1,17 @@
 //! Kafka baseline: the bench workload written directly against rdkafka,
 //! with the settings `mq-kafka` uses for the same URL.
 //!
-//! The settings come from `KafkaConfig::from_url`, and are turned into
-//! librdkafka options the way `mq-kafka` does it (its `producer_config` and
-//! `consumer_config` are private, so [`client_config`],
-//! [`producer_config`] and [`consumer_config`] below repeat them):
+//! The settings come from `KafkaConfig::from_url`, turned into librdkafka
+//! options by the same `KafkaConfig::producer_config`, `consumer_config`
+//! and `admin_config` that `mq-kafka` uses:
 //!
 //! | setting | mq-kafka | this baseline |
 //! |---|---|---|
-//! | every client | `bootstrap.servers`, `client.id`, security options, `message.max.bytes`, `log_level=3`, `rdkafka.*` pass-through last | the same |
+//! | every client | `bootstrap.servers`, `client.id`, security options, `message.max.bytes`, `log_level=3`, `statistics.interval.ms` (for health), `rdkafka.*` pass-through last | the same |
 //! | producer | one `FutureProducer` per client: `acks=all`, `enable.idempotence=true`, `linger.ms=5`, `message.timeout.ms=30000` (`send_timeout`), `batch.size`/`compression.type` if set | the same; one producer shared by the `--producers` tasks, each keeping `--in-flight` delivery futures outstanding (`send_result`, no timer per message) |
 //! | record | value, header `mq-message-id` (a UUIDv7), no key | value only (plus the latency header in the end-to-end phase), no key |
 //! | topic | created with `partitions` and `replication` when `auto_create_topics=true` | always created with `partitions` and `replication` |
-//! | consumer | a `BaseConsumer` per consumer polled on its own thread (20 ms polls) in group `mq-<topic>`, subscribed to the topic and its retry topic; `enable.auto.commit=false`, `enable.auto.offset.store=false`, `auto.offset.reset=earliest`, `session.timeout.ms=10000`, `heartbeat.interval.ms=1000`, `enable.partition.eof=false` | the same settings and thread, subscribed to the topic only |
+//! | consumer | a `BaseConsumer` per consumer polled on its own thread (20 ms polls) in group `mq-<topic>`, subscribed to the topic and its retry topic; `enable.auto.commit=false`, `enable.auto.offset.store=false`, `auto.offset.reset=earliest`, `session.timeout.ms=10000`, `heartbeat.interval.ms=1000`, `enable.partition.eof=false`, `topic.metadata.refresh.interval.ms=10000` | the same settings and thread, subscribed to the topic only |
 //! | prefetch | at most `--prefetch` records fetched and not settled: beyond, the partitions are paused, records librdkafka had queued are dropped and fetched again after a seek on resume | before the phase, at most `--prefetch` records taken, then the partitions are paused until the phase starts; in the phase each record is acked as it is polled, so librdkafka's own fetch queue (`queued.min.messages`, `queued.max.messages.kbytes`, defaults) is the only read-ahead |
 //! | ack | offset marked done; the lowest unsettled offset per partition committed (async) every `commit_interval` (200 ms) and on close (sync) | the next offset per partition committed (async) every `commit_interval` and at the end (sync) |
 //!
@@ -37,7 +36,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 use super::super::{
@@ -52,93 +51,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// How long to wait for the consumers to join their group.
 const JOIN_WAIT: Duration = Duration::from_secs(60);
 
-fn millis(d: Duration) -> String {
-    d.as_millis().to_string()
-}
-
-/// What `mq-kafka` sets on every client.
-fn client_config(config: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", config.brokers.join(","));
-    c.set("client.id", &config.client_id);
-    let s = &config.security;
-    let protocol = s
-        .protocol
-        .clone()
-        .or_else(|| s.username.as_ref().map(|_| "sasl_plaintext".to_owned()));
-    if let Some(p) = protocol {
-        c.set("security.protocol", p.to_ascii_lowercase());
-    }
-    if let Some(u) = &s.username {
-        c.set("sasl.username", u);
-        c.set(
-            "sasl.mechanism",
-            s.sasl_mechanism.clone().unwrap_or_else(|| "PLAIN".into()),
-        );
-    } else if let Some(m) = &s.sasl_mechanism {
-        c.set("sasl.mechanism", m);
-    }
-    if let Some(p) = &s.password {
-        c.set("sasl.password", p.expose());
-    }
-    for (key, value) in [
-        ("ssl.ca.location", &s.ssl_ca),
-        ("ssl.certificate.location", &s.ssl_cert),
-        ("ssl.key.location", &s.ssl_key),
-    ] {
-        if let Some(v) = value {
-            c.set(key, v);
-        }
-    }
-    if let Some(v) = &s.ssl_key_password {
-        c.set("ssl.key.password", v.expose());
-    }
-    c.set("message.max.bytes", config.message_max_bytes.to_string());
-    c.set("log_level", "3");
-    c
-}
-
-fn pass_through(config: &KafkaConfig, c: &mut ClientConfig) {
-    for (k, v) in config.rdkafka.iter() {
-        c.set(k, v);
-    }
-}
-
-/// What `mq-kafka` sets on its producer.
-fn producer_config(config: &KafkaConfig) -> ClientConfig {
-    let mut c = client_config(config);
-    c.set("acks", &config.acks);
-    c.set("enable.idempotence", config.idempotence.to_string());
-    c.set("linger.ms", millis(config.linger));
-    c.set("message.timeout.ms", millis(config.send_timeout));
-    if let Some(b) = config.batch_size {
-        c.set("batch.size", b.to_string());
-    }
-    if let Some(z) = &config.compression {
-        c.set("compression.type", z);
-    }
-    pass_through(config, &mut c);
-    c
-}
-
-/// What `mq-kafka` sets on its consumers.
-fn consumer_config(config: &KafkaConfig, group: &str) -> ClientConfig {
-    let mut c = client_config(config);
-    c.set("group.id", group);
-    c.set("enable.auto.commit", "false");
-    c.set("enable.auto.offset.store", "false");
-    c.set("auto.offset.reset", "earliest");
-    c.set("session.timeout.ms", millis(config.session_timeout));
-    c.set("heartbeat.interval.ms", millis(config.heartbeat));
-    c.set("enable.partition.eof", "false");
-    pass_through(config, &mut c);
-    c
-}
-
 fn admin(config: &KafkaConfig) -> CliResult<AdminClient<DefaultClientContext>> {
-    let mut c = client_config(config);
-    pass_through(config, &mut c);
-    Ok(c.create()?)
+    Ok(config.admin_config().create()?)
 }
 
 fn admin_options(config: &KafkaConfig) -> AdminOptions {
@@ -318,7 +232,7 @@ fn open_consumers(
         .unwrap_or_else(|| mq_kafka::default_group(topic));
     let mut out = Vec::with_capacity(args.consumers);
     for i in 0..args.consumers {
-        let consumer: BaseConsumer = consumer_config(config, &group).create()?;
+        let consumer: BaseConsumer = config.consumer_config(&group).create()?;
         consumer.subscribe(&[topic])?;
         let (go_tx, go_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = oneshot::channel();
@@ -354,7 +268,7 @@ const PROBE_ROUND: Duration = Duration::from_secs(2);
 /// A plain (not idempotent) producer for the probe records, apart from
 /// the measured producers.
 fn probe_producer(config: &KafkaConfig) -> CliResult<FutureProducer> {
-    let mut c = producer_config(config);
+    let mut c = config.producer_config();
     c.set("enable.idempotence", "false");
     c.set("message.timeout.ms", "10000");
     Ok(c.create()?)
@@ -551,7 +465,7 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
     let base = Instant::now();
     let body = payload(args.size);
     let admin = admin(&config)?;
-    let producer: FutureProducer = producer_config(&config).create()?;
+    let producer: FutureProducer = config.producer_config().create()?;
     let probes = probe_producer(&config)?;
 
     let dest = fresh_name("raw-");
