@@ -158,6 +158,10 @@ async fn instrumented_consumer(
     backend: &Arc<dyn Backend>,
     options: ConsumerOptions,
 ) -> Result<DynConsumer> {
+    let mut options = options;
+    if options.dead_letter.is_none() {
+        options.dead_letter = Some(backend.dead_letter_destination(&options.source));
+    }
     let (source, group) = (options.source.clone(), options.group.clone());
     let inner = backend.consumer(options).await?;
     Ok(InstrumentedConsumer::wrap(
@@ -194,6 +198,12 @@ impl ConsumerBuilder {
     /// Holds at most `prefetch` unsettled deliveries.
     pub fn prefetch(mut self, prefetch: usize) -> Self {
         self.options = self.options.prefetch(prefetch);
+        self
+    }
+
+    /// Sends dead letters to `destination` instead of the backend's default.
+    pub fn dead_letter(mut self, destination: impl Into<String>) -> Self {
+        self.options = self.options.dead_letter(destination);
         self
     }
 }

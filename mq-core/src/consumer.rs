@@ -91,6 +91,11 @@ pub struct ConsumerOptions {
     pub group: Option<String>,
     /// The most deliveries held unsettled at once.
     pub prefetch: usize,
+    /// Where dead letters go. `None` means the backend's default
+    /// ([`Client::dead_letter_destination`](crate::Client::dead_letter_destination), `<source>-dlq`);
+    /// [`Client`](crate::Client) fills it in before the backend sees the
+    /// options, so backends read one name from one place.
+    pub dead_letter: Option<String>,
 }
 
 impl ConsumerOptions {
@@ -100,6 +105,7 @@ impl ConsumerOptions {
             source: source.into(),
             group: None,
             prefetch: DEFAULT_PREFETCH,
+            dead_letter: None,
         }
     }
 
@@ -107,6 +113,19 @@ impl ConsumerOptions {
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.group = Some(group.into());
         self
+    }
+
+    /// Sends dead letters to `destination` instead of the backend's default.
+    pub fn dead_letter(mut self, destination: impl Into<String>) -> Self {
+        self.dead_letter = Some(destination.into());
+        self
+    }
+
+    /// The dead-letter destination: the one set, else `<source>-dlq`.
+    pub fn dead_letter_destination(&self) -> String {
+        self.dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("{}-dlq", self.source))
     }
 
     /// Holds at most `prefetch` (at least 1) unsettled deliveries.

@@ -227,24 +227,6 @@ impl Received {
         }
         m
     }
-
-    /// The message to publish to the dead-letter destination: this message
-    /// with the reason headers every backend writes.
-    pub fn dead_letter_message(&self, reason: &str) -> Message {
-        let mut m = self.to_message();
-        let h = m.headers_mut();
-        h.insert(headers::DEAD_LETTER_REASON, reason);
-        h.insert(headers::ORIGINAL_SOURCE, self.source.to_string());
-        if let Some(g) = &self.group {
-            h.insert(headers::ORIGINAL_GROUP, g.to_string());
-        }
-        h.insert(headers::ATTEMPT, self.attempt.to_string());
-        h.insert(
-            headers::DEAD_LETTERED_AT,
-            unix_millis(SystemTime::now()).to_string(),
-        );
-        m
-    }
 }
 
 fn is_json_content_type(ct: &str) -> bool {
@@ -435,19 +417,5 @@ mod tests {
                 .kind(),
             crate::ErrorKind::Decode
         );
-    }
-
-    #[test]
-    fn dead_letter_message_records_reason_and_origin() {
-        let r = Received::new("jobs", Message::new("x").with_header("a", "1"), 3)
-            .with_group(Some("g".into()));
-        let m = r.dead_letter_message("boom");
-        let h = m.headers();
-        assert_eq!(h.get(headers::DEAD_LETTER_REASON), Some("boom"));
-        assert_eq!(h.get(headers::ORIGINAL_SOURCE), Some("jobs"));
-        assert_eq!(h.get(headers::ORIGINAL_GROUP), Some("g"));
-        assert_eq!(h.get(headers::ATTEMPT), Some("3"));
-        assert_eq!(h.get("a"), Some("1"));
-        assert_eq!(m.id(), r.id());
     }
 }

@@ -21,9 +21,11 @@ pub mod observe;
 pub mod pipeline;
 pub mod producer;
 pub mod registry;
+pub mod republish;
 pub mod rpc;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod time;
 pub mod url;
 pub mod worker;
 

@@ -34,6 +34,16 @@ pub mod headers {
     pub const CONTENT_TYPE: &str = "mq-content-type";
     /// When the message was first sent, in milliseconds since the Unix epoch.
     pub const SENT_AT: &str = "mq-sent-at";
+    /// A retry copy must not be delivered before this time (milliseconds since
+    /// the Unix epoch). Honoured only on `mq`'s own retry destinations.
+    pub const NOT_BEFORE: &str = "mq-not-before";
+    /// How many times the message was replayed from a dead-letter destination.
+    pub const REPLAYED: &str = "mq-replayed";
+    /// Reasons of earlier dead-letterings, oldest first, one per line.
+    pub const PREVIOUS_REASONS: &str = "mq-previous-reasons";
+    /// Set on a dead-letter copy whose reason headers were cut to fit the
+    /// destination's size limit: the number of bytes removed.
+    pub const TRUNCATED: &str = "mq-truncated";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.
@@ -168,6 +178,7 @@ pub struct Message {
     id: String,
     content_type: Option<String>,
     delay: Option<Duration>,
+    dedup_id: Option<String>,
 }
 
 impl Message {
@@ -180,6 +191,7 @@ impl Message {
             id: new_message_id(),
             content_type: None,
             delay: None,
+            dedup_id: None,
         }
     }
 
@@ -226,9 +238,25 @@ impl Message {
         self
     }
 
+    /// Sets the broker's deduplication id (SQS FIFO `MessageDeduplicationId`),
+    /// which defaults to the message id. Copies `mq` republishes (retry,
+    /// dead letter, replay) get a fresh one, so a broker never drops them as
+    /// duplicates of the original, while the message id stays the same for
+    /// application-level deduplication.
+    pub fn with_dedup_id(mut self, dedup_id: impl Into<String>) -> Self {
+        self.dedup_id = Some(dedup_id.into());
+        self
+    }
+
     /// The payload.
     pub fn payload(&self) -> &Bytes {
         &self.payload
+    }
+
+    /// The broker deduplication id: the one set with
+    /// [`Message::with_dedup_id`], else the message id.
+    pub fn dedup_id(&self) -> &str {
+        self.dedup_id.as_deref().unwrap_or(&self.id)
     }
 
     /// The headers.
@@ -280,6 +308,7 @@ impl Message {
             id: self.id,
             content_type: self.content_type,
             delay: self.delay,
+            dedup_id: self.dedup_id,
         }
     }
 }
@@ -293,6 +322,7 @@ impl fmt::Debug for Message {
             .field("headers", &self.headers)
             .field("content_type", &self.content_type)
             .field("delay", &self.delay)
+            .field("dedup_id", &self.dedup_id)
             .finish()
     }
 }
@@ -306,6 +336,7 @@ impl From<MessageParts> for Message {
             id: p.id,
             content_type: p.content_type,
             delay: p.delay,
+            dedup_id: p.dedup_id,
         }
     }
 }
@@ -326,6 +357,9 @@ pub struct MessageParts {
     pub content_type: Option<String>,
     /// The delivery delay.
     pub delay: Option<Duration>,
+    /// The broker deduplication id, when it differs from the message id
+    /// (see [`Message::dedup_id`]).
+    pub dedup_id: Option<String>,
 }
 
 #[cfg(test)]

@@ -137,7 +137,7 @@ impl KafkaSettler {
                 state.inflight += 1;
                 Ok(Step::Republish {
                     topic: dead_letter_topic(&self.shared.source),
-                    message: received.dead_letter_message(&reason),
+                    message: mq_core::republish::dead_letter_copy(received, &reason),
                     extra: Vec::new(),
                 })
             }

@@ -234,7 +234,7 @@ impl Settler for RabbitSettler {
                 let dlq = self.shared.dead_letter_destination(&self.source);
                 let route = dead_letter_route(&self.shared.config, &dlq)?;
                 let wire = crate::headers::encode(
-                    delivery.dead_letter_message(&reason),
+                    mq_core::republish::dead_letter_copy(delivery, &reason),
                     self.shared.config.persistent,
                 )?;
                 self.shared

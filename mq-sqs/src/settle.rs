@@ -371,7 +371,10 @@ impl SqsSettler {
     async fn publish_dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
         let dlq = self.queues.dead_letter_destination(&self.logical);
         let info = self.queues.resolve(&dlq).await?;
-        let wire = prepare(&info, delivery.dead_letter_message(reason))?;
+        let wire = prepare(
+            &info,
+            mq_core::republish::dead_letter_copy(delivery, reason),
+        )?;
         send_to(&self.queues, &dlq, std::slice::from_ref(&wire))
             .await
             .pop()

@@ -16,7 +16,10 @@
 //! message sent before the first consumer; a named group receives messages
 //! sent after it was first consumed. Ack removes, nack requeues at the front
 //! (attempt + 1), a delayed nack requeues at the back when due, dead-letter
-//! moves the message to `<source>-dlq` with the reason headers. A delivery
+//! moves the message to `<source>-dlq` (or the consumer's dead-letter
+//! destination) with the reason headers; a dead letter that cannot be written
+//! (name refused, copy too large even cut) goes back to the queue and the
+//! settle returns the error. A delivery
 //! dropped unsettled is requeued at once. Brokers live until the process
 //! exits; nothing survives a restart.
 
@@ -193,6 +196,7 @@ impl MemoryBroker {
         let permits = Arc::new(Semaphore::new(options.prefetch.max(1)));
         MemoryConsumer {
             settler: Arc::new(MemorySettler {
+                dead_letter: options.dead_letter_destination(),
                 queue,
                 permits,
                 broker: self.inner.clone(),
@@ -253,11 +257,7 @@ impl BrokerInner {
     }
 
     fn check(&self, destination: &str, message: &Message) -> Result<()> {
-        if destination.is_empty() {
-            return Err(Error::config("destination name is empty")
-                .with_backend(BACKEND)
-                .with_operation("send"));
-        }
+        check_name(destination)?;
         let size = message.encoded_len();
         if size > self.config.max_message_size {
             return Err(Error::too_large(
@@ -319,14 +319,41 @@ impl BrokerInner {
 
     /// Publishes to the default group of `destination` without waiting for
     /// capacity (used for dead letters, which must never block settlement).
-    fn force_send(&self, destination: &str, message: Message) {
+    /// The copy is cut to the size limit first; what cannot be sent is an
+    /// error and nothing is published.
+    fn force_send(&self, destination: &str, message: Message) -> Result<()> {
+        check_name(destination)?;
+        let message = crate::republish::fit_to_size(message, self.config.max_message_size)
+            .map_err(|e| e.with_backend(BACKEND).with_destination(destination))?;
         let queues = self.queues(destination);
         let stored = Stored::new(message);
         for queue in queues.iter() {
             queue.reserve_now();
             queue.push_back(stored.clone());
         }
+        Ok(())
     }
+}
+
+/// The longest destination name the memory broker takes (RabbitMQ's limit,
+/// so names that work here work there).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// A destination name must be non-empty and at most [`MAX_NAME_LEN`] bytes.
+fn check_name(destination: &str) -> Result<()> {
+    let problem = if destination.is_empty() {
+        "destination name is empty".to_owned()
+    } else if destination.len() > MAX_NAME_LEN {
+        format!(
+            "destination name of {} bytes exceeds the memory broker's limit of {MAX_NAME_LEN}",
+            destination.len()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::config(problem)
+        .with_backend(BACKEND)
+        .with_operation("send"))
 }
 
 /// Capacity taken by a send that has not pushed yet (the first `.1` queues);
@@ -507,6 +534,8 @@ impl Consumer for MemoryConsumer {
 #[derive(Debug)]
 struct MemorySettler {
     queue: Arc<Queue>,
+    /// Where dead letters go (the consumer's options).
+    dead_letter: String,
     /// One permit per delivery the consumer may hold unsettled (prefetch).
     permits: Arc<Semaphore>,
     broker: Arc<BrokerInner>,
@@ -570,9 +599,12 @@ impl Settler for MemorySettler {
             Settlement::Nack { delay: None } => self.queue.push_front(stored),
             Settlement::Nack { delay: Some(d) } => self.queue.push_after(stored, d),
             Settlement::DeadLetter { reason } => {
-                let dlq = format!("{}-dlq", self.queue.source);
-                self.broker
-                    .force_send(&dlq, delivery.dead_letter_message(&reason));
+                let copy = crate::republish::dead_letter_copy(delivery, &reason);
+                if let Err(e) = self.broker.force_send(&self.dead_letter, copy) {
+                    // Never leave it in limbo: back to the queue, error reported.
+                    self.queue.push_front(stored);
+                    return Err(e.with_operation("dead_letter"));
+                }
                 self.queue.release();
             }
         }

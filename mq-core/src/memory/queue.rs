@@ -144,7 +144,7 @@ impl Queue {
             Ok(rt) => {
                 self.state.lock().delayed += 1;
                 rt.spawn(async move {
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(crate::time::clamp(delay)).await;
                     queue.state.lock().delayed -= 1;
                     queue.push_back(stored);
                 });

@@ -131,6 +131,59 @@ async fn dead_letter_moves_to_dlq_with_reason() {
 }
 
 #[tokio::test]
+async fn dead_letter_that_cannot_be_written_returns_the_message() {
+    let b = broker();
+    b.producer()
+        .send("orders", Message::new("bad").with_id("m1"))
+        .await
+        .expect("send");
+    let refused = "x".repeat(MAX_NAME_LEN + 1);
+    let mut c = b.consumer(
+        ConsumerOptions::new("orders")
+            .prefetch(1)
+            .dead_letter(refused),
+    );
+    let err = recv(&mut c)
+        .await
+        .dead_letter("cannot parse")
+        .await
+        .expect_err("the dead-letter destination is refused");
+    assert_eq!(err.kind(), ErrorKind::Config);
+    // Not in limbo: the prefetch slot is free and the message is back.
+    let again = recv(&mut c).await;
+    assert_eq!(again.id(), "m1");
+    assert_eq!(again.attempt(), 2);
+    again.ack().await.expect("ack");
+    assert_eq!(b.held("orders", None), 0);
+}
+
+#[tokio::test]
+async fn dead_letter_copy_is_cut_to_the_size_limit() {
+    let b = MemoryBroker::new(MemoryConfig {
+        max_message_size: 600,
+        ..MemoryConfig::default()
+    });
+    b.producer()
+        .send("orders", Message::new(vec![b'p'; 400]).with_id("m1"))
+        .await
+        .expect("send");
+    let mut c = b.consumer(ConsumerOptions::new("orders"));
+    recv(&mut c)
+        .await
+        .dead_letter("r".repeat(600))
+        .await
+        .expect("dead-letter fits once the reason is cut");
+    let mut dlq = b.consumer(ConsumerOptions::new("orders-dlq"));
+    let d = recv(&mut dlq).await;
+    assert_eq!(d.payload().len(), 400);
+    assert!(d.headers().get(headers::TRUNCATED).is_some());
+    assert!(d
+        .headers()
+        .get(headers::DEAD_LETTER_REASON)
+        .is_some_and(|r| r.len() < 600));
+}
+
+#[tokio::test]
 async fn groups_each_get_a_copy_and_members_compete() {
     let b = broker();
     let mut a1 = b.consumer(ConsumerOptions::new("t").group("a"));

@@ -25,14 +25,6 @@ pub(crate) struct Args {
     max: Option<u64>,
 }
 
-const DEAD_LETTER_HEADERS: &[&str] = &[
-    headers::DEAD_LETTER_REASON,
-    headers::ORIGINAL_SOURCE,
-    headers::ORIGINAL_GROUP,
-    headers::DEAD_LETTERED_AT,
-    headers::ATTEMPT,
-];
-
 pub(crate) async fn run(args: Args, json: bool) -> CliResult {
     let idle = Duration::try_from_secs_f64(args.idle).map_err(|_| {
         format!(
@@ -66,11 +58,11 @@ pub(crate) async fn run(args: Args, json: bool) -> CliResult {
                 );
             }
             if args.redrive {
-                let mut m = d.to_message();
-                for h in DEAD_LETTER_HEADERS {
-                    m.headers_mut().remove(h);
-                }
-                producer.send(&args.source, m).await?;
+                // A replay copy: same id, fresh broker dedup id (a FIFO
+                // queue would otherwise swallow it), the reasons kept.
+                producer
+                    .send(&args.source, mq::republish::replay_copy(&d))
+                    .await?;
                 d.ack().await?;
             } else {
                 held.push(d);

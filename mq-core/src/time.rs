@@ -1,0 +1,86 @@
+//! Checked time arithmetic for values a user, a broker or a peer controls.
+//!
+//! `Instant + Duration` and `SystemTime + Duration` panic on overflow, so a
+//! `nack_after(Duration::MAX)`, a lease of `Duration::MAX` or a header saying
+//! "not before year 300 million" would crash the process that reads it. Every
+//! such sum in `mq` goes through these helpers instead: they clamp to a far
+//! but representable point ([`FAR_FUTURE`] from now), which behaves as
+//! "never" for any real process.
+
+use std::time::{Duration, Instant, SystemTime};
+
+/// The longest wait `mq` schedules: 100 years. Longer requests are clamped
+/// to it, which is "forever" for any process while staying representable.
+pub const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `duration`, at most [`FAR_FUTURE`].
+pub fn clamp(duration: Duration) -> Duration {
+    duration.min(FAR_FUTURE)
+}
+
+/// `Instant::now() + duration`, clamped instead of panicking.
+pub fn instant_after(duration: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(clamp(duration))
+        .or_else(|| now.checked_add(Duration::from_secs(24 * 3600)))
+        .unwrap_or(now)
+}
+
+/// `tokio::time::Instant::now() + duration`, clamped instead of panicking.
+pub fn tokio_instant_after(duration: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(instant_after(duration))
+}
+
+/// `SystemTime::now() + duration`, clamped instead of panicking.
+pub fn system_time_after(duration: Duration) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_add(clamp(duration)).unwrap_or(now)
+}
+
+/// The time `millis` milliseconds after the Unix epoch, or `None` when that
+/// is not representable on this platform (a peer's bogus timestamp).
+pub fn from_unix_millis(millis: u64) -> Option<SystemTime> {
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(millis))
+}
+
+/// The time `secs` seconds after the Unix epoch, or `None` when that is not
+/// representable (AMQP timestamps are seconds in a `u64`).
+pub fn from_unix_secs(secs: u64) -> Option<SystemTime> {
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// How long until `at` (zero if it has passed), at most [`FAR_FUTURE`].
+pub fn until(at: SystemTime) -> Duration {
+    clamp(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extreme_durations_clamp_instead_of_panicking() {
+        let far = instant_after(Duration::MAX);
+        assert!(far > Instant::now() + Duration::from_secs(3600));
+        let far = system_time_after(Duration::MAX);
+        assert!(far > SystemTime::now() + Duration::from_secs(3600));
+        let _ = tokio_instant_after(Duration::MAX);
+        assert_eq!(clamp(Duration::MAX), FAR_FUTURE);
+        assert_eq!(clamp(Duration::from_secs(1)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn epoch_offsets_are_checked() {
+        assert_eq!(from_unix_millis(0), Some(SystemTime::UNIX_EPOCH));
+        // 584 million years fits the 64-bit seconds of a Unix SystemTime.
+        #[cfg(unix)]
+        assert!(from_unix_millis(u64::MAX).is_some());
+        // u64::MAX seconds is past what SystemTime holds on every platform.
+        assert_eq!(from_unix_secs(u64::MAX), None);
+        assert!(until(SystemTime::UNIX_EPOCH).is_zero());
+        assert!(until(system_time_after(Duration::MAX)) <= FAR_FUTURE);
+    }
+}
