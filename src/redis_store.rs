@@ -26,6 +26,7 @@ pub struct RedisDedupStore {
     shown_url: String,
     claim: Script,
     renew: Script,
+    complete: Script,
     release: Script,
 }
 
@@ -58,6 +59,16 @@ impl RedisDedupStore {
                   end
                   return 0",
             ),
+            // Fenced: done only over our own lease, or over nothing (our
+            // lease expired and nobody claimed the key since).
+            complete: Script::new(
+                r"local v = redis.call('GET', KEYS[1])
+                  if v == false or v == 'lease:' .. ARGV[1] then
+                    redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2])
+                    return 1
+                  end
+                  return 0",
+            ),
             release: Script::new(
                 r"if redis.call('GET', KEYS[1]) == 'lease:' .. ARGV[1] then
                     return redis.call('DEL', KEYS[1])
@@ -83,8 +94,12 @@ fn convert(e: redis::RedisError, operation: &'static str) -> Error {
         .with_source(e)
 }
 
+/// Milliseconds for `PX`/`PEXPIRE`: at least 1, clamped to 100 years (Redis
+/// refuses expiry times that overflow its clock).
 fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(mq_core::time::clamp(d).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 #[async_trait]
@@ -103,7 +118,9 @@ impl DedupStore for RedisDedupStore {
             1 => Claim::Acquired(token),
             2 => Claim::Done,
             // PTTL is -1/-2 when the key has no expiry or just vanished: retry soon.
-            _ => Claim::InProgress(Duration::from_millis(pttl.max(10) as u64)),
+            _ => Claim::InProgress(Duration::from_millis(
+                u64::try_from(pttl.max(10)).unwrap_or(10),
+            )),
         })
     }
 
@@ -119,15 +136,16 @@ impl DedupStore for RedisDedupStore {
         Ok(renewed == 1)
     }
 
-    async fn complete(&self, key: &str, _token: LeaseToken, ttl: Duration) -> Result<()> {
-        redis::cmd("SET")
-            .arg(format!("{PREFIX}{key}"))
-            .arg("done")
-            .arg("PX")
+    async fn complete(&self, key: &str, token: LeaseToken, ttl: Duration) -> Result<bool> {
+        let done: i64 = self
+            .complete
+            .key(format!("{PREFIX}{key}"))
+            .arg(token.0.to_string())
             .arg(millis(ttl))
-            .query_async::<()>(&mut self.connection.clone())
+            .invoke_async(&mut self.connection.clone())
             .await
-            .map_err(|e| convert(e, "complete"))
+            .map_err(|e| convert(e, "complete"))?;
+        Ok(done == 1)
     }
 
     async fn release(&self, key: &str, token: LeaseToken) -> Result<()> {

@@ -42,9 +42,10 @@ async fn two_processes_share_claims_leases_and_done_markers() {
         other => panic!("b must see a's lease, got {other:?}"),
     }
     assert!(a.renew(&key, token, lease).await.expect("renew"));
-    a.complete(&key, token, Duration::from_secs(60))
+    assert!(a
+        .complete(&key, token, Duration::from_secs(60))
         .await
-        .expect("complete");
+        .expect("complete"));
     assert_eq!(
         b.claim(&key, lease).await.expect("claim after done"),
         Claim::Done
@@ -145,4 +146,39 @@ async fn two_workers_with_one_redis_store_run_a_duplicate_once() {
         "4 distinct emails + 1 for the triplicated id"
     );
     assert!(acked >= 5, "acked {acked}");
+}
+
+#[tokio::test]
+async fn dedup_complete_is_fenced_to_the_current_lease_owner_in_redis() {
+    let Some(url) = redis_url() else { return };
+    let a = RedisDedupStore::connect(&url).await.expect("connect a");
+    let b = RedisDedupStore::connect(&url).await.expect("connect b");
+    let key = unique("fenced");
+    let lease = Duration::from_millis(100);
+    let Claim::Acquired(old) = a.claim(&key, lease).await.expect("claim a") else {
+        panic!("a fresh key must be claimable");
+    };
+    tokio::time::sleep(lease * 3).await;
+    let Claim::Acquired(new) = b
+        .claim(&key, Duration::from_secs(30))
+        .await
+        .expect("claim b")
+    else {
+        panic!("an expired lease can be claimed again");
+    };
+    assert!(
+        !a.complete(&key, old, Duration::from_secs(60))
+            .await
+            .expect("complete a"),
+        "a lost its lease: its complete must not mark b's key done"
+    );
+    assert!(matches!(
+        a.claim(&key, lease).await,
+        Ok(Claim::InProgress(_))
+    ));
+    assert!(b
+        .complete(&key, new, Duration::MAX)
+        .await
+        .expect("complete b"));
+    assert_eq!(a.claim(&key, lease).await.expect("claim"), Claim::Done);
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::message::{headers, Headers, Message, JSON_CONTENT_TYPE};
+use crate::message::{Headers, Message, JSON_CONTENT_TYPE};
 
 /// What to do with a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,8 +312,11 @@ impl Delivery {
     }
 
     /// Processing failed: deliver the message again once `delay` has passed.
+    /// A delay beyond [`FAR_FUTURE`](crate::time::FAR_FUTURE) is clamped to
+    /// it; backends clamp further to what their broker allows (see their docs).
     pub async fn nack_after(self, delay: Duration) -> Result<()> {
-        self.settle(Settlement::Nack { delay: Some(delay) }).await
+        let delay = Some(crate::time::clamp(delay));
+        self.settle(Settlement::Nack { delay }).await
     }
 
     /// The message cannot be processed: move it to the dead-letter

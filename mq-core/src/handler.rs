@@ -56,7 +56,7 @@ impl HandlerError {
     /// Asks for the next attempt no sooner than `delay` (e.g. a rate limit's
     /// Retry-After). Overrides the retry policy's delay for this failure.
     pub fn retry_after(mut self, delay: Duration) -> Self {
-        self.retry_after = Some(delay);
+        self.retry_after = Some(crate::time::clamp(delay));
         self
     }
 

@@ -14,8 +14,9 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
-/// Query keys whose values are secrets, matched case-insensitively on the last
-/// dot-separated segment (so `rdkafka.sasl.password` matches `password`).
+/// Query keys whose values are secrets, matched case-insensitively against
+/// the end of the key with `.` and `-` read as `_` (so
+/// `rdkafka.sasl.password` matches `password`).
 const SECRET_KEYS: &[&str] = &[
     "password",
     "passwd",
@@ -28,19 +29,33 @@ const SECRET_KEYS: &[&str] = &[
     "token",
     "access_token",
     "api_key",
+    "apikey",
     "key_password",
     "ssl_key_password",
+    "sasl_oauthbearer_config",
+];
+
+/// Words that make any key carrying them a secret wherever they appear
+/// (`ssl.key.pem` is an inline private key, `client.secret.x` a secret).
+const SECRET_WORDS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "pem",
+    "credential",
+    "credentials",
+    "private",
 ];
 
 const REDACTED: &str = "***";
 
-/// Whether a query key names a secret.
+/// Whether a query key names a secret: a password, secret, token or key
+/// material (`rdkafka.ssl.key.pem`, `rdkafka.sasl.password`, `secret_key`).
 pub fn is_secret_key(key: &str) -> bool {
-    let last = key.rsplit(['.', '-']).next().unwrap_or(key);
     let whole = key.to_ascii_lowercase().replace(['.', '-'], "_");
-    SECRET_KEYS
-        .iter()
-        .any(|s| last.eq_ignore_ascii_case(s) || whole.ends_with(s))
+    SECRET_KEYS.iter().any(|s| whole.ends_with(s))
+        || whole.split('_').any(|word| SECRET_WORDS.contains(&word))
 }
 
 /// A string that never shows in `Debug` or `Display` (passwords, keys, tokens).
@@ -142,24 +157,38 @@ impl fmt::Debug for RedactedUrl {
     }
 }
 
-/// Redacts a string that should be a URL but may not parse: a parsable URL is
-/// redacted properly; otherwise everything between `://` and the last `@` is
-/// hidden, and so is the whole query.
+/// Redacts a string that should be a URL but may not parse. A parsable URL
+/// is redacted properly. Otherwise nothing that may be a credential
+/// survives: everything between `://` and the last `@` (wherever a `?` or
+/// `/` sits: a password may contain either, unencoded), a `user:password`
+/// authority without `@`, and the whole query.
 pub fn redact_str(s: &str) -> String {
     if let Ok(url) = Url::parse(s) {
         return RedactedUrl(url).to_string();
     }
-    let mut out = s.to_owned();
-    if let Some(q) = out.find('?') {
-        out.truncate(q);
-        out.push_str("?***");
-    }
-    if let (Some(start), Some(at)) = (out.find("://"), out.rfind('@')) {
-        if at > start + 3 {
-            out.replace_range(start + 3..at, REDACTED);
+    let Some(start) = s.find("://").map(|i| i + 3) else {
+        // Not URL-shaped at all: it may be anything, so show none of it.
+        return REDACTED.to_owned();
+    };
+    let (scheme, rest) = s.split_at(start);
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("{REDACTED}@{}", &rest[at + 1..]),
+        None => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..end].find(':') {
+                // `host:port` with a numeric port is safe to show.
+                Some(colon) if !rest[colon + 1..end].bytes().all(|b| b.is_ascii_digit()) => {
+                    format!("{}:{REDACTED}{}", &rest[..colon], &rest[end..])
+                }
+                _ => rest.to_owned(),
+            }
         }
-    }
-    out
+    };
+    let rest = match rest.find('?') {
+        Some(q) => format!("{}?{REDACTED}", &rest[..q]),
+        None => rest,
+    };
+    format!("{scheme}{rest}")
 }
 
 /// Strict reader of a URL's query options.
@@ -286,7 +315,8 @@ impl UrlOptions {
     }
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of milliseconds.
+/// Parses `500ms`, `30s`, `5m`, `1h` or a bare number of milliseconds;
+/// at most [`FAR_FUTURE`](crate::time::FAR_FUTURE).
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
     let split = raw
@@ -304,7 +334,11 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    Duration::try_from_secs_f64(secs).ok()
+    // Longer than a process can wait is "forever": clamp, so adding it to
+    // `Instant::now()` later cannot overflow.
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .map(crate::time::clamp)
 }
 
 #[cfg(test)]
@@ -335,6 +369,83 @@ mod tests {
         );
         let err = RedactedUrl::parse("amqp://user:hunter2@[bad").expect_err("bad");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn secrets_in_errors_never_echo_the_password() {
+        for raw in [
+            "amqp://user:hunter2?x@127.0.0.1/",
+            "sqs://AKID:hunter2?@x",
+            "kafka://u:hunter2/x@127.0.0.1:9092",
+            "amqp://u:hunter2#frag@h/",
+            "amqp://user:hunter2?x",
+            "amqp://u:hunter2",
+            "not a url hunter2",
+            "amqp://u:p@h/?rdkafka.ssl.key.pem=hunter2",
+        ] {
+            let shown = redact_str(raw);
+            assert!(!shown.contains("hunter2"), "{raw} -> {shown}");
+            if let Err(e) = RedactedUrl::parse(raw) {
+                assert!(!format!("{e} {e:?}").contains("hunter2"), "{raw} -> {e:?}");
+            }
+        }
+        assert_eq!(redact_str("kafka://h:9092"), "kafka://h:9092");
+    }
+
+    #[test]
+    fn key_material_and_tokens_are_secret_keys() {
+        for key in [
+            "rdkafka.ssl.key.pem",
+            "rdkafka.sasl.password",
+            "rdkafka.ssl.keystore.password",
+            "rdkafka.sasl.oauthbearer.client.secret",
+            "rdkafka.sasl.oauthbearer.config",
+            "secret_key",
+            "session_token",
+            "api_key",
+            "SASL-PASSWORD",
+        ] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        for key in [
+            "prefetch",
+            "rdkafka.linger.ms",
+            "region",
+            "queue_type",
+            "tokens_per_s",
+        ] {
+            assert!(!is_secret_key(key), "{key}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+        #[test]
+        fn url_redaction_never_leaks_a_password(
+            scheme in "(amqp|amqps|kafka|sqs|sqs\\+http|memory)",
+            user in "[a-zA-Z0-9]{0,8}",
+            password in "[a-zA-Z0-9/?#@:%. ]{1,12}",
+            host in "[a-z0-9.\\[\\]:-]{0,16}",
+            tail in "[a-zA-Z0-9/?&=#%.:-]{0,24}",
+        ) {
+            let secret = format!("S3cr3t{password}");
+            let raw = format!("{scheme}://{user}:{secret}@{host}{tail}");
+            let shown = redact_str(&raw);
+            proptest::prop_assert!(!shown.contains("S3cr3t"), "{} -> {}", raw, shown);
+            if let Err(e) = RedactedUrl::parse(&raw) {
+                proptest::prop_assert!(!e.to_string().contains("S3cr3t"));
+            }
+        }
+
+        #[test]
+        fn duration_and_option_parsers_never_panic(raw in "\\PC{0,24}", key in "[a-z._]{1,12}") {
+            let _ = parse_duration(&raw);
+            if let Ok(url) = Url::parse(&format!("memory://x?{key}={}", raw.replace(['&', '#'], ""))) {
+                let mut o = UrlOptions::new("memory", &url).expect("one key");
+                let _ = o.take_duration(&key);
+                let _ = o.finish();
+            }
+        }
     }
 
     #[test]
@@ -391,5 +502,10 @@ mod tests {
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("5x"), None);
         assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(
+            parse_duration("18000000000000000000s"),
+            Some(crate::time::FAR_FUTURE),
+            "clamped, not an Instant overflow waiting to happen"
+        );
     }
 }

@@ -184,6 +184,28 @@ async fn dead_letter_copy_is_cut_to_the_size_limit() {
 }
 
 #[tokio::test]
+async fn nack_after_duration_max_neither_panics_nor_blocks_the_queue() {
+    let b = broker();
+    let p = b.producer();
+    p.send("jobs", Message::new("later").with_id("m1"))
+        .await
+        .expect("send");
+    p.send("jobs", Message::new("now").with_id("m2"))
+        .await
+        .expect("send");
+    let mut c = b.consumer(ConsumerOptions::new("jobs"));
+    recv(&mut c)
+        .await
+        .nack_after(Duration::MAX)
+        .await
+        .expect("a delay of Duration::MAX is clamped, not an overflow");
+    let d = recv(&mut c).await;
+    assert_eq!(d.id(), "m2");
+    d.ack().await.expect("ack");
+    assert_eq!(b.held("jobs", None), 1, "m1 waits, delayed");
+}
+
+#[tokio::test]
 async fn groups_each_get_a_copy_and_members_compete() {
     let b = broker();
     let mut a1 = b.consumer(ConsumerOptions::new("t").group("a"));

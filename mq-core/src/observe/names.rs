@@ -18,6 +18,8 @@ pub const DEAD_LETTERED: &str = "mq_messages_dead_lettered_total";
 pub const ABANDONED: &str = "mq_messages_abandoned_total";
 /// Duplicates the dedup layer acked without running the handler. Labels: backend, source, group.
 pub const DUPLICATES: &str = "mq_duplicates_dropped_total";
+/// Dedup leases lost while a handler ran (renewal refused or failing past the lease).
+pub const DEDUP_LEASES_LOST: &str = "mq_dedup_leases_lost_total";
 /// Failed attempts the retry layer will retry. Labels: backend, source, group.
 pub const RETRIES: &str = "mq_retries_total";
 /// Handler run time. Labels: backend, source, group, outcome (ack, nack, dead_letter).

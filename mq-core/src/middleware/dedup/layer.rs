@@ -109,19 +109,30 @@ impl Handler for Dedup {
                 }
             };
             // Keep the lease while the handler runs, however long it takes.
+            // A lease that is lost (renewal refused, or failing until the
+            // lease ran out) is logged and counted once; the handler runs on
+            // (stopping it halfway is worse), but `complete` is fenced by the
+            // token, so it cannot overwrite the new owner's outcome.
             let renew = {
                 let (store, key) = (store.clone(), key.clone());
+                let id = message.id().to_owned();
                 async move {
+                    let mut last_renewed = tokio::time::Instant::now();
                     loop {
                         tokio::time::sleep(lease / 3).await;
                         match store.renew(&key, token, lease).await {
-                            Ok(true) => {}
+                            Ok(true) => last_renewed = tokio::time::Instant::now(),
                             Ok(false) => break,
                             Err(e) => {
-                                tracing::warn!(%key, error = %e, "dedup lease renewal failed")
+                                tracing::warn!(%key, error = %e, "dedup lease renewal failed");
+                                if last_renewed.elapsed() >= lease {
+                                    break;
+                                }
                             }
                         }
                     }
+                    tracing::warn!(%key, %id, "dedup lease lost while the handler runs; another consumer may take the key");
+                    metrics::counter!(crate::observe::names::DEDUP_LEASES_LOST).increment(1);
                     futures::future::pending::<()>().await
                 }
             };
@@ -130,7 +141,12 @@ impl Handler for Dedup {
                 () = renew => unreachable_renew(),
             };
             match &result {
-                Ok(()) => store.complete(&key, token, ttl).await?,
+                Ok(()) => {
+                    if !store.complete(&key, token, ttl).await? {
+                        tracing::warn!(%key, "handler finished after its dedup lease changed hands; not marking the key done");
+                        metrics::counter!(crate::observe::names::DEDUP_LEASES_LOST).increment(1);
+                    }
+                }
                 Err(_) => {
                     if let Err(e) = store.release(&key, token).await {
                         tracing::warn!(%key, error = %e, "dedup lease release failed; it will expire");

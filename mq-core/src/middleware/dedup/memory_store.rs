@@ -98,6 +98,11 @@ impl fmt::Debug for MemoryDedupStore {
     }
 }
 
+/// `now + d`, clamped (a `Duration::MAX` lease or TTL means "practically forever").
+fn deadline(now: Instant, d: Duration) -> Instant {
+    now.checked_add(crate::time::clamp(d)).unwrap_or(now)
+}
+
 #[async_trait]
 impl DedupStore for MemoryDedupStore {
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim> {
@@ -116,7 +121,7 @@ impl DedupStore for MemoryDedupStore {
                 let token = LeaseToken::random();
                 let entry = Entry {
                     state: State::Leased(token),
-                    until: now + lease,
+                    until: deadline(now, lease),
                 };
                 (Op::Put(entry), Claim::Acquired(token))
             }
@@ -131,7 +136,7 @@ impl DedupStore for MemoryDedupStore {
             }) if t == token => (
                 Op::Put(Entry {
                     state: State::Leased(token),
-                    until: now + lease,
+                    until: deadline(now, lease),
                 }),
                 true,
             ),
@@ -139,17 +144,28 @@ impl DedupStore for MemoryDedupStore {
         }))
     }
 
-    async fn complete(&self, key: &str, _token: LeaseToken, ttl: Duration) -> Result<()> {
-        self.update(key, |_, now| {
-            (
-                Op::Put(Entry {
-                    state: State::Done,
-                    until: now + ttl,
-                }),
-                (),
-            )
-        });
-        Ok(())
+    async fn complete(&self, key: &str, token: LeaseToken, ttl: Duration) -> Result<bool> {
+        Ok(self.update(key, |current, now| {
+            let ours = match current {
+                Some(Entry {
+                    state: State::Leased(t),
+                    ..
+                }) => t == token,
+                Some(Entry {
+                    state: State::Done, ..
+                }) => false,
+                // Our lease expired and nobody claimed the key since.
+                None => true,
+            };
+            if !ours {
+                return (Op::Nop, false);
+            }
+            let done = Entry {
+                state: State::Done,
+                until: deadline(now, ttl),
+            };
+            (Op::Put(done), true)
+        }))
     }
 
     async fn release(&self, key: &str, token: LeaseToken) -> Result<()> {

@@ -42,8 +42,12 @@ pub trait DedupStore: Send + Sync + fmt::Debug + 'static {
     /// Extends our lease on `key`; returns false if it is no longer ours.
     async fn renew(&self, key: &str, token: LeaseToken, lease: Duration) -> Result<bool>;
 
-    /// Marks `key` done for `ttl` (whoever holds the lease now: the work is done).
-    async fn complete(&self, key: &str, token: LeaseToken, ttl: Duration) -> Result<()>;
+    /// Marks `key` done for `ttl` if `token` still holds its lease (fencing),
+    /// or if the lease expired and nobody claimed the key since. Returns
+    /// false, writing nothing, when the lease changed hands or the key is
+    /// done already: another attempt owns the key now, and its outcome must
+    /// not be overwritten.
+    async fn complete(&self, key: &str, token: LeaseToken, ttl: Duration) -> Result<bool>;
 
     /// Drops our lease on `key` so another attempt can claim it now.
     async fn release(&self, key: &str, token: LeaseToken) -> Result<()>;

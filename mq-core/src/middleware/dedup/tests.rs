@@ -138,3 +138,125 @@ async fn done_markers_expire_after_ttl() {
     h.call(msg("a")).await.expect("after ttl");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// A store whose renewals fail (a Redis that stopped answering renewals).
+#[derive(Debug)]
+struct RenewFails(MemoryDedupStore);
+
+#[async_trait::async_trait]
+impl DedupStore for RenewFails {
+    async fn claim(&self, key: &str, lease: Duration) -> crate::Result<Claim> {
+        self.0.claim(key, lease).await
+    }
+    async fn renew(&self, _: &str, _: LeaseToken, _: Duration) -> crate::Result<bool> {
+        Err(crate::Error::new(
+            crate::ErrorKind::Timeout,
+            "renew timed out",
+        ))
+    }
+    async fn complete(&self, key: &str, token: LeaseToken, ttl: Duration) -> crate::Result<bool> {
+        self.0.complete(key, token, ttl).await
+    }
+    async fn release(&self, key: &str, token: LeaseToken) -> crate::Result<()> {
+        self.0.release(key, token).await
+    }
+}
+
+#[tokio::test]
+async fn dedup_complete_is_fenced_to_the_current_lease_owner() {
+    let store = MemoryDedupStore::new();
+    let lease = Duration::from_millis(50);
+    let Claim::Acquired(old) = store.claim("k", lease).await.expect("claim") else {
+        panic!("first claim acquires");
+    };
+    tokio::time::sleep(lease * 2).await;
+    let Claim::Acquired(new) = store.claim("k", lease * 40).await.expect("claim") else {
+        panic!("an expired lease can be claimed again");
+    };
+    assert!(
+        !store
+            .complete("k", old, Duration::from_secs(60))
+            .await
+            .expect("complete"),
+        "the old owner must not complete a key leased to someone else"
+    );
+    assert!(matches!(
+        store.claim("k", lease).await,
+        Ok(Claim::InProgress(_))
+    ));
+    assert!(store
+        .complete("k", new, Duration::from_secs(60))
+        .await
+        .expect("complete"));
+    assert!(
+        !store
+            .complete("k", old, Duration::from_secs(60))
+            .await
+            .expect("complete"),
+        "done already"
+    );
+    // Expired and unclaimed: the last owner may still complete.
+    let Claim::Acquired(late) = store.claim("k2", lease).await.expect("claim") else {
+        panic!("claim");
+    };
+    tokio::time::sleep(lease * 2).await;
+    assert!(store
+        .complete("k2", late, Duration::from_secs(60))
+        .await
+        .expect("complete"));
+}
+
+#[tokio::test]
+async fn dedup_lease_lost_does_not_mark_the_new_owners_key_done() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let store = MemoryDedupStore::new();
+    let lease = Duration::from_millis(60);
+    // A: renewals fail, so its lease runs out while it works for 400 ms.
+    let a_layer = DedupLayer::with_store(Arc::new(RenewFails(store.clone()))).lease(lease);
+    let a = tokio::spawn(
+        a_layer
+            .layer(counting(calls.clone(), Duration::from_millis(400)))
+            .call(msg("a")),
+    );
+    // B and C reach the same store with working renewals.
+    let layer = DedupLayer::new(store).lease(lease);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // B takes the key over and fails after A has finished.
+    let c = calls.clone();
+    let failing: BoxHandler = Arc::new(move |_m: Received| {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Err(HandlerError::transient("B fails"))
+        }
+    });
+    let b = tokio::spawn(layer.layer(failing).call(msg("a")));
+    a.await.expect("join").expect("A's handler succeeded");
+    assert!(b.await.expect("join").is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // B's failure must leave the key runnable: A's late complete did not
+    // mark it done over B's lease.
+    layer
+        .layer(counting(calls.clone(), Duration::ZERO))
+        .call(msg("a"))
+        .await
+        .expect("C runs");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "C must run, not be suppressed"
+    );
+}
+
+#[tokio::test]
+async fn dedup_lease_and_ttl_of_duration_max_do_not_panic() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let h = DedupLayer::new(MemoryDedupStore::new())
+        .lease(Duration::MAX)
+        .ttl(Duration::MAX)
+        .layer(counting(calls.clone(), Duration::ZERO));
+    h.call(msg("a")).await.expect("first");
+    h.call(msg("a")).await.expect("duplicate");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
