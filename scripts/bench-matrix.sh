@@ -13,7 +13,7 @@ url=$1
 sizes=${2:-"16:20000 1024:20000 65536:2000"}
 shapes=${3:-"1x1 4x4"}
 if [[ -z ${MQ_BIN:-} ]]; then
-  cargo build -q --release --bin mq --features rabbit,kafka,sqs
+  cargo build -q --release -p mq-cli
   MQ_BIN="${CARGO_TARGET_DIR:-target}/release/mq"
 fi
 echo "| size | producers x consumers | count | SDK publish msg/s | raw publish msg/s | ratio | SDK consume+ack msg/s | raw consume+ack msg/s | ratio | SDK e2e p50 / p99 ms | raw e2e p50 / p99 ms | SDK / raw peak RSS MiB |"

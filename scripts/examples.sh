@@ -42,8 +42,10 @@ trap 'rm -f "$log"' EXIT
 run() {
   local label=$1 pattern=$2 features=$3 example=$4
   shift 4
-  local feature_args=()
-  [[ -n "$features" ]] && feature_args=(--features "$features")
+  local feature_args=(-p mq-examples)
+  [[ -n "$features" ]] && feature_args+=(--features "$features")
+  # The quickstart belongs to the mq package itself (memory:// only).
+  [[ "$example" == quickstart ]] && feature_args=(-p mq)
   local start=$SECONDS rc=0
   env "${run_env[@]+"${run_env[@]}"}" timeout "$LIMIT" cargo run -q "${feature_args[@]}" --example "$example" -- "$@" >"$log" 2>&1 || rc=$?
   local took=$((SECONDS - start))
@@ -73,10 +75,11 @@ fi
 feature_list="$(IFS=,; echo "${features[*]+"${features[*]}"}")"
 
 step "building the examples${feature_list:+ with --features $feature_list}"
+cargo build -q -p mq --examples
 if [[ -n "$feature_list" ]]; then
-  cargo build -q --features "$feature_list" --examples
+  cargo build -q -p mq-examples --features "$feature_list" --examples
 else
-  cargo build -q --examples
+  cargo build -q -p mq-examples --examples
 fi
 
 step "every example on memory://"

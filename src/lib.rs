@@ -26,11 +26,6 @@
 
 pub use mq_core::*;
 
-#[cfg(feature = "redis")]
-mod redis_store;
-#[cfg(feature = "redis")]
-pub use redis_store::RedisDedupStore;
-
 /// A registry of every backend this build has: `memory://` plus the
 /// schemes of the enabled features. Schemes of disabled features are
 /// registered as hints, so connecting to one says which feature adds it.

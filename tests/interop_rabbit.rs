@@ -24,7 +24,7 @@ const HEADERS: [(&str, &str); 4] = [
 ];
 
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop_rabbit_pika.py")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop_rabbit_pika.py")
 }
 
 fn has_pika() -> bool {

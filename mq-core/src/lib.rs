@@ -38,6 +38,8 @@ pub use handler::{
     BatchHandler, BatchResult, BoxHandler, Handler, HandlerError, HandlerResult, Layer,
 };
 pub use message::{headers, Headers, Message};
+#[cfg(feature = "redis")]
+pub use middleware::dedup::RedisDedupStore;
 pub use observe::{Health, QueueStats};
 pub use pipeline::{Pipeline, PipelineReport};
 pub use producer::{BatchReport, DynProducer, Producer, ProducerExt};

@@ -18,10 +18,14 @@
 
 mod layer;
 mod memory_store;
+#[cfg(feature = "redis")]
+mod redis_store;
 mod store;
 
 pub use layer::DedupLayer;
 pub use memory_store::MemoryDedupStore;
+#[cfg(feature = "redis")]
+pub use redis_store::RedisDedupStore;
 pub use store::{Claim, DedupStore, LeaseToken};
 
 #[cfg(test)]

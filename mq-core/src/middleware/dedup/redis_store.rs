@@ -10,10 +10,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::store::{Claim, DedupStore, LeaseToken};
+use crate::error::{Error, ErrorKind, Result};
+use crate::url::redact_str;
 use async_trait::async_trait;
-use mq_core::middleware::dedup::{Claim, DedupStore, LeaseToken};
-use mq_core::url::redact_str;
-use mq_core::{Error, ErrorKind, Result};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
@@ -97,7 +97,7 @@ fn convert(e: redis::RedisError, operation: &'static str) -> Error {
 /// Milliseconds for `PX`/`PEXPIRE`: at least 1, clamped to 100 years (Redis
 /// refuses expiry times that overflow its clock).
 fn millis(d: Duration) -> u64 {
-    u64::try_from(mq_core::time::clamp(d).as_millis())
+    u64::try_from(crate::time::clamp(d).as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
 }
