@@ -372,3 +372,254 @@ async fn a_hung_attempt_times_out_and_is_retried() {
     let report = worker.await.expect("join").expect("worker");
     assert_eq!((report.nacked, report.acked), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_stats_count_every_outcome_while_the_worker_runs() {
+    let client = client().await;
+    let dest = unique("outcomes");
+    let producer = client.producer().await.expect("producer");
+    // ok, dup (same id as ok), flaky (fails once), bad (permanent), panic (once), slow (times out once).
+    let kinds = ["ok", "ok", "flaky", "bad", "panic", "slow"];
+    for (i, kind) in kinds.iter().enumerate() {
+        // The two "ok" messages share an id: the second is a duplicate.
+        let id = if i < 2 {
+            "dup".to_owned()
+        } else {
+            format!("m{i}")
+        };
+        producer
+            .send(&dest, Message::new(*kind).with_id(id))
+            .await
+            .expect("send");
+    }
+    let tries = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let t = tries.clone();
+    let handler = move |m: Received| {
+        let tries = t.clone();
+        async move {
+            let n = {
+                let mut tries = tries.lock();
+                let n = tries.entry(m.id().to_owned()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            match (m.text()?, n) {
+                ("flaky", 1) => Err(HandlerError::transient("flaky")),
+                ("bad", _) => Err(HandlerError::permanent("bad input")),
+                ("panic", 1) => panic!("boom"),
+                ("slow", 1) => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        }
+    };
+    let worker = Worker::new(client.consumer(&dest).await.expect("consumer"), handler)
+        .layer(DedupLayer::new(MemoryDedupStore::new()))
+        .layer(RetryLayer::new(
+            RetryPolicy::fixed(Duration::from_millis(10))
+                .max_attempts(3)
+                .in_process_attempts(3),
+        ))
+        .layer(TimeoutLayer::new(Duration::from_millis(300)));
+    let stats = worker.stats();
+    let token = CancellationToken::new();
+    let running = tokio::spawn(worker.run(token.clone()));
+    let s = stats.clone();
+    eventually("every message settled", move || {
+        let r = s.snapshot();
+        r.acked + r.dead_lettered == 6
+    })
+    .await;
+    let live = stats.snapshot();
+    token.cancel();
+    let report = running.await.expect("join").expect("run");
+    assert_eq!(report, stats.snapshot(), "the handle and the report agree");
+    assert_eq!(live.received, 6);
+    assert_eq!(live.acked, 5, "{live:?}");
+    assert_eq!(live.duplicates, 1, "{live:?}");
+    assert_eq!(live.dead_lettered, 1, "{live:?}");
+    assert_eq!(live.panics, 1, "{live:?}");
+    assert_eq!(live.timeouts, 1, "{live:?}");
+    assert_eq!(
+        live.retried_in_process, 3,
+        "flaky, panic and slow once each: {live:?}"
+    );
+    assert_eq!(live.nacked, 0);
+}
+
+#[tokio::test]
+async fn layer_fn_wraps_the_handler_without_boilerplate() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let layer = mq::layer_fn(move |m: Received, next: BoxHandler| {
+        let seen = s.clone();
+        async move {
+            seen.lock().push(format!("before {}", m.id()));
+            if m.id() == "skip" {
+                return Ok(());
+            }
+            let result = next.call(m).await;
+            seen.lock().push(format!("after ok={}", result.is_ok()));
+            result
+        }
+    });
+    let inner_calls = Arc::new(AtomicU32::new(0));
+    let c = inner_calls.clone();
+    let inner: BoxHandler = Arc::new(move |_m: Received| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async { Err(HandlerError::transient("inner fails")) }
+    });
+    let handler = layer.layer(inner);
+    let msg = |id: &str| Received::new("q", Message::new("x").with_id(id), 1);
+    assert!(handler.call(msg("a")).await.is_err());
+    assert!(handler.call(msg("skip")).await.is_ok());
+    assert_eq!(inner_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(*seen.lock(), ["before a", "after ok=false", "before skip"]);
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Resize {
+    photo: u64,
+    width: u32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_worker_decodes_and_dead_letters_what_does_not_decode() {
+    let client = client().await;
+    let dest = unique("resize");
+    let producer = client.producer().await.expect("producer");
+    for i in 0..3u64 {
+        producer
+            .send(
+                &dest,
+                Message::json(&Resize {
+                    photo: i,
+                    width: 640,
+                })
+                .expect("json"),
+            )
+            .await
+            .expect("send");
+    }
+    producer
+        .send(&dest, Message::new("{not json").with_id("garbage"))
+        .await
+        .expect("send");
+    let photos = Arc::new(Mutex::new(Vec::new()));
+    let p = photos.clone();
+    let worker = Worker::json(
+        client.consumer(&dest).await.expect("consumer"),
+        move |job: Resize, msg: Received| {
+            let photos = p.clone();
+            async move {
+                assert_eq!(msg.content_type(), Some("application/json"));
+                photos.lock().push((job.photo, job.width));
+                Ok(())
+            }
+        },
+    );
+    let stats = worker.stats();
+    let token = CancellationToken::new();
+    let running = tokio::spawn(worker.run(token.clone()));
+    let s = stats.clone();
+    eventually("4 settled", move || {
+        let r = s.snapshot();
+        r.acked + r.dead_lettered == 4
+    })
+    .await;
+    token.cancel();
+    let report = running.await.expect("join").expect("run");
+    assert_eq!((report.acked, report.dead_lettered), (3, 1));
+    photos.lock().sort_unstable();
+    assert_eq!(*photos.lock(), [(0, 640), (1, 640), (2, 640)]);
+    let dead = drain(&client, &client.dead_letter_destination(&dest)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id(), "garbage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_runs_several_sources_with_one_shutdown_and_loses_nothing() {
+    let client = client().await;
+    let (emails, images) = (unique("emails"), unique("images"));
+    let email_ids = send_n(&client, &emails, 200).await;
+    let image_ids = send_n(&client, &images, 100).await;
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let route = |h: Arc<Mutex<Vec<String>>>| {
+        move |m: Received| {
+            let h = h.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                h.lock().push(m.id().to_owned());
+                Ok(())
+            }
+        }
+    };
+    let router = mq::Router::new()
+        .route(
+            "emails",
+            Worker::new(
+                client.consumer(&emails).await.expect("c"),
+                route(handled.clone()),
+            )
+            .concurrency(8),
+        )
+        .route(
+            "images",
+            Worker::new(
+                client.consumer(&images).await.expect("c"),
+                route(handled.clone()),
+            ),
+        );
+    let live = router.stats();
+    let token = CancellationToken::new();
+    let running = tokio::spawn(router.run(token.clone()));
+    eventually("both sources drained", move || {
+        live.iter().map(|(_, s)| s.snapshot().acked).sum::<u64>() == 300
+    })
+    .await;
+    token.cancel();
+    let report = running.await.expect("join");
+    assert!(report.is_ok());
+    let names: Vec<&str> = report.routes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["emails", "images"]);
+    assert_eq!(report.total().acked, 300);
+    let mut got = handled.lock().clone();
+    got.sort_unstable();
+    let mut want: Vec<String> = email_ids.into_iter().chain(image_ids).collect();
+    want.sort_unstable();
+    assert_eq!(got, want, "every message handled exactly once");
+}
+
+#[tokio::test]
+async fn router_stops_every_route_when_one_fails_permanently() {
+    let client = client().await;
+    let ok = unique("ok");
+    let mut closed = client.consumer(unique("closed")).await.expect("consumer");
+    closed.close().await.expect("close");
+    let report = tokio::time::timeout(
+        Duration::from_secs(10),
+        mq::Router::new()
+            .route(
+                "ok",
+                Worker::new(
+                    client.consumer(&ok).await.expect("c"),
+                    |_m: Received| async { Ok(()) },
+                ),
+            )
+            .route(
+                "closed",
+                Worker::new(closed, |_m: Received| async { Ok(()) }),
+            )
+            .run(CancellationToken::new()),
+    )
+    .await
+    .expect("the failing route stops the router without an external shutdown");
+    assert!(!report.is_ok());
+    assert!(
+        report.routes[0].1.is_ok(),
+        "the healthy route shut down gracefully"
+    );
+    assert!(report.routes[1].1.is_err());
+}

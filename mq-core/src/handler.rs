@@ -181,6 +181,69 @@ pub trait Layer: Send + Sync + 'static {
     fn layer(&self, inner: BoxHandler) -> BoxHandler;
 }
 
+/// A layer from a closure: `f(message, next)` runs around the inner handler
+/// `next` (call `next.call(message)` to go on, or return without calling it).
+///
+/// ```
+/// use mq_core::{layer_fn, Received};
+///
+/// let log = layer_fn(|msg: Received, next| async move {
+///     let id = msg.id().to_owned();
+///     let result = next.call(msg).await;
+///     println!("{id}: {}", if result.is_ok() { "ok" } else { "failed" });
+///     result
+/// });
+/// # fn is_layer<L: mq_core::Layer>(_: L) {}
+/// # is_layer(log);
+/// ```
+pub fn layer_fn<F, Fut>(f: F) -> LayerFn<F>
+where
+    F: Fn(Received, BoxHandler) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    LayerFn(Arc::new(f))
+}
+
+/// The layer [`layer_fn`] makes.
+pub struct LayerFn<F>(Arc<F>);
+
+impl<F> fmt::Debug for LayerFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LayerFn")
+    }
+}
+
+impl<F, Fut> Layer for LayerFn<F>
+where
+    F: Fn(Received, BoxHandler) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    fn layer(&self, inner: BoxHandler) -> BoxHandler {
+        let f = self.0.clone();
+        Arc::new(move |message: Received| f(message, inner.clone()))
+    }
+}
+
+/// A handler that decodes each message's JSON payload into `T` before
+/// calling `f(value, message)`. A payload that does not decode is a
+/// permanent failure (dead-lettered, never retried), as with
+/// [`Received::json`]. [`Worker::json`](crate::Worker::json) uses it.
+pub fn json_handler<T, F, Fut>(f: F) -> impl Handler
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+    F: Fn(T, Received) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    let f = Arc::new(f);
+    move |message: Received| {
+        let f = f.clone();
+        async move {
+            let value = message.json::<T>()?;
+            f(value, message).await
+        }
+    }
+}
+
 /// Applies `layers` around `handler`; the first layer is the outermost (it
 /// sees each message first and the outcome last), as in tower's `ServiceBuilder`.
 pub fn apply_layers(handler: BoxHandler, layers: &[Arc<dyn Layer>]) -> BoxHandler {

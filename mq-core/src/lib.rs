@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod producer;
 pub mod registry;
 pub mod republish;
+pub mod router;
 pub mod rpc;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -35,7 +36,8 @@ pub use consumer::{Consumer, ConsumerOptions, DynConsumer};
 pub use delivery::{Delivery, Received, Settlement, Settler};
 pub use error::{Error, ErrorKind, Result};
 pub use handler::{
-    BatchHandler, BatchResult, BoxHandler, Handler, HandlerError, HandlerResult, Layer,
+    json_handler, layer_fn, BatchHandler, BatchResult, BoxHandler, Handler, HandlerError,
+    HandlerResult, Layer, LayerFn,
 };
 pub use message::{headers, Headers, Message};
 #[cfg(feature = "redis")]
@@ -44,5 +46,6 @@ pub use observe::{Health, QueueStats};
 pub use pipeline::{Pipeline, PipelineReport};
 pub use producer::{BatchReport, DynProducer, Producer, ProducerExt};
 pub use registry::Registry;
+pub use router::{Router, RouterReport};
 pub use rpc::{reply, Requester};
-pub use worker::{BatchWorker, CancellationToken, Worker, WorkerReport};
+pub use worker::{BatchWorker, CancellationToken, Worker, WorkerReport, WorkerStats};

@@ -15,7 +15,6 @@
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,10 @@ use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
 mod batch;
+pub(crate) mod stats;
 pub use batch::BatchWorker;
+use stats::Counters;
+pub use stats::{WorkerReport, WorkerStats};
 use tracing::Instrument;
 
 use crate::consumer::Consumer;
@@ -43,6 +45,7 @@ pub struct Worker<C> {
     layers: Vec<Arc<dyn Layer>>,
     concurrency: usize,
     grace: Duration,
+    stats: WorkerStats,
 }
 
 impl<C: Consumer + 'static> Worker<C> {
@@ -52,6 +55,31 @@ impl<C: Consumer + 'static> Worker<C> {
         Self::with_work(consumer, Work::One(Arc::new(handler)))
     }
 
+    /// A worker whose handler receives each message's JSON payload decoded
+    /// into `T`, next to the message itself. A payload that does not decode
+    /// is dead-lettered (a permanent failure), never retried:
+    ///
+    /// ```no_run
+    /// # async fn f(client: mq_core::Client) -> mq_core::Result<()> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Resize { photo: u64, width: u32 }
+    ///
+    /// let consumer = client.consumer("resize").await?;
+    /// let worker = mq_core::Worker::json(consumer, |job: Resize, _msg| async move {
+    ///     println!("photo {} to {} px", job.photo, job.width);
+    ///     Ok(())
+    /// });
+    /// # Ok(()) }
+    /// ```
+    pub fn json<T, F, Fut>(consumer: C, f: F) -> Self
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+        F: Fn(T, crate::Received) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = crate::HandlerResult> + Send + 'static,
+    {
+        Self::new(consumer, crate::handler::json_handler(f))
+    }
+
     fn with_work(consumer: C, work: Work) -> Self {
         Worker {
             consumer,
@@ -59,7 +87,15 @@ impl<C: Consumer + 'static> Worker<C> {
             layers: Vec::new(),
             concurrency: 1,
             grace: Duration::from_secs(30),
+            stats: WorkerStats::default(),
         }
+    }
+
+    /// A live view of this worker's counts (acked, duplicates, retries,
+    /// dead letters, panics, timeouts, ...): take it before
+    /// [`run`](Worker::run) and read it from any task while the worker runs.
+    pub fn stats(&self) -> WorkerStats {
+        self.stats.clone()
     }
 
     /// Adds a layer. The first layer added is the outermost; see
@@ -110,7 +146,7 @@ impl<C: Consumer + 'static> Worker<C> {
             )),
             batch => batch.clone(),
         };
-        let stats = Arc::new(Stats::default());
+        let stats = self.stats.0.clone();
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut tasks = JoinSet::new();
         let mut receive_failures = 0u32;
@@ -134,9 +170,7 @@ impl<C: Consumer + 'static> Worker<C> {
                 Ok(batch) if batch.is_empty() => {}
                 Ok(mut batch) => {
                     receive_failures = 0;
-                    stats
-                        .received
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    Counters::add(&stats.received, batch.len() as u64);
                     let stats = stats.clone();
                     match &work {
                         Work::One(handler) => {
@@ -144,17 +178,17 @@ impl<C: Consumer + 'static> Worker<C> {
                             let Some(delivery) = batch.pop() else {
                                 continue;
                             };
-                            tasks.spawn(async move {
+                            tasks.spawn(stats::scope(stats.clone(), async move {
                                 handle(delivery, handler, &stats).await;
                                 drop(slot);
-                            });
+                            }));
                         }
                         Work::Batch { handler, .. } => {
                             let handler = handler.clone();
-                            tasks.spawn(async move {
+                            tasks.spawn(stats::scope(stats.clone(), async move {
                                 batch::handle(batch, handler, &stats).await;
                                 drop(slot);
-                            });
+                            }));
                         }
                     }
                 }
@@ -188,7 +222,7 @@ impl<C: Consumer + 'static> Worker<C> {
             let cancelled = tasks.len() as u64;
             tracing::warn!(cancelled, grace = ?self.grace,
                 "handlers still running after the grace period; their messages will be redelivered");
-            stats.abandoned.fetch_add(cancelled, Ordering::Relaxed);
+            Counters::add(&stats.abandoned, cancelled);
             tasks.shutdown().await;
         }
         if let Err(e) = self.consumer.close().await {
@@ -218,7 +252,7 @@ async fn next<C: Consumer>(consumer: &mut C, work: &Work) -> Result<Vec<Delivery
 }
 
 /// Settles `delivery` as `settlement` says and counts it.
-async fn settle_counted(delivery: Delivery, settlement: Settlement, stats: &Stats) {
+async fn settle_counted(delivery: Delivery, settlement: Settlement, stats: &Counters) {
     let counter = match &settlement {
         Settlement::Ack => &stats.acked,
         Settlement::Nack { .. } => &stats.nacked,
@@ -226,11 +260,9 @@ async fn settle_counted(delivery: Delivery, settlement: Settlement, stats: &Stat
     };
     let id = delivery.id().to_owned();
     match delivery.settle(settlement).await {
-        Ok(()) => {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
+        Ok(()) => Counters::add(counter, 1),
         Err(e) => {
-            stats.settle_failures.fetch_add(1, Ordering::Relaxed);
+            Counters::add(&stats.settle_failures, 1);
             tracing::warn!(%id, error = %e, "settlement failed; the broker will redeliver");
         }
     }
@@ -249,7 +281,7 @@ fn settlement_for(result: &crate::handler::HandlerResult) -> Settlement {
     }
 }
 
-async fn handle(delivery: Delivery, handler: BoxHandler, stats: &Stats) {
+async fn handle(delivery: Delivery, handler: BoxHandler, stats: &Counters) {
     let received = delivery.received().clone();
     let labels = [
         ("backend", received.backend().to_owned()),
@@ -264,7 +296,10 @@ async fn handle(delivery: Delivery, handler: BoxHandler, stats: &Stats) {
     let settlement = match attempt.catch_unwind().await {
         Ok(result) => settlement_for(&result),
         // A layer panicked outside the innermost catch: retry the message.
-        Err(_) => Settlement::Nack { delay: None },
+        Err(_) => {
+            stats::record(stats::Event::Panic);
+            Settlement::Nack { delay: None }
+        }
     };
     in_flight.decrement(1.0);
     let outcome = match &settlement {
@@ -303,46 +338,4 @@ impl<C: fmt::Debug> fmt::Debug for Worker<C> {
             .field("grace", &self.grace)
             .finish()
     }
-}
-
-#[derive(Default)]
-struct Stats {
-    received: AtomicU64,
-    acked: AtomicU64,
-    nacked: AtomicU64,
-    dead_lettered: AtomicU64,
-    settle_failures: AtomicU64,
-    abandoned: AtomicU64,
-}
-
-impl Stats {
-    fn report(&self) -> WorkerReport {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        WorkerReport {
-            received: get(&self.received),
-            acked: get(&self.acked),
-            nacked: get(&self.nacked),
-            dead_lettered: get(&self.dead_lettered),
-            settle_failures: get(&self.settle_failures),
-            abandoned: get(&self.abandoned),
-        }
-    }
-}
-
-/// What a worker did before it stopped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct WorkerReport {
-    /// Deliveries received.
-    pub received: u64,
-    /// Deliveries acked (handled, or duplicates skipped).
-    pub acked: u64,
-    /// Deliveries nacked for redelivery.
-    pub nacked: u64,
-    /// Deliveries moved to the dead-letter destination.
-    pub dead_lettered: u64,
-    /// Settlements the broker refused (the message will be redelivered).
-    pub settle_failures: u64,
-    /// Handlers cancelled at the end of the grace period (redelivered).
-    pub abandoned: u64,
 }

@@ -33,10 +33,13 @@ impl Handler for CatchPanic {
             let attempt = AssertUnwindSafe(async move { inner.call(message).await });
             match attempt.catch_unwind().await {
                 Ok(result) => result,
-                Err(panic) => Err(HandlerError::transient(format!(
-                    "handler panicked: {}",
-                    panic_message(&*panic)
-                ))),
+                Err(panic) => {
+                    crate::worker::stats::record(crate::worker::stats::Event::Panic);
+                    Err(HandlerError::transient(format!(
+                        "handler panicked: {}",
+                        panic_message(&*panic)
+                    )))
+                }
             }
         })
     }

@@ -44,13 +44,16 @@ impl Handler for Timeout {
         Box::pin(async move {
             match tokio::time::timeout(limit, fut).await {
                 Ok(result) => result,
-                Err(_) => Err(HandlerError::from(
-                    Error::new(
-                        ErrorKind::Timeout,
-                        format!("handler did not finish within {limit:?}"),
-                    )
-                    .with_retryable(true),
-                )),
+                Err(_) => {
+                    crate::worker::stats::record(crate::worker::stats::Event::Timeout);
+                    Err(HandlerError::from(
+                        Error::new(
+                            ErrorKind::Timeout,
+                            format!("handler did not finish within {limit:?}"),
+                        )
+                        .with_retryable(true),
+                    ))
+                }
             }
         })
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
-use super::{settle_counted, settlement_for, Stats, Work, Worker, WorkerReport};
+use super::{settle_counted, settlement_for, Counters, Work, Worker, WorkerReport};
 use crate::consumer::Consumer;
 use crate::delivery::{Delivery, Settlement};
 use crate::error::Result;
@@ -83,7 +83,7 @@ impl<C: fmt::Debug> fmt::Debug for BatchWorker<C> {
     }
 }
 
-pub(super) async fn handle(batch: Vec<Delivery>, handler: Arc<dyn BatchHandler>, stats: &Stats) {
+pub(super) async fn handle(batch: Vec<Delivery>, handler: Arc<dyn BatchHandler>, stats: &Counters) {
     let messages = batch.iter().map(|d| d.received().clone()).collect();
     let outcome = AssertUnwindSafe(handler.call(messages))
         .catch_unwind()
