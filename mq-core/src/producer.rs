@@ -27,7 +27,7 @@ pub trait Producer: Send + Sync + fmt::Debug {
     async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> BatchReport {
         let ids: Vec<String> = messages.iter().map(|m| m.id().to_owned()).collect();
         let results =
-            futures::future::join_all(messages.into_iter().map(|m| self.send(destination, m)))
+            futures_util::future::join_all(messages.into_iter().map(|m| self.send(destination, m)))
                 .await;
         BatchReport::new(ids.into_iter().zip(results).collect())
     }

@@ -24,7 +24,7 @@
 
 use std::fmt;
 
-use futures::future::BoxFuture;
+use futures_util::future::BoxFuture;
 use tokio::task::JoinSet;
 
 use crate::consumer::Consumer;

@@ -3,8 +3,8 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 
 use crate::delivery::Received;
 use crate::handler::{BoxHandler, Handler, HandlerError, HandlerResult, Layer};

@@ -13,7 +13,10 @@ use crate::{check, check_eq};
 
 fn rich_message(tag: &str) -> Message {
     Message::new(format!("payload {tag} \u{e9}\u{fc} \0 end").into_bytes())
-        .with_id(format!("id-{tag}-{}", uuid::Uuid::now_v7().simple()))
+        .with_id(format!(
+            "id-{tag}-{}",
+            crate::message::new_message_id().replace('-', "")
+        ))
         .with_key(format!("key-{tag}"))
         .with_content_type("text/plain; charset=utf-8")
         .with_header("X-Mixed-Case", "Value")
@@ -135,7 +138,7 @@ pub async fn destinations_do_not_cross(ctx: Ctx) -> Outcome {
     let sends = dests
         .iter()
         .map(|d| send_all(&*producer, d, numbered(d, EACH)));
-    for r in futures::future::join_all(sends).await {
+    for r in futures_util::future::join_all(sends).await {
         r?;
     }
     for dest in &dests {

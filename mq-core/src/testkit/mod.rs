@@ -32,7 +32,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures_util::StreamExt;
 
 use crate::capabilities::Capabilities;
 use crate::client::Client;
@@ -137,7 +137,7 @@ impl Ctx {
 
     /// A destination name no other scenario or run uses.
     pub fn unique(&self, base: &str) -> String {
-        let id = uuid::Uuid::now_v7().simple().to_string();
+        let id = crate::message::new_message_id().replace('-', "");
         // The random tail of a v7 UUID; the time prefix would repeat within a run.
         format!(
             "mqt-{}-{base}-{}",
@@ -327,7 +327,7 @@ pub async fn run_suite(target: Target) -> SuiteReport {
         .into_iter()
         .filter(|s| s.name.contains(filter.as_str()))
         .partition(|s| EXCLUSIVE.contains(&s.name));
-    let mut results = futures::stream::iter(shared)
+    let mut results = futures_util::stream::iter(shared)
         .map(|scenario| run_one(target.clone(), scenario))
         .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
@@ -391,7 +391,7 @@ async fn run_one(target: Arc<Target>, scenario: Scenario) -> (&'static str, Stat
 /// shake out races and leaks) and merges their reports.
 pub async fn run_stress(target: Target, copies: usize) -> SuiteReport {
     let reports =
-        futures::future::join_all((0..copies.max(1)).map(|_| run_suite(target.clone()))).await;
+        futures_util::future::join_all((0..copies.max(1)).map(|_| run_suite(target.clone()))).await;
     SuiteReport {
         backend: target.backend.clone(),
         results: reports.into_iter().flat_map(|r| r.results).collect(),

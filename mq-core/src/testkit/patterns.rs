@@ -34,7 +34,7 @@ pub async fn order_per_key(ctx: Ctx) -> Outcome {
             Ok::<(), crate::Error>(())
         }
     });
-    for r in futures::future::join_all(sends).await {
+    for r in futures_util::future::join_all(sends).await {
         r?;
     }
     let mut consumer = ctx.client().consumer(&dest).await?;
@@ -147,7 +147,7 @@ pub async fn request_reply(ctx: Ctx) -> Outcome {
             Ok::<(usize, String), crate::Error>((i, r.text()?.to_owned()))
         }
     });
-    for r in futures::future::join_all(concurrent).await {
+    for r in futures_util::future::join_all(concurrent).await {
         let (i, text) = r?;
         check_eq!(
             text,

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
+use futures_util::FutureExt;
 
 use super::{settle_counted, settlement_for, Counters, Work, Worker, WorkerReport};
 use crate::consumer::Consumer;

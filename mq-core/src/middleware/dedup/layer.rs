@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures_util::future::BoxFuture;
 
 use super::store::{Claim, DedupStore};
 use crate::delivery::Received;
@@ -134,7 +134,7 @@ impl Handler for Dedup {
                     }
                     tracing::warn!(%key, %id, "dedup lease lost while the handler runs; another consumer may take the key");
                     metrics::counter!(crate::observe::names::DEDUP_LEASES_LOST).increment(1);
-                    futures::future::pending::<()>().await
+                    futures_util::future::pending::<()>().await
                 }
             };
             let result = tokio::select! {

@@ -15,7 +15,7 @@ pub struct LeaseToken(pub u128);
 impl LeaseToken {
     /// A random token.
     pub fn random() -> Self {
-        LeaseToken(uuid::Uuid::new_v4().as_u128())
+        LeaseToken(fastrand::u128(..))
     }
 }
 
