@@ -4,7 +4,7 @@
 # Usage: bash scripts/examples.sh [--memory-only]
 #
 # 1. Every example on memory:// (no broker needed): quickstart, email_sender,
-#    image_pipeline, data_import, rpc, swap_broker.
+#    walkthrough, image_pipeline, data_import, rpc, swap_broker.
 # 2. For each MQ_TEST_RABBIT_URL / MQ_TEST_KAFKA_URL / MQ_TEST_SQS_URL that is
 #    set (e.g. by `eval "$(bash scripts/brokers.sh start)"`), built with the
 #    matching backend features: swap_broker once over all of them, then
@@ -85,6 +85,7 @@ fi
 step "every example on memory://"
 # swap_broker without the MQ_TEST_* variables, so it runs memory:// alone.
 run quickstart "all expectations met" "$feature_list" quickstart
+run walkthrough "all expectations met" "$feature_list" walkthrough
 run email_sender "email_sender OK:" "$feature_list" email_sender
 run image_pipeline "image_pipeline OK:" "$feature_list" image_pipeline
 run data_import "data_import OK:" "$feature_list" data_import

@@ -426,13 +426,12 @@ async fn live_stats_count_every_outcome_while_the_worker_runs() {
     let stats = worker.stats();
     let token = CancellationToken::new();
     let running = tokio::spawn(worker.run(token.clone()));
-    let s = stats.clone();
-    eventually("every message settled", move || {
-        let r = s.snapshot();
-        r.acked + r.dead_lettered == 6
-    })
-    .await;
-    let live = stats.snapshot();
+    let live = tokio::time::timeout(
+        Duration::from_secs(10),
+        stats.wait_until(|r| r.acked + r.dead_lettered == 6),
+    )
+    .await
+    .expect("every message settled within 10 s");
     token.cancel();
     let report = running.await.expect("join").expect("run");
     assert_eq!(report, stats.snapshot(), "the handle and the report agree");

@@ -183,6 +183,14 @@ impl Received {
         self.metadata.as_deref().and_then(|m| m.downcast_ref::<T>())
     }
 
+    /// Why the message was dead-lettered (`mq-dead-letter-reason`), when it
+    /// was read from a dead-letter destination.
+    pub fn dead_letter_reason(&self) -> Option<&str> {
+        self.body
+            .headers
+            .get(crate::message::headers::DEAD_LETTER_REASON)
+    }
+
     /// The payload decoded from JSON.
     ///
     /// A failure is an [`ErrorKind::Decode`](crate::ErrorKind::Decode) error,

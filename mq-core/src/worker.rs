@@ -223,6 +223,7 @@ impl<C: Consumer + 'static> Worker<C> {
             tracing::warn!(cancelled, grace = ?self.grace,
                 "handlers still running after the grace period; their messages will be redelivered");
             Counters::add(&stats.abandoned, cancelled);
+            stats.changed.notify_waiters();
             tasks.shutdown().await;
         }
         if let Err(e) = self.consumer.close().await {
@@ -260,9 +261,9 @@ async fn settle_counted(delivery: Delivery, settlement: Settlement, stats: &Coun
     };
     let id = delivery.id().to_owned();
     match delivery.settle(settlement).await {
-        Ok(()) => Counters::add(counter, 1),
+        Ok(()) => stats.settled(counter),
         Err(e) => {
-            Counters::add(&stats.settle_failures, 1);
+            stats.settled(&stats.settle_failures);
             tracing::warn!(%id, error = %e, "settlement failed; the broker will redeliver");
         }
     }

@@ -46,6 +46,8 @@ pub(crate) async fn scope<F: std::future::Future>(counters: Arc<Counters>, f: F)
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Woken whenever a settlement is counted ([`WorkerStats::wait_until`]).
+    pub(crate) changed: tokio::sync::Notify,
     pub(crate) received: AtomicU64,
     pub(crate) acked: AtomicU64,
     pub(crate) duplicates: AtomicU64,
@@ -61,6 +63,12 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a settlement outcome and wakes [`WorkerStats::wait_until`].
+    pub(crate) fn settled(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     pub(crate) fn report(&self) -> WorkerReport {
@@ -89,6 +97,28 @@ impl WorkerStats {
     /// The counts so far.
     pub fn snapshot(&self) -> WorkerReport {
         self.0.report()
+    }
+
+    /// Waits until the counts satisfy `condition` (checked now and after
+    /// every settlement), e.g. "every message sent so far is settled":
+    ///
+    /// ```no_run
+    /// # async fn f(stats: mq_core::WorkerStats) {
+    /// stats.wait_until(|r| r.acked + r.dead_lettered >= 100).await;
+    /// # }
+    /// ```
+    pub async fn wait_until(&self, condition: impl Fn(&WorkerReport) -> bool) -> WorkerReport {
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so no settlement slips between.
+            changed.as_mut().enable();
+            let report = self.0.report();
+            if condition(&report) {
+                return report;
+            }
+            changed.await;
+        }
     }
 }
 
