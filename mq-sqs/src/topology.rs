@@ -359,10 +359,29 @@ impl Queues {
         if let Some(target) = self.cached(logical).and_then(|i| i.redrive_target.clone()) {
             return target;
         }
-        match logical.strip_suffix(FIFO_SUFFIX) {
-            Some(base) => format!("{base}-dlq{FIFO_SUFFIX}"),
-            None => format!("{logical}-dlq"),
+        default_dead_letter(logical)
+    }
+
+    /// Where the dead letters of a consumer of `info`'s queue go: the
+    /// consumer's `dead_letter` option as given, unless it is unset or the
+    /// plain default `<name>-dlq` (which is what `Client` fills in before the
+    /// queue was resolved) and the queue has a redrive policy: then its target.
+    pub(crate) fn consumer_dead_letter(info: &QueueInfo, option: Option<&str>) -> String {
+        let default = default_dead_letter(&info.logical);
+        match (option, &info.redrive_target) {
+            (Some(given), _) if given != default => given.to_owned(),
+            (_, Some(target)) => target.clone(),
+            (_, None) => default,
         }
+    }
+}
+
+/// `<name>-dlq`, or `<name>-dlq.fifo` for a FIFO queue `<name>.fifo` (with
+/// `fifo=true` the suffix is added to the name anyway).
+fn default_dead_letter(logical: &str) -> String {
+    match logical.strip_suffix(FIFO_SUFFIX) {
+        Some(base) => format!("{base}-dlq{FIFO_SUFFIX}"),
+        None => format!("{logical}-dlq"),
     }
 }
 
