@@ -458,26 +458,19 @@ impl ReceiveCall {
                 settler
                     .permits
                     .add_permits(n.saturating_sub(messages.len()));
-                let visible_until = started
-                    .checked_add(settler.queues.config.visibility())
-                    .unwrap_or(started);
+                // When SQS started the messages' visibility timeout (at the
+                // latest): their leases and the 12-hour limit count from here.
+                let received_at = started;
                 let mut orphans = Vec::new();
                 for message in messages {
                     // Once the consumer stopped, nothing more is handed out.
                     if self.stop.is_cancelled()
-                        || !hand_over(
-                            settler,
-                            &self.tx,
-                            &self.demand,
-                            &url,
-                            &message,
-                            visible_until,
-                        )
+                        || !hand_over(settler, &self.tx, &self.demand, &url, &message, received_at)
                     {
                         orphans.push(Orphan {
                             message,
                             url: url.clone(),
-                            visible_until,
+                            received_at,
                         });
                     }
                 }
@@ -535,13 +528,13 @@ fn hand_over(
     demand: &Demand,
     url: &str,
     m: &SqsMessage,
-    visible_until: Instant,
+    received_at: Instant,
 ) -> bool {
     let Some(receipt) = m.receipt_handle() else {
         tracing::warn!("SQS returned a message without a receipt handle; skipped");
         return true;
     };
-    let Some(tag) = settler.track(receipt, visible_until) else {
+    let Some(tag) = settler.track(receipt, received_at) else {
         return false;
     };
     demand.buffered.fetch_add(1, Ordering::AcqRel);
@@ -573,7 +566,7 @@ fn adopt(
                 continue;
             }
         }
-        if !hand_over(settler, tx, demand, &o.url, &o.message, o.visible_until) {
+        if !hand_over(settler, tx, demand, &o.url, &o.message, o.received_at) {
             settler.permits.add_permits(1);
             settler.queues.leave_orphans(&settler.logical, vec![o]);
         }

@@ -118,6 +118,9 @@ impl Unconfirmed {
 /// A delivery handed out (or buffered) and not settled yet.
 struct Entry {
     receipt: Arc<str>,
+    /// When the receive that brought it was sent: SQS hides a message for
+    /// at most 12 hours from its receipt, extensions included.
+    received_at: Instant,
     /// When SQS makes the message visible again unless extended.
     visible_until: Instant,
     /// Held by the heartbeat while it extends this message, and taken by a
@@ -212,9 +215,13 @@ impl SqsSettler {
         settler
     }
 
-    /// Starts tracking a received message; its visibility runs out at
-    /// `visible_until`. Returns its tag, or `None` once the consumer closed.
-    pub(crate) fn track(&self, receipt: &str, visible_until: Instant) -> Option<u64> {
+    /// Starts tracking a message received by a call sent at `received_at`
+    /// (its visibility timeout runs from then). Returns its tag, or `None`
+    /// once the consumer closed.
+    pub(crate) fn track(&self, receipt: &str, received_at: Instant) -> Option<u64> {
+        let visible_until = received_at
+            .checked_add(self.queues.config.visibility())
+            .unwrap_or(received_at);
         let mut state = self.state.lock();
         if state.closed {
             return None;
@@ -225,6 +232,7 @@ impl SqsSettler {
             tag,
             Entry {
                 receipt: receipt.into(),
+                received_at,
                 visible_until,
                 lease: Arc::default(),
             },
@@ -367,41 +375,51 @@ impl SqsSettler {
     async fn extend_due(&self, vt: Duration) {
         let now = Instant::now();
         let half = now.checked_add(vt / 2).unwrap_or(now);
-        let due: Vec<(u64, Arc<str>, tokio::sync::OwnedMutexGuard<()>)> = {
+        type Due = (u64, Arc<str>, i32, tokio::sync::OwnedMutexGuard<()>);
+        let due: Vec<Due> = {
             let state = self.state.lock();
             state
                 .entries
                 .iter()
                 .filter(|(_, e)| e.visible_until <= half)
                 .filter_map(|(tag, e)| {
+                    // Past SQS's 12 hours from receipt nothing extends it any more.
+                    let seconds = hide_seconds(vt, e.received_at);
+                    if seconds == 0 {
+                        return None;
+                    }
                     let guard = e.lease.clone().try_lock_owned().ok()?;
-                    Some((*tag, e.receipt.clone(), guard))
+                    Some((*tag, e.receipt.clone(), seconds, guard))
                 })
                 .collect()
         };
         if due.is_empty() {
             return;
         }
-        let seconds = secs_i32(vt);
         let calls = due.chunks(MAX_ENTRIES).map(|chunk| {
-            let ops: Vec<(u64, Arc<str>)> = chunk.iter().map(|(t, r, _)| (*t, r.clone())).collect();
+            let ops: Vec<(u64, Arc<str>, i32)> = chunk
+                .iter()
+                .map(|(t, r, s, _)| (*t, r.clone(), *s))
+                .collect();
             async move {
-                let receipts: Vec<Arc<str>> = ops.iter().map(|(_, r)| r.clone()).collect();
+                let receipts: Vec<Arc<str>> = ops.iter().map(|(_, r, _)| r.clone()).collect();
+                let seconds: Vec<i32> = ops.iter().map(|(_, _, s)| *s).collect();
                 let results =
-                    change_visibility(&self.queues, &self.logical, &receipts, seconds).await;
+                    change_visibility_each(&self.queues, &self.logical, &receipts, &seconds).await;
                 ops.into_iter()
-                    .map(|(tag, _)| tag)
+                    .map(|(tag, _, s)| (tag, s))
                     .zip(results)
                     .collect::<Vec<_>>()
             }
         });
         let results = futures::future::join_all(calls).await;
         let mut state = self.state.lock();
-        for (tag, result) in results.into_iter().flatten() {
+        for ((tag, seconds), result) in results.into_iter().flatten() {
             match result {
                 Ok(()) => {
                     if let Some(e) = state.entries.get_mut(&tag) {
-                        e.visible_until = now.checked_add(vt).unwrap_or(now);
+                        let extended = Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
+                        e.visible_until = now.checked_add(extended).unwrap_or(now);
                     }
                 }
                 Err(e) => {
@@ -483,9 +501,10 @@ impl Settler for SqsSettler {
             // timeout (no longer extended): the error says so.
             Settlement::Nack { delay: None } => self.run(Kind::Visibility, receipt, 0).await,
             Settlement::Nack { delay: Some(d) } => {
-                // SQS hides a message for at most 12 hours: a longer delay
-                // (up to `Duration::MAX`) is clamped, never an overflow.
-                let seconds = secs_i32(d.min(MAX_VISIBILITY));
+                // SQS hides a message for at most 12 hours from its receipt:
+                // a longer delay (up to `Duration::MAX`) is clamped to what
+                // is left of them, never an overflow or a refusal.
+                let seconds = hide_seconds(d, entry.received_at);
                 match self.run(Kind::Visibility, receipt.clone(), seconds).await {
                     Ok(()) => Ok(()),
                     Err(e) => {
@@ -704,16 +723,6 @@ async fn delete(queues: &Queues, logical: &str, receipts: &[Arc<str>]) -> Vec<Re
     }
 }
 
-async fn change_visibility(
-    queues: &Queues,
-    logical: &str,
-    receipts: &[Arc<str>],
-    seconds: i32,
-) -> Vec<Result<()>> {
-    let each = vec![seconds; receipts.len()];
-    change_visibility_each(queues, logical, receipts, &each).await
-}
-
 async fn change_visibility_each(
     queues: &Queues,
     logical: &str,
@@ -763,6 +772,21 @@ async fn change_visibility_each(
             queues.gone(&info, &e);
             all_failed(receipts.len(), &e)
         }
+    }
+}
+
+/// How long a message received at `received_at` may be hidden from now for
+/// a requested `wanted`, in the whole seconds SQS takes: `wanted` rounded up,
+/// clamped to what is left of SQS's 12 hours from receipt (less 2 s for the
+/// rounding and the request's travel), which SQS refuses to exceed.
+fn hide_seconds(wanted: Duration, received_at: Instant) -> i32 {
+    let left = MAX_VISIBILITY
+        .saturating_sub(received_at.elapsed())
+        .saturating_sub(Duration::from_secs(2));
+    if wanted >= left {
+        i32::try_from(left.as_secs()).unwrap_or(i32::MAX)
+    } else {
+        secs_i32(wanted)
     }
 }
 

@@ -40,7 +40,8 @@ const FIFO_SUFFIX: &str = ".fifo";
 pub(crate) struct Orphan {
     pub(crate) message: aws_sdk_sqs::types::Message,
     pub(crate) url: String,
-    pub(crate) visible_until: tokio::time::Instant,
+    /// When the receive that brought it was sent.
+    pub(crate) received_at: tokio::time::Instant,
 }
 
 /// The two SDK clients of a connection: one for ordinary requests, one with
