@@ -456,4 +456,44 @@ mod tests {
         assert_eq!(redrive_target("not json"), None);
         assert_eq!(redrive_target(r#"{"maxReceiveCount":5}"#), None);
     }
+
+    fn info(logical: &str, redrive_target: Option<&str>) -> QueueInfo {
+        QueueInfo {
+            logical: logical.into(),
+            url: String::new(),
+            fifo: logical.ends_with(FIFO_SUFFIX),
+            max_size: 1024 * 1024,
+            redrive_target: redrive_target.map(str::to_owned),
+        }
+    }
+
+    /// Item 3 (issue 14): the consumer's dead-letter option is used as
+    /// given; the default (unset, or the plain `<name>-dlq` that `Client`
+    /// fills in before the queue is resolved) yields to a redrive policy.
+    #[test]
+    fn consumer_dead_letter_destination() {
+        let plain = info("jobs", None);
+        assert_eq!(Queues::consumer_dead_letter(&plain, None), "jobs-dlq");
+        assert_eq!(
+            Queues::consumer_dead_letter(&plain, Some("jobs-dlq")),
+            "jobs-dlq"
+        );
+        assert_eq!(
+            Queues::consumer_dead_letter(&plain, Some("parking")),
+            "parking"
+        );
+        let fifo = info("jobs.fifo", None);
+        assert_eq!(Queues::consumer_dead_letter(&fifo, None), "jobs-dlq.fifo");
+        let redriven = info("jobs", Some("jobs-dead"));
+        assert_eq!(Queues::consumer_dead_letter(&redriven, None), "jobs-dead");
+        assert_eq!(
+            Queues::consumer_dead_letter(&redriven, Some("jobs-dlq")),
+            "jobs-dead"
+        );
+        assert_eq!(
+            Queues::consumer_dead_letter(&redriven, Some("x!y")),
+            "x!y",
+            "an explicit destination is taken as given"
+        );
+    }
 }

@@ -346,3 +346,75 @@ async fn hand_built_config_with_extreme_durations_works() {
     consumer.close().await.expect("close");
     delete_queues(&sdk, &[&source]).await;
 }
+
+/// Defect 2 (issue 14), as far as moto shows it: moto drops a FIFO message
+/// whose `MessageDeduplicationId` equals that of a message still in the
+/// queue (AWS: of any message sent in the last 5 minutes, deleted or not).
+/// A redrive (`mq dlq --redrive`: send the replay copy, then ack the dead
+/// letter) whose copy fails again and is dead-lettered before the redrive's
+/// ack used to send that second dead letter with the first one's id: it was
+/// dropped, the first then acked, and the message was gone. Every copy now
+/// has its own deduplication id; the `mq` id stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_redrive_and_second_dead_letter_keep_the_message() {
+    let (url, config) = target_or_skip!("fifo_redrive_and_second_dead_letter_keep_the_message");
+    let sdk = sdk(&config);
+    let fifo_url = if url.contains('?') {
+        format!("{url}&fifo=true")
+    } else {
+        format!("{url}?fifo=true")
+    };
+    let client = client(&fifo_url).await;
+    let source = unique("fifo");
+    let dlq = format!("{source}-dlq");
+    let producer = client.producer().await.expect("producer");
+    producer
+        .send(
+            &source,
+            Message::new("order").with_id("f-1").with_key("customer-7"),
+        )
+        .await
+        .expect("send");
+    let mut consumer = client.consumer(&source).await.expect("consumer");
+    receive(&mut consumer, "the message")
+        .await
+        .dead_letter("first")
+        .await
+        .expect("first dead letter");
+
+    // The redrive: take the dead letter, send its replay copy back...
+    let mut dead = client.consumer(&dlq).await.expect("dlq consumer");
+    let first = receive(&mut dead, "the first dead letter").await;
+    assert_eq!(first.id(), "f-1");
+    producer
+        .send(&source, mq_core::republish::replay_copy(&first))
+        .await
+        .expect("redrive");
+    // ...which fails again and is dead-lettered before the redrive acks.
+    let replayed = receive(&mut consumer, "the replayed message").await;
+    assert_eq!(replayed.id(), "f-1");
+    replayed
+        .dead_letter("second")
+        .await
+        .expect("second dead letter");
+    first
+        .ack()
+        .await
+        .expect("the redrive acks the first dead letter");
+
+    let second = receive(&mut dead, "the second dead letter").await;
+    assert_eq!(second.id(), "f-1", "the same mq id");
+    assert_eq!(second.key(), Some("customer-7"));
+    assert_eq!(
+        second.headers().get(headers::DEAD_LETTER_REASON),
+        Some("second")
+    );
+    assert_eq!(
+        second.headers().get(headers::PREVIOUS_REASONS),
+        Some("first")
+    );
+    second.ack().await.expect("ack");
+    consumer.close().await.expect("close");
+    dead.close().await.expect("close");
+    delete_queues(&sdk, &[&format!("{source}.fifo"), &format!("{dlq}.fifo")]).await;
+}
