@@ -458,8 +458,9 @@ impl ReceiveCall {
                 settler
                     .permits
                     .add_permits(n.saturating_sub(messages.len()));
-                // When SQS started the messages' visibility timeout (at the
-                // latest): their leases and the 12-hour limit count from here.
+                // The receive was sent then, so SQS started the messages'
+                // visibility timeouts no earlier: their leases and the
+                // 12-hour limit, counted from here, err on the safe side.
                 let received_at = started;
                 let mut orphans = Vec::new();
                 for message in messages {

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | ack | `DeleteMessageBatch`, queued: `ack` returns at once |
 //! | nack | `ChangeMessageVisibilityBatch` to 0 |
-//! | nack after `d` | `ChangeMessageVisibilityBatch` to `d` rounded up to seconds, clamped to 12 h |
+//! | nack after `d` | `ChangeMessageVisibilityBatch` to `d` rounded up to seconds, clamped to what is left of SQS's 12 h from receipt |
 //! | dead-letter | `SendMessage` of a [`dead_letter_copy`](mq_core::republish::dead_letter_copy), cut to fit, to the consumer's dead-letter queue, then delete (awaited) |
 //! | dropped unsettled | `ChangeMessageVisibilityBatch` to 0, from a spawned task |
 //! | consumer closed | every unsettled delivery to visibility 0, awaited |
