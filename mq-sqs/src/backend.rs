@@ -88,11 +88,13 @@ impl SqsBackend {
         }
         // Resolve (or create) the queue now, so a bad name or a missing
         // queue is an error here rather than on the first receive.
-        self.queues.resolve(&options.source).await?;
+        let info = self.queues.resolve(&options.source).await?;
+        let dead_letter = Queues::consumer_dead_letter(&info, options.dead_letter.as_deref());
         Ok(SqsConsumer::start(
             self.queues.clone(),
             &options.source,
             options.prefetch,
+            &dead_letter,
             temporary,
         ))
     }
@@ -100,23 +102,28 @@ impl SqsBackend {
 
 /// The SDK clients for `config`: static or chained credentials, region,
 /// endpoint, timeouts and retries, over hyper + rustls (ring).
-async fn clients(config: &SqsConfig) -> Result<Clients> {
+pub(crate) async fn clients(config: &SqsConfig) -> Result<Clients> {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
-    let attempts = config.max_attempts;
+    let attempts = config.max_attempts.max(1);
+    // Saturating: a config built by hand may hold any duration.
     let timeouts = |attempt: Duration| {
         TimeoutConfig::builder()
-            .connect_timeout(config.connect_timeout)
+            .connect_timeout(mq_core::time::clamp(config.connect_timeout))
             .operation_attempt_timeout(attempt)
             // Every attempt plus the SDK's backoff between them (at most 20 s each).
-            .operation_timeout(attempt * attempts + Duration::from_secs(2) * attempts)
+            .operation_timeout(mq_core::time::clamp(
+                attempt
+                    .saturating_mul(attempts)
+                    .saturating_add(Duration::from_secs(2).saturating_mul(attempts)),
+            ))
             .build()
     };
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http)
         .retry_config(RetryConfig::standard().with_max_attempts(attempts))
-        .timeout_config(timeouts(config.timeout));
+        .timeout_config(timeouts(config.request_timeout()));
     if let Some(region) = &config.region {
         loader = loader.region(Region::new(region.clone()));
     }
@@ -151,7 +158,12 @@ async fn clients(config: &SqsConfig) -> Result<Clients> {
     let ops = builder.clone().build();
     // A receive waits up to `wait` before SQS answers: its attempts get that on top.
     let receive = builder
-        .timeout_config(timeouts(config.wait + config.timeout))
+        .timeout_config(timeouts(
+            config
+                .wait
+                .min(crate::config::MAX_WAIT)
+                .saturating_add(config.request_timeout()),
+        ))
         .build();
     Ok(Clients {
         ops: aws_sdk_sqs::Client::from_conf(ops),
@@ -177,7 +189,11 @@ impl Backend for SqsBackend {
         caps.late_group_receives_history = false;
         caps.durable_attempt_count = true;
         caps.persistent = self.config.persistent;
-        caps.max_message_size = Some(self.config.max_message_size - RESERVED_FOR_ATTRIBUTES);
+        caps.max_message_size = Some(
+            self.config
+                .max_message_size
+                .saturating_sub(RESERVED_FOR_ATTRIBUTES),
+        );
         caps.max_batch = MAX_ENTRIES;
         caps
     }

@@ -19,7 +19,7 @@
 //!   Number values as they are, Binary values in standard base64.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use aws_sdk_sqs::types::{Message as SqsMessage, MessageSystemAttributeName};
 use aws_smithy_types::base64;
@@ -137,6 +137,7 @@ pub(crate) fn encode(message: Message, fifo: bool) -> Result<Wire> {
         id,
         content_type,
         delay,
+        dedup_id,
         ..
     } = message.into_parts();
 
@@ -193,9 +194,12 @@ pub(crate) fn encode(message: Message, fifo: bool) -> Result<Wire> {
         attributes.push((ATTR_HEADERS.to_owned(), packed_json(&packed)?));
     }
 
+    // The broker dedup id, not the message id: a republished copy (retry,
+    // dead letter, redrive) carries a fresh one, so SQS never swallows it as
+    // a duplicate of the original within its 5-minute window.
     let fifo = fifo.then(|| {
         let group = key.clone().unwrap_or_else(|| DEFAULT_GROUP_ID.to_owned());
-        (group, dedup_id(&id))
+        (group, deduplication_id(dedup_id.as_deref().unwrap_or(&id)))
     });
     Ok(Wire {
         body,
@@ -214,9 +218,11 @@ fn is_reserved_attribute(name: &str) -> bool {
     )
 }
 
-/// A FIFO `MessageDeduplicationId` from a message id: the id itself when SQS
-/// accepts it (up to 128 of alphanumerics and punctuation), else a stable hash.
-fn dedup_id(id: &str) -> String {
+/// A FIFO `MessageDeduplicationId` from a message's broker dedup id
+/// ([`Message::dedup_id`]: the message id, or a fresh one on a republished
+/// copy): the id itself when SQS accepts it (up to 128 of alphanumerics and
+/// punctuation), else a stable hash.
+pub(crate) fn deduplication_id(id: &str) -> String {
     if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
         return id.to_owned();
     }
@@ -228,6 +234,17 @@ fn dedup_id(id: &str) -> String {
         b = (b ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3 ^ 0x10);
     }
     format!("mq-{a:016x}{b:016x}")
+}
+
+/// A count SQS reports as text, saturating at `u32::MAX` (a value past it is
+/// "very many", not 1); anything that is not a number is 1.
+fn parse_count(text: &str) -> u32 {
+    let digits = text.trim();
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse::<u32>().unwrap_or(u32::MAX)
+    } else {
+        1
+    }
 }
 
 /// A received SQS message, decoded.
@@ -306,12 +323,13 @@ pub(crate) fn decode(msg: &SqsMessage) -> Decoded {
         message = message.with_content_type(ct);
     }
     let attempt = system_attr(MessageSystemAttributeName::ApproximateReceiveCount)
-        .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(1)
+        .map_or(1, |n| parse_count(n))
         .max(1);
+    // Checked: a bogus SentTimestamp (an emulator, a proxy) is no time at
+    // all rather than a panic in `UNIX_EPOCH + d`.
     let sent_at = system_attr(MessageSystemAttributeName::SentTimestamp)
-        .and_then(|ms| ms.parse::<u64>().ok())
-        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+        .and_then(|ms| ms.trim().parse::<u64>().ok())
+        .and_then(mq_core::time::from_unix_millis);
     Decoded {
         message,
         attempt,
@@ -319,32 +337,34 @@ pub(crate) fn decode(msg: &SqsMessage) -> Decoded {
     }
 }
 
+/// What SQS would hand back for `wire` (tests).
+#[cfg(test)]
+pub(crate) fn received(wire: &Wire, receive_count: u32) -> SqsMessage {
+    let mut b = SqsMessage::builder()
+        .message_id("sqs-generated-id")
+        .receipt_handle("rh")
+        .body(wire.body.clone())
+        .attributes(
+            MessageSystemAttributeName::ApproximateReceiveCount,
+            receive_count.to_string(),
+        )
+        .attributes(MessageSystemAttributeName::SentTimestamp, "1700000000123");
+    for (n, v) in &wire.attributes {
+        let value = aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .expect("attribute");
+        b = b.message_attributes(n, value);
+    }
+    b.build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use aws_sdk_sqs::types::MessageAttributeValue;
-
-    /// What SQS would hand back for `wire`.
-    fn received(wire: &Wire, receive_count: u32) -> SqsMessage {
-        let mut b = SqsMessage::builder()
-            .message_id("sqs-generated-id")
-            .receipt_handle("rh")
-            .body(wire.body.clone())
-            .attributes(
-                MessageSystemAttributeName::ApproximateReceiveCount,
-                receive_count.to_string(),
-            )
-            .attributes(MessageSystemAttributeName::SentTimestamp, "1700000000123");
-        for (n, v) in &wire.attributes {
-            let value = MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(v)
-                .build()
-                .expect("attribute");
-            b = b.message_attributes(n, value);
-        }
-        b.build()
-    }
+    use std::time::Duration;
 
     fn round_trip(m: Message) -> (Wire, Decoded) {
         let wire = encode(m, false).expect("encode");
@@ -474,8 +494,8 @@ mod tests {
         let (group, dedup) = w.fifo.expect("fifo");
         assert_eq!(group, DEFAULT_GROUP_ID);
         assert!(dedup.starts_with("mq-") && dedup.len() <= 128, "{dedup}");
-        assert_eq!(dedup, dedup_id("id with spaces"), "stable");
-        assert_ne!(dedup, dedup_id("id with spaces!"));
+        assert_eq!(dedup, deduplication_id("id with spaces"), "stable");
+        assert_ne!(dedup, deduplication_id("id with spaces!"));
     }
 
     #[test]
@@ -534,6 +554,221 @@ mod tests {
             &"a".repeat(257),
         ] {
             assert!(!valid_attribute_name(bad), "{bad}");
+        }
+    }
+
+    /// A message with the given system attributes and no message attributes.
+    fn with_system(count: &str, sent: &str) -> SqsMessage {
+        SqsMessage::builder()
+            .message_id("sqs-id")
+            .body("b")
+            .attributes(MessageSystemAttributeName::ApproximateReceiveCount, count)
+            .attributes(MessageSystemAttributeName::SentTimestamp, sent)
+            .build()
+    }
+
+    /// Defect 6c (issue 14): counts and timestamps from the broker are
+    /// parsed with checked arithmetic: a receive count past `u32::MAX` is
+    /// `u32::MAX` (it used to become attempt 1, as if new), and a timestamp
+    /// that is not a representable time is none.
+    #[test]
+    fn huge_receive_counts_and_sent_timestamps_are_clamped() {
+        let d = decode(&with_system("4294967296", &u64::MAX.to_string()));
+        assert_eq!(d.attempt, u32::MAX, "a huge count saturates");
+        assert_eq!(d.sent_at, mq_core::time::from_unix_millis(u64::MAX));
+        for (count, sent) in [
+            ("99999999999999999999999999", "99999999999999999999999999"),
+            ("-5", "-1"),
+            ("", ""),
+            ("1e9", "1.7e12"),
+            ("0", "0"),
+        ] {
+            let d = decode(&with_system(count, sent));
+            assert!(d.attempt >= 1, "{count}");
+            if count.starts_with('9') {
+                assert_eq!(d.attempt, u32::MAX, "{count}");
+            }
+            if sent == "0" {
+                assert_eq!(d.sent_at, Some(SystemTime::UNIX_EPOCH));
+            } else {
+                assert_eq!(d.sent_at, None, "{sent}");
+            }
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::{btree_map, vec};
+        use proptest::prelude::*;
+
+        /// Cases per property (bounded so the suite runs in seconds).
+        const CASES: u32 = 512;
+
+        fn attribute_value() -> impl Strategy<Value = MessageAttributeValue> {
+            let text = prop_oneof![
+                ".{0,40}",
+                "[0-9.eE+-]{0,60}",
+                Just("{\"mq-message-id\":\"x\"".to_owned()),
+            ];
+            prop_oneof![
+                (
+                    prop_oneof![
+                        Just("String"),
+                        Just("String.custom"),
+                        Just("Number"),
+                        Just("Number.float")
+                    ],
+                    text
+                )
+                    .prop_map(|(t, v)| MessageAttributeValue::builder()
+                        .data_type(t)
+                        .string_value(v)
+                        .build()
+                        .expect("string attribute")),
+                (
+                    prop_oneof![Just("Binary"), Just("Binary.gz")],
+                    vec(any::<u8>(), 0..64)
+                )
+                    .prop_map(|(t, b)| MessageAttributeValue::builder()
+                        .data_type(t)
+                        .binary_value(aws_sdk_sqs::primitives::Blob::new(b))
+                        .build()
+                        .expect("binary attribute")),
+                // A type but no value at all (SQS never sends this; a proxy might).
+                Just(
+                    MessageAttributeValue::builder()
+                        .data_type("String")
+                        .build()
+                        .expect("empty")
+                ),
+            ]
+        }
+
+        /// What a peer might put into `mq-headers`: ours, JSON of another
+        /// shape, garbage, or a large object.
+        fn packed_headers() -> impl Strategy<Value = String> {
+            prop_oneof![
+                btree_map(".{0,12}", ".{0,24}", 0..12)
+                    .prop_map(|m| serde_json::to_string(&m).unwrap_or_default()),
+                ".{0,64}",
+                Just("[1,2,3]".to_owned()),
+                Just("{\"a\":{\"nested\":true},\"b\":1}".to_owned()),
+                Just("\"\\ud800\"".to_owned()),
+                (1usize..2000).prop_map(|n| {
+                    let m: BTreeMap<String, String> = (0..n)
+                        .map(|i| (format!("h{i}"), "v".repeat(i % 50)))
+                        .collect();
+                    serde_json::to_string(&m).unwrap_or_default()
+                }),
+            ]
+        }
+
+        fn foreign_message() -> impl Strategy<Value = SqsMessage> {
+            (
+                btree_map(".{0,20}", attribute_value(), 0..14),
+                proptest::option::of(packed_headers()),
+                proptest::option::of(prop_oneof![Just("base64"), Just("empty"), Just("rot13")]),
+                proptest::option::of(".{0,64}"),
+                proptest::option::of(".{0,24}"),
+                proptest::option::of(".{0,24}"),
+                proptest::option::of(".{0,24}"),
+            )
+                .prop_map(|(attrs, packed, encoding, body, count, sent, group)| {
+                    let mut b = SqsMessage::builder().set_body(body).receipt_handle("rh");
+                    for (name, value) in attrs {
+                        b = b.message_attributes(name, value);
+                    }
+                    if let Some(json) = packed {
+                        b = b.message_attributes(
+                            ATTR_HEADERS,
+                            MessageAttributeValue::builder()
+                                .data_type("String")
+                                .string_value(json)
+                                .build()
+                                .expect("packed"),
+                        );
+                    }
+                    if let Some(e) = encoding {
+                        b = b.message_attributes(
+                            ATTR_BODY_ENCODING,
+                            MessageAttributeValue::builder()
+                                .data_type("String")
+                                .string_value(e)
+                                .build()
+                                .expect("encoding"),
+                        );
+                    }
+                    if let Some(c) = count {
+                        b = b.attributes(MessageSystemAttributeName::ApproximateReceiveCount, c);
+                    }
+                    if let Some(s) = sent {
+                        b = b.attributes(MessageSystemAttributeName::SentTimestamp, s);
+                    }
+                    if let Some(g) = group {
+                        b = b.attributes(MessageSystemAttributeName::MessageGroupId, g);
+                    }
+                    b.build()
+                })
+        }
+
+        /// Header names and values an application may use (reserved names
+        /// are taken by the mapping and excluded).
+        fn headers() -> impl Strategy<Value = BTreeMap<String, String>> {
+            let name = prop_oneof![
+                "[A-Za-z0-9_.-]{1,20}",
+                ".{0,16}",
+                "(AWS|Amazon|aws)\\.[a-z]{1,8}",
+                "mq-[a-z-]{1,12}",
+            ]
+            .prop_filter("reserved by the mapping", |n| !is_reserved_attribute(n));
+            let value = prop_oneof![
+                "[ -~]{0,40}",
+                ".{0,40}",
+                Just(String::new()),
+                vec(any::<char>(), 0..16).prop_map(|c| c.into_iter().collect::<String>()),
+            ];
+            btree_map(name, value, 0..30)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+            /// Whatever a peer (boto3, another SDK, a proxy) sends, decoding
+            /// never panics and yields a usable delivery.
+            #[test]
+            fn decoding_foreign_attributes_never_panics(m in foreign_message()) {
+                let d = decode(&m);
+                prop_assert!(d.attempt >= 1);
+            }
+
+            /// Any message (binary payloads, any number of headers with any
+            /// names and values, non-UTF-8 or XML-refused characters) is
+            /// encoded within SQS's rules and decodes to exactly itself.
+            #[test]
+            fn headers_round_trip_through_attributes(
+                payload in vec(any::<u8>(), 0..200),
+                headers in headers(),
+                id in ".{0,40}",
+                key in proptest::option::of(".{0,20}"),
+                content_type in proptest::option::of(".{0,20}"),
+            ) {
+                let mut m = Message::new(payload).with_id(id).with_headers(headers.into_iter().collect());
+                if let Some(k) = key {
+                    m = m.with_key(k);
+                }
+                if let Some(ct) = content_type {
+                    m = m.with_content_type(ct);
+                }
+                let wire = encode(m.clone(), false).expect("encode");
+                prop_assert!(wire.attributes.len() <= MAX_ATTRIBUTES);
+                prop_assert!(!wire.body.is_empty() && sqs_text(&wire.body));
+                for (n, v) in &wire.attributes {
+                    prop_assert!(valid_attribute_name(n), "{}", n);
+                    prop_assert!(!v.is_empty() && sqs_text(v), "{}={:?}", n, v);
+                }
+                let decoded = decode(&received(&wire, 1));
+                prop_assert_eq!(decoded.message, m);
+            }
         }
     }
 }

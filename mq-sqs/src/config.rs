@@ -130,6 +130,10 @@ impl SqsConfig {
     /// Reads an `sqs://`, `sqs+http://` or `sqs+https://` URL, strictly.
     pub fn from_url(url: &RedactedUrl) -> Result<Self> {
         let u = url.expose();
+        // Errors show the URL without its user info at all (a secret key
+        // typed where the key id goes is a secret too) and with secret
+        // query values masked.
+        let url = &shown(url);
         let endpoint = match u.scheme() {
             "sqs" => {
                 if u.host_str().is_some_and(|h| !h.is_empty())
@@ -292,15 +296,40 @@ impl SqsConfig {
         }
     }
 
+    /// The visibility timeout as used: within SQS's 1 s to 12 h (a config
+    /// built by hand may hold anything; time arithmetic must not overflow).
+    pub(crate) fn visibility(&self) -> Duration {
+        self.visibility_timeout
+            .clamp(Duration::from_secs(1), MAX_VISIBILITY)
+    }
+
+    /// The time limit of one request attempt, clamped to
+    /// [`mq_core::time::FAR_FUTURE`] so sums of it cannot overflow.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        mq_core::time::clamp(self.timeout)
+    }
+
     /// The long poll in whole seconds, as SQS takes it.
     pub(crate) fn wait_secs(&self) -> i32 {
-        secs_i32(self.wait)
+        secs_i32(self.wait.min(MAX_WAIT))
     }
 
     /// The visibility timeout in whole seconds, as SQS takes it.
     pub(crate) fn visibility_secs(&self) -> i32 {
-        secs_i32(self.visibility_timeout)
+        secs_i32(self.visibility())
     }
+}
+
+/// `url` for an error message: no user name or password (whichever part
+/// holds a secret), secret query values (`session_token`) masked.
+fn shown(url: &RedactedUrl) -> String {
+    let mut u = url.redacted();
+    if !u.username().is_empty() || u.password().is_some() {
+        // Only fails for URLs that cannot have user info, which then have none.
+        let _ = u.set_password(None);
+        let _ = u.set_username("");
+    }
+    u.to_string()
 }
 
 /// `d` in whole seconds, rounded up, saturating (SQS takes `i32` seconds).
@@ -500,5 +529,48 @@ mod tests {
         assert_eq!(secs_i32(Duration::from_secs(3)), 3);
         assert_eq!(secs_i32(Duration::from_millis(3001)), 4);
         assert_eq!(secs_i32(Duration::from_secs(u64::MAX)), i32::MAX);
+    }
+
+    /// Issue 14 (secrets in errors): no error about an SQS URL and no
+    /// `Debug` of a config or backend shows the secret access key or the
+    /// session token, whatever is wrong with the URL (nor a secret typed
+    /// where the key id goes).
+    #[tokio::test]
+    async fn errors_and_debug_never_show_secret_key_or_session_token() {
+        const SECRETS: [&str; 3] = ["hunter2", "t0ps3cret", "s3ss10n"];
+        for bad in [
+            "sqs://AKID:hunter2@host",
+            "sqs://AKID:hunter2@/",
+            "sqs+http://hunter2@h:1",
+            "sqs+http://:hunter2@h:1",
+            "sqs+http://AKID:hunter2@h:1/queue?session_token=t0ps3cret",
+            "sqs+http://AKID:hunter2@h:1?session_token=t0ps3cret&wait=99s",
+            "sqs+http://AKID:hunter2@h:1?session_token=t0ps3cret&bogus=1",
+            "sqs+http://AKID:hunter2@h:1?session_token=t0ps3cret&session_token=s3ss10n",
+            "sqs+http://AKID:hunter2@h:1?region=eu%20west&session_token=t0ps3cret",
+            "sqs+http://AKID:hunter%zz@h:1?session_token=t0ps3cret",
+            "sqs+http://AKID:hunter2%ff@h:1",
+            "sqs+https://AKID:hunter2@h:1?max_message_size=1&aws_secret_access_key=t0ps3cret",
+            "amqp://AKID:hunter2@h:1?session_token=t0ps3cret",
+        ] {
+            let err = parse(bad).expect_err(bad);
+            let text = format!("{err} | {err:?}");
+            for secret in SECRETS {
+                assert!(!text.contains(secret), "{bad} -> {text}");
+            }
+        }
+        let url = "sqs+http://AKID:hunter2@127.0.0.1:9?session_token=t0ps3cret&region=us-east-1";
+        let config = parse(url).expect("valid");
+        let backend = crate::SqsBackend::connect(config.clone())
+            .await
+            .expect("connect makes no request");
+        let client = crate::connect(RedactedUrl::parse(url).expect("url"))
+            .await
+            .expect("client");
+        let text = format!("{config:?} {backend:?} {client:?} {:?}", config.credentials);
+        for secret in SECRETS {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("AKID"), "the key id is no secret: {text}");
     }
 }

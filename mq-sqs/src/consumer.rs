@@ -74,6 +74,9 @@ impl SqsMetadata {
 pub struct SqsConsumer {
     settler: Arc<SqsSettler>,
     deliveries: mpsc::UnboundedReceiver<Result<Delivery>>,
+    /// A receive error met after `receive_batch` had deliveries: returned by
+    /// the next call, never dropped.
+    pending_error: Option<Error>,
     /// Set while an error waits in `deliveries`, so errors do not pile up.
     error_queued: Arc<AtomicBool>,
     demand: Arc<Demand>,
@@ -96,15 +99,16 @@ impl fmt::Debug for SqsConsumer {
 
 impl SqsConsumer {
     /// A consumer of `logical` (already resolved) holding at most `prefetch`
-    /// unsettled deliveries.
+    /// unsettled deliveries and dead-lettering to `dead_letter`.
     pub(crate) fn start(
         queues: Arc<Queues>,
         logical: &str,
         prefetch: usize,
+        dead_letter: &str,
         temporary: bool,
     ) -> Self {
         let receivers = queues.config.receivers_for(prefetch);
-        let settler = SqsSettler::start(queues, logical, prefetch);
+        let settler = SqsSettler::start(queues, logical, prefetch, dead_letter);
         let (tx, rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let error_queued = Arc::new(AtomicBool::new(false));
@@ -119,6 +123,7 @@ impl SqsConsumer {
         SqsConsumer {
             settler,
             deliveries: rx,
+            pending_error: None,
             error_queued,
             demand,
             stop,
@@ -137,6 +142,18 @@ impl SqsConsumer {
             ));
         }
         Ok(())
+    }
+
+    /// The error kept by an earlier `receive_batch`, if any; the poller may
+    /// queue a new one once it is handed out.
+    fn take_pending(&mut self) -> Result<()> {
+        match self.pending_error.take() {
+            Some(e) => {
+                self.error_queued.store(false, Ordering::Release);
+                Err(e)
+            }
+            None => Ok(()),
+        }
     }
 
     fn take(&self, item: Result<Delivery>) -> Result<Delivery> {
@@ -175,6 +192,7 @@ impl SqsConsumer {
 impl Consumer for SqsConsumer {
     async fn receive(&mut self) -> Result<Delivery> {
         self.check_open()?;
+        self.take_pending()?;
         let demand = self.demand.clone();
         let _waiting = demand.wait();
         match self.deliveries.recv().await {
@@ -189,6 +207,7 @@ impl Consumer for SqsConsumer {
         if max == 0 {
             return Ok(batch);
         }
+        self.take_pending()?;
         let demand = self.demand.clone();
         let waiting = demand.wait();
         let first = tokio::time::timeout(wait, self.deliveries.recv()).await;
@@ -219,9 +238,10 @@ impl Consumer for SqsConsumer {
             match next {
                 Ok(Ok(d)) => batch.push(d),
                 Ok(Err(e)) => {
-                    // Keep it for the next call; this one has deliveries.
-                    tracing::debug!(error = %e, "receive error after a partial batch");
-                    self.error_queued.store(false, Ordering::Release);
+                    // Keep it for the next call (this one has deliveries);
+                    // `error_queued` stays set until it is handed out.
+                    tracing::debug!(error = %e, "receive error after a partial batch; kept for the next receive");
+                    self.pending_error = Some(e);
                     break;
                 }
                 Err(()) => break,
@@ -438,24 +458,20 @@ impl ReceiveCall {
                 settler
                     .permits
                     .add_permits(n.saturating_sub(messages.len()));
-                let visible_until = started + settler.queues.config.visibility_timeout;
+                // The receive was sent then, so SQS started the messages'
+                // visibility timeouts no earlier: their leases and the
+                // 12-hour limit, counted from here, err on the safe side.
+                let received_at = started;
                 let mut orphans = Vec::new();
                 for message in messages {
                     // Once the consumer stopped, nothing more is handed out.
                     if self.stop.is_cancelled()
-                        || !hand_over(
-                            settler,
-                            &self.tx,
-                            &self.demand,
-                            &url,
-                            &message,
-                            visible_until,
-                        )
+                        || !hand_over(settler, &self.tx, &self.demand, &url, &message, received_at)
                     {
                         orphans.push(Orphan {
                             message,
                             url: url.clone(),
-                            visible_until,
+                            received_at,
                         });
                     }
                 }
@@ -513,13 +529,13 @@ fn hand_over(
     demand: &Demand,
     url: &str,
     m: &SqsMessage,
-    visible_until: Instant,
+    received_at: Instant,
 ) -> bool {
     let Some(receipt) = m.receipt_handle() else {
         tracing::warn!("SQS returned a message without a receipt handle; skipped");
         return true;
     };
-    let Some(tag) = settler.track(receipt, visible_until) else {
+    let Some(tag) = settler.track(receipt, received_at) else {
         return false;
     };
     demand.buffered.fetch_add(1, Ordering::AcqRel);
@@ -551,7 +567,7 @@ fn adopt(
                 continue;
             }
         }
-        if !hand_over(settler, tx, demand, &o.url, &o.message, o.visible_until) {
+        if !hand_over(settler, tx, demand, &o.url, &o.message, o.received_at) {
             settler.permits.add_permits(1);
             settler.queues.leave_orphans(&settler.logical, vec![o]);
         }
@@ -612,4 +628,79 @@ fn deliver(
     .with_timestamp(decoded.sent_at)
     .with_metadata(metadata);
     Delivery::new(received, settler.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SqsConfig;
+    use mq_core::url::RedactedUrl;
+    use mq_core::Message;
+
+    /// A consumer whose channel the test feeds by hand (no poller; the
+    /// endpoint is never called).
+    async fn fed_consumer() -> (SqsConsumer, mpsc::UnboundedSender<Result<Delivery>>) {
+        let url = RedactedUrl::parse("sqs+http://k:s@127.0.0.1:9?region=us-east-1").expect("url");
+        let config = Arc::new(SqsConfig::from_url(&url).expect("config"));
+        let clients = crate::backend::clients(&config).await.expect("clients");
+        let queues = Arc::new(Queues::new(clients, config));
+        let settler = SqsSettler::start(queues, "q", 10, "q-dlq");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let consumer = SqsConsumer {
+            settler,
+            deliveries: rx,
+            pending_error: None,
+            error_queued: Arc::new(AtomicBool::new(false)),
+            demand: Arc::new(Demand::new(1)),
+            stop: CancellationToken::new(),
+            poller: None,
+            closed: false,
+            temporary: false,
+        };
+        (consumer, tx)
+    }
+
+    /// Queues what the poller would: a delivery, then a receive error.
+    fn feed(consumer: &SqsConsumer, tx: &mpsc::UnboundedSender<Result<Delivery>>) {
+        let received = Received::new("q", Message::new("m").with_id("m-1"), 1);
+        consumer.demand.buffered.fetch_add(2, Ordering::AcqRel);
+        tx.send(Ok(Delivery::new(received, consumer.settler.clone())))
+            .expect("delivery");
+        consumer.error_queued.store(true, Ordering::Release);
+        tx.send(Err(Error::new(ErrorKind::Permission, "AccessDenied")))
+            .expect("error");
+    }
+
+    /// Defect 10 (issue 14): an error that arrives after a partial batch
+    /// was dropped, so the application never saw it. It is now returned by
+    /// the next call (and the poller may queue new errors only after).
+    #[tokio::test]
+    async fn receive_batch_keeps_a_queued_error_for_the_next_call() {
+        let (mut consumer, tx) = fed_consumer().await;
+        feed(&consumer, &tx);
+        let batch = consumer
+            .receive_batch(10, Duration::from_millis(200))
+            .await
+            .expect("the delivery first");
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].id(), "m-1");
+        assert!(consumer.error_queued.load(Ordering::Acquire), "still owed");
+        let err = consumer
+            .receive_batch(10, Duration::from_millis(200))
+            .await
+            .expect_err("the kept error");
+        assert_eq!(err.kind(), ErrorKind::Permission);
+        assert!(!consumer.error_queued.load(Ordering::Acquire));
+        // And `receive` after a partial batch gets it too.
+        feed(&consumer, &tx);
+        let batch = consumer
+            .receive_batch(10, Duration::from_millis(200))
+            .await
+            .expect("delivery");
+        assert_eq!(batch.len(), 1);
+        let err = consumer.receive().await.expect_err("the kept error");
+        assert_eq!(err.kind(), ErrorKind::Permission);
+        drop(batch);
+        consumer.closed = true;
+    }
 }

@@ -66,6 +66,13 @@ impl HealthState {
         health
     }
 
+    /// A settlement failed (a dead letter that could not be written, an ack
+    /// whose delete failed): it becomes `last_error`. Whether SQS answers is
+    /// not in question, so `connected` stays as it is.
+    pub(crate) fn settle_failed(&self, message: String) {
+        self.state.lock().last_error = Some((message, SystemTime::now()));
+    }
+
     fn record(&self, outcome: Outcome) {
         let mut state = self.state.lock();
         match outcome {

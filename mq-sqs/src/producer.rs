@@ -142,6 +142,51 @@ pub(crate) fn prepare(info: &QueueInfo, message: Message) -> Result<Wire> {
     Ok(wire)
 }
 
+/// Rounds of [`fit_copy`]: each measures the encoding's overhead again.
+const FIT_ROUNDS: usize = 8;
+
+/// Encodes a republished copy (a dead letter) for the queue of `info`, its
+/// reason headers cut ([`mq_core::republish::fit_to_size`]) so that the copy
+/// fits the queue's `MaximumMessageSize` as SQS counts it: body plus each
+/// attribute's name, type and value. What the encoding adds to
+/// [`Message::encoded_len`] (base64 of a binary payload, attribute names and
+/// types, the `mq-headers` JSON with its escapes) is measured on the encoded
+/// copy, not guessed: the copy is cut by the excess and encoded again, for a
+/// few rounds (a cut can move a header between its own attribute and the
+/// JSON). Unlike [`prepare`], no fixed reserve is kept: the wire size is
+/// exact. A copy that cannot fit without touching its payload, id or the
+/// application's headers is `TooLarge`.
+pub(crate) fn fit_copy(info: &QueueInfo, message: Message) -> Result<Wire> {
+    let limit = info.max_size;
+    let mut budget = limit;
+    let mut last = 0;
+    for _ in 0..FIT_ROUNDS {
+        let candidate = mq_core::republish::fit_to_size(message.clone(), budget).map_err(|e| {
+            e.with_backend(BACKEND)
+                .with_destination(info.logical.clone())
+        })?;
+        let wire = codec::encode(candidate, info.fifo)
+            .map_err(|e| e.with_destination(info.logical.clone()))?;
+        last = wire.size();
+        if last <= limit {
+            return Ok(wire);
+        }
+        let next = budget.saturating_sub(last - limit);
+        if next == budget {
+            break;
+        }
+        budget = next;
+    }
+    Err(Error::too_large(
+        last,
+        limit,
+        "SQS MaximumMessageSize, counting body and attributes as sent (the dead-letter reason cut as far as it goes)",
+    )
+    .with_backend(BACKEND)
+    .with_operation("dead-letter")
+    .with_destination(info.logical.clone()))
+}
+
 fn attributes(wire: &Wire) -> Result<HashMap<String, MessageAttributeValue>> {
     wire.attributes
         .iter()
@@ -396,5 +441,190 @@ mod tests {
             .map(|c| c.iter().map(|(i, _)| *i).collect())
             .collect();
         assert_eq!(got, [vec![0], vec![1, 2, 3]]);
+    }
+
+    fn queue(logical: &str, fifo: bool, max_size: usize) -> QueueInfo {
+        QueueInfo {
+            logical: logical.into(),
+            url: format!("http://sqs.test/000000000000/{logical}"),
+            fifo,
+            max_size,
+            redrive_target: None,
+        }
+    }
+
+    /// What a consumer of `source` gets for `wire`.
+    fn receive(source: &str, wire: &Wire) -> mq_core::Received {
+        let decoded = codec::decode(&codec::received(wire, 1));
+        mq_core::Received::new(source, decoded.message, decoded.attempt)
+    }
+
+    fn attribute<'a>(wire: &'a Wire, name: &str) -> Option<&'a str> {
+        wire.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Defect 2 (issue 14): on a FIFO queue, a copy sent with the original's
+    /// `MessageDeduplicationId` within SQS's 5-minute window is accepted and
+    /// silently dropped, and the original is then deleted: the message is
+    /// lost. moto forgets a deduplication id once its message is deleted
+    /// (AWS keeps it for 5 minutes from the send), so this is checked on the
+    /// ids the copies carry: the wire entry of a dead letter (what the
+    /// settler sends), of a second dead-lettering of the same message, and
+    /// of a redrive (`mq dlq --redrive`'s replay copy) each carry their own
+    /// deduplication id, while the `mq` id stays the same.
+    #[test]
+    fn fifo_republished_copies_are_never_deduplicated_away() {
+        let source = queue("jobs.fifo", true, 1024 * 1024);
+        let dlq = queue("jobs-dlq.fifo", true, 1024 * 1024);
+        let original = Message::new("payload")
+            .with_id("order-1")
+            .with_key("customer-7");
+        let sent = prepare(&source, original).expect("original");
+        let delivery = receive("jobs.fifo", &sent);
+
+        let first = fit_copy(
+            &dlq,
+            mq_core::republish::dead_letter_copy(&delivery, "boom"),
+        )
+        .expect("dead letter");
+        let second = fit_copy(
+            &dlq,
+            mq_core::republish::dead_letter_copy(&delivery, "boom"),
+        )
+        .expect("second dead letter");
+        let dead = receive("jobs-dlq.fifo", &first);
+        let replay =
+            prepare(&source, mq_core::republish::replay_copy(&dead)).expect("redrive copy");
+
+        let wires = [&sent, &first, &second, &replay];
+        let mut dedup_ids: Vec<&str> = Vec::new();
+        for wire in wires {
+            let (group, dedup) = wire.fifo.as_ref().expect("FIFO entry");
+            assert_eq!(group, "customer-7", "same message group");
+            assert!(
+                !dedup.is_empty() && dedup.len() <= 128,
+                "SQS accepts {dedup}"
+            );
+            assert_eq!(
+                attribute(wire, codec::ATTR_MESSAGE_ID),
+                Some("order-1"),
+                "the mq id stays for application-level dedup"
+            );
+            dedup_ids.push(dedup);
+        }
+        assert_eq!(dedup_ids[0], "order-1", "the original's is its id");
+        let mut distinct = dedup_ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            wires.len(),
+            "every copy has its own MessageDeduplicationId: {dedup_ids:?}"
+        );
+    }
+
+    /// A copy's own dedup id goes through the same sanitising as a message
+    /// id: what SQS would refuse becomes a stable hash.
+    #[test]
+    fn dedup_ids_are_sanitised_like_message_ids() {
+        let info = queue("q.fifo", true, 1024 * 1024);
+        let wire = prepare(
+            &info,
+            Message::new("x")
+                .with_id("plain")
+                .with_dedup_id("has spaces é"),
+        )
+        .expect("wire");
+        let (_, dedup) = wire.fifo.expect("fifo");
+        assert_eq!(dedup, codec::deduplication_id("has spaces é"));
+        assert!(dedup.starts_with("mq-") && dedup.is_ascii(), "{dedup}");
+    }
+
+    /// Defect 4 (issue 14): a dead letter that would exceed the dead-letter
+    /// queue's MaximumMessageSize once the reason is added is cut to fit as
+    /// SQS counts it (base64 body, attribute names and types, the packed
+    /// `mq-headers` JSON with its escapes), not refused.
+    #[test]
+    fn dead_letter_copy_is_cut_to_fit_the_wire_size() {
+        let dlq = queue("jobs-dlq", false, 2048);
+        // Binary payload (base64 on the wire) and more headers than slots.
+        let mut m = Message::new(vec![0xffu8; 700]).with_id("big-1");
+        for i in 0..12 {
+            m = m.with_header(format!("h{i:02}"), "value");
+        }
+        let delivery = mq_core::Received::new("jobs", m.clone(), 3);
+        // Control characters: each is six bytes of JSON escape once packed.
+        let reason = "line\u{1}\"quoted\" ".repeat(200);
+        let copy = mq_core::republish::dead_letter_copy(&delivery, &reason);
+        assert!(
+            codec::encode(copy.clone(), false).expect("encode").size() > 2048,
+            "the uncut copy does not fit"
+        );
+        let wire = fit_copy(&dlq, copy).expect("cut to fit");
+        assert!(wire.size() <= 2048, "{} bytes", wire.size());
+        let got = receive("jobs-dlq", &wire).to_message();
+        assert_eq!(got.payload(), m.payload(), "payload untouched");
+        assert_eq!(got.id(), "big-1");
+        for i in 0..12 {
+            assert_eq!(got.headers().get(&format!("h{i:02}")), Some("value"));
+        }
+        let kept = got
+            .headers()
+            .get(mq_core::headers::DEAD_LETTER_REASON)
+            .expect("reason");
+        assert!(reason.starts_with(kept) && kept.len() < reason.len());
+        assert!(got.headers().get(mq_core::headers::TRUNCATED).is_some());
+
+        // What cannot fit even without the reason is TooLarge (the settler
+        // then returns the message to its queue).
+        let huge = mq_core::Received::new("jobs", Message::new(vec![b'a'; 4000]), 1);
+        let err = fit_copy(&dlq, mq_core::republish::dead_letter_copy(&huge, "why"))
+            .expect_err("too large");
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// A dead-letter copy that `fit_copy` accepts is within the
+            /// queue's size as SQS counts it, with payload, id and the
+            /// application's headers intact.
+            #[test]
+            fn fitted_dead_letters_are_within_the_wire_limit(
+                payload in vec(any::<u8>(), 0..1500),
+                headers in vec(("[a-z]{1,8}", ".{0,30}"), 0..15),
+                reason in ".{0,3000}",
+                earlier in proptest::option::of(".{0,600}"),
+                max_size in 1024usize..4096,
+                fifo in any::<bool>(),
+            ) {
+                let mut m = Message::new(payload).with_id("p-1");
+                for (n, v) in headers {
+                    m = m.with_header(n, v);
+                }
+                if let Some(e) = earlier {
+                    m = m.with_header(mq_core::headers::DEAD_LETTER_REASON, e);
+                }
+                let delivery = mq_core::Received::new("src", m.clone(), 1);
+                let copy = mq_core::republish::dead_letter_copy(&delivery, &reason);
+                match fit_copy(&queue("src-dlq", fifo, max_size), copy) {
+                    Ok(wire) => {
+                        prop_assert!(wire.size() <= max_size, "{} > {}", wire.size(), max_size);
+                        let got = receive("src-dlq", &wire).to_message();
+                        prop_assert_eq!(got.payload(), m.payload());
+                        prop_assert_eq!(got.id(), "p-1");
+                    }
+                    Err(e) => prop_assert_eq!(e.kind(), ErrorKind::TooLarge),
+                }
+            }
+        }
     }
 }

@@ -4,10 +4,17 @@
 //! |---|---|
 //! | ack | `DeleteMessageBatch`, queued: `ack` returns at once |
 //! | nack | `ChangeMessageVisibilityBatch` to 0 |
-//! | nack after `d` | `ChangeMessageVisibilityBatch` to `d` rounded up to seconds (at most 12 h) |
-//! | dead-letter | `SendMessage` to the dead-letter queue, then delete |
+//! | nack after `d` | `ChangeMessageVisibilityBatch` to `d` rounded up to seconds, clamped to what is left of SQS's 12 h from receipt |
+//! | dead-letter | `SendMessage` of a [`dead_letter_copy`](mq_core::republish::dead_letter_copy), cut to fit, to the consumer's dead-letter queue, then delete (awaited) |
 //! | dropped unsettled | `ChangeMessageVisibilityBatch` to 0, from a spawned task |
 //! | consumer closed | every unsettled delivery to visibility 0, awaited |
+//!
+//! A settlement that fails never leaves its message hidden: it is made
+//! visible again (awaited, where SQS allows it) and the error is returned.
+//! A dead letter that cannot be written after [`DEAD_LETTER_ATTEMPTS`] is
+//! also counted ([`DEAD_LETTER_ERRORS`](mq_core::observe::names::DEAD_LETTER_ERRORS))
+//! and shown as `last_error` in `health()`. A queued delete (an ack) that
+//! fails is logged, and the message made visible again at once.
 //!
 //! Deletes and visibility changes of one consumer are coalesced into batch
 //! calls of up to 10 (see [`crate::batch`]); a failed entry fails only its
@@ -31,7 +38,7 @@ use async_trait::async_trait;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
 };
-use mq_core::{Delivery, Error, ErrorKind, Result, Settlement, Settler};
+use mq_core::{Delivery, Error, ErrorKind, Message, Result, Settlement, Settler};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
@@ -40,12 +47,20 @@ use crate::batch::{self, MAX_ENTRIES};
 use crate::config::{secs_i32, MAX_VISIBILITY};
 use crate::consumer::SqsMetadata;
 use crate::error;
-use crate::producer::{prepare, send_to};
+use crate::producer::{fit_copy, send_to};
 use crate::topology::{Budget, Queues};
 use crate::BACKEND;
 
 /// Settlement calls of one consumer in flight at once, per kind.
 const SETTLE_CONCURRENCY: usize = 8;
+
+/// Attempts to write one dead letter (each with the SDK's own retries)
+/// before the message is returned to its queue; only retryable errors are
+/// tried again.
+pub(crate) const DEAD_LETTER_ATTEMPTS: u32 = 3;
+
+/// Pause before the second attempt to write a dead letter; doubled after.
+const DEAD_LETTER_BACKOFF: Duration = Duration::from_millis(200);
 
 /// A delete or visibility change waiting for its batch.
 struct Op {
@@ -103,6 +118,9 @@ impl Unconfirmed {
 /// A delivery handed out (or buffered) and not settled yet.
 struct Entry {
     receipt: Arc<str>,
+    /// When the receive that brought it was sent: SQS hides a message for
+    /// at most 12 hours from its receipt, extensions included.
+    received_at: Instant,
     /// When SQS makes the message visible again unless extended.
     visible_until: Instant,
     /// Held by the heartbeat while it extends this message, and taken by a
@@ -122,6 +140,9 @@ pub(crate) struct SqsSettler {
     pub(crate) queues: Arc<Queues>,
     /// The source as the application named it.
     pub(crate) logical: Arc<str>,
+    /// Where dead letters go (the consumer's `dead_letter` option, or the
+    /// queue's redrive target, or `<name>-dlq`).
+    pub(crate) dead_letter: Arc<str>,
     /// One permit per delivery the consumer may still take (prefetch).
     pub(crate) permits: Arc<Semaphore>,
     state: Mutex<Outstanding>,
@@ -135,6 +156,7 @@ impl fmt::Debug for SqsSettler {
         let state = self.state.lock();
         f.debug_struct("SqsSettler")
             .field("source", &self.logical)
+            .field("dead_letter", &self.dead_letter)
             .field("unsettled", &state.entries.len())
             .field("closed", &state.closed)
             .finish()
@@ -143,8 +165,14 @@ impl fmt::Debug for SqsSettler {
 
 impl SqsSettler {
     /// A settler for `logical`'s consumer holding at most `prefetch`
-    /// deliveries; starts its batching tasks and heartbeat.
-    pub(crate) fn start(queues: Arc<Queues>, logical: &str, prefetch: usize) -> Arc<Self> {
+    /// deliveries and dead-lettering to `dead_letter`; starts its batching
+    /// tasks and heartbeat.
+    pub(crate) fn start(
+        queues: Arc<Queues>,
+        logical: &str,
+        prefetch: usize,
+        dead_letter: &str,
+    ) -> Arc<Self> {
         let logical: Arc<str> = logical.into();
         let settings = batch::Settings {
             max_entries: MAX_ENTRIES,
@@ -153,27 +181,30 @@ impl SqsSettler {
             concurrency: SETTLE_CONCURRENCY,
         };
         let (q, l) = (queues.clone(), logical.clone());
-        let (deletes, _) = batch::spawn(
-            settings,
-            |_: &Op| 0,
-            move |ops| {
-                let (q, l) = (q.clone(), l.clone());
-                async move { flush(&q, &l, ops, Kind::Delete).await }
-            },
-        );
-        let (q, l) = (queues.clone(), logical.clone());
         let (visibility, _) = batch::spawn(
             settings,
             |_: &Op| 0,
             move |ops| {
                 let (q, l) = (q.clone(), l.clone());
-                async move { flush(&q, &l, ops, Kind::Visibility).await }
+                async move { flush(&q, &l, ops, Kind::Visibility, None).await }
             },
         );
-        let vt = queues.config.visibility_timeout;
+        // A failed delete nobody awaits (an ack) returns its message through
+        // the visibility task.
+        let (q, l, v) = (queues.clone(), logical.clone(), visibility.clone());
+        let (deletes, _) = batch::spawn(
+            settings,
+            |_: &Op| 0,
+            move |ops| {
+                let (q, l, v) = (q.clone(), l.clone(), v.clone());
+                async move { flush(&q, &l, ops, Kind::Delete, Some(&v)).await }
+            },
+        );
+        let vt = queues.config.visibility();
         let settler = Arc::new(SqsSettler {
             queues,
             logical,
+            dead_letter: dead_letter.into(),
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
             state: Mutex::new(Outstanding::default()),
             unconfirmed: Arc::default(),
@@ -184,9 +215,13 @@ impl SqsSettler {
         settler
     }
 
-    /// Starts tracking a received message; its visibility runs out at
-    /// `visible_until`. Returns its tag, or `None` once the consumer closed.
-    pub(crate) fn track(&self, receipt: &str, visible_until: Instant) -> Option<u64> {
+    /// Starts tracking a message received by a call sent at `received_at`
+    /// (its visibility timeout runs from then). Returns its tag, or `None`
+    /// once the consumer closed.
+    pub(crate) fn track(&self, receipt: &str, received_at: Instant) -> Option<u64> {
+        let visible_until = received_at
+            .checked_add(self.queues.config.visibility())
+            .unwrap_or(received_at);
         let mut state = self.state.lock();
         if state.closed {
             return None;
@@ -197,6 +232,7 @@ impl SqsSettler {
             tag,
             Entry {
                 receipt: receipt.into(),
+                received_at,
                 visible_until,
                 lease: Arc::default(),
             },
@@ -244,14 +280,32 @@ impl SqsSettler {
         })
     }
 
-    /// Makes `receipt` visible again without waiting (a failed settlement).
-    fn release_now(&self, receipt: Arc<str>) {
-        let _ = self.visibility.send(Op {
-            receipt,
-            seconds: 0,
-            reply: None,
-            _ticket: Some(Ticket::new(&self.unconfirmed)),
-        });
+    /// Makes `receipt` visible again after a failed settlement, waiting for
+    /// SQS, so the message is back in its queue when the settlement returns
+    /// its error. If even that fails (the receipt handle expired, SQS is
+    /// unreachable), the message comes back after its visibility timeout,
+    /// which nothing extends any more.
+    async fn release(&self, receipt: Arc<str>) {
+        if let Err(e) = self.run(Kind::Visibility, receipt, 0).await {
+            tracing::warn!(source = %self.logical, error = %e,
+                "could not return a message after a failed settlement; SQS redelivers it after its visibility timeout");
+        }
+    }
+
+    /// Counts and reports a dead letter that could not be written.
+    fn dead_letter_failed(&self, error: &Error) {
+        metrics::counter!(mq_core::observe::names::DEAD_LETTER_ERRORS,
+            "backend" => BACKEND,
+            "source" => self.logical.to_string(),
+            "destination" => self.dead_letter.to_string())
+        .increment(1);
+        let text = format!(
+            "dead letter from `{}` to `{}` could not be written; the message went back to its queue: {error}",
+            self.logical, self.dead_letter
+        );
+        tracing::warn!(source = %self.logical, destination = %self.dead_letter, error = %error,
+            "a dead letter could not be written; the message went back to its queue");
+        self.queues.clients.health.settle_failed(text);
     }
 
     /// Queues the delete of `receipt` without waiting for it: sequential
@@ -308,7 +362,7 @@ impl SqsSettler {
         }
         // Acks still queued or in flight finish before close returns.
         self.unconfirmed
-            .drained(self.queues.config.timeout * 2)
+            .drained(self.queues.config.request_timeout().saturating_mul(2))
             .await;
         Ok(())
     }
@@ -320,41 +374,52 @@ impl SqsSettler {
     /// Extends the visibility of held deliveries that are past half of it.
     async fn extend_due(&self, vt: Duration) {
         let now = Instant::now();
-        let due: Vec<(u64, Arc<str>, tokio::sync::OwnedMutexGuard<()>)> = {
+        let half = now.checked_add(vt / 2).unwrap_or(now);
+        type Due = (u64, Arc<str>, i32, tokio::sync::OwnedMutexGuard<()>);
+        let due: Vec<Due> = {
             let state = self.state.lock();
             state
                 .entries
                 .iter()
-                .filter(|(_, e)| e.visible_until <= now + vt / 2)
+                .filter(|(_, e)| e.visible_until <= half)
                 .filter_map(|(tag, e)| {
+                    // Past SQS's 12 hours from receipt nothing extends it any more.
+                    let seconds = hide_seconds(vt, e.received_at);
+                    if seconds == 0 {
+                        return None;
+                    }
                     let guard = e.lease.clone().try_lock_owned().ok()?;
-                    Some((*tag, e.receipt.clone(), guard))
+                    Some((*tag, e.receipt.clone(), seconds, guard))
                 })
                 .collect()
         };
         if due.is_empty() {
             return;
         }
-        let seconds = secs_i32(vt);
         let calls = due.chunks(MAX_ENTRIES).map(|chunk| {
-            let ops: Vec<(u64, Arc<str>)> = chunk.iter().map(|(t, r, _)| (*t, r.clone())).collect();
+            let ops: Vec<(u64, Arc<str>, i32)> = chunk
+                .iter()
+                .map(|(t, r, s, _)| (*t, r.clone(), *s))
+                .collect();
             async move {
-                let receipts: Vec<Arc<str>> = ops.iter().map(|(_, r)| r.clone()).collect();
+                let receipts: Vec<Arc<str>> = ops.iter().map(|(_, r, _)| r.clone()).collect();
+                let seconds: Vec<i32> = ops.iter().map(|(_, _, s)| *s).collect();
                 let results =
-                    change_visibility(&self.queues, &self.logical, &receipts, seconds).await;
+                    change_visibility_each(&self.queues, &self.logical, &receipts, &seconds).await;
                 ops.into_iter()
-                    .map(|(tag, _)| tag)
+                    .map(|(tag, _, s)| (tag, s))
                     .zip(results)
                     .collect::<Vec<_>>()
             }
         });
         let results = futures::future::join_all(calls).await;
         let mut state = self.state.lock();
-        for (tag, result) in results.into_iter().flatten() {
+        for ((tag, seconds), result) in results.into_iter().flatten() {
             match result {
                 Ok(()) => {
                     if let Some(e) = state.entries.get_mut(&tag) {
-                        e.visible_until = now + vt;
+                        let extended = Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
+                        e.visible_until = now.checked_add(extended).unwrap_or(now);
                     }
                 }
                 Err(e) => {
@@ -366,16 +431,35 @@ impl SqsSettler {
         drop(due);
     }
 
-    /// Publishes the dead letter of `delivery`: to the queue's redrive target
-    /// or `<source>-dlq`.
+    /// Publishes the dead letter of `delivery` to the consumer's dead-letter
+    /// queue: a [`dead_letter_copy`](mq_core::republish::dead_letter_copy)
+    /// (same `mq` id, fresh FIFO deduplication id) cut to fit the queue's
+    /// size limit, tried up to [`DEAD_LETTER_ATTEMPTS`] times while the
+    /// error is retryable.
     async fn publish_dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
-        let dlq = self.queues.dead_letter_destination(&self.logical);
-        let info = self.queues.resolve(&dlq).await?;
-        let wire = prepare(
-            &info,
-            mq_core::republish::dead_letter_copy(delivery, reason),
-        )?;
-        send_to(&self.queues, &dlq, std::slice::from_ref(&wire))
+        let copy = mq_core::republish::dead_letter_copy(delivery, reason);
+        let mut pause = DEAD_LETTER_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self.write_dead_letter(copy.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() && attempt < DEAD_LETTER_ATTEMPTS => {
+                    tracing::debug!(source = %self.logical, destination = %self.dead_letter,
+                        attempt, error = %e, "writing a dead letter failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = pause.saturating_mul(2);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt to write `copy` to the dead-letter queue.
+    async fn write_dead_letter(&self, copy: Message) -> Result<()> {
+        let info = self.queues.resolve(&self.dead_letter).await?;
+        let wire = fit_copy(&info, copy)?;
+        send_to(&self.queues, &self.dead_letter, std::slice::from_ref(&wire))
             .await
             .pop()
             .unwrap_or_else(|| {
@@ -413,29 +497,40 @@ impl Settler for SqsSettler {
         let receipt = entry.receipt;
         match settlement {
             Settlement::Ack => self.delete_later(receipt),
+            // If this fails the message stays hidden until its visibility
+            // timeout (no longer extended): the error says so.
             Settlement::Nack { delay: None } => self.run(Kind::Visibility, receipt, 0).await,
-            Settlement::Nack { delay: Some(d) } if d > MAX_VISIBILITY => {
-                self.release_now(receipt);
-                Err(Error::unsupported(format!(
-                    "SQS delays a redelivery by at most 12 hours (visibility timeout); asked for {d:?}; \
-                     the message was made visible again instead"
-                ))
-                .with_backend(BACKEND)
-                .with_operation(operation)
-                .with_destination(self.logical.to_string()))
-            }
             Settlement::Nack { delay: Some(d) } => {
-                self.run(Kind::Visibility, receipt, secs_i32(d)).await
+                // SQS hides a message for at most 12 hours from its receipt:
+                // a longer delay (up to `Duration::MAX`) is clamped to what
+                // is left of them, never an overflow or a refusal.
+                let seconds = hide_seconds(d, entry.received_at);
+                match self.run(Kind::Visibility, receipt.clone(), seconds).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        self.release(receipt).await;
+                        Err(e.with_operation(operation))
+                    }
+                }
             }
             Settlement::DeadLetter { reason } => {
                 if let Err(e) = self.publish_dead_letter(delivery, &reason).await {
-                    self.release_now(receipt);
+                    self.dead_letter_failed(&e);
+                    self.release(receipt).await;
                     return Err(e.with_operation(operation));
                 }
-                self.delete_later(receipt)
+                // Awaited: a delete that fails returns the message too (it is
+                // then in both queues, never in neither).
+                match self.run(Kind::Delete, receipt.clone(), 0).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        self.release(receipt).await;
+                        Err(e.with_operation(operation))
+                    }
+                }
             }
             other => {
-                self.release_now(receipt);
+                self.release(receipt).await;
                 Err(Error::unsupported(format!("unknown settlement {other:?}"))
                     .with_backend(BACKEND))
             }
@@ -487,8 +582,16 @@ impl Kind {
     }
 }
 
-/// Runs one batch of deletes or visibility changes and answers each op.
-async fn flush(queues: &Queues, logical: &str, ops: Vec<Op>, kind: Kind) {
+/// Runs one batch of deletes or visibility changes and answers each op. A
+/// failed delete nobody awaits (an ack) is handed to `returns` to be made
+/// visible again at once.
+async fn flush(
+    queues: &Queues,
+    logical: &str,
+    ops: Vec<Op>,
+    kind: Kind,
+    returns: Option<&mpsc::UnboundedSender<Op>>,
+) {
     let receipts: Vec<Arc<str>> = ops.iter().map(|o| o.receipt.clone()).collect();
     let results = match kind {
         Kind::Delete => delete(queues, logical, &receipts).await,
@@ -503,8 +606,23 @@ async fn flush(queues: &Queues, logical: &str, ops: Vec<Op>, kind: Kind) {
                 let _ = reply.send(result);
             }
             None => {
-                if let Err(e) = result {
-                    tracing::warn!(source = logical, error = %e, "returning a message to the queue failed; SQS redelivers it after its visibility timeout");
+                let Err(e) = result else { continue };
+                match (kind, returns) {
+                    (Kind::Delete, Some(returns)) => {
+                        tracing::warn!(source = logical, error = %e, "deleting an acked message failed; making it visible again");
+                        queues.clients.health.settle_failed(format!(
+                            "an ack on `{logical}` failed; the message will be delivered again: {e}"
+                        ));
+                        let _ = returns.send(Op {
+                            receipt: op.receipt,
+                            seconds: 0,
+                            reply: None,
+                            _ticket: op._ticket,
+                        });
+                    }
+                    _ => {
+                        tracing::warn!(source = logical, error = %e, "returning a message to the queue failed; SQS redelivers it after its visibility timeout")
+                    }
                 }
             }
         }
@@ -605,16 +723,6 @@ async fn delete(queues: &Queues, logical: &str, receipts: &[Arc<str>]) -> Vec<Re
     }
 }
 
-async fn change_visibility(
-    queues: &Queues,
-    logical: &str,
-    receipts: &[Arc<str>],
-    seconds: i32,
-) -> Vec<Result<()>> {
-    let each = vec![seconds; receipts.len()];
-    change_visibility_each(queues, logical, receipts, &each).await
-}
-
 async fn change_visibility_each(
     queues: &Queues,
     logical: &str,
@@ -664,6 +772,21 @@ async fn change_visibility_each(
             queues.gone(&info, &e);
             all_failed(receipts.len(), &e)
         }
+    }
+}
+
+/// How long a message received at `received_at` may be hidden from now for
+/// a requested `wanted`, in the whole seconds SQS takes: `wanted` rounded up,
+/// clamped to what is left of SQS's 12 hours from receipt (less 2 s for the
+/// rounding and the request's travel), which SQS refuses to exceed.
+fn hide_seconds(wanted: Duration, received_at: Instant) -> i32 {
+    let left = MAX_VISIBILITY
+        .saturating_sub(received_at.elapsed())
+        .saturating_sub(Duration::from_secs(2));
+    if wanted >= left {
+        i32::try_from(left.as_secs()).unwrap_or(i32::MAX)
+    } else {
+        secs_i32(wanted)
     }
 }
 

@@ -40,7 +40,8 @@ const FIFO_SUFFIX: &str = ".fifo";
 pub(crate) struct Orphan {
     pub(crate) message: aws_sdk_sqs::types::Message,
     pub(crate) url: String,
-    pub(crate) visible_until: tokio::time::Instant,
+    /// When the receive that brought it was sent.
+    pub(crate) received_at: tokio::time::Instant,
 }
 
 /// The two SDK clients of a connection: one for ordinary requests, one with
@@ -359,10 +360,29 @@ impl Queues {
         if let Some(target) = self.cached(logical).and_then(|i| i.redrive_target.clone()) {
             return target;
         }
-        match logical.strip_suffix(FIFO_SUFFIX) {
-            Some(base) => format!("{base}-dlq{FIFO_SUFFIX}"),
-            None => format!("{logical}-dlq"),
+        default_dead_letter(logical)
+    }
+
+    /// Where the dead letters of a consumer of `info`'s queue go: the
+    /// consumer's `dead_letter` option as given, unless it is unset or the
+    /// plain default `<name>-dlq` (which is what `Client` fills in before the
+    /// queue was resolved) and the queue has a redrive policy: then its target.
+    pub(crate) fn consumer_dead_letter(info: &QueueInfo, option: Option<&str>) -> String {
+        let default = default_dead_letter(&info.logical);
+        match (option, &info.redrive_target) {
+            (Some(given), _) if given != default => given.to_owned(),
+            (_, Some(target)) => target.clone(),
+            (_, None) => default,
         }
+    }
+}
+
+/// `<name>-dlq`, or `<name>-dlq.fifo` for a FIFO queue `<name>.fifo` (with
+/// `fifo=true` the suffix is added to the name anyway).
+fn default_dead_letter(logical: &str) -> String {
+    match logical.strip_suffix(FIFO_SUFFIX) {
+        Some(base) => format!("{base}-dlq{FIFO_SUFFIX}"),
+        None => format!("{logical}-dlq"),
     }
 }
 
@@ -435,5 +455,45 @@ mod tests {
         );
         assert_eq!(redrive_target("not json"), None);
         assert_eq!(redrive_target(r#"{"maxReceiveCount":5}"#), None);
+    }
+
+    fn info(logical: &str, redrive_target: Option<&str>) -> QueueInfo {
+        QueueInfo {
+            logical: logical.into(),
+            url: String::new(),
+            fifo: logical.ends_with(FIFO_SUFFIX),
+            max_size: 1024 * 1024,
+            redrive_target: redrive_target.map(str::to_owned),
+        }
+    }
+
+    /// Item 3 (issue 14): the consumer's dead-letter option is used as
+    /// given; the default (unset, or the plain `<name>-dlq` that `Client`
+    /// fills in before the queue is resolved) yields to a redrive policy.
+    #[test]
+    fn consumer_dead_letter_destination() {
+        let plain = info("jobs", None);
+        assert_eq!(Queues::consumer_dead_letter(&plain, None), "jobs-dlq");
+        assert_eq!(
+            Queues::consumer_dead_letter(&plain, Some("jobs-dlq")),
+            "jobs-dlq"
+        );
+        assert_eq!(
+            Queues::consumer_dead_letter(&plain, Some("parking")),
+            "parking"
+        );
+        let fifo = info("jobs.fifo", None);
+        assert_eq!(Queues::consumer_dead_letter(&fifo, None), "jobs-dlq.fifo");
+        let redriven = info("jobs", Some("jobs-dead"));
+        assert_eq!(Queues::consumer_dead_letter(&redriven, None), "jobs-dead");
+        assert_eq!(
+            Queues::consumer_dead_letter(&redriven, Some("jobs-dlq")),
+            "jobs-dead"
+        );
+        assert_eq!(
+            Queues::consumer_dead_letter(&redriven, Some("x!y")),
+            "x!y",
+            "an explicit destination is taken as given"
+        );
     }
 }

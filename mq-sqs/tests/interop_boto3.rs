@@ -180,3 +180,74 @@ async fn mq_sends_boto3_receives_headers_as_attributes() {
     assert_eq!(packed["tenant"], "acme");
     assert_eq!(packed["h11"], "v11");
 }
+
+/// Defect 6c (issue 14): a peer controls every attribute. Extreme values
+/// (timestamps, counts and not-before times past any calendar, a 38-digit
+/// Number, a 200 KB String, non-UTF-8 Binary, a bogus `mq-headers` and
+/// `mq-body-encoding`) are received as headers, with the broker's own
+/// attempt count and timestamp, and settled: no panic, no stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_peer_with_extreme_attributes_is_received() {
+    let (url, config) = match target() {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("interop boto3 extreme attributes: skipped ({why})");
+            return;
+        }
+    };
+    let queue = unique("extreme");
+    boto3(
+        &config,
+        &format!(
+            "q = c.create_queue(QueueName='{queue}')['QueueUrl']\n\
+             huge = '9' * 30\n\
+             c.send_message(QueueUrl=q, MessageBody='!!! not base64 !!!', MessageAttributes={{\n\
+               'mq-sent-at': {{'DataType': 'String', 'StringValue': huge}},\n\
+               'mq-attempt': {{'DataType': 'String', 'StringValue': '18446744073709551616'}},\n\
+               'mq-not-before': {{'DataType': 'Number', 'StringValue': huge}},\n\
+               'mq-body-encoding': {{'DataType': 'String', 'StringValue': 'base64'}},\n\
+               'mq-headers': {{'DataType': 'String', 'StringValue': '{{\"broken\": '}},\n\
+               'big': {{'DataType': 'Number', 'StringValue': '9' * 38}},\n\
+               'blob': {{'DataType': 'Binary', 'BinaryValue': bytes(range(256))}},\n\
+               'wide': {{'DataType': 'String', 'StringValue': 'w' * 200000}},\n\
+             }})\n"
+        ),
+    );
+
+    let client = client(&url).await;
+    let mut consumer = client.consumer(&queue).await.expect("consumer");
+    let d = tokio::time::timeout(Duration::from_secs(30), consumer.receive())
+        .await
+        .expect("a delivery within 30s")
+        .expect("receive");
+    assert_eq!(
+        d.payload().as_ref(),
+        b"!!! not base64 !!!",
+        "a body that is not base64 is delivered as it is"
+    );
+    assert_eq!(d.attempt(), 1, "the attempt is SQS's receive count");
+    let sent = d.timestamp().expect("SQS's SentTimestamp");
+    let age = std::time::SystemTime::now()
+        .duration_since(sent)
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(3600), "sent {age:?} ago");
+    let h = d.headers();
+    assert_eq!(h.get("mq-sent-at"), Some("9".repeat(30).as_str()));
+    assert_eq!(h.get("mq-attempt"), Some("18446744073709551616"));
+    assert_eq!(h.get("big"), Some("9".repeat(38).as_str()));
+    assert_eq!(h.get("wide").map(str::len), Some(200_000));
+    assert_eq!(
+        h.get("mq-headers"),
+        Some("{\"broken\": "),
+        "not ours after all: kept as a header"
+    );
+    let blob: Vec<u8> = (0..=255).collect();
+    assert_eq!(
+        h.get("blob"),
+        Some(aws_smithy_types::base64::encode(&blob).as_str())
+    );
+    d.nack_after(Duration::MAX)
+        .await
+        .expect("a delay past SQS's limit is clamped");
+    consumer.close().await.expect("close");
+}
