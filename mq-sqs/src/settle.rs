@@ -516,7 +516,18 @@ impl Settler for SqsSettler {
             Settlement::DeadLetter { reason } => {
                 if let Err(e) = self.publish_dead_letter(delivery, &reason).await {
                     self.dead_letter_failed(&e);
-                    self.release(receipt).await;
+                    // Back to its queue, but after a backoff that grows with
+                    // the attempt: a destination that keeps refusing must not
+                    // become a hot loop of redeliveries.
+                    let wait = dead_letter_backoff(delivery.attempt());
+                    let seconds = hide_seconds(wait, entry.received_at);
+                    if self
+                        .run(Kind::Visibility, receipt.clone(), seconds)
+                        .await
+                        .is_err()
+                    {
+                        self.release(receipt).await;
+                    }
                     return Err(e.with_operation(operation));
                 }
                 // Awaited: a delete that fails returns the message too (it is
@@ -779,6 +790,12 @@ async fn change_visibility_each(
 /// a requested `wanted`, in the whole seconds SQS takes: `wanted` rounded up,
 /// clamped to what is left of SQS's 12 hours from receipt (less 2 s for the
 /// rounding and the request's travel), which SQS refuses to exceed.
+/// How long a message whose dead letter could not be written stays hidden
+/// before it comes back: 2 s after the first failure, doubling, at most 15 min.
+fn dead_letter_backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.clamp(1, 10)).min(Duration::from_secs(900))
+}
+
 fn hide_seconds(wanted: Duration, received_at: Instant) -> i32 {
     let left = MAX_VISIBILITY
         .saturating_sub(received_at.elapsed())
