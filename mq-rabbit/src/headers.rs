@@ -26,8 +26,20 @@
 //! `redelivered` flag (classic queues: 1 more, a lower bound) is added to
 //! the `mq-attempt` header, which this client raises by one whenever it
 //! republishes a nacked message.
+//!
+//! Everything here reads values another client may have set, so nothing
+//! panics or overflows on them: a `timestamp` past what [`SystemTime`]
+//! holds (pika's `2**64-1`) is no timestamp; an `mq-attempt` that is not a
+//! positive number counts as 1, one beyond `u32` as `u32::MAX`; counts add
+//! with saturation; decimals of any scale print exactly.
+//!
+//! A message the broker itself dead-lettered because it exceeded a quorum
+//! queue's delivery limit (latest `x-death` reason `delivery_limit`) is
+//! given `mq`'s dead-letter headers: `mq-dead-letter-reason` (an earlier
+//! reason moves to `mq-previous-reasons`), `mq-original-source` (the queue
+//! it died in) and `mq-dead-lettered-at`.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -143,25 +155,94 @@ fn text(value: &AMQPValue) -> Option<String> {
         AMQPValue::Float(n) => n.to_string(),
         AMQPValue::Double(n) => n.to_string(),
         AMQPValue::Timestamp(n) => n.to_string(),
-        AMQPValue::DecimalValue(d) => {
-            let scale = u32::from(d.scale);
-            let value = u64::from(d.value);
-            if scale == 0 {
-                value.to_string()
-            } else {
-                let div = 10u64.saturating_pow(scale);
-                format!(
-                    "{}.{:0width$}",
-                    value / div,
-                    value % div,
-                    width = scale as usize
-                )
-            }
-        }
+        AMQPValue::DecimalValue(d) => decimal(d.value, d.scale),
         AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned(),
         AMQPValue::Void => String::new(),
         AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_) => return None,
     })
+}
+
+/// `value` × 10^-`scale` in decimal, exactly, for every scale (0-255).
+fn decimal(value: u32, scale: u8) -> String {
+    let digits = value.to_string();
+    let scale = usize::from(scale);
+    if scale == 0 {
+        return digits;
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (whole, fraction) = padded.split_at(padded.len() - scale);
+    format!("{whole}.{fraction}")
+}
+
+/// The attempt an `mq-attempt` value records: a positive number as it is,
+/// one too big for `u32` as `u32::MAX`, anything else (zero, negative, not
+/// a number) 1. Another client can set any value here.
+fn recorded_attempt(value: &str) -> u32 {
+    let value = value.trim();
+    let digits = value.strip_prefix('+').unwrap_or(value);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return 1;
+    }
+    match digits.parse::<u32>() {
+        Ok(0) => 1,
+        Ok(n) => n,
+        // Only digits, so the number is too big.
+        Err(_) => u32::MAX,
+    }
+}
+
+/// The header RabbitMQ adds when it dead-letters a message: an array of
+/// tables, the latest death first.
+const X_DEATH: &str = "x-death";
+
+/// `x-death` reason of a quorum queue's delivery limit.
+const DELIVERY_LIMIT: &str = "delivery_limit";
+
+fn field<'a>(table: &'a FieldTable, name: &str) -> Option<&'a AMQPValue> {
+    table
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == name)
+        .map(|(_, v)| v)
+}
+
+/// The queue and time (Unix seconds) of the latest death in an `x-death`
+/// value, if the broker dead-lettered the message for its delivery limit.
+fn delivery_limit_death(value: &AMQPValue) -> Option<(String, Option<u64>)> {
+    let AMQPValue::FieldArray(deaths) = value else {
+        return None;
+    };
+    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else {
+        return None;
+    };
+    if field(latest, "reason").and_then(text).as_deref() != Some(DELIVERY_LIMIT) {
+        return None;
+    }
+    let queue = field(latest, "queue").and_then(text).unwrap_or_default();
+    let time = field(latest, "time").and_then(integer);
+    Some((queue, time))
+}
+
+/// Writes `mq`'s dead-letter headers for a message the broker dead-lettered
+/// past a delivery limit in `queue` at `time` (Unix seconds).
+fn broker_dead_letter_headers(headers: &mut Headers, queue: &str, time: Option<u64>) {
+    let reason = format!("RabbitMQ dead-lettered it: delivery limit exceeded in queue `{queue}`");
+    if let Some(earlier) = headers.remove(names::DEAD_LETTER_REASON) {
+        if earlier != reason {
+            let history = match headers.remove(names::PREVIOUS_REASONS) {
+                Some(older) => format!("{older}\n{earlier}"),
+                None => earlier,
+            };
+            headers.insert(names::PREVIOUS_REASONS, history);
+        }
+    }
+    headers.insert(names::DEAD_LETTER_REASON, reason);
+    if !queue.is_empty() {
+        headers.insert(names::ORIGINAL_SOURCE, queue);
+    }
+    if let Some(ms) = time.and_then(|secs| secs.checked_mul(1000)) {
+        headers.insert(names::DEAD_LETTERED_AT, ms.to_string());
+    }
 }
 
 fn integer(value: &AMQPValue) -> Option<u64> {
@@ -195,6 +276,7 @@ pub(crate) fn decode(payload: Bytes, properties: &BasicProperties, redelivered: 
     let mut id = None;
     let mut content_type = None;
     let mut delivery_count = None;
+    let mut broker_death = None;
     if let Some(table) = properties.headers() {
         for (name, value) in table {
             match name.as_str() {
@@ -205,12 +287,18 @@ pub(crate) fn decode(payload: Bytes, properties: &BasicProperties, redelivered: 
                     if other == DELIVERY_COUNT {
                         delivery_count = integer(value);
                     }
+                    if other == X_DEATH {
+                        broker_death = delivery_limit_death(value);
+                    }
                     if let Some(t) = text(value) {
                         headers.insert(other, t);
                     }
                 }
             }
         }
+    }
+    if let Some((queue, time)) = broker_death {
+        broker_dead_letter_headers(&mut headers, &queue, time);
     }
     if let Some(c) = properties.correlation_id() {
         if !headers.contains(names::CORRELATION_ID) {
@@ -235,11 +323,7 @@ pub(crate) fn decode(payload: Bytes, properties: &BasicProperties, redelivered: 
         .map(|s| s.as_str().to_owned())
         .or(content_type);
 
-    let recorded = headers
-        .get(names::ATTEMPT)
-        .and_then(|a| a.trim().parse::<u32>().ok())
-        .filter(|a| *a >= 1)
-        .unwrap_or(1);
+    let recorded = headers.get(names::ATTEMPT).map_or(1, recorded_attempt);
     let redeliveries = match delivery_count {
         Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
         None => u32::from(redelivered),
@@ -253,9 +337,10 @@ pub(crate) fn decode(payload: Bytes, properties: &BasicProperties, redelivered: 
     if let Some(ct) = content_type {
         message = message.with_content_type(ct);
     }
+    // `None` when not representable (a peer's `2**64-1`), never a panic.
     let timestamp = properties
         .timestamp()
-        .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        .and_then(mq_core::time::from_unix_secs);
     Decoded {
         message,
         attempt,
@@ -263,18 +348,27 @@ pub(crate) fn decode(payload: Bytes, properties: &BasicProperties, redelivered: 
     }
 }
 
-/// The properties of a received message republished as attempt `next`:
-/// everything kept, `mq-attempt` set, the broker's counters removed.
-pub(crate) fn for_attempt(properties: &BasicProperties, next: u32) -> BasicProperties {
+/// The properties of a received message republished as its retry `copy`
+/// (made by [`mq_core::republish::retry_copy`]): every property and header
+/// of the original kept, headers of every type included, except the
+/// broker's delivery counter; `mq-attempt` and `mq-not-before` as the copy
+/// has them (the core decides the attempt and scheduling rules).
+pub(crate) fn for_retry(properties: &BasicProperties, copy: &Message) -> BasicProperties {
+    const FROM_COPY: [&str; 2] = [names::ATTEMPT, names::NOT_BEFORE];
     let mut table = FieldTable::default();
     if let Some(old) = properties.headers() {
         for (name, value) in old {
-            if name.as_str() != DELIVERY_COUNT && name.as_str() != names::ATTEMPT {
+            let name_str = name.as_str();
+            if name_str != DELIVERY_COUNT && !FROM_COPY.contains(&name_str) {
                 table.insert(name.clone(), value.clone());
             }
         }
     }
-    table.insert(ShortString::from(names::ATTEMPT), long(next.to_string()));
+    for name in FROM_COPY {
+        if let Some(value) = copy.headers().get(name) {
+            table.insert(ShortString::from(name), long(value));
+        }
+    }
     properties.clone().with_headers(table)
 }
 
@@ -362,7 +456,8 @@ mod tests {
         table.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(2));
         props = props.with_headers(table);
         assert_eq!(decode(Bytes::new(), &props, true).attempt, 3);
-        let next = for_attempt(&props, 4);
+        let received = mq_core::Received::new("q", decode(Bytes::new(), &props, true).message, 3);
+        let next = for_retry(&props, &mq_core::republish::retry_copy(&received, None));
         let d = decode(Bytes::new(), &next, false);
         assert_eq!(d.attempt, 4);
         assert!(!d.message.headers().contains(DELIVERY_COUNT));

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use common::{channel, cleanup, next, raw, unique, url, with};
 use mq_core::message::headers;
 use mq_core::{ErrorKind, Message};
-use mq_rabbit::lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use mq_rabbit::lapin::options::{
+    BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use mq_rabbit::lapin::types::{AMQPValue, FieldTable};
 use mq_rabbit::lapin::BasicProperties;
 
@@ -80,7 +82,11 @@ async fn defect3_failed_dead_letter_returns_the_delivery() {
             .await
             .expect("send");
     }
-    let mut consumer = client.consumer(q.as_str()).prefetch(2).await.expect("consumer");
+    let mut consumer = client
+        .consumer(q.as_str())
+        .prefetch(2)
+        .await
+        .expect("consumer");
     let first = next(&mut consumer, WAIT).await.expect("first delivery");
     let second = next(&mut consumer, WAIT).await.expect("second delivery");
     for d in [first, second] {
@@ -119,7 +125,11 @@ async fn defect3_failed_delayed_retry_returns_the_delivery() {
         .send(&q, Message::new("work").with_id(id.clone()))
         .await
         .expect("send");
-    let mut consumer = client.consumer(q.as_str()).prefetch(1).await.expect("consumer");
+    let mut consumer = client
+        .consumer(q.as_str())
+        .prefetch(1)
+        .await
+        .expect("consumer");
     let d = next(&mut consumer, WAIT).await.expect("delivery");
     let err = d
         .nack_after(Duration::from_millis(200))
@@ -158,8 +168,13 @@ async fn defect3_dead_letter_goes_to_the_consumer_destination() {
         .await
         .expect("consumer");
     let d = next(&mut consumer, WAIT).await.expect("delivery");
-    d.dead_letter("parked by the test").await.expect("dead-letter");
-    let mut parked = client.consumer(custom.as_str()).await.expect("dlq consumer");
+    d.dead_letter("parked by the test")
+        .await
+        .expect("dead-letter");
+    let mut parked = client
+        .consumer(custom.as_str())
+        .await
+        .expect("dlq consumer");
     let dead = next(&mut parked, WAIT)
         .await
         .expect("the dead letter is in the consumer's destination");
@@ -171,7 +186,12 @@ async fn defect3_dead_letter_goes_to_the_consumer_destination() {
     dead.ack().await.expect("ack");
     client.close().await.expect("close client");
     let default_dlq = format!("{q}-dlq");
-    cleanup(&url, &[&q, &custom, &default_dlq], &[&q, &custom, &default_dlq]).await;
+    cleanup(
+        &url,
+        &[&q, &custom, &default_dlq],
+        &[&q, &custom, &default_dlq],
+    )
+    .await;
 }
 
 /// Defect 3/4: a dead-letter copy is cut to fit `max_message_size` (the
@@ -241,9 +261,14 @@ async fn defect5_quorum_delivery_limit_dead_letters() {
     while let Some(d) = next(&mut consumer, Duration::from_secs(3)).await {
         deliveries += 1;
         assert!(deliveries <= 3, "delivered past the limit of 2 returns");
-        d.nack().await.expect("nack (basic.nack requeue on quorum queues)");
+        d.nack()
+            .await
+            .expect("nack (basic.nack requeue on quorum queues)");
     }
-    assert_eq!(deliveries, 3, "first delivery + 2 returns allowed by the limit");
+    assert_eq!(
+        deliveries, 3,
+        "first delivery + 2 returns allowed by the limit"
+    );
     let mut dead_letters = client.consumer(dlq.as_str()).await.expect("dlq consumer");
     let dead = next(&mut dead_letters, WAIT)
         .await
@@ -255,7 +280,10 @@ async fn defect5_quorum_delivery_limit_dead_letters() {
         .unwrap_or_default()
         .to_owned();
     assert!(reason.contains("delivery limit"), "reason: {reason:?}");
-    assert_eq!(dead.headers().get(headers::ORIGINAL_SOURCE), Some(q.as_str()));
+    assert_eq!(
+        dead.headers().get(headers::ORIGINAL_SOURCE),
+        Some(q.as_str())
+    );
     dead.ack().await.expect("ack");
     client.close().await.expect("close client");
     cleanup(&url, &[&q, &dlq], &[&q, &dlq]).await;
@@ -331,7 +359,11 @@ async fn defect10_deleted_queue_is_declared_again() {
         .expect("basic.get")
         .expect("the message is in the queue declared again");
     assert_eq!(
-        got.delivery.properties.message_id().as_ref().map(|s| s.as_str()),
+        got.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str()),
         Some("after")
     );
     let _ = conn.close(200, "done".into()).await;
@@ -367,7 +399,11 @@ async fn defect10_deleted_exchange_is_declared_again() {
         .expect("basic.get")
         .expect("the message is in the queue declared again");
     assert_eq!(
-        got.delivery.properties.message_id().as_ref().map(|s| s.as_str()),
+        got.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str()),
         Some("after")
     );
     let _ = conn.close(200, "done".into()).await;

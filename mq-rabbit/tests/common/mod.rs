@@ -57,7 +57,9 @@ pub async fn cleanup(url: &str, queues: &[&str], exchanges: &[&str]) {
     let conn = raw(url).await;
     for q in queues {
         let ch = channel(&conn).await;
-        let _ = ch.queue_delete((*q).into(), QueueDeleteOptions::default()).await;
+        let _ = ch
+            .queue_delete((*q).into(), QueueDeleteOptions::default())
+            .await;
     }
     for x in exchanges {
         let ch = channel(&conn).await;
