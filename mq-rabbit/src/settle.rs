@@ -333,12 +333,14 @@ impl Settler for RabbitSettler {
             return;
         };
         let id = delivery.id().to_owned();
+        let limit = self.shared.config.operation_timeout;
         rt.spawn(async move {
             let requeue = BasicNackOptions {
                 multiple: false,
                 requeue: true,
             };
-            if let Err(e) = acker.nack(requeue).await {
+            let nacking = async { acker.nack(requeue).await.map_err(|e| from_lapin(e, "nack")) };
+            if let Err(e) = within(limit, "nack", nacking).await {
                 tracing::debug!(%id, error = %e, "returning a dropped delivery failed; the broker requeues it when the channel closes");
             }
         });
