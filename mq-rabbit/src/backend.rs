@@ -20,7 +20,8 @@ use crate::headers::{encode, Wire};
 use crate::producer::{publish_confirmed, PublishFailure, RabbitProducer};
 use crate::rpc::{ReplyConsumer, ReplyRoutes};
 use crate::topology::{
-    consumer_queue, ensure, forget, inspect_queue, known_ttl_queues, send_route, Route, MAX_DELAY,
+    consumer_queue, ensure, forget, inspect_queue, known_ttl_queues, send_route, Route, DLQ_SUFFIX,
+    MAX_DELAY,
 };
 
 /// What producers, consumers and settlers of one client share.
@@ -35,7 +36,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// Where dead letters of `source` go.
     pub(crate) fn dead_letter_destination(&self, source: &str) -> String {
-        format!("{source}-dlq")
+        format!("{source}{DLQ_SUFFIX}")
     }
 
     /// Sends `message` to `destination` (checks, routes, declares, publishes).

@@ -670,4 +670,50 @@ mod tests {
         );
         assert!(send_route(&config, &"x".repeat(256), None).is_err());
     }
+
+    fn arg<'a>(args: &'a FieldTable, name: &str) -> Option<&'a AMQPValue> {
+        args.inner()
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn quorum_queues_dead_letter_past_the_delivery_limit() {
+        let quorum = RabbitConfig {
+            queue_type: QueueType::Quorum,
+            delivery_limit: Some(5),
+            ..RabbitConfig::default()
+        };
+        let target = broker_dead_letter_target(&quorum, "orders");
+        assert_eq!(target.as_deref(), Some("orders-dlq"));
+        let args = queue_arguments(&quorum, target.as_deref());
+        assert_eq!(arg(&args, "x-queue-type"), Some(&text("quorum")));
+        assert_eq!(
+            arg(&args, "x-dead-letter-exchange"),
+            Some(&text("orders-dlq"))
+        );
+        assert_eq!(
+            arg(&args, "x-dead-letter-strategy"),
+            Some(&text("at-least-once"))
+        );
+        assert_eq!(arg(&args, "x-overflow"), Some(&text("reject-publish")));
+        assert_eq!(arg(&args, "x-delivery-limit"), Some(&AMQPValue::LongInt(5)));
+        // Dead-letter queues have no further target (and no limit of ours).
+        assert_eq!(broker_dead_letter_target(&quorum, "orders-dlq"), None);
+        let args = queue_arguments(&quorum, None);
+        assert_eq!(arg(&args, "x-dead-letter-exchange"), None);
+        assert_eq!(arg(&args, "x-delivery-limit"), None);
+        // Classic queues and topology=queue: nothing added.
+        let classic = RabbitConfig::default();
+        assert_eq!(broker_dead_letter_target(&classic, "orders"), None);
+        assert!(queue_arguments(&classic, Some("orders-dlq"))
+            .inner()
+            .is_empty());
+        let queue_mode = RabbitConfig {
+            topology: Topology::Queue,
+            ..quorum
+        };
+        assert_eq!(broker_dead_letter_target(&queue_mode, "orders"), None);
+    }
 }
