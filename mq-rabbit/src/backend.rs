@@ -13,14 +13,15 @@ use mq_core::{
 };
 
 use crate::config::{RabbitConfig, Topology};
-use crate::connection::Connector;
+use crate::connection::{Conn, Connector};
 use crate::consumer::RabbitConsumer;
-use crate::error::BACKEND;
+use crate::error::{within, BACKEND};
 use crate::headers::{encode, Wire};
-use crate::producer::{publish_confirmed, RabbitProducer};
+use crate::producer::{publish_confirmed, PublishFailure, RabbitProducer};
 use crate::rpc::{ReplyConsumer, ReplyRoutes};
 use crate::topology::{
-    consumer_queue, ensure, inspect_queue, known_ttl_queues, send_route, Route, MAX_DELAY,
+    consumer_queue, ensure, forget, inspect_queue, known_ttl_queues, send_route, Route, DLQ_SUFFIX,
+    MAX_DELAY,
 };
 
 /// What producers, consumers and settlers of one client share.
@@ -35,7 +36,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// Where dead letters of `source` go.
     pub(crate) fn dead_letter_destination(&self, source: &str) -> String {
-        format!("{source}-dlq")
+        format!("{source}{DLQ_SUFFIX}")
     }
 
     /// Sends `message` to `destination` (checks, routes, declares, publishes).
@@ -61,7 +62,11 @@ impl Shared {
     }
 
     /// Publishes `wire` along `route` with a confirm, declaring what the
-    /// route needs first.
+    /// route needs first; declarations and confirm together take at most
+    /// `operation_timeout`. When the broker did not take the message because
+    /// a declaration of this client is gone (a queue or exchange deleted
+    /// behind its back), the declarations are forgotten, made again, and the
+    /// message is published once more.
     pub(crate) async fn publish(
         &self,
         route: &Route,
@@ -69,24 +74,59 @@ impl Shared {
         operation: &'static str,
     ) -> Result<()> {
         let conn = self.connector.get().await?;
-        ensure(&conn, &self.config, &route.needs).await?;
-        let Wire {
-            payload,
-            properties,
-            reply_token,
-        } = wire;
-        match reply_token {
-            Some(token) => {
-                let channel = self
-                    .replies
-                    .channel(&token, self.config.reconnect_wait)
-                    .await?;
+        // Requests of a requester go on its reply channel (direct reply-to);
+        // waiting for it to resubscribe is not a wait on the broker.
+        let reply_channel = match &wire.reply_token {
+            Some(token) => Some(
+                self.replies
+                    .channel(token, self.config.reconnect_wait)
+                    .await?,
+            ),
+            None => None,
+        };
+        let publishing = async {
+            let first = self
+                .publish_on(&conn, route, &wire, reply_channel.as_deref(), operation)
+                .await;
+            match first {
+                Ok(()) => Ok(()),
+                Err(PublishFailure::Stale(e)) if route.needs.declares_something() => {
+                    tracing::info!(exchange = %route.exchange, routing_key = %route.routing_key,
+                        error = %e, "the broker lost what this client declared; declaring again and publishing once more");
+                    forget(&conn, &route.needs);
+                    self.publish_on(&conn, route, &wire, reply_channel.as_deref(), operation)
+                        .await
+                        .map_err(PublishFailure::into_error)
+                }
+                Err(failure) => Err(failure.into_error()),
+            }
+        };
+        within(self.config.operation_timeout, operation, publishing).await
+    }
+
+    async fn publish_on(
+        &self,
+        conn: &Conn,
+        route: &Route,
+        wire: &Wire,
+        reply_channel: Option<&lapin::Channel>,
+        operation: &'static str,
+    ) -> std::result::Result<(), PublishFailure> {
+        ensure(conn, &self.config, &route.needs)
+            .await
+            .map_err(PublishFailure::Failed)?;
+        let properties = wire.properties.clone();
+        match reply_channel {
+            Some(channel) => {
                 let properties = properties.with_reply_to(crate::rpc::DIRECT_REPLY_TO.into());
-                publish_confirmed(&channel, route, &payload, properties, operation).await
+                publish_confirmed(channel, route, &wire.payload, properties, operation).await
             }
             None => {
-                let channel = conn.publish_channel().await?;
-                publish_confirmed(&channel, route, &payload, properties, operation).await
+                let channel = conn
+                    .publish_channel()
+                    .await
+                    .map_err(PublishFailure::Failed)?;
+                publish_confirmed(&channel, route, &wire.payload, properties, operation).await
             }
         }
     }
@@ -214,7 +254,8 @@ impl Backend for RabbitBackend {
         let queue = consumer_queue(&self.shared.config, source, group)
             .map_err(|e| e.with_operation("stats"))?;
         let conn = self.shared.connector.get().await?;
-        let (depth, consumers) = inspect_queue(&conn, &queue).await?;
+        let limit = self.shared.config.operation_timeout;
+        let (depth, consumers) = within(limit, "stats", inspect_queue(&conn, &queue)).await?;
         let mut stats = QueueStats::default();
         stats.depth = Some(depth);
         stats.consumers = Some(consumers);
@@ -222,7 +263,7 @@ impl Backend for RabbitBackend {
         if !ttl_queues.is_empty() {
             let mut delayed = 0;
             for ttl_queue in ttl_queues {
-                match inspect_queue(&conn, &ttl_queue).await {
+                match within(limit, "stats", inspect_queue(&conn, &ttl_queue)).await {
                     Ok((ready, _)) => delayed += ready,
                     // Expired since (x-expires): nothing waits in it.
                     Err(e) if e.kind() == ErrorKind::NotFound => {}

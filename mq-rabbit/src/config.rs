@@ -23,6 +23,10 @@ use crate::error::BACKEND;
 /// so the client refuses them earlier unless told otherwise.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
+/// How long one wait on the broker may take by default (see
+/// [`RabbitConfig::operation_timeout`]).
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How destinations map to exchanges and queues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -146,6 +150,17 @@ pub struct RabbitConfig {
     /// before they fail with a retryable `Connection` error; zero fails at
     /// the first refused attempt.
     pub reconnect_wait: Duration,
+    /// How long any single wait on the broker may take once connected: a
+    /// publisher confirm, a declaration, a binding, an awaited ack or nack,
+    /// a channel open or close. A broker that blocks publishers
+    /// (`connection.blocked`, memory or disk alarm) or never confirms makes
+    /// the operation fail with a retryable `Timeout` instead of hanging.
+    pub operation_timeout: Duration,
+    /// `x-delivery-limit` of the quorum queues this client declares (`None`:
+    /// the broker's default, unlimited before RabbitMQ 4.0 and 20 from 4.0).
+    /// Past the limit the broker dead-letters the message into the
+    /// destination's `-dlq`; only with `queue_type=quorum`.
+    pub delivery_limit: Option<u32>,
     /// Connection name shown by `rabbitmqctl list_connections` and the management UI.
     pub connection_name: String,
     /// PEM file of extra CA certificates trusted for `amqps://`.
@@ -179,6 +194,8 @@ impl Default for RabbitConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             reconnect_max_delay: Duration::from_secs(5),
             reconnect_wait: Duration::from_secs(30),
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            delivery_limit: None,
             connection_name: "mq".into(),
             tls_ca: None,
             tls_cert: None,
@@ -309,6 +326,17 @@ impl RabbitConfig {
         if let Some(d) = o.take_duration("reconnect_wait")? {
             config.reconnect_wait = d;
         }
+        if let Some(t) = o.take_duration("operation_timeout")? {
+            if t.is_zero() {
+                return Err(config_error(
+                    "rabbitmq URL option `operation_timeout` must be more than zero",
+                ));
+            }
+            config.operation_timeout = t;
+        }
+        if let Some(n) = o.take::<u32>("delivery_limit")? {
+            config.delivery_limit = Some(n);
+        }
         if let Some(n) = o.take_str("connection_name") {
             config.connection_name = n;
         }
@@ -339,6 +367,24 @@ impl RabbitConfig {
         if self.queue_type == QueueType::Quorum && !self.durable {
             return Err(config_error(
                 "quorum queues are always durable: queue_type=quorum cannot go with durable=false",
+            ));
+        }
+        if self.operation_timeout.is_zero() {
+            return Err(config_error(
+                "the rabbitmq operation_timeout must be more than zero",
+            ));
+        }
+        if self.delivery_limit.is_some() && self.queue_type != QueueType::Quorum {
+            return Err(config_error(
+                "the rabbitmq option delivery_limit needs queue_type=quorum (classic queues have no delivery limit)",
+            ));
+        }
+        if self
+            .delivery_limit
+            .is_some_and(|n| i64::from(n) > i64::from(i32::MAX))
+        {
+            return Err(config_error(
+                "the rabbitmq option delivery_limit is at most 2147483647",
             ));
         }
         if self.heartbeat.as_secs() > u64::from(u16::MAX) {
@@ -444,6 +490,8 @@ mod tests {
         assert_eq!(c.queue_type, QueueType::Classic);
         assert!(c.durable && c.persistent && !c.tls);
         assert_eq!(c.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(c.operation_timeout, DEFAULT_OPERATION_TIMEOUT);
+        assert_eq!(c.delivery_limit, None);
         let c = parse("amqps://host").expect("parse");
         assert_eq!(
             (c.port, c.vhost.as_str(), c.username.as_str()),
@@ -460,7 +508,7 @@ mod tests {
             "amqps://h/vh?prefetch=7&heartbeat=15&connection_timeout=2s&frame_max=8192&channel_max=64\
              &auth_mechanism=EXTERNAL&queue_type=quorum&durable=true&persistent=false&topology=queue\
              &single_active_consumer=yes&max_message_size=1024&reconnect_max_delay=750ms&reconnect_wait=0\
-             &connection_name=billing&tls_ca=/etc/ca.pem&tls_cert=/etc/c.pem&tls_key=/etc/k.pem",
+             &operation_timeout=2500ms&delivery_limit=7&connection_name=billing&tls_ca=/etc/ca.pem&tls_cert=/etc/c.pem&tls_key=/etc/k.pem",
         )
         .expect("parse");
         assert_eq!(c.prefetch, 7);
@@ -474,6 +522,8 @@ mod tests {
         assert_eq!(c.max_message_size, 1024);
         assert_eq!(c.reconnect_max_delay, Duration::from_millis(750));
         assert_eq!(c.reconnect_wait, Duration::ZERO);
+        assert_eq!(c.operation_timeout, Duration::from_millis(2500));
+        assert_eq!(c.delivery_limit, Some(7));
         assert_eq!(c.connection_name, "billing");
         assert_eq!(c.tls_ca, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!(c.tls_key, Some(PathBuf::from("/etc/k.pem")));
@@ -505,6 +555,21 @@ mod tests {
             ("amqp://h?queue_type=quorum&durable=false", "quorum"),
             ("amqp://h/a/b", "%2f"),
             ("amqp://h?max_message_size=0", "max_message_size"),
+            ("amqp://h?operation_timeout=0", "operation_timeout"),
+            ("amqp://h?operation_timeout=soon", "operation_timeout"),
+            ("amqp://h?delivery_limit=5", "queue_type=quorum"),
+            (
+                "amqp://h?queue_type=quorum&delivery_limit=-1",
+                "delivery_limit",
+            ),
+            (
+                "amqp://h?queue_type=quorum&delivery_limit=x",
+                "delivery_limit",
+            ),
+            (
+                "amqp://h?queue_type=quorum&delivery_limit=4294967295",
+                "delivery_limit",
+            ),
         ] {
             let err = parse(url).expect_err(url);
             assert_eq!(err.kind(), mq_core::ErrorKind::Config, "{url}");

@@ -32,7 +32,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, watch, OnceCell};
 
 use crate::config::RabbitConfig;
-use crate::error::{closed, from_lapin, BACKEND};
+use crate::error::{closed, from_lapin, within, BACKEND};
 
 /// One live (or dead) AMQP connection and what hangs off it.
 pub(crate) struct Conn {
@@ -87,6 +87,12 @@ impl Conn {
     /// Whether the connection still works, as far as lapin knows.
     pub(crate) fn is_open(&self) -> bool {
         self.connection.status().connected()
+    }
+
+    /// Whether the broker blocked this connection (`connection.blocked`,
+    /// a resource alarm): nothing it sends is read until it unblocks.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.connection.status().blocked()
     }
 
     /// A new channel (for a consumer, or for declarations that may fail and
@@ -151,6 +157,12 @@ impl Conn {
         self.declared[kind as usize].lock().remove(name);
     }
 
+    /// Forgets that a queue which expires when unused was declared (the
+    /// broker no longer has it), so the next user declares it again.
+    pub(crate) fn forget_refresh(&self, key: &str) {
+        self.refreshed.lock().remove(key);
+    }
+
     /// Whether a queue that expires when unused must be declared again.
     pub(crate) fn needs_refresh(&self, key: &str, every: Duration) -> bool {
         self.refreshed
@@ -176,13 +188,17 @@ impl Conn {
             .collect()
     }
 
-    async fn close(&self) {
+    /// Closes the connection, waiting at most `limit` for the broker's
+    /// answer (a blocked broker reads nothing).
+    async fn close(&self, limit: Duration) {
         if self.is_open() {
-            if let Err(e) = self
-                .connection
-                .close(200, "closed by the client".into())
-                .await
-            {
+            let closing = async {
+                self.connection
+                    .close(200, "closed by the client".into())
+                    .await
+                    .map_err(|e| from_lapin(e, "close"))
+            };
+            if let Err(e) = within(limit, "close", closing).await {
                 tracing::debug!(error = %e, "closing the RabbitMQ connection failed");
             }
         }
@@ -256,7 +272,7 @@ impl Connector {
     /// to `reconnect_wait` (a service may start while its broker restarts);
     /// a refused login, a missing vhost or bad TLS material fail at once.
     pub(crate) async fn connect(config: Arc<RabbitConfig>) -> Result<Self> {
-        let give_up = tokio::time::Instant::now() + config.reconnect_wait;
+        let give_up = mq_core::time::tokio_instant_after(config.reconnect_wait);
         let mut backoff = backoff(&config);
         let mut attempt = 0u32;
         let conn = loop {
@@ -265,7 +281,7 @@ impl Connector {
                 Ok(conn) => break conn,
                 Err(e) if e.is_retryable() => {
                     let delay = backoff.next().unwrap_or(config.reconnect_max_delay);
-                    if tokio::time::Instant::now() + delay > give_up {
+                    if mq_core::time::tokio_instant_after(delay) > give_up {
                         return Err(e);
                     }
                     tracing::warn!(error = %e, attempt, ?delay, "connecting to RabbitMQ failed; retrying");
@@ -286,13 +302,18 @@ impl Connector {
         Ok(Connector { inner })
     }
 
-    /// Connected or not, the last connection error, and how many times the
-    /// connection was re-established. `connected` is false while a
-    /// reconnection runs and after `close`.
+    /// Connected or not, blocked or not, the last connection error, and how
+    /// many times the connection was re-established. `connected` is false
+    /// while a reconnection runs and after `close`; `blocked` is true from
+    /// the broker's `connection.blocked` to its `connection.unblocked`.
     pub(crate) fn health(&self) -> Health {
-        let connected = matches!(&*self.inner.state.borrow(), State::Connected(c) if c.is_open());
+        let (connected, blocked) = match &*self.inner.state.borrow() {
+            State::Connected(c) => (c.is_open(), c.is_open() && c.is_blocked()),
+            _ => (false, false),
+        };
         let mut health = Health::healthy();
         health.connected = connected;
+        health.blocked = blocked;
         health.reconnects = self.inner.reconnects.load(Ordering::Relaxed);
         if let Some((message, at)) = self.inner.last_error.lock().clone() {
             health.last_error = Some(message);
@@ -306,7 +327,7 @@ impl Connector {
     /// network cut goes unnoticed), then fails with a retryable
     /// `Connection` error, so a send never hangs on a dead broker.
     pub(crate) async fn get(&self) -> Result<Arc<Conn>> {
-        let deadline = tokio::time::Instant::now() + self.inner.config.reconnect_wait;
+        let deadline = mq_core::time::tokio_instant_after(self.inner.config.reconnect_wait);
         self.acquire(Some(deadline)).await
     }
 
@@ -362,7 +383,7 @@ impl Connector {
     pub(crate) async fn close(&self) {
         let previous = self.inner.state.send_replace(State::Closed);
         if let State::Connected(conn) = previous {
-            conn.close().await;
+            conn.close(self.inner.config.operation_timeout).await;
         }
     }
 }
@@ -443,7 +464,12 @@ fn watch_events(inner: &Arc<Inner>, conn: &Arc<Conn>) {
             }
             let reason = match event {
                 Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    tracing::warn!(%reason, "RabbitMQ blocked this connection; sends time out until it unblocks");
                     inner.record_error(format!("RabbitMQ blocked publishing: {reason}"));
+                    continue;
+                }
+                Some(lapin::Event::ConnectionUnblocked) => {
+                    tracing::info!("RabbitMQ unblocked this connection");
                     continue;
                 }
                 Some(lapin::Event::Error(e)) if !status.connected() => {
@@ -507,7 +533,7 @@ async fn reconnect_loop(inner: Weak<Inner>, generation: u64) {
                     watch_events(&strong, &conn);
                     tracing::info!(generation, attempt, "reconnected to RabbitMQ");
                 } else {
-                    conn.close().await;
+                    conn.close(strong.config.operation_timeout).await;
                 }
                 return;
             }

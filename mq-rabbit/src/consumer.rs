@@ -23,7 +23,7 @@ use mq_core::{Consumer, ConsumerOptions, Delivery, ErrorKind, Received, Result};
 
 use crate::backend::Shared;
 use crate::connection::Conn;
-use crate::error::{closed, from_lapin};
+use crate::error::{closed, from_lapin, within};
 use crate::headers::decode;
 use crate::settle::{RabbitDelivery, RabbitSettler};
 use crate::topology::{ensure_consumer_queue, forget_consumer_queue, short};
@@ -70,6 +70,9 @@ impl RabbitConsumer {
             shared: shared.clone(),
             source: options.source.clone(),
             queue: queue.clone(),
+            // `Client` fills it in; a backend used directly falls back to
+            // the default, `<source>-dlq`.
+            dead_letter: options.dead_letter_destination(),
             closed: closed.clone(),
         });
         let mut consumer = RabbitConsumer {
@@ -99,28 +102,32 @@ impl RabbitConsumer {
             self.shared.connector.get().await?
         };
         let config = &self.shared.config;
-        ensure_consumer_queue(
-            &conn,
-            config,
-            &self.source,
-            self.group.as_deref(),
-            &self.queue,
-        )
-        .await?;
-        let channel = conn.channel("receive").await?;
-        channel
-            .basic_qos(self.prefetch, BasicQosOptions { global: false })
-            .await
-            .map_err(|e| from_lapin(e, "receive"))?;
-        let consumer = channel
-            .basic_consume(
-                short("queue", &self.queue)?,
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
+        let subscribing = async {
+            ensure_consumer_queue(
+                &conn,
+                config,
+                &self.source,
+                self.group.as_deref(),
+                &self.queue,
             )
-            .await
-            .map_err(|e| from_lapin(e, "receive").with_destination(self.source.clone()))?;
+            .await?;
+            let channel = conn.channel("receive").await?;
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions { global: false })
+                .await
+                .map_err(|e| from_lapin(e, "receive"))?;
+            let consumer = channel
+                .basic_consume(
+                    short("queue", &self.queue)?,
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| from_lapin(e, "receive").with_destination(self.source.clone()))?;
+            Ok((channel, consumer))
+        };
+        let (channel, consumer) = within(config.operation_timeout, "receive", subscribing).await?;
         self.sub = Some(Subscription {
             conn,
             channel,
@@ -206,14 +213,22 @@ impl Consumer for RabbitConsumer {
     async fn close(&mut self) -> Result<()> {
         if let Some(sub) = self.shut() {
             let tag = sub.consumer.tag();
-            if let Err(e) = sub
-                .channel
-                .basic_cancel(tag, BasicCancelOptions::default())
-                .await
-            {
-                tracing::debug!(error = %e, "basic.cancel failed while closing a consumer");
-            }
-            if let Err(e) = sub.channel.close(200, "consumer closed".into()).await {
+            let closing = async {
+                if let Err(e) = sub
+                    .channel
+                    .basic_cancel(tag, BasicCancelOptions::default())
+                    .await
+                {
+                    tracing::debug!(error = %e, "basic.cancel failed while closing a consumer");
+                }
+                sub.channel
+                    .close(200, "consumer closed".into())
+                    .await
+                    .map_err(|e| from_lapin(e, "close"))
+            };
+            // A broker that does not answer requeues the deliveries when the
+            // channel or connection goes; closing does not wait for it.
+            if let Err(e) = within(self.shared.config.operation_timeout, "close", closing).await {
                 tracing::debug!(error = %e, "closing a consumer channel failed");
             }
         }

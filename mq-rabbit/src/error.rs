@@ -6,8 +6,11 @@
 //! vhost is `Permission`, a declaration that clashes with an existing queue
 //! or exchange is `Config`, and the broker's message size limit is `TooLarge`.
 
+use std::future::Future;
+use std::time::Duration;
+
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-use mq_core::{Error, ErrorKind};
+use mq_core::{Error, ErrorKind, Result};
 
 /// The backend name in errors, logs and metrics.
 pub(crate) const BACKEND: &str = "rabbitmq";
@@ -98,6 +101,50 @@ fn classify(error: &lapin::Error) -> (ErrorKind, bool, String) {
     }
 }
 
+/// Waits for `operation` at most `limit` (clamped to
+/// [`mq_core::time::FAR_FUTURE`]): a broker that blocks publishers
+/// (`connection.blocked`) or never answers must not hang the caller. Past
+/// the limit the result is a retryable `Timeout` error naming `what`.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    what: &'static str,
+    operation: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(mq_core::time::clamp(limit), operation).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(timed_out(what, limit)),
+    }
+}
+
+/// The broker did not answer `what` within `limit`.
+pub(crate) fn timed_out(what: &'static str, limit: Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "RabbitMQ did not answer within {limit:?} (operation_timeout); it may be blocking \
+             publishers (memory or disk alarm, see health) or be overloaded"
+        ),
+    )
+    .with_retryable(true)
+    .with_backend(BACKEND)
+    .with_operation(what)
+}
+
+/// The exchange a `404 NOT_FOUND - no exchange 'X' in vhost 'V'` channel
+/// error names, if `error` is one.
+pub(crate) fn missing_exchange(error: &lapin::Error) -> Option<&str> {
+    let lapin::ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return None;
+    };
+    if !matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) {
+        return None;
+    }
+    let rest = amqp.get_message().as_str().split_once("no exchange '")?.1;
+    // Exchange names cannot hold `'` followed by " in vhost", so the last
+    // such marker ends the name.
+    rest.rsplit_once("' in vhost").map(|(name, _)| name)
+}
+
 /// The client was closed.
 pub(crate) fn closed(what: &str) -> Error {
     Error::closed(format!("{what} is closed")).with_backend(BACKEND)
@@ -175,6 +222,21 @@ mod tests {
             assert_eq!((e.kind(), e.is_retryable()), (kind, retryable), "{e}");
             assert_eq!(e.backend(), Some(BACKEND));
         }
+        assert_eq!(
+            missing_exchange(&amqp(404, "NOT_FOUND - no exchange 'a' b' in vhost '/'")),
+            Some("a' b")
+        );
+        assert_eq!(
+            missing_exchange(&amqp(404, "NOT_FOUND - no queue 'q' in vhost '/'")),
+            None
+        );
+        assert_eq!(
+            missing_exchange(&amqp(
+                406,
+                "PRECONDITION_FAILED - no exchange 'a' in vhost '/'"
+            )),
+            None
+        );
         let io: lapin::Error =
             std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into();
         let e = from_lapin(io, "connect");

@@ -15,7 +15,10 @@ mod settle;
 mod topology;
 
 pub use backend::RabbitBackend;
-pub use config::{AuthMechanism, QueueType, RabbitConfig, Topology, DEFAULT_MAX_MESSAGE_SIZE};
+pub use config::{
+    AuthMechanism, QueueType, RabbitConfig, Topology, DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_OPERATION_TIMEOUT,
+};
 pub use consumer::RabbitConsumer;
 pub use producer::RabbitProducer;
 pub use settle::RabbitDelivery;

@@ -10,6 +10,14 @@
 //! send in flight when the connection drops fails with a retryable
 //! `Connection` error (the message may or may not have been stored); it is
 //! not resent automatically, because that could duplicate it.
+//!
+//! The one exception: a message the broker did *not* take because what its
+//! route was declared with is gone (returned unroutable, or refused with
+//! `404` because its exchange was deleted) is published once more after
+//! declaring again; the broker stored nothing, so nothing is duplicated.
+//! Every send waits at most `operation_timeout` for declarations and the
+//! confirm, then fails with a retryable `Timeout` (the message may or may not
+//! be stored, as with a dropped connection).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +29,7 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use mq_core::{Error, ErrorKind, Message, Producer, Result};
 
 use crate::backend::Shared;
-use crate::error::{closed, from_lapin, BACKEND};
+use crate::error::{closed, from_lapin, missing_exchange, BACKEND};
 use crate::topology::Route;
 
 /// Sends to RabbitMQ. Cheap to clone; clones share the connection and channel.
@@ -72,6 +80,51 @@ impl fmt::Debug for RabbitProducer {
     }
 }
 
+/// Why a publish failed.
+#[derive(Debug)]
+pub(crate) enum PublishFailure {
+    /// The broker did not take the message because what the route was
+    /// declared with is gone: it returned it as unroutable (`mandatory`) or
+    /// closed the channel with `404` because the exchange does not exist.
+    /// Declaring again and publishing once more cannot duplicate it.
+    Stale(Error),
+    /// Anything else.
+    Failed(Error),
+}
+
+impl PublishFailure {
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            PublishFailure::Stale(e) | PublishFailure::Failed(e) => e,
+        }
+    }
+}
+
+/// A lapin error of a publish along `route`.
+fn publish_error(e: lapin::Error, route: &Route, operation: &'static str) -> PublishFailure {
+    match missing_exchange(&e) {
+        // This publish named the missing exchange.
+        Some(name) if name == route.exchange.as_str() => {
+            PublishFailure::Stale(from_lapin(e, operation))
+        }
+        // Another send on the shared channel named a missing exchange and
+        // the broker closed the channel: this message may or may not have
+        // been stored before, like a send in flight when a connection drops.
+        Some(_) => PublishFailure::Failed(
+            Error::new(
+                ErrorKind::Connection,
+                "the publish channel was closed by the broker because of another send \
+                 (to an exchange that does not exist); the message may or may not have been stored",
+            )
+            .with_retryable(true)
+            .with_backend(BACKEND)
+            .with_operation(operation)
+            .with_source(e),
+        ),
+        None => PublishFailure::Failed(from_lapin(e, operation)),
+    }
+}
+
 /// Publishes on `channel` along `route` and waits for the broker's confirm.
 pub(crate) async fn publish_confirmed(
     channel: &Channel,
@@ -79,7 +132,7 @@ pub(crate) async fn publish_confirmed(
     payload: &[u8],
     properties: BasicProperties,
     operation: &'static str,
-) -> Result<()> {
+) -> std::result::Result<(), PublishFailure> {
     let confirm = channel
         .basic_publish(
             route.exchange.clone(),
@@ -92,24 +145,33 @@ pub(crate) async fn publish_confirmed(
             properties,
         )
         .await
-        .map_err(|e| from_lapin(e, operation))?;
-    match confirm.await.map_err(|e| from_lapin(e, operation))? {
+        .map_err(|e| publish_error(e, route, operation))?;
+    match confirm
+        .await
+        .map_err(|e| publish_error(e, route, operation))?
+    {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => Err(Error::new(
-            ErrorKind::NotFound,
-            format!(
-                "no queue took the message (exchange `{}`, routing key `{}`): {} {}",
-                route.exchange, route.routing_key, returned.reply_code, returned.reply_text
-            ),
-        )
-        .with_backend(BACKEND)
-        .with_operation(operation)),
-        Confirmation::Nack(None) => Err(Error::new(
-            ErrorKind::Broker,
-            "the broker could not take the message (basic.nack)",
-        )
-        .with_retryable(true)
-        .with_backend(BACKEND)
-        .with_operation(operation)),
+        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+            Err(PublishFailure::Stale(
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "no queue took the message (exchange `{}`, routing key `{}`): {} {}",
+                        route.exchange, route.routing_key, returned.reply_code, returned.reply_text
+                    ),
+                )
+                .with_backend(BACKEND)
+                .with_operation(operation),
+            ))
+        }
+        Confirmation::Nack(None) => Err(PublishFailure::Failed(
+            Error::new(
+                ErrorKind::Broker,
+                "the broker could not take the message (basic.nack)",
+            )
+            .with_retryable(true)
+            .with_backend(BACKEND)
+            .with_operation(operation),
+        )),
     }
 }

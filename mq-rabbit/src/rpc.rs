@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use crate::backend::Shared;
 use crate::connection::Conn;
-use crate::error::{closed, from_lapin, BACKEND};
+use crate::error::{closed, from_lapin, within, BACKEND};
 use crate::headers::decode;
 use crate::settle::RabbitDelivery;
 
@@ -140,22 +140,27 @@ impl ReplyConsumer {
         } else {
             self.shared.connector.get().await?
         };
-        let ch = conn.channel("receive").await?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| from_lapin(e, "receive"))?;
-        let consumer = ch
-            .basic_consume(
-                DIRECT_REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| from_lapin(e, "receive"))?;
+        let subscribing = async {
+            let ch = conn.channel("receive").await?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| from_lapin(e, "receive"))?;
+            let consumer = ch
+                .basic_consume(
+                    DIRECT_REPLY_TO.into(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| from_lapin(e, "receive"))?;
+            Ok((ch, consumer))
+        };
+        let limit = self.shared.config.operation_timeout;
+        let (ch, consumer) = within(limit, "receive", subscribing).await?;
         self.route.channel.send_replace(Some(Arc::new(ch)));
         self.sub = Some((conn, consumer));
         Ok(())

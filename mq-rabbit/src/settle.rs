@@ -5,11 +5,19 @@
 //! | ack | `basic.ack` |
 //! | nack | classic queues: republish to the same queue with `mq-attempt` + 1, confirmed, then `basic.ack` (the message goes to the back of the queue); quorum queues: `basic.nack` with requeue (the broker counts `x-delivery-count`) |
 //! | nack after a delay | republish to `<queue>.retry.<ms>` with `mq-attempt` + 1, confirmed, then `basic.ack`; the retry queue's TTL dead-letters it back to `<queue>` only |
-//! | dead-letter | publish to the destination `<source>-dlq` with the reason headers, confirmed, then `basic.ack` |
+//! | dead-letter | publish to the consumer's dead-letter destination (`ConsumerOptions::dead_letter`, default `<source>-dlq`) with the reason headers, cut to fit `max_message_size`, confirmed, then `basic.ack` |
 //! | dropped unsettled | `basic.nack` with requeue, from a spawned task (the broker redelivers it, `redelivered` set) |
+//!
+//! Retry and dead-letter copies are built by [`mq_core::republish`]; a
+//! retry keeps the AMQP properties and header table of the original and
+//! takes `mq-attempt`/`mq-not-before` from the core's copy.
 //!
 //! Every republish is confirmed by the broker before the original is acked,
 //! so a crash in between duplicates a message but never loses one. A
+//! settle that cannot complete (the republish is refused, not confirmed in
+//! `operation_timeout`, cannot be encoded or routed) gives the delivery
+//! back with `basic.nack` requeue before returning the error: it never
+//! stays unacked on the live channel, holding a prefetch slot. A
 //! delivery whose channel is gone (reconnection, consumer closed) cannot be
 //! settled: the broker has requeued it already. Settling it returns
 //! `Closed` if its consumer was closed and a retryable `Connection` error
@@ -26,8 +34,8 @@ use mq_core::{Delivery, Error, Result, Settlement, Settler};
 
 use crate::backend::Shared;
 use crate::config::QueueType;
-use crate::error::{channel_gone, from_lapin, BACKEND};
-use crate::headers::{for_attempt, Wire};
+use crate::error::{channel_gone, from_lapin, within, BACKEND};
+use crate::headers::{for_retry, Wire};
 use crate::topology::{dead_letter_route, retry_route};
 
 /// RabbitMQ details of a delivery, from
@@ -137,6 +145,8 @@ pub(crate) struct RabbitSettler {
     pub(crate) source: String,
     /// The queue consumed.
     pub(crate) queue: String,
+    /// Where dead letters go (the consumer's `ConsumerOptions::dead_letter`).
+    pub(crate) dead_letter: String,
     /// Set when the consumer is closed or dropped.
     pub(crate) closed: Arc<AtomicBool>,
 }
@@ -156,32 +166,99 @@ impl RabbitSettler {
     }
 
     async fn ack(&self, acker: &Acker, id: &str) -> Result<()> {
-        match acker.ack(BasicAckOptions::default()).await {
+        let limit = self.shared.config.operation_timeout;
+        let acking = async {
+            acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| from_lapin(e, "ack"))
+        };
+        match within(limit, "ack", acking).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(self.gone("ack", id)),
-            Err(e) => Err(from_lapin(e, "ack").with_destination(self.source.clone())),
+            Err(e) => Err(e.with_destination(self.source.clone())),
         }
     }
 
-    /// Republishes the delivery to `route` as attempt + 1, then acks it.
+    /// `basic.nack` with requeue: the broker delivers the message again.
+    async fn requeue(&self, acker: &Acker, id: &str) -> Result<()> {
+        let limit = self.shared.config.operation_timeout;
+        let requeue = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        let nacking = async { acker.nack(requeue).await.map_err(|e| from_lapin(e, "nack")) };
+        match within(limit, "nack", nacking).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.gone("nack", id)),
+            Err(e) => Err(e.with_destination(self.source.clone())),
+        }
+    }
+
+    /// Republishes the delivery to its retry route as the next attempt.
     async fn republish(
         &self,
         delivery: &Delivery,
         info: &RabbitDelivery,
-        acker: &Acker,
         delay: Option<std::time::Duration>,
     ) -> Result<()> {
         let route = retry_route(&self.queue, delay)?;
+        let copy = mq_core::republish::retry_copy(delivery, delay);
         let wire = Wire {
             payload: delivery.payload().clone(),
-            properties: for_attempt(&info.properties, delivery.attempt().saturating_add(1)),
+            properties: for_retry(&info.properties, &copy),
             reply_token: None,
         };
         self.shared
             .publish(&route, wire, "nack")
             .await
-            .map_err(|e| e.with_destination(self.source.clone()))?;
-        self.ack_after_republish(acker, delivery.id()).await
+            .map_err(|e| e.with_destination(self.source.clone()))
+    }
+
+    /// Publishes the dead-letter copy of the delivery, cut to fit
+    /// `max_message_size`, to the consumer's dead-letter destination.
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
+        let dlq = &self.dead_letter;
+        let route = dead_letter_route(&self.shared.config, dlq)?;
+        let copy = mq_core::republish::fit_to_size(
+            mq_core::republish::dead_letter_copy(delivery, reason),
+            self.shared.config.max_message_size,
+        )
+        .map_err(|e| e.with_backend(BACKEND).with_operation("dead-letter"))?;
+        let wire = crate::headers::encode(copy, self.shared.config.persistent)?;
+        self.shared
+            .publish(&route, wire, "dead-letter")
+            .await
+            .map_err(|e| e.with_destination(dlq.clone()))
+    }
+
+    /// Acks the original once its copy is confirmed; if the copy could not
+    /// be made, gives the original back to the broker and returns why.
+    async fn finish(&self, acker: &Acker, id: &str, republished: Result<()>) -> Result<()> {
+        match republished {
+            Ok(()) => self.ack_after_republish(acker, id).await,
+            Err(e) => Err(self.give_back(acker, id, e).await),
+        }
+    }
+
+    /// A settle that cannot complete returns the delivery to the queue
+    /// (`basic.nack` requeue), so it never sits unacked on a live channel
+    /// holding a prefetch slot, and hands back `error` for the caller.
+    async fn give_back(&self, acker: &Acker, id: &str, error: Error) -> Error {
+        match self.requeue(acker, id).await {
+            Ok(()) => {
+                tracing::warn!(%id, source = %self.source, error = %error,
+                    "settling failed; the message went back to the queue");
+            }
+            Err(e) => {
+                // The channel is gone (the broker requeued it already) or
+                // the broker does not answer (it requeues it when the
+                // channel closes).
+                tracing::warn!(%id, source = %self.source, error = %error, nack_error = %e,
+                    "settling failed and returning the message failed too; the broker redelivers it when its channel closes");
+            }
+        }
+        error
     }
 
     /// Acks the original of a message republished already: if its channel
@@ -213,37 +290,27 @@ impl Settler for RabbitSettler {
         if self.closed.load(Ordering::Acquire) || !acker.usable() {
             return Err(self.gone("settle", delivery.id()));
         }
+        let id = delivery.id();
         match settlement {
-            Settlement::Ack => self.ack(acker, delivery.id()).await,
+            Settlement::Ack => self.ack(acker, id).await,
             Settlement::Nack { delay }
                 if delay.is_none_or(|d| d.is_zero())
                     && self.shared.config.queue_type == QueueType::Quorum =>
             {
-                let requeue = BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                };
-                match acker.nack(requeue).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(self.gone("nack", delivery.id())),
-                    Err(e) => Err(from_lapin(e, "nack").with_destination(self.source.clone())),
-                }
+                self.requeue(acker, id).await
             }
-            Settlement::Nack { delay } => self.republish(delivery, info, acker, delay).await,
+            Settlement::Nack { delay } => {
+                let republished = self.republish(delivery, info, delay).await;
+                self.finish(acker, id, republished).await
+            }
             Settlement::DeadLetter { reason } => {
-                let dlq = self.shared.dead_letter_destination(&self.source);
-                let route = dead_letter_route(&self.shared.config, &dlq)?;
-                let wire = crate::headers::encode(
-                    mq_core::republish::dead_letter_copy(delivery, &reason),
-                    self.shared.config.persistent,
-                )?;
-                self.shared
-                    .publish(&route, wire, "dead-letter")
-                    .await
-                    .map_err(|e| e.with_destination(dlq.clone()))?;
-                self.ack_after_republish(acker, delivery.id()).await
+                let republished = self.dead_letter(delivery, &reason).await;
+                self.finish(acker, id, republished).await
             }
-            other => Err(Error::unsupported(format!("settlement {other:?}")).with_backend(BACKEND)),
+            other => {
+                let e = Error::unsupported(format!("settlement {other:?}")).with_backend(BACKEND);
+                Err(self.give_back(acker, id, e).await)
+            }
         }
     }
 
@@ -266,12 +333,14 @@ impl Settler for RabbitSettler {
             return;
         };
         let id = delivery.id().to_owned();
+        let limit = self.shared.config.operation_timeout;
         rt.spawn(async move {
             let requeue = BasicNackOptions {
                 multiple: false,
                 requeue: true,
             };
-            if let Err(e) = acker.nack(requeue).await {
+            let nacking = async { acker.nack(requeue).await.map_err(|e| from_lapin(e, "nack")) };
+            if let Err(e) = within(limit, "nack", nacking).await {
                 tracing::debug!(%id, error = %e, "returning a dropped delivery failed; the broker requeues it when the channel closes");
             }
         });

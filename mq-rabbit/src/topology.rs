@@ -222,14 +222,49 @@ pub(crate) fn dead_letter_route(config: &RabbitConfig, dlq: &str) -> Result<Rout
     }
 }
 
+/// The suffix of dead-letter destinations (`<source>-dlq`).
+pub(crate) const DLQ_SUFFIX: &str = "-dlq";
+
+/// Where the broker dead-letters what a quorum queue of destination `dest`
+/// holds past its delivery limit: the destination `<dest>-dlq` (where `mq`'s
+/// own dead letters of `dest` go). `None` for classic queues and for
+/// dead-letter destinations themselves, which have no further `-dlq`.
+pub(crate) fn broker_dead_letter_target(config: &RabbitConfig, dest: &str) -> Option<String> {
+    (config.queue_type == QueueType::Quorum
+        && config.topology == Topology::Exchange
+        && !dest.starts_with(BROKER_PREFIX)
+        && !dest.ends_with(DLQ_SUFFIX))
+    .then(|| format!("{dest}{DLQ_SUFFIX}"))
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
 /// Arguments of the destination and group queues this client declares.
-pub(crate) fn queue_arguments(config: &RabbitConfig) -> FieldTable {
+///
+/// Quorum queues that have a `dead_letter_to` destination dead-letter into
+/// its fanout exchange, `at-least-once` (the broker keeps the message
+/// until the dead-letter queue confirms it, which needs
+/// `x-overflow=reject-publish`), so a message past the delivery limit
+/// (`x-delivery-limit`, or RabbitMQ 4's default of 20) moves there instead
+/// of being dropped. The arguments depend only on the configuration and the
+/// destination, so every declaration of a queue (send, consume, another
+/// process) asks for the same ones.
+pub(crate) fn queue_arguments(config: &RabbitConfig, dead_letter_to: Option<&str>) -> FieldTable {
     let mut args = FieldTable::default();
     if config.queue_type == QueueType::Quorum {
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(LongString::from("quorum")),
-        );
+        args.insert("x-queue-type".into(), text("quorum"));
+        if let Some(dlq) = dead_letter_to {
+            args.insert("x-dead-letter-exchange".into(), text(dlq));
+            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+            args.insert("x-overflow".into(), text("reject-publish"));
+            if let Some(limit) = config.delivery_limit {
+                // validate() keeps it within an i32.
+                let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+                args.insert("x-delivery-limit".into(), AMQPValue::LongInt(limit));
+            }
+        }
     }
     if config.single_active_consumer {
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
@@ -252,10 +287,9 @@ pub(crate) async fn ensure(conn: &Conn, config: &RabbitConfig, needs: &Needs) ->
         Needs::Queue(queue) => {
             conn.declare_once(Declared::Queue, queue, || async {
                 let ch = conn.channel("declare").await?;
-                let name = short("queue", queue)?;
-                ch.queue_declare(name, queue_options(config), queue_arguments(config))
-                    .await
-                    .map_err(|e| declare_error(e, queue))?;
+                // A dead-letter queue: nothing further to dead-letter into.
+                let ch =
+                    declare_queue(conn, config, ch, queue, queue_arguments(config, None)).await?;
                 close_quietly(&ch).await;
                 Ok(())
             })
@@ -288,8 +322,13 @@ pub(crate) async fn ensure_destination(
     if config.topology == Topology::Queue || dest.starts_with(BROKER_PREFIX) {
         return Ok(());
     }
+    let dead_letter_to = broker_dead_letter_target(config, dest);
     conn.declare_once(Declared::Destination, dest, || async {
         let name = short("destination", dest)?;
+        if let Some(dlq) = &dead_letter_to {
+            // The broker drops what it dead-letters into a missing exchange.
+            Box::pin(ensure_destination(conn, config, dlq)).await?;
+        }
         let ch = conn.channel("declare").await?;
         ch.exchange_declare(
             name.clone(),
@@ -302,9 +341,8 @@ pub(crate) async fn ensure_destination(
         )
         .await
         .map_err(|e| declare_error(e, dest))?;
-        ch.queue_declare(name.clone(), queue_options(config), queue_arguments(config))
-            .await
-            .map_err(|e| declare_error(e, dest))?;
+        let args = queue_arguments(config, dead_letter_to.as_deref());
+        let ch = declare_queue(conn, config, ch, dest, args).await?;
         ch.queue_bind(
             name.clone(),
             name,
@@ -352,13 +390,14 @@ pub(crate) async fn ensure_consumer_queue(
         }
         (Topology::Exchange, None) => ensure_destination(conn, config, source).await,
         (Topology::Exchange, Some(_)) => {
+            // Also declares the source's dead-letter destination, if any.
             ensure_destination(conn, config, source).await?;
+            let dead_letter_to = broker_dead_letter_target(config, source);
             conn.declare_once(Declared::Group, queue, || async {
                 let ch = conn.channel("declare").await?;
                 let name = short("queue", queue)?;
-                ch.queue_declare(name.clone(), queue_options(config), queue_arguments(config))
-                    .await
-                    .map_err(|e| declare_error(e, queue))?;
+                let args = queue_arguments(config, dead_letter_to.as_deref());
+                let ch = declare_queue(conn, config, ch, queue, args).await?;
                 ch.queue_bind(
                     name,
                     short("destination", source)?,
@@ -416,6 +455,29 @@ pub(crate) fn known_ttl_queues(conn: &Conn, source: &str, queue: &str) -> Vec<St
     found
 }
 
+/// Forgets every declaration `needs` stands for (the broker returned a
+/// publish as unroutable or said an exchange does not exist: something was
+/// deleted behind this client's back), so the next publish declares again.
+pub(crate) fn forget(conn: &Conn, needs: &Needs) {
+    match needs {
+        Needs::Nothing => {}
+        Needs::Destination(dest) => conn.forget(Declared::Destination, dest),
+        Needs::Queue(queue) => conn.forget(Declared::Queue, queue),
+        Needs::Ttl { queue, before, .. } => {
+            conn.forget_refresh(&format!("t:{queue}"));
+            forget(conn, before);
+        }
+    }
+}
+
+impl Needs {
+    /// Whether the route depends on declarations of this client (which can
+    /// be made again when the broker lost them).
+    pub(crate) fn declares_something(&self) -> bool {
+        !matches!(self, Needs::Nothing)
+    }
+}
+
 /// Forgets what was declared for a consumer's queue (the broker cancelled
 /// the consumer, e.g. because the queue was deleted).
 pub(crate) fn forget_consumer_queue(conn: &Conn, source: &str, queue: &str) {
@@ -466,6 +528,64 @@ async fn declare_ttl_queue(
 /// on every RabbitMQ version) and as durable as the rest.
 fn queue_options_for_ttl(config: &RabbitConfig) -> QueueDeclareOptions {
     queue_options(config)
+}
+
+/// Declares `queue` with `args` on `ch` and returns the channel to go on
+/// with. A quorum queue that exists without the dead-letter arguments this
+/// client adds (declared by an older `mq`, or by another application) is
+/// used as it is, with a warning, instead of failing every send: RabbitMQ
+/// refuses a declaration whose arguments differ, and cannot change them.
+async fn declare_queue(
+    conn: &Conn,
+    config: &RabbitConfig,
+    ch: lapin::Channel,
+    queue: &str,
+    args: FieldTable,
+) -> Result<lapin::Channel> {
+    let name = short("queue", queue)?;
+    match ch
+        .queue_declare(name.clone(), queue_options(config), args)
+        .await
+    {
+        Ok(_) => Ok(ch),
+        Err(e) if config.queue_type == QueueType::Quorum && lacks_dead_letter_arguments(&e) => {
+            tracing::warn!(%queue, error = %e,
+                "this quorum queue exists without mq's dead-letter arguments: a message past its \
+                 delivery limit is dropped by the broker; delete and redeclare it, or set a \
+                 dead-letter policy for it");
+            // The refused declaration closed `ch`.
+            let ch = conn.channel("declare").await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            ch.queue_declare(name, passive, FieldTable::default())
+                .await
+                .map_err(|e| declare_error(e, queue))?;
+            Ok(ch)
+        }
+        Err(e) => Err(declare_error(e, queue)),
+    }
+}
+
+/// Whether a refused declaration says only that the existing queue lacks
+/// one of the dead-letter arguments (`... but current is none`).
+fn lacks_dead_letter_arguments(e: &lapin::Error) -> bool {
+    let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
+        return false;
+    };
+    let text = amqp.get_message().as_str();
+    matches!(
+        amqp.kind(),
+        lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+    ) && text.contains("but current is none")
+        && [
+            "'x-dead-letter-exchange'",
+            "'x-dead-letter-strategy'",
+            "'x-overflow'",
+        ]
+        .iter()
+        .any(|arg| text.contains(&format!("inequivalent arg {arg}")))
 }
 
 fn declare_error(e: lapin::Error, name: &str) -> Error {
@@ -549,5 +669,51 @@ mod tests {
             "jobs.g"
         );
         assert!(send_route(&config, &"x".repeat(256), None).is_err());
+    }
+
+    fn arg<'a>(args: &'a FieldTable, name: &str) -> Option<&'a AMQPValue> {
+        args.inner()
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn quorum_queues_dead_letter_past_the_delivery_limit() {
+        let quorum = RabbitConfig {
+            queue_type: QueueType::Quorum,
+            delivery_limit: Some(5),
+            ..RabbitConfig::default()
+        };
+        let target = broker_dead_letter_target(&quorum, "orders");
+        assert_eq!(target.as_deref(), Some("orders-dlq"));
+        let args = queue_arguments(&quorum, target.as_deref());
+        assert_eq!(arg(&args, "x-queue-type"), Some(&text("quorum")));
+        assert_eq!(
+            arg(&args, "x-dead-letter-exchange"),
+            Some(&text("orders-dlq"))
+        );
+        assert_eq!(
+            arg(&args, "x-dead-letter-strategy"),
+            Some(&text("at-least-once"))
+        );
+        assert_eq!(arg(&args, "x-overflow"), Some(&text("reject-publish")));
+        assert_eq!(arg(&args, "x-delivery-limit"), Some(&AMQPValue::LongInt(5)));
+        // Dead-letter queues have no further target (and no limit of ours).
+        assert_eq!(broker_dead_letter_target(&quorum, "orders-dlq"), None);
+        let args = queue_arguments(&quorum, None);
+        assert_eq!(arg(&args, "x-dead-letter-exchange"), None);
+        assert_eq!(arg(&args, "x-delivery-limit"), None);
+        // Classic queues and topology=queue: nothing added.
+        let classic = RabbitConfig::default();
+        assert_eq!(broker_dead_letter_target(&classic, "orders"), None);
+        assert!(queue_arguments(&classic, Some("orders-dlq"))
+            .inner()
+            .is_empty());
+        let queue_mode = RabbitConfig {
+            topology: Topology::Queue,
+            ..quorum
+        };
+        assert_eq!(broker_dead_letter_target(&queue_mode, "orders"), None);
     }
 }

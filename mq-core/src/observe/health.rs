@@ -14,6 +14,10 @@ pub struct Health {
     pub last_error_at: Option<SystemTime>,
     /// How many times the backend reconnected since it was created.
     pub reconnects: u64,
+    /// The broker refuses to take messages for now (RabbitMQ
+    /// `connection.blocked`: a memory or disk alarm); sends time out until
+    /// it lifts.
+    pub blocked: bool,
 }
 
 impl Health {
@@ -24,6 +28,7 @@ impl Health {
             last_error: None,
             last_error_at: None,
             reconnects: 0,
+            blocked: false,
         }
     }
 
@@ -34,6 +39,7 @@ impl Health {
             last_error: Some(error.into()),
             last_error_at: Some(SystemTime::now()),
             reconnects: 0,
+            blocked: false,
         }
     }
 }
