@@ -45,7 +45,7 @@ pub(crate) async fn run(args: Args) -> CliResult {
             args.timeout
         )
     })?;
-    let deadline = Instant::now() + timeout;
+    let deadline = mq::time::tokio_instant_after(timeout);
     let mut held = Vec::new();
     let mut got = 0u64;
     while got < args.count {
