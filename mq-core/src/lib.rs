@@ -7,6 +7,7 @@
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod capabilities;
 pub mod client;
 pub mod codec;

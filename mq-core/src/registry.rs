@@ -24,10 +24,54 @@ pub type ConnectFn = fn(RedactedUrl) -> ConnectFuture;
 /// list has several ports). The backend parses and redacts it itself.
 pub type ConnectStrFn = fn(String) -> ConnectFuture;
 
+/// How a backend connects: from the parsed URL (the usual case) or from the
+/// URL text as written (see [`ConnectStrFn`]).
 #[derive(Clone, Copy)]
-enum Connector {
+pub enum Connector {
+    /// Gets the URL parsed and redacted.
     Parsed(ConnectFn),
+    /// Gets the URL text as written.
     Raw(ConnectStrFn),
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Connector::Parsed(_) => "Connector::Parsed",
+            Connector::Raw(_) => "Connector::Raw",
+        })
+    }
+}
+
+/// Everything the rest of `mq` needs to know about one backend, in one
+/// value (sqlx's `AnyDriver`): the facade's registry and its "enable feature
+/// X" hints, the conformance test, the container set-up and the bench
+/// baselines all iterate a list of these. A backend crate exports one as
+/// `DRIVER`; adding a backend is that crate plus one line in the facade's
+/// list (`mq::BACKENDS`).
+#[derive(Debug, Clone, Copy)]
+pub struct Driver {
+    /// The backend's name in errors, logs and metrics (`"rabbitmq"`).
+    pub name: &'static str,
+    /// The cargo feature of `mq` that adds it (`"rabbit"`).
+    pub feature: &'static str,
+    /// The URL schemes it serves (`["amqp", "amqps"]`).
+    pub schemes: &'static [&'static str],
+    /// How it connects.
+    pub connect: Connector,
+    /// The key of its test environment: the conformance suite reads
+    /// `MQ_TEST_<KEY>_URL` (and `_RESTART`, `_RESTART_URL`).
+    pub test_key: &'static str,
+    /// How to start it for tests without Docker: the service name of
+    /// `scripts/brokers.sh start <name>`.
+    pub test_broker: &'static str,
+}
+
+impl Driver {
+    /// The environment variable holding a test broker's URL (`MQ_TEST_RABBIT_URL`).
+    pub fn test_url_var(&self) -> String {
+        format!("MQ_TEST_{}_URL", self.test_key)
+    }
 }
 
 /// Maps URL schemes to backend constructors.
@@ -62,6 +106,15 @@ impl Registry {
     pub fn register_raw(&mut self, scheme: &'static str, connect: ConnectStrFn) -> &mut Self {
         self.backends.retain(|(s, _)| *s != scheme);
         self.backends.push((scheme, Connector::Raw(connect)));
+        self
+    }
+
+    /// Registers every scheme of `driver`.
+    pub fn register_driver(&mut self, driver: &Driver) -> &mut Self {
+        for scheme in driver.schemes {
+            self.backends.retain(|(s, _)| s != scheme);
+            self.backends.push((scheme, driver.connect));
+        }
         self
     }
 

@@ -43,16 +43,27 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
 use crate::observe::QueueStats;
 use crate::producer::{BatchReport, DynProducer, Producer};
-use crate::registry::Registry;
+use crate::registry::{Connector, Driver, Registry};
 use crate::url::{RedactedUrl, UrlOptions};
 
 use queue::{Queue, Stored};
 
 const BACKEND: &str = "memory";
 
+/// The in-memory backend as a [`Driver`](crate::backend::Driver). It is
+/// always compiled in (no cargo feature) and needs no broker for tests.
+pub const DRIVER: Driver = Driver {
+    name: BACKEND,
+    feature: "",
+    schemes: &["memory"],
+    connect: Connector::Parsed(|url| Box::pin(async move { connect(&url) })),
+    test_key: "MEMORY",
+    test_broker: "",
+};
+
 /// Registers `memory://` in `registry`.
 pub fn register(registry: &mut Registry) {
-    registry.register("memory", |url| Box::pin(async move { connect(&url) }));
+    registry.register_driver(&DRIVER);
 }
 
 /// Settings of an in-memory broker; see the module docs for the URL form.
