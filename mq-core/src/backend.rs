@@ -30,8 +30,9 @@
 
 pub use crate::client::Backend;
 pub use crate::delivery::{Settlement, Settler};
+pub use crate::driver::{ConnectFn, ConnectFuture, ConnectStrFn, Connector, Driver};
 pub use crate::message::MessageParts;
-pub use crate::registry::{ConnectFn, ConnectFuture, ConnectStrFn, Connector, Driver, Registry};
+pub use crate::registry::Registry;
 pub use crate::republish;
 pub use crate::time;
 pub use crate::url::{is_secret_key, parse_duration, redact_str, RedactedUrl, Secret, UrlOptions};

@@ -10,9 +10,19 @@ use async_trait::async_trait;
 use crate::capabilities::Capabilities;
 use crate::consumer::{ConsumerOptions, DynConsumer};
 use crate::error::Result;
-use crate::observe::{Health, InstrumentedConsumer, InstrumentedProducer, QueueStats};
+use crate::health::Health;
+use crate::observe::{InstrumentedConsumer, InstrumentedProducer};
 use crate::producer::DynProducer;
-use crate::rpc::ReplyChannel;
+use crate::queue_stats::QueueStats;
+
+/// A consumer of replies and the name requests give as `mq-reply-to`.
+#[derive(Debug)]
+pub struct ReplyChannel {
+    /// Where responders send replies.
+    pub reply_to: String,
+    /// Receives the replies.
+    pub consumer: DynConsumer,
+}
 
 /// What a backend implements: a connected broker that makes producers and
 /// consumers. Applications use it through [`Client`].

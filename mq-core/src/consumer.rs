@@ -52,8 +52,8 @@ pub trait Consumer: Send + fmt::Debug {
 
     /// The state of the consumer's connection (healthy unless the backend
     /// tracks its connection).
-    fn health(&self) -> crate::observe::Health {
-        crate::observe::Health::healthy()
+    fn health(&self) -> crate::health::Health {
+        crate::health::Health::healthy()
     }
 }
 
@@ -68,7 +68,7 @@ impl<C: Consumer + ?Sized> Consumer for Box<C> {
     async fn close(&mut self) -> Result<()> {
         (**self).close().await
     }
-    fn health(&self) -> crate::observe::Health {
+    fn health(&self) -> crate::health::Health {
         (**self).health()
     }
 }

@@ -13,15 +13,19 @@ pub mod client;
 pub mod codec;
 pub mod consumer;
 pub mod delivery;
+pub mod driver;
 pub mod error;
 pub mod handler;
+pub mod health;
 pub mod memory;
 pub mod message;
 pub mod middleware;
 pub mod observe;
 pub mod pipeline;
 pub mod producer;
+pub mod queue_stats;
 pub mod registry;
+pub mod report;
 pub mod republish;
 pub mod router;
 pub mod rpc;
@@ -40,12 +44,13 @@ pub use handler::{
     json_handler, layer_fn, BatchHandler, BatchResult, BoxHandler, Handler, HandlerError,
     HandlerResult, Layer, LayerFn,
 };
+pub use health::Health;
 pub use message::{headers, Headers, Message};
 #[cfg(feature = "redis")]
 pub use middleware::dedup::RedisDedupStore;
-pub use observe::{Health, QueueStats};
 pub use pipeline::{Pipeline, PipelineReport};
 pub use producer::{BatchReport, DynProducer, Producer, ProducerExt};
+pub use queue_stats::QueueStats;
 pub use registry::Registry;
 pub use router::{Router, RouterReport};
 pub use rpc::{reply, Requester};

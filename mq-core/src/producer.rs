@@ -40,8 +40,8 @@ pub trait Producer: Send + Sync + fmt::Debug {
 
     /// The state of the producer's connection (healthy unless the backend
     /// tracks its connection).
-    fn health(&self) -> crate::observe::Health {
-        crate::observe::Health::healthy()
+    fn health(&self) -> crate::health::Health {
+        crate::health::Health::healthy()
     }
 }
 
@@ -56,7 +56,7 @@ impl<P: Producer + ?Sized> Producer for Arc<P> {
     async fn close(&self) -> Result<()> {
         (**self).close().await
     }
-    fn health(&self) -> crate::observe::Health {
+    fn health(&self) -> crate::health::Health {
         (**self).health()
     }
 }
@@ -72,7 +72,7 @@ impl<P: Producer + ?Sized> Producer for Box<P> {
     async fn close(&self) -> Result<()> {
         (**self).close().await
     }
-    fn health(&self) -> crate::observe::Health {
+    fn health(&self) -> crate::health::Health {
         (**self).health()
     }
 }

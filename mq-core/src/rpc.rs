@@ -21,20 +21,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::client::Client;
+pub use crate::client::ReplyChannel;
 use crate::consumer::DynConsumer;
 use crate::delivery::Received;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{headers, new_message_id, Message};
 use crate::producer::{DynProducer, Producer};
-
-/// A consumer of replies and the name requests give as `mq-reply-to`.
-#[derive(Debug)]
-pub struct ReplyChannel {
-    /// Where responders send replies.
-    pub reply_to: String,
-    /// Receives the replies.
-    pub consumer: DynConsumer,
-}
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Received>>>>;
 

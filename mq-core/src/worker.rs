@@ -24,10 +24,9 @@ use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
 mod batch;
-pub(crate) mod stats;
+use crate::report::{self as stats, Counters};
+pub use crate::report::{WorkerReport, WorkerStats};
 pub use batch::BatchWorker;
-use stats::Counters;
-pub use stats::{WorkerReport, WorkerStats};
 use tracing::Instrument;
 
 use crate::consumer::Consumer;

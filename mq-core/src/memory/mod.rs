@@ -39,11 +39,11 @@ use crate::capabilities::Capabilities;
 use crate::client::{Backend, Client};
 use crate::consumer::{Consumer, ConsumerOptions, DynConsumer};
 use crate::delivery::{Delivery, Received, Settlement, Settler};
+use crate::driver::{Connector, Driver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
-use crate::observe::QueueStats;
 use crate::producer::{BatchReport, DynProducer, Producer};
-use crate::registry::{Connector, Driver, Registry};
+use crate::queue_stats::QueueStats;
 use crate::url::{RedactedUrl, UrlOptions};
 
 use queue::{Queue, Stored};
@@ -60,11 +60,6 @@ pub const DRIVER: Driver = Driver {
     test_key: "MEMORY",
     test_broker: "",
 };
-
-/// Registers `memory://` in `registry`.
-pub fn register(registry: &mut Registry) {
-    registry.register_driver(&DRIVER);
-}
 
 /// Settings of an in-memory broker; see the module docs for the URL form.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,7 +34,7 @@ impl Handler for CatchPanic {
             match attempt.catch_unwind().await {
                 Ok(result) => result,
                 Err(panic) => {
-                    crate::worker::stats::record(crate::worker::stats::Event::Panic);
+                    crate::report::record(crate::report::Event::Panic);
                     Err(HandlerError::transient(format!(
                         "handler panicked: {}",
                         panic_message(&*panic)

@@ -45,7 +45,7 @@ impl Handler for Timeout {
             match tokio::time::timeout(limit, fut).await {
                 Ok(result) => result,
                 Err(_) => {
-                    crate::worker::stats::record(crate::worker::stats::Event::Timeout);
+                    crate::report::record(crate::report::Event::Timeout);
                     Err(HandlerError::from(
                         Error::new(
                             ErrorKind::Timeout,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use metrics::Counter;
 
-use super::health::Health;
+use crate::health::Health;
 use super::{names, trace};
 use crate::consumer::{Consumer, DynConsumer};
 use crate::delivery::{Delivery, Settlement, Settler};

@@ -21,13 +21,11 @@
 //! destination and group names only.
 
 mod consumer;
-mod health;
 pub mod names;
 mod producer;
-mod stats;
 pub mod trace;
 
+pub use crate::health::Health;
+pub use crate::queue_stats::QueueStats;
 pub(crate) use consumer::InstrumentedConsumer;
-pub use health::Health;
 pub(crate) use producer::InstrumentedProducer;
-pub use stats::QueueStats;

@@ -9,7 +9,7 @@ use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 use tracing::Instrument;
 
-use super::health::Health;
+use crate::health::Health;
 use super::{names, trace};
 use crate::error::Result;
 use crate::message::Message;

@@ -99,7 +99,7 @@ impl Handler for Dedup {
                 Claim::Done => {
                     tracing::debug!(%key, id = %message.id(), "duplicate suppressed");
                     crate::observe::names::count_for(crate::observe::names::DUPLICATES, &message);
-                    crate::worker::stats::record(crate::worker::stats::Event::Duplicate);
+                    crate::report::record(crate::report::Event::Duplicate);
                     return Ok(());
                 }
                 Claim::InProgress(remaining) => {

@@ -78,7 +78,7 @@ impl Handler for Retry {
                     return Err(error.retry_after(delay));
                 }
                 tokio::time::sleep(delay).await;
-                crate::worker::stats::record(crate::worker::stats::Event::RetriedInProcess);
+                crate::report::record(crate::report::Event::RetriedInProcess);
             }
         })
     }
