@@ -28,6 +28,7 @@
 //! ([`time`]), the dead-letter destination
 //! ([`ConsumerOptions::dead_letter`](crate::ConsumerOptions::dead_letter)).
 
+pub use crate::checks::check_send;
 pub use crate::client::Backend;
 pub use crate::delivery::{Settlement, Settler};
 pub use crate::driver::{ConnectFn, ConnectFuture, ConnectStrFn, Connector, Driver};

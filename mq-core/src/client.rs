@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::capabilities::Capabilities;
+use crate::checks::CheckedProducer;
 use crate::consumer::{ConsumerOptions, DynConsumer};
 use crate::error::Result;
 use crate::health::Health;
@@ -119,7 +120,9 @@ impl Client {
     /// [`observe`](crate::observe)).
     pub async fn producer(&self) -> Result<DynProducer> {
         let inner = self.backend.producer().await?;
-        Ok(InstrumentedProducer::wrap(inner, self.backend.name()))
+        let name = self.backend.name();
+        let checked = CheckedProducer::wrap(inner, self.backend.capabilities(), name);
+        Ok(InstrumentedProducer::wrap(checked, name))
     }
 
     /// A consumer of `source` in its default group; chain `.group(..)` or

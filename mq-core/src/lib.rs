@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod capabilities;
+pub mod checks;
 pub mod client;
 pub mod codec;
 pub mod consumer;

@@ -110,6 +110,11 @@ impl BatchReport {
             .filter_map(|(i, (id, r))| r.as_ref().err().map(|e| (i, id.as_str(), e)))
     }
 
+    /// Every message's id and outcome, in input order, owned.
+    pub fn into_results(self) -> Vec<(String, Result<()>)> {
+        self.results
+    }
+
     /// Whether every message was accepted.
     pub fn is_ok(&self) -> bool {
         self.results.iter().all(|(_, r)| r.is_ok())

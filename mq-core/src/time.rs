@@ -57,6 +57,16 @@ pub fn until(at: SystemTime) -> Duration {
     )
 }
 
+/// The pause before retrying after `failures` consecutive failures of a
+/// connection or a poll (reconnects, receive loops): 100 ms doubling up to
+/// 5 s, with up to 25% random jitter so many clients do not retry in step.
+/// Every backend and the worker use this one schedule.
+pub fn backoff(failures: u32) -> Duration {
+    let base = 100u64.saturating_mul(1u64 << failures.saturating_sub(1).min(6));
+    let base = base.min(5_000);
+    Duration::from_millis(base + fastrand::u64(0..=base / 4))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +80,15 @@ mod tests {
         let _ = tokio_instant_after(Duration::MAX);
         assert_eq!(clamp(Duration::MAX), FAR_FUTURE);
         assert_eq!(clamp(Duration::from_secs(1)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_jitters_within_a_quarter() {
+        let ms = |n| backoff(n).as_millis() as u64;
+        assert!((100..=125).contains(&ms(1)), "{}", ms(1));
+        assert!((200..=250).contains(&ms(2)));
+        assert!((5_000..=6_250).contains(&ms(40)));
+        assert!((5_000..=6_250).contains(&ms(u32::MAX)));
     }
 
     #[test]

@@ -198,7 +198,7 @@ impl<C: Consumer + 'static> Worker<C> {
                 }
                 Err(e) => {
                     receive_failures = receive_failures.saturating_add(1);
-                    let pause = receive_backoff(receive_failures);
+                    let pause = crate::time::backoff(receive_failures);
                     tracing::warn!(error = %e, ?pause, "receive failed; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
@@ -322,11 +322,6 @@ fn log_task_failure(done: std::result::Result<(), tokio::task::JoinError>) {
             tracing::error!(error = %e, "handler task failed");
         }
     }
-}
-
-fn receive_backoff(failures: u32) -> Duration {
-    let ms = 100u64.saturating_mul(1u64 << failures.min(6));
-    Duration::from_millis(ms.min(5_000))
 }
 
 impl<C: fmt::Debug> fmt::Debug for Worker<C> {

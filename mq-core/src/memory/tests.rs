@@ -273,7 +273,8 @@ async fn oversized_message_is_rejected_before_sending() {
         max_message_size: 100,
         ..MemoryConfig::default()
     });
-    let p = b.producer();
+    // Through a Client: the size rule is core's, for every backend.
+    let p = Client::new(b.clone()).producer().await.expect("producer");
     let exact = Message::new(vec![0u8; 10]).with_id("x".repeat(90));
     assert_eq!(exact.encoded_len(), 100);
     p.send("q", exact).await.expect("at the limit");

@@ -7,11 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use metrics::Counter;
 
-use crate::health::Health;
 use super::{names, trace};
 use crate::consumer::{Consumer, DynConsumer};
 use crate::delivery::{Delivery, Settlement, Settler};
 use crate::error::Result;
+use crate::health::Health;
 
 /// Counters of one (backend, source, group), made once per consumer.
 struct SettleMetrics {

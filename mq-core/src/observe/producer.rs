@@ -9,9 +9,9 @@ use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 use tracing::Instrument;
 
-use crate::health::Health;
 use super::{names, trace};
 use crate::error::Result;
+use crate::health::Health;
 use crate::message::Message;
 use crate::producer::{BatchReport, DynProducer, Producer};
 
