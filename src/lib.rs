@@ -20,6 +20,8 @@
 //! Everything in [`mq_core`] is re-exported here; this crate adds
 //! [`connect`] and the [`registry`] of the backends compiled in by cargo
 //! features (`rabbit`, `kafka`, `sqs`; `memory://` is always on).
+//!
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 #![forbid(unsafe_code)]
