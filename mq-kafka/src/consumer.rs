@@ -79,9 +79,16 @@ const FULL_RECHECK: Duration = Duration::from_millis(5);
 /// A topic and partition.
 pub(crate) type Tp = (Arc<str>, i32);
 
+/// A delivery handed out: its partition, the generation of the partition's
+/// assignment it was fetched in, and its offset. The generation keeps an
+/// old delivery of offset `o` (fetched before a revoke) apart from the copy
+/// of `o` fetched again after the partition came back to this member.
+pub(crate) type Held = (Tp, u64, i64);
+
 /// A fetched record waiting to be handed out.
 struct Pending {
     tp: Tp,
+    generation: u64,
     offset: i64,
     received: Received,
 }
@@ -103,6 +110,7 @@ pub(crate) struct Shared {
     commit_interval: Duration,
 }
 
+#[derive(Default)]
 pub(crate) struct State {
     /// `close` started: settling fails with `Closed`.
     pub(crate) closed: bool,
@@ -114,7 +122,7 @@ pub(crate) struct State {
     pub(crate) parts: HashMap<Tp, PartitionState>,
     next_generation: u64,
     /// Deliveries handed out and not settled, for `close`.
-    pub(crate) outstanding: HashMap<(Tp, i64), Received>,
+    pub(crate) outstanding: HashMap<Held, Received>,
     /// Republishes (nack, dead letter) in flight.
     pub(crate) inflight: usize,
     /// Ordered mode: redeliveries in place per record, added to its attempt.
@@ -123,15 +131,62 @@ pub(crate) struct State {
     error: Option<Error>,
 }
 
+impl State {
+    /// `tp` was assigned to this member: a new generation of it starts
+    /// (unless it is still assigned).
+    pub(crate) fn assign(&mut self, tp: Tp) {
+        if !self.parts.contains_key(&tp) {
+            self.next_generation += 1;
+            let g = self.next_generation;
+            self.parts.insert(tp, PartitionState::new(g));
+        }
+    }
+
+    /// `tp` was revoked: forgets it and what was fetched from it; returns
+    /// the offset to commit before it goes, if any.
+    pub(crate) fn revoke(&mut self, tp: &Tp) -> Option<i64> {
+        let commit = self.parts.remove(tp).and_then(|mut p| p.take_commit());
+        // Their deliveries belong to the next owner now: it reads them
+        // again from the committed offset.
+        self.ready.retain(|p| p.tp != *tp);
+        self.ready_bytes = self.ready.iter().map(|p| p.received.payload().len()).sum();
+        self.outstanding.retain(|(t, _, _), _| t != tp);
+        self.redeliveries.retain(|(t, _), _| t != tp);
+        commit
+    }
+
+    /// A delivery of `tp` (fetched in `generation`) at `offset` is handed
+    /// out to the application.
+    pub(crate) fn hand_out(&mut self, tp: Tp, generation: u64, offset: i64, received: Received) {
+        self.outstanding.insert((tp, generation, offset), received);
+    }
+
+    /// A delivery is being settled: takes it out of the outstanding set.
+    /// `false`: it is stale (its partition was revoked meanwhile, perhaps
+    /// handed back since, with a new copy of the same offset out), and
+    /// settling it must not touch any state.
+    pub(crate) fn claim(&mut self, meta: &KafkaMetadata, tp: &Tp) -> bool {
+        let current = self
+            .parts
+            .get(tp)
+            .is_some_and(|p| p.generation == meta.generation);
+        current
+            && self
+                .outstanding
+                .remove(&(tp.clone(), meta.generation, meta.offset))
+                .is_some()
+    }
+}
+
 impl Shared {
     /// Marks `(tp, offset)` settled if it still belongs to this assignment.
     pub(crate) fn settle_offset(state: &mut State, meta: &KafkaMetadata, tp: &Tp) {
         if let Some(part) = state.parts.get_mut(tp) {
             if part.generation == meta.generation {
                 part.settle(meta.offset);
+                state.redeliveries.remove(&(tp.clone(), meta.offset));
             }
         }
-        state.redeliveries.remove(&(tp.clone(), meta.offset));
     }
 
     /// Makes `(tp, offset)` come back in place after `delay` (ordered mode,
@@ -215,8 +270,10 @@ impl Shared {
         }
         part.accept(offset);
         state.ready_bytes += decoded.received.payload().len();
+        let generation = part.generation;
         state.ready.push_back(Pending {
             tp,
+            generation,
             offset,
             received: decoded.received,
         });
@@ -334,17 +391,9 @@ impl ConsumerContext for Context {
             let state = &mut *state;
             for e in revoked.elements() {
                 let tp: Tp = (Arc::from(e.topic()), e.partition());
-                if let Some(mut part) = state.parts.remove(&tp) {
-                    if let Some(o) = part.take_commit() {
-                        commit.push((tp.clone(), o));
-                    }
+                if let Some(o) = state.revoke(&tp) {
+                    commit.push((tp, o));
                 }
-                // Their deliveries belong to the next owner now: it reads
-                // them again from the committed offset.
-                state.ready.retain(|p| p.tp != tp);
-                state.ready_bytes = state.ready.iter().map(|p| p.received.payload().len()).sum();
-                state.outstanding.retain(|(t, _), _| *t != tp);
-                state.redeliveries.retain(|(t, _), _| *t != tp);
             }
         }
         if !commit.is_empty() {
@@ -360,12 +409,7 @@ impl ConsumerContext for Context {
             Rebalance::Assign(assigned) => {
                 let mut state = self.shared.state.lock();
                 for e in assigned.elements() {
-                    let tp: Tp = (Arc::from(e.topic()), e.partition());
-                    if !state.parts.contains_key(&tp) {
-                        state.next_generation += 1;
-                        let g = state.next_generation;
-                        state.parts.insert(tp, PartitionState::new(g));
-                    }
+                    state.assign((Arc::from(e.topic()), e.partition()));
                 }
                 tracing::debug!(group = %self.shared.group, partitions = state.parts.len(), "partitions assigned");
             }
@@ -521,18 +565,7 @@ impl KafkaConsumer {
     ) -> Result<Self> {
         let prefetch = prefetch.max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                closed: false,
-                stop: false,
-                ready: VecDeque::new(),
-                ready_bytes: 0,
-                parts: HashMap::new(),
-                next_generation: 0,
-                outstanding: HashMap::new(),
-                inflight: 0,
-                redeliveries: HashMap::new(),
-                error: None,
-            }),
+            state: Mutex::new(State::default()),
             readable: Notify::new(),
             idle: Notify::new(),
             permits: Semaphore::new(prefetch),
@@ -606,9 +639,7 @@ impl KafkaConsumer {
         match state.ready.pop_front() {
             Some(p) => {
                 state.ready_bytes = state.ready_bytes.saturating_sub(p.received.payload().len());
-                state
-                    .outstanding
-                    .insert((p.tp, p.offset), p.received.clone());
+                state.hand_out(p.tp, p.generation, p.offset, p.received.clone());
                 drop(state);
                 permit.forget();
                 Ok(Delivery::new(p.received, self.settler.clone()))
@@ -683,7 +714,7 @@ impl Consumer for KafkaConsumer {
             return Ok(());
         }
         self.closed = true;
-        let returned: Vec<((Tp, i64), Received)> = {
+        let returned: Vec<(Held, Received)> = {
             let mut state = self.shared.state.lock();
             state.closed = true;
             state.ready.clear();

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use mq_core::{Delivery, Error, ErrorKind, Message, Received, Result, Settlement, Settler};
 
 use crate::codec::{retry_message, KafkaMetadata};
-use crate::consumer::{Shared, Tp};
+use crate::consumer::{Held, Shared, Tp};
 use crate::producer::Sender;
 use crate::topology::dead_letter_topic;
 use crate::BACKEND;
@@ -54,7 +54,7 @@ enum Step {
     Done,
     Republish {
         topic: String,
-        message: Message,
+        message: Box<Message>,
         extra: Vec<(&'static str, String)>,
     },
 }
@@ -100,10 +100,7 @@ impl KafkaSettler {
         let mut guard = self.shared.state.lock();
         let state = &mut *guard;
         self.shared.permits.add_permits(1);
-        let known = state
-            .outstanding
-            .remove(&(tp.clone(), meta.offset))
-            .is_some();
+        let known = state.claim(&meta, &tp);
         if state.closed {
             return Err(self.closed_error(received.id()));
         }
@@ -129,7 +126,7 @@ impl KafkaSettler {
                 let (message, extra) = retry_message(received, delay);
                 Ok(Step::Republish {
                     topic: self.shared.retry_topic.clone(),
-                    message,
+                    message: Box::new(message),
                     extra,
                 })
             }
@@ -137,7 +134,7 @@ impl KafkaSettler {
                 state.inflight += 1;
                 Ok(Step::Republish {
                     topic: dead_letter_topic(&self.shared.source),
-                    message: mq_core::republish::dead_letter_copy(received, &reason),
+                    message: Box::new(mq_core::republish::dead_letter_copy(received, &reason)),
                     extra: Vec::new(),
                 })
             }
@@ -176,7 +173,7 @@ impl KafkaSettler {
 
     /// `close`: republishes every delivery still held to the retry topic
     /// (attempt + 1), concurrently, and marks the originals done.
-    pub(crate) async fn return_all(&self, held: Vec<((Tp, i64), Received)>) {
+    pub(crate) async fn return_all(&self, held: Vec<(Held, Received)>) {
         {
             self.shared.state.lock().inflight += held.len();
         }
@@ -201,7 +198,7 @@ impl Settler for KafkaSettler {
                 topic,
                 message,
                 extra,
-            } => self.republish(received, topic, message, extra).await,
+            } => self.republish(received, topic, *message, extra).await,
         }
     }
 
@@ -220,9 +217,76 @@ impl Settler for KafkaSettler {
                     runtime: self.runtime.clone(),
                 };
                 self.runtime.spawn(async move {
-                    let _ = me.republish(&received, topic, message, extra).await;
+                    let _ = me.republish(&received, topic, *message, extra).await;
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::State;
+
+    fn delivery(state: &mut State, tp: &Tp, offset: i64) -> Received {
+        let part = state.parts.get_mut(tp).expect("assigned");
+        part.accept(offset);
+        let received = Received::new("t", Message::new(format!("o{offset}")), 1).with_metadata(
+            KafkaMetadata {
+                topic: tp.0.to_string(),
+                partition: tp.1,
+                offset,
+                generation: part.generation,
+            },
+        );
+        let generation = part.generation;
+        state.hand_out(tp.clone(), generation, offset, received.clone());
+        received
+    }
+
+    /// What `begin` + `settle` do for an ack.
+    fn ack(state: &mut State, received: &Received) {
+        let (meta, tp) = meta_of(received).expect("metadata");
+        if state.claim(&meta, &tp) {
+            Shared::settle_offset(state, &meta, &tp);
+        }
+    }
+
+    /// Defect 1 of issue 14: a partition revoked and handed back to the
+    /// same member; the old delivery of offset 5 is settled after the
+    /// re-fetched copy of 5 was handed out. The old settle must not touch
+    /// the new copy, and the new copy's settle must move the commit point.
+    #[test]
+    fn stale_settle_after_reassign_does_not_touch_the_new_generation() {
+        let mut state = State::default();
+        let tp: Tp = (Arc::from("t"), 0);
+        state.assign(tp.clone());
+        let old4 = delivery(&mut state, &tp, 4);
+        let old5 = delivery(&mut state, &tp, 5);
+        ack(&mut state, &old4);
+        assert_eq!(
+            state.revoke(&tp),
+            Some(5),
+            "4 is committed before the revoke"
+        );
+        state.assign(tp.clone());
+        let new5 = delivery(&mut state, &tp, 5);
+        let new6 = delivery(&mut state, &tp, 6);
+        // The old copy of 5 is settled late, after the new copy went out.
+        ack(&mut state, &old5);
+        assert_eq!(
+            state.parts[&tp].commit_point(),
+            Some(5),
+            "a stale settle commits nothing"
+        );
+        ack(&mut state, &new5);
+        ack(&mut state, &new6);
+        assert_eq!(
+            state.parts[&tp].commit_point(),
+            Some(7),
+            "the new generation's settles move the commit point"
+        );
+        assert!(state.outstanding.is_empty());
     }
 }
