@@ -8,24 +8,30 @@
 //! | id | header `mq-message-id` (absent on foreign records: `<topic>-<partition>-<offset>`) |
 //! | content type | header `mq-content-type` |
 //! | attempt | header `mq-attempt` on records of the retry topic (elsewhere 1: a record of the source or dead-letter topic is a first delivery) |
-//! | not before (retry delay) | header `mq-not-before`, milliseconds since the Unix epoch |
+//! | not before (retry delay) | header `mq-not-before`, milliseconds since the Unix epoch, honoured only on the group's retry topic |
 //!
-//! `mq-message-id`, `mq-content-type` and `mq-not-before` are read into
-//! fields and removed from the headers a handler sees; every other header is passed through unchanged,
-//! so headers set by a native client arrive byte-exact (values that are not
-//! UTF-8 are decoded lossily, since `mq` headers are strings).
+//! `mq-message-id` and `mq-content-type` are read into fields and removed
+//! from the headers a handler sees, and so is `mq-not-before` on the retry
+//! topic; every other header is passed through unchanged, so headers set by
+//! a native client arrive byte-exact (values that are not UTF-8 are decoded
+//! lossily, since `mq` headers are strings; a header without a value reads
+//! as empty). On the source topic `mq-not-before` is an ordinary header: a
+//! foreign producer cannot stall a partition with it.
+//!
+//! Every number in a header or record is parsed checked and clamped: an
+//! attempt that does not parse, is 0 or exceeds `u32` counts as 1 or
+//! `u32::MAX`; a time that is not representable is ignored.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use mq_core::delivery::unix_millis;
 use mq_core::message::headers as h;
+use mq_core::time::from_unix_millis;
 use mq_core::{Headers, Message, Received};
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
-use rdkafka::Message as _;
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 
 /// Header carrying the time (ms since the Unix epoch) before which a retried
-/// message must not be delivered.
-pub const NOT_BEFORE: &str = "mq-not-before";
+/// message must not be delivered; honoured only on `mq`'s retry topics.
+pub use mq_core::message::headers::NOT_BEFORE;
 
 /// Where a delivery sits in Kafka: read it with
 /// [`Received::metadata::<KafkaMetadata>()`](mq_core::Received::metadata).
@@ -43,12 +49,9 @@ pub struct KafkaMetadata {
 }
 
 /// Record headers for `message`, with its id and content type as `mq-` headers.
-pub(crate) fn record_headers(message: &Message, extra: &[(&str, &str)]) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(message.headers().len() + 2 + extra.len());
+pub(crate) fn record_headers(message: &Message) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(message.headers().len() + 2);
     for (k, v) in message.headers().iter() {
-        if extra.iter().any(|(e, _)| *e == k) {
-            continue;
-        }
         out = out.insert(Header {
             key: k,
             value: Some(v.as_bytes()),
@@ -64,13 +67,39 @@ pub(crate) fn record_headers(message: &Message, extra: &[(&str, &str)]) -> Owned
             value: Some(ct.as_bytes()),
         });
     }
-    for (k, v) in extra {
-        out = out.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
-    }
     out
+}
+
+/// An upper bound of the bytes the record of `message` takes beyond
+/// [`Message::encoded_len`]: the record batch header (61), the record's own
+/// fields (at most 36: length, attributes, timestamp and offset deltas, key
+/// and value lengths, header count), and per header two length varints (at
+/// most 5 each), plus the names of the id and content-type headers. What
+/// librdkafka compares with `message.max.bytes` is within this.
+pub(crate) fn record_overhead(message: &Message) -> usize {
+    const BATCH: usize = 61;
+    const RECORD: usize = 36;
+    const PER_HEADER: usize = 10;
+    // Room for one header more: `mq-truncated`, added when a copy is cut.
+    let headers = message.headers().len() + 3;
+    BATCH + RECORD + PER_HEADER * headers + h::MESSAGE_ID.len() + h::CONTENT_TYPE.len()
+}
+
+/// `mq-attempt` as sent by anyone: a number from 1 to `u32::MAX`; what does
+/// not parse counts as a first delivery.
+pub(crate) fn parse_attempt(value: &str) -> u32 {
+    let digits = value.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return 1;
+    }
+    // All digits: the parse fails only on overflow.
+    digits.parse::<u32>().unwrap_or(u32::MAX).max(1)
+}
+
+/// A time in milliseconds since the Unix epoch, as a header carries it;
+/// `None` if it does not parse or is not representable.
+pub(crate) fn parse_millis(value: &str) -> Option<SystemTime> {
+    value.trim().parse::<u64>().ok().and_then(from_unix_millis)
 }
 
 /// What the consumer needs of a fetched record before handing it out.
@@ -80,9 +109,11 @@ pub(crate) struct Decoded {
 }
 
 /// Decodes a fetched record; `source` is the topic reported to the handler
-/// (the original topic for records of a retry topic).
-pub(crate) fn decode(
-    msg: &BorrowedMessage<'_>,
+/// (the original topic for records of a retry topic). `from_retry`: the
+/// record is from the group's retry topic, the only place `mq-attempt` and
+/// `mq-not-before` are honoured. Never panics, whatever the record holds.
+pub(crate) fn decode<M: rdkafka::Message>(
+    msg: &M,
     source: &str,
     group: &str,
     generation: u64,
@@ -103,18 +134,11 @@ pub(crate) fn decode(
             match hd.key {
                 h::MESSAGE_ID => id = Some(value),
                 h::CONTENT_TYPE => content_type = Some(value),
-                h::ATTEMPT => {
-                    if from_retry {
-                        attempt = value.parse().unwrap_or(1);
-                    }
+                h::ATTEMPT if from_retry => {
+                    attempt = parse_attempt(&value);
                     headers.insert(hd.key, value);
                 }
-                NOT_BEFORE => {
-                    not_before = value
-                        .parse::<u64>()
-                        .ok()
-                        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-                }
+                NOT_BEFORE if from_retry => not_before = parse_millis(&value),
                 _ => {
                     headers.insert(hd.key, value);
                 }
@@ -135,7 +159,7 @@ pub(crate) fn decode(
         .timestamp()
         .to_millis()
         .and_then(|ms| u64::try_from(ms).ok())
-        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+        .and_then(from_unix_millis);
     let received = Received::new(
         source.to_owned(),
         message,
@@ -153,17 +177,4 @@ pub(crate) fn decode(
         received,
         not_before,
     }
-}
-
-/// The copy of `received` that goes to the retry topic: attempt + 1 and, for
-/// a delayed nack, the time before which it must not be delivered.
-pub(crate) fn retry_message(
-    received: &Received,
-    delay: Option<Duration>,
-) -> (Message, Vec<(&'static str, String)>) {
-    let mut extra = vec![(h::ATTEMPT, received.attempt().saturating_add(1).to_string())];
-    if let Some(d) = delay.filter(|d| !d.is_zero()) {
-        extra.push((NOT_BEFORE, unix_millis(SystemTime::now() + d).to_string()));
-    }
-    (received.to_message(), extra)
 }

@@ -37,6 +37,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use mq_core::time::{instant_after, until};
 use mq_core::{Consumer, Delivery, Error, ErrorKind, Received, Result};
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
@@ -93,6 +94,13 @@ struct Pending {
     received: Received,
 }
 
+/// A record whose republish failed.
+struct Failing {
+    failures: u32,
+    error: String,
+    at: SystemTime,
+}
+
 /// State shared by the poll thread, the consumer and the settler.
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
@@ -105,6 +113,8 @@ pub(crate) struct Shared {
     prefetch: usize,
     pub(crate) source: String,
     pub(crate) retry_topic: String,
+    /// Where dead letters go (the consumer's options).
+    pub(crate) dead_letter: String,
     pub(crate) group: String,
     pub(crate) ordered: bool,
     commit_interval: Duration,
@@ -127,6 +137,12 @@ pub(crate) struct State {
     pub(crate) inflight: usize,
     /// Ordered mode: redeliveries in place per record, added to its attempt.
     pub(crate) redeliveries: HashMap<(Tp, i64), u32>,
+    /// Records whose republish (retry or dead-letter copy) failed and that
+    /// are not settled yet: how often, and the last error (for `health`).
+    failing: HashMap<Held, Failing>,
+    /// Records given back after a failed republish, delivered again (alone,
+    /// from memory) when due.
+    delayed: Vec<(Instant, Pending)>,
     /// An error `receive` must report (bad credentials, fatal consumer error).
     error: Option<Error>,
 }
@@ -152,6 +168,8 @@ impl State {
         self.ready_bytes = self.ready.iter().map(|p| p.received.payload().len()).sum();
         self.outstanding.retain(|(t, _, _), _| t != tp);
         self.redeliveries.retain(|(t, _), _| t != tp);
+        self.failing.retain(|(t, _, _), _| t != tp);
+        self.delayed.retain(|(_, p)| p.tp != *tp);
         commit
     }
 
@@ -185,17 +203,94 @@ impl Shared {
             if part.generation == meta.generation {
                 part.settle(meta.offset);
                 state.redeliveries.remove(&(tp.clone(), meta.offset));
+                state
+                    .failing
+                    .remove(&(tp.clone(), meta.generation, meta.offset));
             }
         }
     }
 
-    /// Makes `(tp, offset)` come back in place after `delay` (ordered mode,
-    /// or a republish that failed): the partition is rewound to it.
+    /// A republish of `(tp, offset)` failed with `error`: remembered for
+    /// `health` until the record is settled. Returns how often it failed.
+    pub(crate) fn republish_failed(
+        state: &mut State,
+        meta: &KafkaMetadata,
+        tp: &Tp,
+        error: &Error,
+    ) -> u32 {
+        let current = state
+            .parts
+            .get(tp)
+            .is_some_and(|p| p.generation == meta.generation);
+        if !current {
+            return 1;
+        }
+        let f = state
+            .failing
+            .entry((tp.clone(), meta.generation, meta.offset))
+            .or_insert(Failing {
+                failures: 0,
+                error: String::new(),
+                at: SystemTime::now(),
+            });
+        f.failures = f.failures.saturating_add(1);
+        f.error = error.to_string();
+        f.at = SystemTime::now();
+        f.failures
+    }
+
+    /// Gives a delivery that was taken out of the outstanding set but not
+    /// settled (its republish failed or was cancelled) back: it stays
+    /// unsettled (its offset is not committed) and is delivered again,
+    /// alone, after `delay`. Records after it are not replayed. Nothing
+    /// happens if the partition was revoked meanwhile or the consumer is
+    /// closing (the next owner reads it from the committed offset).
+    pub(crate) fn give_back(
+        shared: &Shared,
+        state: &mut State,
+        meta: &KafkaMetadata,
+        tp: &Tp,
+        received: Received,
+        delay: Duration,
+    ) {
+        let current = state.parts.get(tp).is_some_and(|p| {
+            p.generation == meta.generation && p.rewind.is_none_or(|r| r > meta.offset)
+        });
+        if state.closed || !current {
+            return;
+        }
+        let pending = Pending {
+            tp: tp.clone(),
+            generation: meta.generation,
+            offset: meta.offset,
+            received,
+        };
+        if delay.is_zero() {
+            state.ready_bytes += pending.received.payload().len();
+            state.ready.push_back(pending);
+            shared.readable.notify_one();
+        } else {
+            state.delayed.push((instant_after(delay), pending));
+        }
+    }
+
+    /// One republish in flight fewer; wakes `close` after the last.
+    pub(crate) fn inflight_done(shared: &Shared, state: &mut State) {
+        state.inflight = state.inflight.saturating_sub(1);
+        if state.inflight == 0 {
+            shared.idle.notify_waiters();
+        }
+    }
+
+    /// Makes `(tp, offset)` come back in place after `delay` (ordered-mode
+    /// nack): the partition is rewound to it. `count`: the redelivery is a
+    /// further attempt (a nack, not a delivery dropped unsettled).
     pub(crate) fn rewind(
         state: &mut State,
         meta: &KafkaMetadata,
         tp: &Tp,
         delay: Option<Duration>,
+        count: bool,
     ) {
         let Some(part) = state.parts.get_mut(tp) else {
             return;
@@ -204,7 +299,7 @@ impl Shared {
             return;
         }
         part.rewind_to(meta.offset);
-        let due = Instant::now() + delay.unwrap_or(Duration::ZERO);
+        let due = instant_after(delay.unwrap_or(Duration::ZERO));
         part.hold_until = Some(part.hold_until.map_or(due, |h| h.max(due)));
         // Records of this partition at or past it that wait in the ready
         // queue are fetched again after the rewind.
@@ -222,10 +317,13 @@ impl Shared {
                 part.forget(o);
             }
         }
-        *state
-            .redeliveries
-            .entry((tp.clone(), meta.offset))
-            .or_default() += 1;
+        if count {
+            let n = state
+                .redeliveries
+                .entry((tp.clone(), meta.offset))
+                .or_default();
+            *n = n.saturating_add(1);
+        }
     }
 
     /// Called by the poll thread for each fetched record. Returns the
@@ -259,13 +357,12 @@ impl Shared {
             extra,
         );
         if let Some(nb) = decoded.not_before {
-            if let Ok(wait) = nb.duration_since(SystemTime::now()) {
-                if !wait.is_zero() {
-                    part.hold_until = Some(Instant::now() + wait);
-                    part.rewind_to(offset);
-                    part.paused = true;
-                    return Some(tp);
-                }
+            let wait = until(nb);
+            if !wait.is_zero() {
+                part.hold_until = Some(instant_after(wait));
+                part.rewind_to(offset);
+                part.paused = true;
+                return Some(tp);
             }
         }
         part.accept(offset);
@@ -293,6 +390,8 @@ struct Actions {
     stop: bool,
     /// The read-ahead is full: take no more records for now.
     full: bool,
+    /// Records given back became due: wake `receive`.
+    wake: bool,
 }
 
 fn tpl(list: &[Tp]) -> TopicPartitionList {
@@ -327,6 +426,17 @@ impl Shared {
         let roomy = waiting <= limit / 2 && state.ready_bytes <= READ_AHEAD_BYTES / 2;
         a.full = full;
         let now = Instant::now();
+        if state.delayed.iter().any(|(due, _)| *due <= now) {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut state.delayed)
+                .into_iter()
+                .partition(|(d, _)| *d <= now);
+            state.delayed = later;
+            for (_, p) in due {
+                state.ready_bytes += p.received.payload().len();
+                state.ready.push_back(p);
+            }
+            a.wake = true;
+        }
         for (tp, part) in state.parts.iter_mut() {
             if part.hold_until.is_some_and(|t| t <= now) {
                 part.hold_until = None;
@@ -449,6 +559,9 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
             last_commit = Instant::now();
         }
         apply(&consumer, &shared, &a);
+        if a.wake {
+            shared.readable.notify_one();
+        }
         if a.stop {
             break;
         }
@@ -561,6 +674,7 @@ impl KafkaConsumer {
         source: String,
         group: String,
         retry_topic: String,
+        dead_letter: String,
         prefetch: usize,
     ) -> Result<Self> {
         let prefetch = prefetch.max(1);
@@ -572,6 +686,7 @@ impl KafkaConsumer {
             prefetch,
             source: source.clone(),
             retry_topic: retry_topic.clone(),
+            dead_letter,
             group: group.clone(),
             ordered: config.ordered,
             commit_interval: config.commit_interval,
@@ -705,8 +820,24 @@ impl Consumer for KafkaConsumer {
     /// Stops receiving, returns unsettled deliveries (see the module docs),
     /// commits what is settled and leaves the group. Settling a delivery of
     /// this consumer afterwards fails with [`ErrorKind::Closed`].
+    ///
+    /// Health: the connection's, except while a record of this consumer
+    /// cannot be republished (a dead letter or retry copy failed and the
+    /// record is not settled yet): then disconnected, with that error.
     fn health(&self) -> mq_core::observe::Health {
-        self.health.health()
+        let mut health = self.health.health();
+        let state = self.shared.state.lock();
+        if let Some(f) = state.failing.values().max_by_key(|f| f.at) {
+            health.connected = false;
+            health.last_error = Some(format!(
+                "{} record(s) of {} cannot be republished; last error: {}",
+                state.failing.len(),
+                self.shared.source,
+                f.error
+            ));
+            health.last_error_at = Some(f.at);
+        }
+        health
     }
 
     async fn close(&mut self) -> Result<()> {
@@ -719,6 +850,7 @@ impl Consumer for KafkaConsumer {
             state.closed = true;
             state.ready.clear();
             state.ready_bytes = 0;
+            state.delayed.clear();
             state.outstanding.drain().collect()
         };
         if !returned.is_empty() && !self.shared.ordered {

@@ -14,6 +14,9 @@ pub const ACKED: &str = "mq_messages_acked_total";
 pub const NACKED: &str = "mq_messages_nacked_total";
 /// Deliveries moved to the dead-letter destination. Labels: backend, source, group.
 pub const DEAD_LETTERED: &str = "mq_messages_dead_lettered_total";
+/// Dead letters that could not be written (the message went back to its
+/// source and the settlement returned the error). Labels: backend, source, destination.
+pub const DEAD_LETTER_ERRORS: &str = "mq_dead_letter_errors_total";
 /// Deliveries dropped unsettled and returned to the broker. Labels: backend, source, group.
 pub const ABANDONED: &str = "mq_messages_abandoned_total";
 /// Duplicates the dedup layer acked without running the handler. Labels: backend, source, group.
