@@ -49,7 +49,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::codec::{decode, KafkaMetadata};
 use crate::config::KafkaConfig;
-use crate::error::convert;
+use crate::error::{convert, convert_create};
 use crate::health::KafkaHealth;
 use crate::offsets::PartitionState;
 use crate::producer::Sender;
@@ -697,7 +697,7 @@ impl KafkaConsumer {
                 shared: shared.clone(),
                 health: sender.health.clone(),
             })
-            .map_err(|e| convert(e, "connect", Some(&source)))?;
+            .map_err(|e| convert_create(e, config, Some(&source)))?;
         consumer
             .subscribe(&[source.as_str(), retry_topic.as_str()])
             .map_err(|e| convert(e, "subscribe", Some(&source)))?;

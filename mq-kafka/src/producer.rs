@@ -19,7 +19,7 @@ use rdkafka::util::Timeout;
 
 use crate::codec::record_headers;
 use crate::config::KafkaConfig;
-use crate::error::convert;
+use crate::error::{convert, convert_create};
 use crate::health::{HealthContext, KafkaHealth};
 use crate::topology::Topology;
 use crate::BACKEND;
@@ -69,7 +69,7 @@ impl Sender {
         config
             .producer_config()
             .create_with_context(HealthContext::new(health.clone()))
-            .map_err(|e| convert(e, "connect", None))
+            .map_err(|e| convert_create(e, config, None))
     }
 
     /// After a failed send: a producer in a fatal state, or one that could

@@ -22,7 +22,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use tokio::sync::OnceCell;
 
 use crate::config::KafkaConfig;
-use crate::error::convert;
+use crate::error::{convert, convert_create};
 use crate::health::{HealthContext, KafkaHealth};
 use crate::BACKEND;
 
@@ -133,7 +133,7 @@ impl Topology {
         let admin = config
             .admin_config()
             .create_with_context(HealthContext::new(health))
-            .map_err(|e| convert(e, "connect", None))?;
+            .map_err(|e| convert_create(e, &config, None))?;
         Ok(Topology {
             admin: Arc::new(admin),
             config,
