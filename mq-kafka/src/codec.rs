@@ -178,3 +178,193 @@ pub(crate) fn decode<M: rdkafka::Message>(
         not_before,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mq_core::republish::retry_copy;
+    use proptest::prelude::*;
+    use rdkafka::message::OwnedMessage;
+    use rdkafka::Timestamp;
+
+    fn record(
+        payload: Option<Vec<u8>>,
+        key: Option<Vec<u8>>,
+        timestamp: Timestamp,
+        headers: OwnedHeaders,
+    ) -> OwnedMessage {
+        OwnedMessage::new(payload, key, "t".into(), timestamp, 3, 42, Some(headers))
+    }
+
+    #[test]
+    fn mq_headers_are_parsed_checked() {
+        assert_eq!(parse_attempt("3"), 3);
+        assert_eq!(parse_attempt(" 7 "), 7);
+        assert_eq!(parse_attempt("0"), 1);
+        assert_eq!(parse_attempt("-1"), 1);
+        assert_eq!(parse_attempt("x"), 1);
+        assert_eq!(parse_attempt(""), 1);
+        assert_eq!(parse_attempt("18446744073709551616"), u32::MAX);
+        assert_eq!(parse_millis("99999999999999999").is_some(), cfg!(unix));
+        assert_eq!(parse_millis("-5"), None);
+        assert_eq!(parse_millis("soon"), None);
+    }
+
+    /// Defect 6b of issue 14: `mq-not-before` and `mq-attempt` are
+    /// honoured only on the retry topic; on the source topic they are
+    /// ordinary headers.
+    #[test]
+    fn not_before_counts_only_on_the_retry_topic() {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: NOT_BEFORE,
+                value: Some("99999999999999999"),
+            })
+            .insert(Header {
+                key: h::ATTEMPT,
+                value: Some("5"),
+            });
+        let msg = record(Some(b"x".to_vec()), None, Timestamp::NotAvailable, headers);
+        let source = decode(&msg, "t", "g", 1, false, 0);
+        assert_eq!(source.not_before, None);
+        assert_eq!(source.received.attempt(), 1);
+        assert_eq!(
+            source.received.headers().get(NOT_BEFORE),
+            Some("99999999999999999")
+        );
+        let retry = decode(&msg, "t", "g", 1, true, 0);
+        assert!(retry.not_before.is_some() || !cfg!(unix));
+        assert_eq!(retry.received.attempt(), 5);
+        assert_eq!(retry.received.headers().get(NOT_BEFORE), None);
+    }
+
+    fn header_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(h::MESSAGE_ID.to_owned()),
+            Just(h::CONTENT_TYPE.to_owned()),
+            Just(h::ATTEMPT.to_owned()),
+            Just(NOT_BEFORE.to_owned()),
+            Just(h::SENT_AT.to_owned()),
+            Just(h::DEAD_LETTER_REASON.to_owned()),
+            "\\PC{0,12}",
+            ".{0,12}",
+        ]
+    }
+
+    fn header_value() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop_oneof![
+            Just(None),
+            proptest::collection::vec(any::<u8>(), 0..24).prop_map(Some),
+            prop_oneof![
+                Just("18446744073709551616".to_owned()),
+                Just("99999999999999999999999".to_owned()),
+                Just("-1".to_owned()),
+                Just("0".to_owned()),
+                Just(u64::MAX.to_string()),
+                Just(i64::MAX.to_string()),
+                "[0-9]{0,25}",
+            ]
+            .prop_map(|s| Some(s.into_bytes())),
+        ]
+    }
+
+    fn timestamp() -> impl Strategy<Value = Timestamp> {
+        prop_oneof![
+            Just(Timestamp::NotAvailable),
+            any::<i64>().prop_map(Timestamp::CreateTime),
+            any::<i64>().prop_map(Timestamp::LogAppendTime),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Whatever a foreign producer puts in a record (any header names,
+        /// non-UTF-8 or null values, bogus `mq-*` values, any timestamp),
+        /// decoding never panics, the attempt stays in 1..=u32::MAX, and
+        /// outside the retry topic nothing schedules the record.
+        #[test]
+        fn decoding_foreign_records_never_panics(
+            headers in proptest::collection::vec((header_name(), header_value()), 0..12),
+            payload in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+            ts in timestamp(),
+            from_retry in any::<bool>(),
+            extra in any::<u32>(),
+        ) {
+            let mut hs = OwnedHeaders::new();
+            for (k, v) in &headers {
+                hs = hs.insert(Header { key: k.as_str(), value: v.as_deref() });
+            }
+            let msg = record(payload.clone(), key, ts, hs);
+            let d = decode(&msg, "src", "grp", 7, from_retry, extra);
+            prop_assert!(d.received.attempt() >= 1);
+            if !from_retry {
+                prop_assert_eq!(d.received.attempt(), 1u32.saturating_add(extra));
+                prop_assert!(d.not_before.is_none());
+            }
+            prop_assert_eq!(d.received.payload().as_ref(), payload.as_deref().unwrap_or(&[]));
+            for (k, _) in &headers {
+                // librdkafka hands header names out as C strings: a name
+                // arrives cut at its first NUL.
+                let k = k.split('\0').next().unwrap_or("");
+                let reserved = [h::MESSAGE_ID, h::CONTENT_TYPE].contains(&k)
+                    || (from_retry && k == NOT_BEFORE);
+                prop_assert_eq!(d.received.headers().contains(k), !reserved, "{}", k);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// mq -> Kafka record -> mq keeps payload, key, id, content type and
+        /// every header byte-exact (on the source topic, `mq-*` headers
+        /// other than id and content type are ordinary headers too); a retry
+        /// copy read from the retry topic counts one attempt more.
+        #[test]
+        fn messages_round_trip_through_records(
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+            headers in proptest::collection::btree_map(
+                header_name().prop_filter("id and content type are fields; librdkafka names are C strings", |k| {
+                    k != h::MESSAGE_ID && k != h::CONTENT_TYPE && !k.contains('\0')
+                }),
+                ".{0,24}",
+                0..8,
+            ),
+            key in proptest::option::of(".{0,16}"),
+            id in "\\PC{1,40}",
+            content_type in proptest::option::of("[a-z/+.-]{1,20}"),
+            attempt in 1u32..,
+        ) {
+            let mut m = Message::new(payload).with_id(id).with_headers(headers.into_iter().collect());
+            if let Some(k) = key {
+                m = m.with_key(k);
+            }
+            if let Some(ct) = content_type {
+                m = m.with_content_type(ct);
+            }
+            let msg = record(
+                Some(m.payload().to_vec()),
+                m.key().map(|k| k.as_bytes().to_vec()),
+                Timestamp::CreateTime(1_700_000_000_000),
+                record_headers(&m),
+            );
+            let d = decode(&msg, "src", "grp", 1, false, 0).received;
+            prop_assert_eq!(d.payload(), m.payload());
+            prop_assert_eq!(d.headers(), m.headers());
+            prop_assert_eq!(d.key(), m.key());
+            prop_assert_eq!(d.id(), m.id());
+            prop_assert_eq!(d.content_type(), m.content_type());
+            prop_assert_eq!(d.timestamp(), from_unix_millis(1_700_000_000_000));
+
+            let original = Received::new("src", m, attempt);
+            let copy = retry_copy(&original, Some(std::time::Duration::from_secs(60)));
+            let msg = record(Some(copy.payload().to_vec()), None, Timestamp::NotAvailable, record_headers(&copy));
+            let again = decode(&msg, "src", "grp", 1, true, 0);
+            prop_assert_eq!(again.received.attempt(), attempt.saturating_add(1));
+            prop_assert!(again.not_before.is_some());
+            prop_assert_eq!(again.received.id(), original.id());
+        }
+    }
+}
