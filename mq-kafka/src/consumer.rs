@@ -731,7 +731,7 @@ impl KafkaConsumer {
             settler,
             thread: Some(thread),
             closed: false,
-            close_timeout: config.send_timeout + Duration::from_secs(5),
+            close_timeout: config.send_timeout.saturating_add(Duration::from_secs(5)),
         })
     }
 
@@ -857,7 +857,7 @@ impl Consumer for KafkaConsumer {
             self.settler.return_all(returned).await;
         }
         // Let nacks and dead letters in flight finish before the last commit.
-        let deadline = tokio::time::Instant::now() + self.close_timeout;
+        let deadline = mq_core::time::tokio_instant_after(self.close_timeout);
         loop {
             let notified = self.shared.idle.notified();
             tokio::pin!(notified);

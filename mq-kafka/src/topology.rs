@@ -3,8 +3,8 @@
 //! | topic | name | created |
 //! |---|---|---|
 //! | source | the destination name | on first send or consume (auto-creation on) |
-//! | retry | `<topic>.<group>-retry` (one per consumer group, so groups never see each other's retries) | when a consumer of the group starts |
-//! | dead letter | `<topic>-dlq` | on the first dead letter |
+//! | retry | [`retry_topic`]: `<topic>.<group>-retry`, or a hashed name when the group has other characters (one per consumer group, so groups never see each other's retries) | when a consumer of the group starts |
+//! | dead letter | the consumer's dead-letter destination (`<topic>-dlq` by default) | on the first dead letter |
 //! | reply | `mq-reply-<uuid>` | by the requester, always (1 partition) |
 //!
 //! With `auto_create_topics=false` nothing is created: a send to, or a
@@ -193,7 +193,7 @@ impl Topology {
             .operation_timeout(Some(timeout))
             .request_timeout(Some(timeout));
         let results = tokio::time::timeout(
-            timeout + Duration::from_secs(1),
+            timeout.saturating_add(Duration::from_secs(1)),
             self.admin.create_topics([&new], &opts),
         )
         .await
