@@ -8,24 +8,30 @@
 //! | id | header `mq-message-id` (absent on foreign records: `<topic>-<partition>-<offset>`) |
 //! | content type | header `mq-content-type` |
 //! | attempt | header `mq-attempt` on records of the retry topic (elsewhere 1: a record of the source or dead-letter topic is a first delivery) |
-//! | not before (retry delay) | header `mq-not-before`, milliseconds since the Unix epoch |
+//! | not before (retry delay) | header `mq-not-before`, milliseconds since the Unix epoch, honoured only on the group's retry topic |
 //!
-//! `mq-message-id`, `mq-content-type` and `mq-not-before` are read into
-//! fields and removed from the headers a handler sees; every other header is passed through unchanged,
-//! so headers set by a native client arrive byte-exact (values that are not
-//! UTF-8 are decoded lossily, since `mq` headers are strings).
+//! `mq-message-id` and `mq-content-type` are read into fields and removed
+//! from the headers a handler sees, and so is `mq-not-before` on the retry
+//! topic; every other header is passed through unchanged, so headers set by
+//! a native client arrive byte-exact (values that are not UTF-8 are decoded
+//! lossily, since `mq` headers are strings; a header without a value reads
+//! as empty). On the source topic `mq-not-before` is an ordinary header: a
+//! foreign producer cannot stall a partition with it.
+//!
+//! Every number in a header or record is parsed checked and clamped: an
+//! attempt that does not parse, is 0 or exceeds `u32` counts as 1 or
+//! `u32::MAX`; a time that is not representable is ignored.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use mq_core::delivery::unix_millis;
 use mq_core::message::headers as h;
+use mq_core::time::from_unix_millis;
 use mq_core::{Headers, Message, Received};
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
-use rdkafka::Message as _;
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 
 /// Header carrying the time (ms since the Unix epoch) before which a retried
-/// message must not be delivered.
-pub const NOT_BEFORE: &str = "mq-not-before";
+/// message must not be delivered; honoured only on `mq`'s retry topics.
+pub use mq_core::message::headers::NOT_BEFORE;
 
 /// Where a delivery sits in Kafka: read it with
 /// [`Received::metadata::<KafkaMetadata>()`](mq_core::Received::metadata).
@@ -43,12 +49,9 @@ pub struct KafkaMetadata {
 }
 
 /// Record headers for `message`, with its id and content type as `mq-` headers.
-pub(crate) fn record_headers(message: &Message, extra: &[(&str, &str)]) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(message.headers().len() + 2 + extra.len());
+pub(crate) fn record_headers(message: &Message) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(message.headers().len() + 2);
     for (k, v) in message.headers().iter() {
-        if extra.iter().any(|(e, _)| *e == k) {
-            continue;
-        }
         out = out.insert(Header {
             key: k,
             value: Some(v.as_bytes()),
@@ -64,13 +67,39 @@ pub(crate) fn record_headers(message: &Message, extra: &[(&str, &str)]) -> Owned
             value: Some(ct.as_bytes()),
         });
     }
-    for (k, v) in extra {
-        out = out.insert(Header {
-            key: k,
-            value: Some(v.as_bytes()),
-        });
-    }
     out
+}
+
+/// An upper bound of the bytes the record of `message` takes beyond
+/// [`Message::encoded_len`]: the record batch header (61), the record's own
+/// fields (at most 36: length, attributes, timestamp and offset deltas, key
+/// and value lengths, header count), and per header two length varints (at
+/// most 5 each), plus the names of the id and content-type headers. What
+/// librdkafka compares with `message.max.bytes` is within this.
+pub(crate) fn record_overhead(message: &Message) -> usize {
+    const BATCH: usize = 61;
+    const RECORD: usize = 36;
+    const PER_HEADER: usize = 10;
+    // Room for one header more: `mq-truncated`, added when a copy is cut.
+    let headers = message.headers().len() + 3;
+    BATCH + RECORD + PER_HEADER * headers + h::MESSAGE_ID.len() + h::CONTENT_TYPE.len()
+}
+
+/// `mq-attempt` as sent by anyone: a number from 1 to `u32::MAX`; what does
+/// not parse counts as a first delivery.
+pub(crate) fn parse_attempt(value: &str) -> u32 {
+    let digits = value.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return 1;
+    }
+    // All digits: the parse fails only on overflow.
+    digits.parse::<u32>().unwrap_or(u32::MAX).max(1)
+}
+
+/// A time in milliseconds since the Unix epoch, as a header carries it;
+/// `None` if it does not parse or is not representable.
+pub(crate) fn parse_millis(value: &str) -> Option<SystemTime> {
+    value.trim().parse::<u64>().ok().and_then(from_unix_millis)
 }
 
 /// What the consumer needs of a fetched record before handing it out.
@@ -80,9 +109,11 @@ pub(crate) struct Decoded {
 }
 
 /// Decodes a fetched record; `source` is the topic reported to the handler
-/// (the original topic for records of a retry topic).
-pub(crate) fn decode(
-    msg: &BorrowedMessage<'_>,
+/// (the original topic for records of a retry topic). `from_retry`: the
+/// record is from the group's retry topic, the only place `mq-attempt` and
+/// `mq-not-before` are honoured. Never panics, whatever the record holds.
+pub(crate) fn decode<M: rdkafka::Message>(
+    msg: &M,
     source: &str,
     group: &str,
     generation: u64,
@@ -103,18 +134,11 @@ pub(crate) fn decode(
             match hd.key {
                 h::MESSAGE_ID => id = Some(value),
                 h::CONTENT_TYPE => content_type = Some(value),
-                h::ATTEMPT => {
-                    if from_retry {
-                        attempt = value.parse().unwrap_or(1);
-                    }
+                h::ATTEMPT if from_retry => {
+                    attempt = parse_attempt(&value);
                     headers.insert(hd.key, value);
                 }
-                NOT_BEFORE => {
-                    not_before = value
-                        .parse::<u64>()
-                        .ok()
-                        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-                }
+                NOT_BEFORE if from_retry => not_before = parse_millis(&value),
                 _ => {
                     headers.insert(hd.key, value);
                 }
@@ -135,7 +159,7 @@ pub(crate) fn decode(
         .timestamp()
         .to_millis()
         .and_then(|ms| u64::try_from(ms).ok())
-        .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+        .and_then(from_unix_millis);
     let received = Received::new(
         source.to_owned(),
         message,
@@ -155,15 +179,192 @@ pub(crate) fn decode(
     }
 }
 
-/// The copy of `received` that goes to the retry topic: attempt + 1 and, for
-/// a delayed nack, the time before which it must not be delivered.
-pub(crate) fn retry_message(
-    received: &Received,
-    delay: Option<Duration>,
-) -> (Message, Vec<(&'static str, String)>) {
-    let mut extra = vec![(h::ATTEMPT, received.attempt().saturating_add(1).to_string())];
-    if let Some(d) = delay.filter(|d| !d.is_zero()) {
-        extra.push((NOT_BEFORE, unix_millis(SystemTime::now() + d).to_string()));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mq_core::republish::retry_copy;
+    use proptest::prelude::*;
+    use rdkafka::message::OwnedMessage;
+    use rdkafka::Timestamp;
+
+    fn record(
+        payload: Option<Vec<u8>>,
+        key: Option<Vec<u8>>,
+        timestamp: Timestamp,
+        headers: OwnedHeaders,
+    ) -> OwnedMessage {
+        OwnedMessage::new(payload, key, "t".into(), timestamp, 3, 42, Some(headers))
     }
-    (received.to_message(), extra)
+
+    #[test]
+    fn mq_headers_are_parsed_checked() {
+        assert_eq!(parse_attempt("3"), 3);
+        assert_eq!(parse_attempt(" 7 "), 7);
+        assert_eq!(parse_attempt("0"), 1);
+        assert_eq!(parse_attempt("-1"), 1);
+        assert_eq!(parse_attempt("x"), 1);
+        assert_eq!(parse_attempt(""), 1);
+        assert_eq!(parse_attempt("18446744073709551616"), u32::MAX);
+        assert_eq!(parse_millis("99999999999999999").is_some(), cfg!(unix));
+        assert_eq!(parse_millis("-5"), None);
+        assert_eq!(parse_millis("soon"), None);
+    }
+
+    /// Defect 6b of issue 14: `mq-not-before` and `mq-attempt` are
+    /// honoured only on the retry topic; on the source topic they are
+    /// ordinary headers.
+    #[test]
+    fn not_before_counts_only_on_the_retry_topic() {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: NOT_BEFORE,
+                value: Some("99999999999999999"),
+            })
+            .insert(Header {
+                key: h::ATTEMPT,
+                value: Some("5"),
+            });
+        let msg = record(Some(b"x".to_vec()), None, Timestamp::NotAvailable, headers);
+        let source = decode(&msg, "t", "g", 1, false, 0);
+        assert_eq!(source.not_before, None);
+        assert_eq!(source.received.attempt(), 1);
+        assert_eq!(
+            source.received.headers().get(NOT_BEFORE),
+            Some("99999999999999999")
+        );
+        let retry = decode(&msg, "t", "g", 1, true, 0);
+        assert!(retry.not_before.is_some() || !cfg!(unix));
+        assert_eq!(retry.received.attempt(), 5);
+        assert_eq!(retry.received.headers().get(NOT_BEFORE), None);
+    }
+
+    fn header_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(h::MESSAGE_ID.to_owned()),
+            Just(h::CONTENT_TYPE.to_owned()),
+            Just(h::ATTEMPT.to_owned()),
+            Just(NOT_BEFORE.to_owned()),
+            Just(h::SENT_AT.to_owned()),
+            Just(h::DEAD_LETTER_REASON.to_owned()),
+            "\\PC{0,12}",
+            ".{0,12}",
+        ]
+    }
+
+    fn header_value() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop_oneof![
+            Just(None),
+            proptest::collection::vec(any::<u8>(), 0..24).prop_map(Some),
+            prop_oneof![
+                Just("18446744073709551616".to_owned()),
+                Just("99999999999999999999999".to_owned()),
+                Just("-1".to_owned()),
+                Just("0".to_owned()),
+                Just(u64::MAX.to_string()),
+                Just(i64::MAX.to_string()),
+                "[0-9]{0,25}",
+            ]
+            .prop_map(|s| Some(s.into_bytes())),
+        ]
+    }
+
+    fn timestamp() -> impl Strategy<Value = Timestamp> {
+        prop_oneof![
+            Just(Timestamp::NotAvailable),
+            any::<i64>().prop_map(Timestamp::CreateTime),
+            any::<i64>().prop_map(Timestamp::LogAppendTime),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Whatever a foreign producer puts in a record (any header names,
+        /// non-UTF-8 or null values, bogus `mq-*` values, any timestamp),
+        /// decoding never panics, the attempt stays in 1..=u32::MAX, and
+        /// outside the retry topic nothing schedules the record.
+        #[test]
+        fn decoding_foreign_records_never_panics(
+            headers in proptest::collection::vec((header_name(), header_value()), 0..12),
+            payload in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+            ts in timestamp(),
+            from_retry in any::<bool>(),
+            extra in any::<u32>(),
+        ) {
+            let mut hs = OwnedHeaders::new();
+            for (k, v) in &headers {
+                hs = hs.insert(Header { key: k.as_str(), value: v.as_deref() });
+            }
+            let msg = record(payload.clone(), key, ts, hs);
+            let d = decode(&msg, "src", "grp", 7, from_retry, extra);
+            prop_assert!(d.received.attempt() >= 1);
+            if !from_retry {
+                prop_assert_eq!(d.received.attempt(), 1u32.saturating_add(extra));
+                prop_assert!(d.not_before.is_none());
+            }
+            prop_assert_eq!(d.received.payload().as_ref(), payload.as_deref().unwrap_or(&[]));
+            for (k, _) in &headers {
+                // librdkafka hands header names out as C strings: a name
+                // arrives cut at its first NUL.
+                let k = k.split('\0').next().unwrap_or("");
+                let reserved = [h::MESSAGE_ID, h::CONTENT_TYPE].contains(&k)
+                    || (from_retry && k == NOT_BEFORE);
+                prop_assert_eq!(d.received.headers().contains(k), !reserved, "{}", k);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// mq -> Kafka record -> mq keeps payload, key, id, content type and
+        /// every header byte-exact (on the source topic, `mq-*` headers
+        /// other than id and content type are ordinary headers too); a retry
+        /// copy read from the retry topic counts one attempt more.
+        #[test]
+        fn messages_round_trip_through_records(
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+            headers in proptest::collection::btree_map(
+                header_name().prop_filter("id and content type are fields; librdkafka names are C strings", |k| {
+                    k != h::MESSAGE_ID && k != h::CONTENT_TYPE && !k.contains('\0')
+                }),
+                ".{0,24}",
+                0..8,
+            ),
+            key in proptest::option::of(".{0,16}"),
+            id in "\\PC{1,40}",
+            content_type in proptest::option::of("[a-z/+.-]{1,20}"),
+            attempt in 1u32..,
+        ) {
+            let mut m = Message::new(payload).with_id(id).with_headers(headers.into_iter().collect());
+            if let Some(k) = key {
+                m = m.with_key(k);
+            }
+            if let Some(ct) = content_type {
+                m = m.with_content_type(ct);
+            }
+            let msg = record(
+                Some(m.payload().to_vec()),
+                m.key().map(|k| k.as_bytes().to_vec()),
+                Timestamp::CreateTime(1_700_000_000_000),
+                record_headers(&m),
+            );
+            let d = decode(&msg, "src", "grp", 1, false, 0).received;
+            prop_assert_eq!(d.payload(), m.payload());
+            prop_assert_eq!(d.headers(), m.headers());
+            prop_assert_eq!(d.key(), m.key());
+            prop_assert_eq!(d.id(), m.id());
+            prop_assert_eq!(d.content_type(), m.content_type());
+            prop_assert_eq!(d.timestamp(), from_unix_millis(1_700_000_000_000));
+
+            let original = Received::new("src", m, attempt);
+            let copy = retry_copy(&original, Some(std::time::Duration::from_secs(60)));
+            let msg = record(Some(copy.payload().to_vec()), None, Timestamp::NotAvailable, record_headers(&copy));
+            let again = decode(&msg, "src", "grp", 1, true, 0);
+            prop_assert_eq!(again.received.attempt(), attempt.saturating_add(1));
+            prop_assert!(again.not_before.is_some());
+            prop_assert_eq!(again.received.id(), original.id());
+        }
+    }
 }

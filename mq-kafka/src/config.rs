@@ -3,13 +3,19 @@
 //! A Kafka URL names several brokers (`kafka://h1:9092,h2:9092`), which is
 //! not a valid WHATWG URL (one authority, one port), so this module splits
 //! the host list off itself and hands the rest to [`UrlOptions`] for the
-//! strict option parsing every backend shares. Every error is redacted.
+//! strict option parsing every backend shares.
+//!
+//! No error shows the URL or any part of its authority: a password with an
+//! unencoded `/`, `?` or `#` ends the authority early and would otherwise be
+//! echoed as a host or port. Errors name what is wrong and where (broker 2
+//! of the host list), never the text. Options that carry secrets (see
+//! [`is_secret_option`]) never show in `Debug` or errors.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use mq_core::url::{is_secret_key, redact_str, Secret, UrlOptions};
+use mq_core::url::{is_secret_key, Secret, UrlOptions};
 use mq_core::{Error, Result};
 use rdkafka::ClientConfig;
 use url::Url;
@@ -128,7 +134,7 @@ impl fmt::Debug for PassThrough {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut map = f.debug_map();
         for (k, v) in &self.0 {
-            if is_secret_key(k) {
+            if is_secret_option(k) {
                 map.entry(k, &"***");
             } else {
                 map.entry(k, &v.expose());
@@ -207,8 +213,35 @@ impl Default for KafkaConfig {
     }
 }
 
-fn config_err(url: &str, what: impl fmt::Display) -> Error {
-    Error::config(format!("invalid kafka URL {}: {what}", redact_str(url))).with_backend(BACKEND)
+/// Whether the librdkafka option `name` (or URL option) carries a secret:
+/// what [`is_secret_key`] says, and librdkafka's names for key material and
+/// credentials: `ssl.key.pem` (an inline private key), `sasl.password`,
+/// `ssl.keystore.password`, every `sasl.oauthbearer.*` option, anything
+/// naming a password, secret, token, passphrase, private key or keystore.
+pub(crate) fn is_secret_option(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    is_secret_key(&n)
+        || n.starts_with("sasl.oauthbearer.")
+        || n.ends_with(".pem")
+        || [
+            "password",
+            "passwd",
+            "secret",
+            "token",
+            "passphrase",
+            "private",
+            "keystore",
+            "credential",
+            "jaas",
+        ]
+        .iter()
+        .any(|w| n.contains(w))
+}
+
+/// An error about a `kafka://` URL. It never contains the URL: `what`
+/// says what is wrong without quoting the authority.
+fn config_err(what: impl fmt::Display) -> Error {
+    Error::config(format!("invalid kafka URL: {what}")).with_backend(BACKEND)
 }
 
 fn millis(d: Duration) -> String {
@@ -228,7 +261,7 @@ impl KafkaConfig {
     pub fn from_url(url: &str) -> Result<Self> {
         let rest = url
             .strip_prefix("kafka://")
-            .ok_or_else(|| config_err(url, "the scheme must be kafka://"))?;
+            .ok_or_else(|| config_err("the scheme must be kafka://"))?;
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(authority_end);
         let (userinfo, hosts) = match authority.rfind('@') {
@@ -236,37 +269,65 @@ impl KafkaConfig {
             None => (None, authority),
         };
         if hosts.is_empty() {
-            return Err(config_err(url, "no broker host given"));
+            return Err(config_err("no broker host given"));
         }
+        // An `@` after the authority: most likely a user name or password
+        // with an unencoded `/`, `?` or `#`, which ended the authority early.
+        let hint = if userinfo.is_none() && tail.contains('@') {
+            " (if the URL has a user name and password, percent-encode `/`, `?`, `#` and `@` in them)"
+        } else {
+            ""
+        };
         let mut brokers = Vec::new();
-        for host in hosts.split(',') {
-            brokers.push(parse_host(url, host)?);
+        for (i, host) in hosts.split(',').enumerate() {
+            let broker = parse_host(host).map_err(|what| {
+                config_err(format_args!(
+                    "broker {} of the host list {what}{hint}",
+                    i + 1
+                ))
+            })?;
+            brokers.push(broker);
         }
+        // After a misplaced `@`, option names and values may be parts of
+        // a password: their errors would quote them.
+        Self::from_rest(brokers, userinfo, tail).map_err(|e| {
+            if hint.is_empty() {
+                e
+            } else {
+                config_err(format_args!(
+                    "the text after the host list does not parse{hint}"
+                ))
+            }
+        })
+    }
+
+    /// The rest of a URL once the host list is read: user info, path, query.
+    fn from_rest(brokers: Vec<String>, userinfo: Option<&str>, tail: &str) -> Result<Self> {
         // The rest is an ordinary URL once the host list is reduced to one
         // placeholder host; it carries the user info, path and query.
         let single = match userinfo {
             Some(u) => format!("kafka://{u}@placeholder{tail}"),
             None => format!("kafka://placeholder{tail}"),
         };
-        let parsed = Url::parse(&single).map_err(|e| config_err(url, e))?;
+        let parsed = Url::parse(&single).map_err(config_err)?;
         if !matches!(parsed.path(), "" | "/") {
-            return Err(config_err(url, "kafka URLs take no path"));
+            return Err(config_err("kafka URLs take no path"));
         }
         if parsed.fragment().is_some() {
-            return Err(config_err(url, "kafka URLs take no fragment"));
+            return Err(config_err("kafka URLs take no fragment"));
         }
         let mut config = KafkaConfig {
             brokers,
             ..KafkaConfig::default()
         };
         if !parsed.username().is_empty() {
-            config.security.username = Some(decode(url, parsed.username())?);
+            config.security.username = Some(decode(parsed.username())?);
         }
         if let Some(p) = parsed.password() {
-            config.security.password = Some(Secret::new(decode(url, p)?));
+            config.security.password = Some(Secret::new(decode(p)?));
         }
         config.read_options(&parsed)?;
-        config.validate(url)?;
+        config.validate()?;
         Ok(config)
     }
 
@@ -331,30 +392,28 @@ impl KafkaConfig {
         o.finish()
     }
 
-    fn validate(&self, url: &str) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         if !matches!(self.acks.as_str(), "all" | "-1" | "0" | "1") {
-            return Err(config_err(
-                url,
-                format!("acks must be all, 1 or 0, not `{}`", self.acks),
-            ));
+            return Err(config_err(format!(
+                "acks must be all, 1 or 0, not `{}`",
+                self.acks
+            )));
         }
         if self.idempotence && !matches!(self.acks.as_str(), "all" | "-1") {
             return Err(config_err(
-                url,
                 "the idempotent producer needs acks=all (or set idempotence=false)",
             ));
         }
         if self.partitions < 1 {
-            return Err(config_err(url, "partitions must be at least 1"));
+            return Err(config_err("partitions must be at least 1"));
         }
         if self.replication < 1 {
-            return Err(config_err(url, "replication must be at least 1"));
+            return Err(config_err("replication must be at least 1"));
         }
         if self.message_max_bytes <= RECORD_OVERHEAD {
-            return Err(config_err(
-                url,
-                format!("message_max_bytes must be more than {RECORD_OVERHEAD}"),
-            ));
+            return Err(config_err(format!(
+                "message_max_bytes must be more than {RECORD_OVERHEAD}"
+            )));
         }
         if let Some(p) = &self.security.protocol {
             if !matches!(
@@ -362,12 +421,44 @@ impl KafkaConfig {
                 "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl"
             ) {
                 return Err(config_err(
-                    url,
                     format!("security_protocol must be plaintext, ssl, sasl_plaintext or sasl_ssl, not `{p}`"),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// The values of every secret setting, so that a message from
+    /// librdkafka that quotes one can be cleaned ([`KafkaConfig::scrub`]).
+    fn secrets(&self) -> Vec<&str> {
+        let s = &self.security;
+        let mut out: Vec<&str> = [&s.password, &s.ssl_key_password]
+            .into_iter()
+            .flatten()
+            .map(Secret::expose)
+            .collect();
+        out.extend(
+            self.rdkafka
+                .iter()
+                .filter(|(k, _)| is_secret_option(k))
+                .map(|(_, v)| v),
+        );
+        out.retain(|v| !v.is_empty());
+        out
+    }
+
+    /// `text` with every secret value of this config replaced by `***`
+    /// (librdkafka's own messages may quote an option's value).
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in self.secrets() {
+            out = out.replace(secret, "***");
+            // A PEM block may be quoted in part: hide every line of it.
+            for line in secret.lines().map(str::trim).filter(|l| l.len() >= 8) {
+                out = out.replace(line, "***");
+            }
+        }
+        out
     }
 
     /// The largest message [`Message::encoded_len`](mq_core::Message::encoded_len)
@@ -472,15 +563,10 @@ impl KafkaConfig {
     }
 }
 
-fn decode(url: &str, s: &str) -> Result<String> {
+fn decode(s: &str) -> Result<String> {
     percent_decode(s)
         .and_then(|raw| String::from_utf8(raw).ok())
-        .ok_or_else(|| {
-            config_err(
-                url,
-                "user name or password is not valid percent-encoded UTF-8",
-            )
-        })
+        .ok_or_else(|| config_err("user name or password is not valid percent-encoded UTF-8"))
 }
 
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
@@ -500,19 +586,19 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn parse_host(url: &str, host: &str) -> Result<String> {
+/// `host[:port]` of the host list as `host:port`; the error says what is
+/// wrong without quoting the text (which may be part of a password).
+fn parse_host(host: &str) -> std::result::Result<String, &'static str> {
     if host.is_empty() {
-        return Err(config_err(url, "empty broker in the host list"));
+        return Err("is empty");
     }
     let (name, port) = if let Some(v6) = host.strip_prefix('[') {
-        let close = v6
-            .find(']')
-            .ok_or_else(|| config_err(url, format!("unclosed IPv6 address in `{host}`")))?;
+        let close = v6.find(']').ok_or("has an unclosed IPv6 address")?;
         let after = &v6[close + 1..];
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p),
             None if after.is_empty() => None,
-            None => return Err(config_err(url, format!("bad broker `{host}`"))),
+            None => return Err("has text after its IPv6 address"),
         };
         (&host[..close + 2], port)
     } else {
@@ -521,12 +607,17 @@ fn parse_host(url: &str, host: &str) -> Result<String> {
             None => (host, None),
         }
     };
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'))
-    {
-        return Err(config_err(url, format!("bad broker host `{name}`")));
+    let valid = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    };
+    if !valid {
+        return Err("has a host name with characters a host name cannot have");
     }
     let port = match port {
         None => DEFAULT_PORT,
@@ -534,7 +625,7 @@ fn parse_host(url: &str, host: &str) -> Result<String> {
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| config_err(url, format!("bad port `{p}` for broker `{name}`")))?,
+            .ok_or("has a port that is not a number from 1 to 65535")?,
     };
     Ok(format!("{name}:{port}"))
 }
@@ -650,5 +741,149 @@ mod tests {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert!(text.contains("linger.ms"), "{text}");
+    }
+
+    /// Defect 9 of issue 14: a password with an unencoded `/` (or `?`, `#`)
+    /// ends the authority early; the error echoed it as a port
+    /// (``bad port `PASSWORD` ``). No error shows any part of the URL.
+    #[test]
+    fn url_errors_never_echo_the_authority() {
+        for url in [
+            "kafka://u:PASSWORD/x@127.0.0.1:9092",
+            "kafka://u:PASSWORD?x@127.0.0.1:9092",
+            "kafka://u:PASSWORD#x@127.0.0.1:9092",
+            "kafka://u:PASSWORD@h:bad",
+            "kafka://u:PASSWORD@[::1",
+            "kafka://u:PASSWORD@[::1]x",
+            "kafka://u:PASSWORD@h,,b",
+            "kafka://u:PASSWORD@h:0",
+            "kafka://u:PASSWORD@h/path",
+            "kafka://u:PASSWORD@h#frag",
+            "kafka://u:PASS%ZZWORD@h",
+            "kafka://u:PASSWORD@h?partitions=0",
+            "kafka://u:PASSWORD@h?ordered=maybe",
+            "kafka://h:PASSWORD",
+            "kafka://PASSWORD@",
+            "kafka://u:PASSWORD@h?rdkafka.sasl.password=PASSWORD&bogus=1",
+        ] {
+            let e = KafkaConfig::from_url(url).expect_err(url);
+            let text = format!("{e} {e:?}");
+            assert_eq!(e.kind(), ErrorKind::Config, "{url}: {text}");
+            assert!(!text.contains("PASSWORD"), "{url}: {text}");
+            assert!(!text.contains("PASS"), "{url}: {text}");
+        }
+        let e = KafkaConfig::from_url("kafka://u:PASSWORD/x@127.0.0.1:9092").expect_err("slash");
+        assert!(e.to_string().contains("percent-encode"), "{e}");
+        // Percent-encoded, the same password works.
+        let c = KafkaConfig::from_url("kafka://u:PASS%2FWORD@127.0.0.1:9092").expect("encoded");
+        assert_eq!(
+            c.security.password.as_ref().map(Secret::expose),
+            Some("PASS/WORD")
+        );
+    }
+
+    /// Defect 9 of issue 14: librdkafka options that carry key material or
+    /// credentials were shown in `Debug`: `ssl.key.pem` (an inline private
+    /// key), `ssl.keystore.password`, `sasl.oauthbearer.*`.
+    #[test]
+    fn debug_and_errors_hide_key_material() {
+        let c = KafkaConfig::from_url(
+            "kafka://h?rdkafka.ssl.key.pem=PEMSECRET&rdkafka.sasl.password=SASLSECRET\
+             &rdkafka.ssl.keystore.password=KEYSTORESECRET\
+             &rdkafka.sasl.oauthbearer.client.secret=OAUTHSECRET\
+             &rdkafka.sasl.oauthbearer.config=principal%3Dx%20CONFIGSECRET\
+             &rdkafka.ssl.key.password=KEYPASSSECRET&rdkafka.linger.ms=3",
+        )
+        .expect("parse");
+        let text = format!("{c:?}");
+        for secret in [
+            "PEMSECRET",
+            "SASLSECRET",
+            "KEYSTORESECRET",
+            "OAUTHSECRET",
+            "CONFIGSECRET",
+            "KEYPASSSECRET",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("linger.ms"), "{text}");
+        // librdkafka quotes a rejected value in its message.
+        let e = crate::error::convert(
+            rdkafka::error::KafkaError::ClientConfig(
+                rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+                "Invalid value \"PEMSECRET\" for configuration property \"ssl.key.pem\"".into(),
+                "ssl.key.pem".into(),
+                "PEMSECRET".into(),
+            ),
+            "connect",
+            None,
+        );
+        assert!(!format!("{e} {e:?}").contains("PEMSECRET"), "{e:?}");
+        assert!(c.scrub("x PEMSECRET y OAUTHSECRET").matches("***").count() == 2);
+    }
+
+    /// A client created with a bad inline key: whatever librdkafka says,
+    /// the key does not show.
+    #[test]
+    fn client_creation_errors_hide_key_material() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASCAT8wggE7AgEAAkEAnotarealkeyatall\n-----END PRIVATE KEY-----";
+        let mut pem_config = KafkaConfig::new(["127.0.0.1:1"]);
+        pem_config.security.protocol = Some("ssl".into());
+        pem_config.rdkafka.set("ssl.key.pem", pem);
+        pem_config
+            .rdkafka
+            .set("ssl.certificate.pem", "not a certificate");
+        let mut oauth_config = KafkaConfig::new(["127.0.0.1:1"]);
+        oauth_config
+            .rdkafka
+            .set("sasl.oauthbearer.client.secret", "OAUTHSECRET");
+        for c in [pem_config, oauth_config] {
+            match crate::KafkaBackend::new(c) {
+                Ok(_) => eprintln!("librdkafka accepted it (checked on connect)"),
+                Err(e) => {
+                    let text = format!("{e} {e:?}");
+                    eprintln!("{text}");
+                    assert!(
+                        !text.contains("notarealkey") && !text.contains("OAUTHSECRET"),
+                        "{text}"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+        /// Whatever the URL, parsing never panics, and a password that is
+        /// not percent-encoded (with `/`, `?`, `#`, `:` or `%` in it) never
+        /// shows in the error or in `Debug` of the config.
+        #[test]
+        fn url_parsing_never_panics_or_echoes_the_password(
+            before in "[a-zA-Z0-9/?#:%=&]{0,8}",
+            after in "[a-zA-Z0-9/?#:%=&]{0,8}",
+            user in "[a-z]{0,4}",
+            hosts in "[a-z0-9.:,\\[\\]-]{0,20}",
+            query in "[a-z_=&.0-9@]{0,30}",
+        ) {
+            let password = format!("{before}SECRETPW{after}");
+            let url = format!("kafka://{user}:{password}@{hosts}?{query}");
+            match KafkaConfig::from_url(&url) {
+                Ok(c) => {
+                    let text = format!("{c:?}");
+                    proptest::prop_assert!(!text.contains("SECRETPW"), "{url}: {text}");
+                }
+                Err(e) => {
+                    let text = format!("{e} {e:?}");
+                    proptest::prop_assert!(!text.contains("SECRETPW"), "{url}: {text}");
+                    proptest::prop_assert!(!text.contains("ECRETP"), "{url}: {text}");
+                }
+            }
+        }
+
+        /// Any string at all: no panic.
+        #[test]
+        fn any_text_parses_or_fails_cleanly(url in "kafka://\\PC{0,60}") {
+            let _ = KafkaConfig::from_url(&url);
+        }
     }
 }

@@ -37,6 +37,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+use mq_core::time::{instant_after, until};
 use mq_core::{Consumer, Delivery, Error, ErrorKind, Received, Result};
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
@@ -48,7 +49,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::codec::{decode, KafkaMetadata};
 use crate::config::KafkaConfig;
-use crate::error::convert;
+use crate::error::{convert, convert_create};
 use crate::health::KafkaHealth;
 use crate::offsets::PartitionState;
 use crate::producer::Sender;
@@ -79,11 +80,25 @@ const FULL_RECHECK: Duration = Duration::from_millis(5);
 /// A topic and partition.
 pub(crate) type Tp = (Arc<str>, i32);
 
+/// A delivery handed out: its partition, the generation of the partition's
+/// assignment it was fetched in, and its offset. The generation keeps an
+/// old delivery of offset `o` (fetched before a revoke) apart from the copy
+/// of `o` fetched again after the partition came back to this member.
+pub(crate) type Held = (Tp, u64, i64);
+
 /// A fetched record waiting to be handed out.
 struct Pending {
     tp: Tp,
+    generation: u64,
     offset: i64,
     received: Received,
+}
+
+/// A record whose republish failed.
+struct Failing {
+    failures: u32,
+    error: String,
+    at: SystemTime,
 }
 
 /// State shared by the poll thread, the consumer and the settler.
@@ -98,11 +113,14 @@ pub(crate) struct Shared {
     prefetch: usize,
     pub(crate) source: String,
     pub(crate) retry_topic: String,
+    /// Where dead letters go (the consumer's options).
+    pub(crate) dead_letter: String,
     pub(crate) group: String,
     pub(crate) ordered: bool,
     commit_interval: Duration,
 }
 
+#[derive(Default)]
 pub(crate) struct State {
     /// `close` started: settling fails with `Closed`.
     pub(crate) closed: bool,
@@ -114,13 +132,68 @@ pub(crate) struct State {
     pub(crate) parts: HashMap<Tp, PartitionState>,
     next_generation: u64,
     /// Deliveries handed out and not settled, for `close`.
-    pub(crate) outstanding: HashMap<(Tp, i64), Received>,
+    pub(crate) outstanding: HashMap<Held, Received>,
     /// Republishes (nack, dead letter) in flight.
     pub(crate) inflight: usize,
     /// Ordered mode: redeliveries in place per record, added to its attempt.
     pub(crate) redeliveries: HashMap<(Tp, i64), u32>,
+    /// Records whose republish (retry or dead-letter copy) failed and that
+    /// are not settled yet: how often, and the last error (for `health`).
+    failing: HashMap<Held, Failing>,
+    /// Records given back after a failed republish, delivered again (alone,
+    /// from memory) when due.
+    delayed: Vec<(Instant, Pending)>,
     /// An error `receive` must report (bad credentials, fatal consumer error).
     error: Option<Error>,
+}
+
+impl State {
+    /// `tp` was assigned to this member: a new generation of it starts
+    /// (unless it is still assigned).
+    pub(crate) fn assign(&mut self, tp: Tp) {
+        if !self.parts.contains_key(&tp) {
+            self.next_generation += 1;
+            let g = self.next_generation;
+            self.parts.insert(tp, PartitionState::new(g));
+        }
+    }
+
+    /// `tp` was revoked: forgets it and what was fetched from it; returns
+    /// the offset to commit before it goes, if any.
+    pub(crate) fn revoke(&mut self, tp: &Tp) -> Option<i64> {
+        let commit = self.parts.remove(tp).and_then(|mut p| p.take_commit());
+        // Their deliveries belong to the next owner now: it reads them
+        // again from the committed offset.
+        self.ready.retain(|p| p.tp != *tp);
+        self.ready_bytes = self.ready.iter().map(|p| p.received.payload().len()).sum();
+        self.outstanding.retain(|(t, _, _), _| t != tp);
+        self.redeliveries.retain(|(t, _), _| t != tp);
+        self.failing.retain(|(t, _, _), _| t != tp);
+        self.delayed.retain(|(_, p)| p.tp != *tp);
+        commit
+    }
+
+    /// A delivery of `tp` (fetched in `generation`) at `offset` is handed
+    /// out to the application.
+    pub(crate) fn hand_out(&mut self, tp: Tp, generation: u64, offset: i64, received: Received) {
+        self.outstanding.insert((tp, generation, offset), received);
+    }
+
+    /// A delivery is being settled: takes it out of the outstanding set.
+    /// `false`: it is stale (its partition was revoked meanwhile, perhaps
+    /// handed back since, with a new copy of the same offset out), and
+    /// settling it must not touch any state.
+    pub(crate) fn claim(&mut self, meta: &KafkaMetadata, tp: &Tp) -> bool {
+        let current = self
+            .parts
+            .get(tp)
+            .is_some_and(|p| p.generation == meta.generation);
+        current
+            && self
+                .outstanding
+                .remove(&(tp.clone(), meta.generation, meta.offset))
+                .is_some()
+    }
 }
 
 impl Shared {
@@ -129,18 +202,95 @@ impl Shared {
         if let Some(part) = state.parts.get_mut(tp) {
             if part.generation == meta.generation {
                 part.settle(meta.offset);
+                state.redeliveries.remove(&(tp.clone(), meta.offset));
+                state
+                    .failing
+                    .remove(&(tp.clone(), meta.generation, meta.offset));
             }
         }
-        state.redeliveries.remove(&(tp.clone(), meta.offset));
     }
 
-    /// Makes `(tp, offset)` come back in place after `delay` (ordered mode,
-    /// or a republish that failed): the partition is rewound to it.
+    /// A republish of `(tp, offset)` failed with `error`: remembered for
+    /// `health` until the record is settled. Returns how often it failed.
+    pub(crate) fn republish_failed(
+        state: &mut State,
+        meta: &KafkaMetadata,
+        tp: &Tp,
+        error: &Error,
+    ) -> u32 {
+        let current = state
+            .parts
+            .get(tp)
+            .is_some_and(|p| p.generation == meta.generation);
+        if !current {
+            return 1;
+        }
+        let f = state
+            .failing
+            .entry((tp.clone(), meta.generation, meta.offset))
+            .or_insert(Failing {
+                failures: 0,
+                error: String::new(),
+                at: SystemTime::now(),
+            });
+        f.failures = f.failures.saturating_add(1);
+        f.error = error.to_string();
+        f.at = SystemTime::now();
+        f.failures
+    }
+
+    /// Gives a delivery that was taken out of the outstanding set but not
+    /// settled (its republish failed or was cancelled) back: it stays
+    /// unsettled (its offset is not committed) and is delivered again,
+    /// alone, after `delay`. Records after it are not replayed. Nothing
+    /// happens if the partition was revoked meanwhile or the consumer is
+    /// closing (the next owner reads it from the committed offset).
+    pub(crate) fn give_back(
+        shared: &Shared,
+        state: &mut State,
+        meta: &KafkaMetadata,
+        tp: &Tp,
+        received: Received,
+        delay: Duration,
+    ) {
+        let current = state.parts.get(tp).is_some_and(|p| {
+            p.generation == meta.generation && p.rewind.is_none_or(|r| r > meta.offset)
+        });
+        if state.closed || !current {
+            return;
+        }
+        let pending = Pending {
+            tp: tp.clone(),
+            generation: meta.generation,
+            offset: meta.offset,
+            received,
+        };
+        if delay.is_zero() {
+            state.ready_bytes += pending.received.payload().len();
+            state.ready.push_back(pending);
+            shared.readable.notify_one();
+        } else {
+            state.delayed.push((instant_after(delay), pending));
+        }
+    }
+
+    /// One republish in flight fewer; wakes `close` after the last.
+    pub(crate) fn inflight_done(shared: &Shared, state: &mut State) {
+        state.inflight = state.inflight.saturating_sub(1);
+        if state.inflight == 0 {
+            shared.idle.notify_waiters();
+        }
+    }
+
+    /// Makes `(tp, offset)` come back in place after `delay` (ordered-mode
+    /// nack): the partition is rewound to it. `count`: the redelivery is a
+    /// further attempt (a nack, not a delivery dropped unsettled).
     pub(crate) fn rewind(
         state: &mut State,
         meta: &KafkaMetadata,
         tp: &Tp,
         delay: Option<Duration>,
+        count: bool,
     ) {
         let Some(part) = state.parts.get_mut(tp) else {
             return;
@@ -149,7 +299,7 @@ impl Shared {
             return;
         }
         part.rewind_to(meta.offset);
-        let due = Instant::now() + delay.unwrap_or(Duration::ZERO);
+        let due = instant_after(delay.unwrap_or(Duration::ZERO));
         part.hold_until = Some(part.hold_until.map_or(due, |h| h.max(due)));
         // Records of this partition at or past it that wait in the ready
         // queue are fetched again after the rewind.
@@ -167,10 +317,13 @@ impl Shared {
                 part.forget(o);
             }
         }
-        *state
-            .redeliveries
-            .entry((tp.clone(), meta.offset))
-            .or_default() += 1;
+        if count {
+            let n = state
+                .redeliveries
+                .entry((tp.clone(), meta.offset))
+                .or_default();
+            *n = n.saturating_add(1);
+        }
     }
 
     /// Called by the poll thread for each fetched record. Returns the
@@ -204,19 +357,20 @@ impl Shared {
             extra,
         );
         if let Some(nb) = decoded.not_before {
-            if let Ok(wait) = nb.duration_since(SystemTime::now()) {
-                if !wait.is_zero() {
-                    part.hold_until = Some(Instant::now() + wait);
-                    part.rewind_to(offset);
-                    part.paused = true;
-                    return Some(tp);
-                }
+            let wait = until(nb);
+            if !wait.is_zero() {
+                part.hold_until = Some(instant_after(wait));
+                part.rewind_to(offset);
+                part.paused = true;
+                return Some(tp);
             }
         }
         part.accept(offset);
         state.ready_bytes += decoded.received.payload().len();
+        let generation = part.generation;
         state.ready.push_back(Pending {
             tp,
+            generation,
             offset,
             received: decoded.received,
         });
@@ -236,6 +390,8 @@ struct Actions {
     stop: bool,
     /// The read-ahead is full: take no more records for now.
     full: bool,
+    /// Records given back became due: wake `receive`.
+    wake: bool,
 }
 
 fn tpl(list: &[Tp]) -> TopicPartitionList {
@@ -270,6 +426,17 @@ impl Shared {
         let roomy = waiting <= limit / 2 && state.ready_bytes <= READ_AHEAD_BYTES / 2;
         a.full = full;
         let now = Instant::now();
+        if state.delayed.iter().any(|(due, _)| *due <= now) {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut state.delayed)
+                .into_iter()
+                .partition(|(d, _)| *d <= now);
+            state.delayed = later;
+            for (_, p) in due {
+                state.ready_bytes += p.received.payload().len();
+                state.ready.push_back(p);
+            }
+            a.wake = true;
+        }
         for (tp, part) in state.parts.iter_mut() {
             if part.hold_until.is_some_and(|t| t <= now) {
                 part.hold_until = None;
@@ -334,17 +501,9 @@ impl ConsumerContext for Context {
             let state = &mut *state;
             for e in revoked.elements() {
                 let tp: Tp = (Arc::from(e.topic()), e.partition());
-                if let Some(mut part) = state.parts.remove(&tp) {
-                    if let Some(o) = part.take_commit() {
-                        commit.push((tp.clone(), o));
-                    }
+                if let Some(o) = state.revoke(&tp) {
+                    commit.push((tp, o));
                 }
-                // Their deliveries belong to the next owner now: it reads
-                // them again from the committed offset.
-                state.ready.retain(|p| p.tp != tp);
-                state.ready_bytes = state.ready.iter().map(|p| p.received.payload().len()).sum();
-                state.outstanding.retain(|(t, _), _| *t != tp);
-                state.redeliveries.retain(|(t, _), _| *t != tp);
             }
         }
         if !commit.is_empty() {
@@ -360,12 +519,7 @@ impl ConsumerContext for Context {
             Rebalance::Assign(assigned) => {
                 let mut state = self.shared.state.lock();
                 for e in assigned.elements() {
-                    let tp: Tp = (Arc::from(e.topic()), e.partition());
-                    if !state.parts.contains_key(&tp) {
-                        state.next_generation += 1;
-                        let g = state.next_generation;
-                        state.parts.insert(tp, PartitionState::new(g));
-                    }
+                    state.assign((Arc::from(e.topic()), e.partition()));
                 }
                 tracing::debug!(group = %self.shared.group, partitions = state.parts.len(), "partitions assigned");
             }
@@ -405,6 +559,9 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
             last_commit = Instant::now();
         }
         apply(&consumer, &shared, &a);
+        if a.wake {
+            shared.readable.notify_one();
+        }
         if a.stop {
             break;
         }
@@ -517,28 +674,19 @@ impl KafkaConsumer {
         source: String,
         group: String,
         retry_topic: String,
+        dead_letter: String,
         prefetch: usize,
     ) -> Result<Self> {
         let prefetch = prefetch.max(1);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                closed: false,
-                stop: false,
-                ready: VecDeque::new(),
-                ready_bytes: 0,
-                parts: HashMap::new(),
-                next_generation: 0,
-                outstanding: HashMap::new(),
-                inflight: 0,
-                redeliveries: HashMap::new(),
-                error: None,
-            }),
+            state: Mutex::new(State::default()),
             readable: Notify::new(),
             idle: Notify::new(),
             permits: Semaphore::new(prefetch),
             prefetch,
             source: source.clone(),
             retry_topic: retry_topic.clone(),
+            dead_letter,
             group: group.clone(),
             ordered: config.ordered,
             commit_interval: config.commit_interval,
@@ -549,7 +697,7 @@ impl KafkaConsumer {
                 shared: shared.clone(),
                 health: sender.health.clone(),
             })
-            .map_err(|e| convert(e, "connect", Some(&source)))?;
+            .map_err(|e| convert_create(e, config, Some(&source)))?;
         consumer
             .subscribe(&[source.as_str(), retry_topic.as_str()])
             .map_err(|e| convert(e, "subscribe", Some(&source)))?;
@@ -583,7 +731,7 @@ impl KafkaConsumer {
             settler,
             thread: Some(thread),
             closed: false,
-            close_timeout: config.send_timeout + Duration::from_secs(5),
+            close_timeout: config.send_timeout.saturating_add(Duration::from_secs(5)),
         })
     }
 
@@ -606,9 +754,7 @@ impl KafkaConsumer {
         match state.ready.pop_front() {
             Some(p) => {
                 state.ready_bytes = state.ready_bytes.saturating_sub(p.received.payload().len());
-                state
-                    .outstanding
-                    .insert((p.tp, p.offset), p.received.clone());
+                state.hand_out(p.tp, p.generation, p.offset, p.received.clone());
                 drop(state);
                 permit.forget();
                 Ok(Delivery::new(p.received, self.settler.clone()))
@@ -674,8 +820,24 @@ impl Consumer for KafkaConsumer {
     /// Stops receiving, returns unsettled deliveries (see the module docs),
     /// commits what is settled and leaves the group. Settling a delivery of
     /// this consumer afterwards fails with [`ErrorKind::Closed`].
+    ///
+    /// Health: the connection's, except while a record of this consumer
+    /// cannot be republished (a dead letter or retry copy failed and the
+    /// record is not settled yet): then disconnected, with that error.
     fn health(&self) -> mq_core::observe::Health {
-        self.health.health()
+        let mut health = self.health.health();
+        let state = self.shared.state.lock();
+        if let Some(f) = state.failing.values().max_by_key(|f| f.at) {
+            health.connected = false;
+            health.last_error = Some(format!(
+                "{} record(s) of {} cannot be republished; last error: {}",
+                state.failing.len(),
+                self.shared.source,
+                f.error
+            ));
+            health.last_error_at = Some(f.at);
+        }
+        health
     }
 
     async fn close(&mut self) -> Result<()> {
@@ -683,18 +845,19 @@ impl Consumer for KafkaConsumer {
             return Ok(());
         }
         self.closed = true;
-        let returned: Vec<((Tp, i64), Received)> = {
+        let returned: Vec<(Held, Received)> = {
             let mut state = self.shared.state.lock();
             state.closed = true;
             state.ready.clear();
             state.ready_bytes = 0;
+            state.delayed.clear();
             state.outstanding.drain().collect()
         };
         if !returned.is_empty() && !self.shared.ordered {
             self.settler.return_all(returned).await;
         }
         // Let nacks and dead letters in flight finish before the last commit.
-        let deadline = tokio::time::Instant::now() + self.close_timeout;
+        let deadline = mq_core::time::tokio_instant_after(self.close_timeout);
         loop {
             let notified = self.shared.idle.notified();
             tokio::pin!(notified);

@@ -5,7 +5,6 @@
 //! missing topic is `NotFound`, an oversized record `TooLarge`, failed
 //! authentication `Permission`, bad settings `Config`.
 
-use mq_core::url::is_secret_key;
 use mq_core::{Error, ErrorKind};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
 
@@ -47,6 +46,28 @@ pub(crate) fn kind_of(code: Code) -> ErrorKind {
     }
 }
 
+/// Converts an error creating a librdkafka client from `config`: as
+/// [`convert`], with any secret value of `config` that librdkafka's message
+/// quotes replaced by `***`.
+pub(crate) fn convert_create(
+    err: KafkaError,
+    config: &crate::config::KafkaConfig,
+    destination: Option<&str>,
+) -> Error {
+    let e = convert(err, "connect", destination);
+    let message = config.scrub(e.message());
+    if message == e.message() {
+        return e;
+    }
+    let mut clean = Error::new(e.kind(), message)
+        .with_backend(BACKEND)
+        .with_operation("connect");
+    if let Some(d) = destination {
+        clean = clean.with_destination(d.to_owned());
+    }
+    clean
+}
+
 /// Converts `err` from `operation` on `destination` (if any).
 pub(crate) fn convert(
     err: KafkaError,
@@ -54,19 +75,17 @@ pub(crate) fn convert(
     destination: Option<&str>,
 ) -> Error {
     let (kind, message, keep_source) = match &err {
-        // Its Display shows the offending value, which may be a password.
-        KafkaError::ClientConfig(_, msg, key, value) => {
-            let shown = if is_secret_key(key) {
-                "***"
+        // Its Display, and librdkafka's message, show the offending value,
+        // which may be a password or a private key.
+        KafkaError::ClientConfig(_, msg, key, value) => (
+            ErrorKind::Config,
+            if crate::config::is_secret_option(key) {
+                format!("librdkafka rejected option `{key}` (its value is not shown)")
             } else {
-                value.as_str()
-            };
-            (
-                ErrorKind::Config,
-                format!("librdkafka rejected option `{key}` = `{shown}`: {msg}"),
-                false,
-            )
-        }
+                format!("librdkafka rejected option `{key}` = `{value}`: {msg}")
+            },
+            false,
+        ),
         KafkaError::ClientCreation(msg) => (
             ErrorKind::Config,
             format!("cannot create the librdkafka client: {msg}"),

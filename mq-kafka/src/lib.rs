@@ -105,6 +105,7 @@ impl KafkaBackend {
         }
         let group = self.group_for(&options.source, options.group.as_deref());
         let retry = retry_topic(&options.source, &group);
+        let dead_letter = options.dead_letter_destination();
         let topology = &self.sender.topology;
         topology.ensure(&options.source, false).await?;
         topology.ensure(&retry, true).await?;
@@ -114,6 +115,7 @@ impl KafkaBackend {
             options.source,
             group,
             retry,
+            dead_letter,
             options.prefetch,
         )
     }

@@ -19,7 +19,7 @@ use rdkafka::util::Timeout;
 
 use crate::codec::record_headers;
 use crate::config::KafkaConfig;
-use crate::error::convert;
+use crate::error::{convert, convert_create};
 use crate::health::{HealthContext, KafkaHealth};
 use crate::topology::Topology;
 use crate::BACKEND;
@@ -69,7 +69,7 @@ impl Sender {
         config
             .producer_config()
             .create_with_context(HealthContext::new(health.clone()))
-            .map_err(|e| convert(e, "connect", None))
+            .map_err(|e| convert_create(e, config, None))
     }
 
     /// After a failed send: a producer in a fatal state, or one that could
@@ -124,15 +124,10 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends `message` to `topic` with `extra` headers, after the checks.
-    pub(crate) async fn send(
-        &self,
-        topic: &str,
-        message: &Message,
-        extra: &[(&str, &str)],
-    ) -> Result<()> {
+    /// Sends `message` to `topic`, after the checks.
+    pub(crate) async fn send(&self, topic: &str, message: &Message) -> Result<()> {
         self.check(topic, message)?;
-        self.send_unchecked(topic, message, extra, false).await
+        self.send_unchecked(topic, message, false).await
     }
 
     /// Sends without the user-facing checks (republishing a received message,
@@ -142,13 +137,12 @@ impl Sender {
         &self,
         topic: &str,
         message: &Message,
-        extra: &[(&str, &str)],
         create: bool,
     ) -> Result<()> {
         self.topology.ensure(topic, create).await?;
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
             .payload(message.payload().as_ref())
-            .headers(record_headers(message, extra));
+            .headers(record_headers(message));
         if let Some(k) = message.key() {
             record = record.key(k);
         }
@@ -220,7 +214,7 @@ impl Producer for KafkaProducer {
                 .with_operation("send")
                 .with_destination(destination));
         }
-        self.sender.send(destination, &message, &[]).await
+        self.sender.send(destination, &message).await
     }
 
     fn health(&self) -> mq_core::observe::Health {

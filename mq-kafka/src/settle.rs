@@ -4,8 +4,8 @@
 //! |---|---|
 //! | ack | the offset is marked done; the committer commits it once every lower offset of the partition is done |
 //! | nack (now or after a delay) | a copy goes to the group's retry topic with `mq-attempt` + 1 (and `mq-not-before` for a delay); once Kafka acknowledged it, the offset is marked done |
-//! | dead letter | a copy with the reason headers goes to `<topic>-dlq`; then the offset is marked done |
-//! | dropped unsettled | as an immediate nack, republished from a spawned task (drop must not block) |
+//! | dead letter | a copy with the reason headers (cut to fit `message.max.bytes`) goes to the consumer's dead-letter topic (`<topic>-dlq` unless the options name another); then the offset is marked done |
+//! | dropped unsettled | the record goes back to the retry topic with its attempt unchanged (no handler failed), from a spawned task (drop must not block) |
 //!
 //! Ordered mode (`ordered=true`): a nack does not republish. The partition
 //! is paused and rewound to the nacked record, which is delivered again in
@@ -17,21 +17,46 @@
 //!
 //! A delivery whose partition was revoked meanwhile is stale: settling it
 //! does nothing (the new owner reads it again from the committed offset,
-//! which never passes it). If republishing fails, the partition is rewound
-//! to the record so it is delivered again, and the error is returned.
+//! which never passes it). A delivery of an earlier assignment of a
+//! partition that came back to this consumer is stale too: it never touches
+//! the state of the current assignment (its generation differs).
+//!
+//! If republishing fails (after [`SEND_ATTEMPTS`] tries for retryable
+//! errors), the record is not settled: its offset is not committed, and it
+//! alone is delivered again, from memory, after a backoff that doubles with
+//! each failure ([`GIVE_BACK_FIRST`] to [`GIVE_BACK_MAX`]). Records after
+//! it that were settled are not replayed. The settle returns the error, a
+//! failed dead letter counts `mq_dead_letter_errors_total` (a failed retry
+//! copy `mq_send_errors_total`), and the consumer's `health()` is
+//! disconnected with the error until the record is settled.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use mq_core::message::headers as h;
+use mq_core::observe::names;
+use mq_core::republish::{dead_letter_copy, fit_to_size, retry_copy};
 use mq_core::{Delivery, Error, ErrorKind, Message, Received, Result, Settlement, Settler};
 
-use crate::codec::{retry_message, KafkaMetadata};
-use crate::consumer::{Shared, Tp};
+use crate::codec::{record_overhead, KafkaMetadata};
+use crate::consumer::{Held, Shared, Tp};
 use crate::producer::Sender;
-use crate::topology::dead_letter_topic;
 use crate::BACKEND;
+
+/// Tries of one republish before the settle fails (retryable errors only).
+pub(crate) const SEND_ATTEMPTS: u32 = 3;
+
+/// Pause between tries of one republish.
+const SEND_BACKOFF: Duration = Duration::from_millis(200);
+
+/// How long a record whose republish failed waits before it is delivered
+/// again, the first time; doubled after each further failure.
+pub(crate) const GIVE_BACK_FIRST: Duration = Duration::from_millis(500);
+
+/// The longest a record whose republish keeps failing waits.
+pub(crate) const GIVE_BACK_MAX: Duration = Duration::from_secs(30);
 
 /// Settles the deliveries of one [`KafkaConsumer`](crate::KafkaConsumer).
 pub(crate) struct KafkaSettler {
@@ -49,14 +74,93 @@ impl fmt::Debug for KafkaSettler {
     }
 }
 
+/// Why a copy is republished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A nack: the retry topic, attempt + 1.
+    Retry,
+    /// Dropped unsettled or held at close: the retry topic, attempt unchanged.
+    Return,
+    /// A dead letter: the dead-letter topic, reason headers.
+    DeadLetter,
+}
+
+impl Purpose {
+    fn operation(self) -> &'static str {
+        match self {
+            Purpose::Retry => "nack",
+            Purpose::Return => "return",
+            Purpose::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// A copy to publish before the original is marked done.
+struct Republish {
+    purpose: Purpose,
+    topic: String,
+    message: Message,
+}
+
 /// What to do once the state has been looked at.
 enum Step {
     Done,
-    Republish {
-        topic: String,
-        message: Message,
-        extra: Vec<(&'static str, String)>,
-    },
+    Republish(Box<Republish>),
+}
+
+/// Counts a republish in flight (for `close`) while it lasts. Dropped before
+/// [`InFlight::finish`] (the settle future was cancelled, e.g. a worker's
+/// grace period ran out mid-send), it still takes the count back and gives
+/// the record back for redelivery, so neither `close` nor the partition's
+/// commits wait for a send that nobody awaits any more.
+struct InFlight {
+    shared: Arc<Shared>,
+    received: Option<Received>,
+}
+
+impl InFlight {
+    /// Counts one more republish in flight (the state is locked by the caller).
+    fn start(
+        shared: &Arc<Shared>,
+        state: &mut crate::consumer::State,
+        received: &Received,
+    ) -> Self {
+        state.inflight += 1;
+        InFlight {
+            shared: shared.clone(),
+            received: Some(received.clone()),
+        }
+    }
+
+    /// The republish ended (either way) and the state was updated.
+    fn finish(mut self, state: &mut crate::consumer::State) {
+        self.received = None;
+        Shared::inflight_done(&self.shared, state);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(received) = self.received.take() else {
+            return;
+        };
+        let mut state = self.shared.state.lock();
+        if let Ok((meta, tp)) = meta_of(&received) {
+            tracing::debug!(
+                id = received.id(),
+                "a republish was cancelled; the record is delivered again"
+            );
+            Shared::give_back(
+                &self.shared,
+                &mut state,
+                &meta,
+                &tp,
+                received,
+                Duration::ZERO,
+            );
+        }
+        Shared::inflight_done(&self.shared, &mut state);
+    }
 }
 
 fn meta_of(received: &Received) -> Result<(KafkaMetadata, Tp)> {
@@ -69,6 +173,23 @@ fn meta_of(received: &Received) -> Result<(KafkaMetadata, Tp)> {
         })?;
     let tp: Tp = (Arc::from(meta.topic.as_str()), meta.partition);
     Ok((meta, tp))
+}
+
+/// The copy that gives a delivery back without a handler failure (dropped
+/// unsettled, or held at close): a retry copy with the attempt unchanged.
+fn return_copy(received: &Received) -> Message {
+    let mut m = retry_copy(received, None);
+    m.headers_mut()
+        .insert(h::ATTEMPT, received.attempt().to_string());
+    m
+}
+
+/// How long a record whose republish failed `failures` times waits.
+pub(crate) fn give_back_delay(failures: u32) -> Duration {
+    let doubled = GIVE_BACK_FIRST
+        .checked_mul(1u32 << failures.saturating_sub(1).min(16))
+        .unwrap_or(GIVE_BACK_MAX);
+    doubled.min(GIVE_BACK_MAX)
 }
 
 impl KafkaSettler {
@@ -94,16 +215,19 @@ impl KafkaSettler {
     }
 
     /// Looks at the state and decides; takes the delivery out of the
-    /// outstanding set and gives its prefetch permit back.
-    fn begin(&self, received: &Received, settlement: Settlement) -> Result<Step> {
+    /// outstanding set and gives its prefetch permit back. `abandon`: the
+    /// delivery was dropped unsettled (no handler failure).
+    fn begin(
+        &self,
+        received: &Received,
+        settlement: Settlement,
+        abandon: bool,
+    ) -> Result<(Step, Option<InFlight>)> {
         let (meta, tp) = meta_of(received)?;
         let mut guard = self.shared.state.lock();
         let state = &mut *guard;
         self.shared.permits.add_permits(1);
-        let known = state
-            .outstanding
-            .remove(&(tp.clone(), meta.offset))
-            .is_some();
+        let known = state.claim(&meta, &tp);
         if state.closed {
             return Err(self.closed_error(received.id()));
         }
@@ -111,83 +235,157 @@ impl KafkaSettler {
             // Revoked meanwhile: the partition's next owner delivers it again.
             tracing::debug!(
                 id = received.id(),
-                "settling a delivery of a revoked partition: ignored"
+                "settling a delivery of a revoked partition (or of an earlier assignment of it): ignored"
             );
-            return Ok(Step::Done);
+            return Ok((Step::Done, None));
         }
-        match settlement {
+        let (purpose, topic, message) = match settlement {
             Settlement::Ack => {
                 Shared::settle_offset(state, &meta, &tp);
-                Ok(Step::Done)
+                return Ok((Step::Done, None));
             }
             Settlement::Nack { delay } if self.shared.ordered => {
-                Shared::rewind(state, &meta, &tp, delay);
-                Ok(Step::Done)
+                Shared::rewind(state, &meta, &tp, delay, !abandon);
+                return Ok((Step::Done, None));
             }
-            Settlement::Nack { delay } => {
-                state.inflight += 1;
-                let (message, extra) = retry_message(received, delay);
-                Ok(Step::Republish {
-                    topic: self.shared.retry_topic.clone(),
-                    message,
-                    extra,
-                })
+            Settlement::Nack { .. } if abandon => (
+                Purpose::Return,
+                self.shared.retry_topic.clone(),
+                return_copy(received),
+            ),
+            Settlement::Nack { delay } => (
+                Purpose::Retry,
+                self.shared.retry_topic.clone(),
+                retry_copy(received, delay),
+            ),
+            Settlement::DeadLetter { reason } => (
+                Purpose::DeadLetter,
+                self.shared.dead_letter.clone(),
+                dead_letter_copy(received, &reason),
+            ),
+            other => {
+                // Not ours to handle: the record goes back at once.
+                Shared::give_back(
+                    &self.shared,
+                    state,
+                    &meta,
+                    &tp,
+                    received.clone(),
+                    Duration::ZERO,
+                );
+                return Err(
+                    Error::unsupported(format!("settlement {other:?}")).with_backend(BACKEND)
+                );
             }
-            Settlement::DeadLetter { reason } => {
-                state.inflight += 1;
-                Ok(Step::Republish {
-                    topic: dead_letter_topic(&self.shared.source),
-                    message: mq_core::republish::dead_letter_copy(received, &reason),
-                    extra: Vec::new(),
-                })
+        };
+        let inflight = InFlight::start(&self.shared, state, received);
+        Ok((
+            Step::Republish(Box::new(Republish {
+                purpose,
+                topic,
+                message,
+            })),
+            Some(inflight),
+        ))
+    }
+
+    /// The copy cut to what fits in one record of `message.max.bytes` (the
+    /// dead-letter reason shrinks first), or `TooLarge`.
+    fn fit(&self, message: Message, topic: &str, operation: &'static str) -> Result<Message> {
+        let limit = self
+            .sender
+            .config
+            .message_max_bytes
+            .saturating_sub(record_overhead(&message));
+        fit_to_size(message, limit).map_err(|e| {
+            e.with_backend(BACKEND)
+                .with_operation(operation)
+                .with_destination(topic.to_owned())
+        })
+    }
+
+    /// Sends the copy, retrying retryable errors a few times.
+    async fn send(&self, r: &Republish) -> Result<()> {
+        let operation = r.purpose.operation();
+        let message = self.fit(r.message.clone(), &r.topic, operation)?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.sender.send_unchecked(&r.topic, &message, true).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() && tries < SEND_ATTEMPTS => {
+                    tracing::debug!(error = %e, topic = %r.topic, tries, "republishing failed; trying again");
+                    tokio::time::sleep(SEND_BACKOFF.saturating_mul(tries)).await;
+                }
+                Err(e) => return Err(e.with_operation(operation)),
             }
-            other => Err(Error::unsupported(format!("settlement {other:?}")).with_backend(BACKEND)),
         }
     }
 
-    /// Publishes the copy, then marks the original done (or rewinds to it).
-    async fn republish(
-        &self,
-        received: &Received,
-        topic: String,
-        message: Message,
-        extra: Vec<(&'static str, String)>,
-    ) -> Result<()> {
-        let extra_refs: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let result = self
-            .sender
-            .send_unchecked(&topic, &message, &extra_refs, true)
-            .await;
+    /// Publishes the copy, then marks the original done; if that fails, the
+    /// original goes back (see the module docs) and the error is returned.
+    async fn republish(&self, received: &Received, r: Republish, inflight: InFlight) -> Result<()> {
+        let result = self.send(&r).await;
         let (meta, tp) = meta_of(received)?;
         let mut state = self.shared.state.lock();
         match &result {
             Ok(()) => Shared::settle_offset(&mut state, &meta, &tp),
             Err(e) => {
-                tracing::warn!(error = %e, id = received.id(), topic, "republishing failed; the message is delivered again in place");
-                Shared::rewind(&mut state, &meta, &tp, Some(Duration::from_millis(500)));
+                let failures = Shared::republish_failed(&mut state, &meta, &tp, e);
+                let delay = give_back_delay(failures);
+                tracing::error!(error = %e, id = received.id(), topic = %r.topic, failures, ?delay,
+                    "republishing failed; the record is not committed and is delivered again after the delay (later records are not replayed)");
+                Shared::give_back(
+                    &self.shared,
+                    &mut state,
+                    &meta,
+                    &tp,
+                    received.clone(),
+                    delay,
+                );
+                self.count_failure(&r, e);
             }
         }
-        state.inflight = state.inflight.saturating_sub(1);
-        if state.inflight == 0 {
-            self.shared.idle.notify_waiters();
-        }
+        inflight.finish(&mut state);
         result
     }
 
-    /// `close`: republishes every delivery still held to the retry topic
-    /// (attempt + 1), concurrently, and marks the originals done.
-    pub(crate) async fn return_all(&self, held: Vec<((Tp, i64), Received)>) {
-        {
-            self.shared.state.lock().inflight += held.len();
+    fn count_failure(&self, r: &Republish, e: &Error) {
+        match r.purpose {
+            Purpose::DeadLetter => metrics::counter!(names::DEAD_LETTER_ERRORS,
+                "backend" => BACKEND,
+                "source" => self.shared.source.clone(),
+                "destination" => r.topic.clone())
+            .increment(1),
+            Purpose::Retry | Purpose::Return => metrics::counter!(names::SEND_ERRORS,
+                "backend" => BACKEND,
+                "destination" => r.topic.clone(),
+                "kind" => format!("{:?}", e.kind()))
+            .increment(1),
         }
-        let sends = held.into_iter().map(|(_, received)| async move {
-            let (message, extra) = retry_message(&received, None);
-            let topic = self.shared.retry_topic.clone();
-            if let Err(e) = self.republish(&received, topic, message, extra).await {
-                tracing::warn!(error = %e, "returning a held delivery at close failed; it is redelivered from its partition");
+    }
+
+    /// `close`: republishes every delivery still held to the retry topic
+    /// (attempt unchanged: no handler failed), concurrently, and marks the
+    /// originals done.
+    pub(crate) async fn return_all(&self, held: Vec<(Held, Received)>) {
+        let sends = held.into_iter().map(|(_, received)| {
+            let inflight = {
+                let mut state = self.shared.state.lock();
+                InFlight::start(&self.shared, &mut state, &received)
+            };
+            async move {
+                let r = Republish {
+                    purpose: Purpose::Return,
+                    topic: self.shared.retry_topic.clone(),
+                    message: return_copy(&received),
+                };
+                if let Err(e) = self.republish(&received, r, inflight).await {
+                    tracing::warn!(error = %e, "returning a held delivery at close failed; it is redelivered from its partition");
+                }
             }
         });
-        futures::future::join_all(sends).await;
+        futures::future::join_all(sends.collect::<Vec<_>>()).await;
     }
 }
 
@@ -195,34 +393,92 @@ impl KafkaSettler {
 impl Settler for KafkaSettler {
     async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()> {
         let received = delivery.received();
-        match self.begin(received, settlement)? {
-            Step::Done => Ok(()),
-            Step::Republish {
-                topic,
-                message,
-                extra,
-            } => self.republish(received, topic, message, extra).await,
+        match self.begin(received, settlement, false)? {
+            (Step::Republish(r), Some(inflight)) => self.republish(received, *r, inflight).await,
+            _ => Ok(()),
         }
     }
 
     fn abandon(&self, delivery: &Delivery) {
         let received = delivery.received().clone();
-        match self.begin(&received, Settlement::Nack { delay: None }) {
-            Ok(Step::Done) | Err(_) => {}
-            Ok(Step::Republish {
-                topic,
-                message,
-                extra,
-            }) => {
-                let me = KafkaSettler {
-                    shared: self.shared.clone(),
-                    sender: self.sender.clone(),
-                    runtime: self.runtime.clone(),
-                };
-                self.runtime.spawn(async move {
-                    let _ = me.republish(&received, topic, message, extra).await;
-                });
-            }
+        if let Ok((Step::Republish(r), Some(inflight))) =
+            self.begin(&received, Settlement::Nack { delay: None }, true)
+        {
+            let me = KafkaSettler {
+                shared: self.shared.clone(),
+                sender: self.sender.clone(),
+                runtime: self.runtime.clone(),
+            };
+            self.runtime.spawn(async move {
+                let _ = me.republish(&received, *r, inflight).await;
+            });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::State;
+
+    fn delivery(state: &mut State, tp: &Tp, offset: i64) -> Received {
+        let part = state.parts.get_mut(tp).expect("assigned");
+        part.accept(offset);
+        let received = Received::new("t", Message::new(format!("o{offset}")), 1).with_metadata(
+            KafkaMetadata {
+                topic: tp.0.to_string(),
+                partition: tp.1,
+                offset,
+                generation: part.generation,
+            },
+        );
+        let generation = part.generation;
+        state.hand_out(tp.clone(), generation, offset, received.clone());
+        received
+    }
+
+    /// What `begin` + `settle` do for an ack.
+    fn ack(state: &mut State, received: &Received) {
+        let (meta, tp) = meta_of(received).expect("metadata");
+        if state.claim(&meta, &tp) {
+            Shared::settle_offset(state, &meta, &tp);
+        }
+    }
+
+    /// Defect 1 of issue 14: a partition revoked and handed back to the
+    /// same member; the old delivery of offset 5 is settled after the
+    /// re-fetched copy of 5 was handed out. The old settle must not touch
+    /// the new copy, and the new copy's settle must move the commit point.
+    #[test]
+    fn stale_settle_after_reassign_does_not_touch_the_new_generation() {
+        let mut state = State::default();
+        let tp: Tp = (Arc::from("t"), 0);
+        state.assign(tp.clone());
+        let old4 = delivery(&mut state, &tp, 4);
+        let old5 = delivery(&mut state, &tp, 5);
+        ack(&mut state, &old4);
+        assert_eq!(
+            state.revoke(&tp),
+            Some(5),
+            "4 is committed before the revoke"
+        );
+        state.assign(tp.clone());
+        let new5 = delivery(&mut state, &tp, 5);
+        let new6 = delivery(&mut state, &tp, 6);
+        // The old copy of 5 is settled late, after the new copy went out.
+        ack(&mut state, &old5);
+        assert_eq!(
+            state.parts[&tp].commit_point(),
+            Some(5),
+            "a stale settle commits nothing"
+        );
+        ack(&mut state, &new5);
+        ack(&mut state, &new6);
+        assert_eq!(
+            state.parts[&tp].commit_point(),
+            Some(7),
+            "the new generation's settles move the commit point"
+        );
+        assert!(state.outstanding.is_empty());
     }
 }

@@ -19,7 +19,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
-use crate::error::{convert, kind_of};
+use crate::error::{convert, convert_create, kind_of};
 use crate::health::{HealthContext, KafkaHealth};
 use crate::topology::retry_topic;
 use crate::BACKEND;
@@ -43,7 +43,7 @@ pub(crate) async fn group_stats(
     settings.set("allow.auto.create.topics", "false");
     let consumer: BaseConsumer<HealthContext> = settings
         .create_with_context(HealthContext::new(health.clone()))
-        .map_err(|e| convert(e, "stats", Some(source)))?;
+        .map_err(|e| convert_create(e, config, Some(source)))?;
     let source = source.to_owned();
     let group = group.to_owned();
     tokio::task::spawn_blocking(move || {

@@ -3,8 +3,8 @@
 //! | topic | name | created |
 //! |---|---|---|
 //! | source | the destination name | on first send or consume (auto-creation on) |
-//! | retry | `<topic>.<group>-retry` (one per consumer group, so groups never see each other's retries) | when a consumer of the group starts |
-//! | dead letter | `<topic>-dlq` | on the first dead letter |
+//! | retry | [`retry_topic`]: `<topic>.<group>-retry`, or a hashed name when the group has other characters (one per consumer group, so groups never see each other's retries) | when a consumer of the group starts |
+//! | dead letter | the consumer's dead-letter destination (`<topic>-dlq` by default) | on the first dead letter |
 //! | reply | `mq-reply-<uuid>` | by the requester, always (1 partition) |
 //!
 //! With `auto_create_topics=false` nothing is created: a send to, or a
@@ -22,39 +22,85 @@ use rdkafka::error::RDKafkaErrorCode;
 use tokio::sync::OnceCell;
 
 use crate::config::KafkaConfig;
-use crate::error::convert;
+use crate::error::{convert, convert_create};
 use crate::health::{HealthContext, KafkaHealth};
 use crate::BACKEND;
 
 /// Longest topic name Kafka accepts.
 const MAX_TOPIC_LEN: usize = 249;
 
+/// Whether `c` may appear in a Kafka topic name.
+fn legal(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// A Kafka topic name must be 1 to 249 characters of `[a-zA-Z0-9._-]`,
+/// and not `.` or `..`. Checked before any broker is asked, so every
+/// broker (some accept anything) gives the same `Config` error.
+pub(crate) fn check_topic_name(topic: &str) -> Result<()> {
+    let problem = if topic.is_empty() {
+        "is empty"
+    } else if topic.len() > MAX_TOPIC_LEN {
+        "is longer than 249 characters"
+    } else if !topic.chars().all(legal) {
+        "has characters other than a-z, A-Z, 0-9, '.', '_' and '-'"
+    } else if matches!(topic, "." | "..") {
+        "is `.` or `..`"
+    } else {
+        return Ok(());
+    };
+    let shown: String = topic.chars().take(80).collect();
+    Err(
+        Error::config(format!("topic name `{}` {problem}", shown.escape_default()))
+            .with_backend(BACKEND),
+    )
+}
+
 /// The retry topic of `group` on `topic`.
+///
+/// `<topic>.<group>-retry` when the group is made of `[a-zA-Z0-9_-]` only
+/// (no dot: the last dot of the name separates topic and group, so no two
+/// (topic, group) pairs share a name) and the name fits in 249 characters.
+/// Otherwise (a dot or another character in the group, or too long), a hash
+/// of the exact pair keeps names apart: `<topic>.<group, cleaned>.<16 hex
+/// digits>-retry`, shortened to fit. A group that is itself 16 lowercase
+/// hex digits takes the hashed form too, so a plain name never looks like a
+/// hashed one.
 pub fn retry_topic(topic: &str, group: &str) -> String {
-    let clean: String = group
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let name = format!("{topic}.{clean}-retry");
-    if name.len() <= MAX_TOPIC_LEN {
+    let plain_group = !group.is_empty()
+        && group
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+        && !(group.len() == 16
+            && group
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+    let name = format!("{topic}.{group}-retry");
+    if plain_group && name.len() <= MAX_TOPIC_LEN {
         return name;
     }
-    // Too long: keep it unique with a hash of the group.
-    let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let keep = MAX_TOPIC_LEN.saturating_sub(24).min(topic.len());
-    let mut cut = keep;
-    while !topic.is_char_boundary(cut) {
-        cut -= 1;
+    // FNV-1a over topic, a byte that never occurs in UTF-8, group: the
+    // exact pair, not its cleaned spelling.
+    let hash = topic
+        .bytes()
+        .chain([0xff])
+        .chain(group.bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let clean: String = group
+        .chars()
+        .map(|c| if legal(c) { c } else { '_' })
+        .collect();
+    let readable = format!("{topic}.{clean}");
+    let suffix = format!(".{hash:016x}-retry");
+    let mut keep = MAX_TOPIC_LEN
+        .saturating_sub(suffix.len())
+        .min(readable.len());
+    while !readable.is_char_boundary(keep) {
+        keep -= 1;
     }
-    format!("{}.{hash:016x}-retry", &topic[..cut])
+    format!("{}{suffix}", &readable[..keep])
 }
 
 /// The dead-letter topic of `topic`.
@@ -87,7 +133,7 @@ impl Topology {
         let admin = config
             .admin_config()
             .create_with_context(HealthContext::new(health))
-            .map_err(|e| convert(e, "connect", None))?;
+            .map_err(|e| convert_create(e, &config, None))?;
         Ok(Topology {
             admin: Arc::new(admin),
             config,
@@ -104,7 +150,12 @@ impl Topology {
             match known.get(topic) {
                 Some(c) if c.initialized() => return Ok(()),
                 Some(c) => c.clone(),
-                None => known.entry(topic.to_owned()).or_default().clone(),
+                None => {
+                    check_topic_name(topic).map_err(|e| {
+                        e.with_destination(topic.chars().take(80).collect::<String>())
+                    })?;
+                    known.entry(topic.to_owned()).or_default().clone()
+                }
             }
         };
         cell.get_or_try_init(|| async {
@@ -142,7 +193,7 @@ impl Topology {
             .operation_timeout(Some(timeout))
             .request_timeout(Some(timeout));
         let results = tokio::time::timeout(
-            timeout + Duration::from_secs(1),
+            timeout.saturating_add(Duration::from_secs(1)),
             self.admin.create_topics([&new], &opts),
         )
         .await
@@ -211,12 +262,87 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(retry_topic("jobs", "billing"), "jobs.billing-retry");
-        assert_eq!(retry_topic("jobs", "a b/c"), "jobs.a_b_c-retry");
+        assert_eq!(
+            retry_topic("orders.eu", "billing"),
+            "orders.eu.billing-retry"
+        );
+        assert_eq!(retry_topic("jobs", "a_b-c"), "jobs.a_b-c-retry");
         assert_eq!(dead_letter_topic("jobs"), "jobs-dlq");
         assert_eq!(default_group("jobs"), "mq-jobs");
         let long = "t".repeat(240);
         let r = retry_topic(&long, "group");
         assert!(r.len() <= MAX_TOPIC_LEN, "{}", r.len());
         assert_ne!(r, retry_topic(&long, "other"));
+        let hashed = retry_topic("jobs", "a b/c");
+        assert!(hashed.starts_with("jobs.a_b_c."), "{hashed}");
+        assert!(check_topic_name(&hashed).is_ok(), "{hashed}");
+    }
+
+    /// Defect 10 of issue 14: retry topic names of different (topic, group)
+    /// pairs collided.
+    #[test]
+    fn retry_topic_names_never_collide() {
+        let pairs = [
+            ("orders.eu", "billing"),
+            ("orders", "eu.billing"),
+            ("a", "a b"),
+            ("a", "a_b"),
+            ("a", "a.b"),
+            ("a.a", "b"),
+            ("a", "a/b"),
+            ("a", "a\u{e9}b"),
+            ("a", "a\u{e8}b"),
+            ("t", "0123456789abcdef"),
+            ("t", ""),
+            ("t", "_"),
+            ("t.", "x"),
+            ("t", ".x"),
+        ];
+        let mut seen = std::collections::HashMap::new();
+        for (topic, group) in pairs {
+            let name = retry_topic(topic, group);
+            check_topic_name(&name).expect("legal");
+            if let Some(other) = seen.insert(name.clone(), (topic, group)) {
+                panic!("{other:?} and {:?} share {name}", (topic, group));
+            }
+        }
+        // Long names: the hash covers the whole pair.
+        let a = "x".repeat(300);
+        let b = format!("{}y", "x".repeat(299));
+        assert_ne!(retry_topic(&a, "g"), retry_topic(&b, "g"));
+        assert_ne!(retry_topic("t", &a), retry_topic("t", &b));
+        assert!(retry_topic(&a, &b).len() <= MAX_TOPIC_LEN);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+        /// Legal and distinct for any two different pairs.
+        #[test]
+        fn retry_topic_names_are_legal_and_distinct(
+            t1 in "[a-z.]{1,6}", g1 in "[a-z._ ]{0,6}",
+            t2 in "[a-z.]{1,6}", g2 in "[a-z._ ]{0,6}",
+            long in proptest::prelude::any::<bool>(),
+        ) {
+            let pad = |s: &str| if long { format!("{s}{}", "p".repeat(250)) } else { s.to_owned() };
+            let (t1, t2) = (pad(&t1), pad(&t2));
+            let (n1, n2) = (retry_topic(&t1, &g1), retry_topic(&t2, &g2));
+            proptest::prop_assert!(check_topic_name(&n1).is_ok(), "{}", n1);
+            if (t1.as_str(), g1.as_str()) != (t2.as_str(), g2.as_str()) {
+                proptest::prop_assert_ne!(n1, n2);
+            }
+        }
+    }
+
+    #[test]
+    fn illegal_topic_names_are_config_errors() {
+        for bad in ["", ".", "..", "a b", "bad!name", "é"] {
+            let e = check_topic_name(bad).expect_err(bad);
+            assert_eq!(e.kind(), ErrorKind::Config, "{bad}: {e}");
+        }
+        let e = check_topic_name(&"x".repeat(300)).expect_err("long");
+        assert!(e.to_string().contains("249"), "{e}");
+        for good in ["a", "orders.eu", "a_b-c.D9", &"x".repeat(249)] {
+            check_topic_name(good).expect(good);
+        }
     }
 }
