@@ -127,10 +127,18 @@ impl RedactedUrl {
             // Cannot fail: the URL has a password, hence a host.
             let _ = url.set_password(Some(REDACTED));
         }
+        if url.fragment().is_some() {
+            url.set_fragment(Some(REDACTED));
+        }
         if url.query().is_some() {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(k, v)| {
+                    // `user:pass?x@host` parses with the password in the
+                    // query: an `@` there is a credential until proven otherwise.
+                    if k.contains('@') || v.contains('@') {
+                        return (REDACTED.to_owned(), REDACTED.to_owned());
+                    }
                     let v = if is_secret_key(&k) {
                         REDACTED.to_owned()
                     } else {
@@ -382,6 +390,8 @@ mod tests {
             "amqp://u:hunter2",
             "not a url hunter2",
             "amqp://u:p@h/?rdkafka.ssl.key.pem=hunter2",
+            "kafka://u:123?hunter2@127.0.0.1:9092",
+            "amqp://u:123#hunter2@h",
         ] {
             let shown = redact_str(raw);
             assert!(!shown.contains("hunter2"), "{raw} -> {shown}");
