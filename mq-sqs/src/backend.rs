@@ -3,44 +3,34 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_sqs::config::Credentials;
-use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use mq_core::backend::Backend;
 use mq_core::observe::{Health, QueueStats};
 use mq_core::rpc::ReplyChannel;
-use mq_core::{Backend, Capabilities, ConsumerOptions, DynConsumer, DynProducer, Error, Result};
+use mq_core::{Capabilities, ConsumerOptions, DynConsumer, DynProducer, Error, Result};
 
 use crate::batch::MAX_ENTRIES;
-use crate::config::{Endpoint, SqsConfig, MAX_DELAY};
+use crate::config::{SqsConfig, MAX_DELAY};
 use crate::consumer::SqsConsumer;
-use crate::health::{HealthInterceptor, HealthState};
+use crate::core::{Core, RESERVED_FOR_ATTRIBUTES};
+use crate::error::BACKEND;
 use crate::producer::SqsProducer;
-use crate::topology::{Clients, Queues, RESERVED_FOR_ATTRIBUTES};
-use crate::BACKEND;
-
-/// The region an explicit endpoint uses when neither the URL nor the
-/// environment names one (emulators accept any).
-const EMULATOR_REGION: &str = "us-east-1";
+use crate::topology;
 
 /// A connection to SQS: what `mq::connect("sqs://…")` wraps in a `Client`.
 /// Cheap to clone; clones share the queue cache and HTTP connections.
 #[derive(Clone)]
 pub struct SqsBackend {
-    config: Arc<SqsConfig>,
-    queues: Arc<Queues>,
+    core: Arc<Core>,
 }
 
 impl fmt::Debug for SqsBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // SqsConfig's Debug hides the secret key and session token.
         f.debug_struct("SqsBackend")
-            .field("config", &self.config)
-            .field("queues", &self.queues)
+            .field("config", &self.core.config)
+            .field("core", &self.core)
             .finish()
     }
 }
@@ -49,22 +39,20 @@ impl SqsBackend {
     /// Connects as `config` says. No request is made yet: a wrong endpoint
     /// or credentials show on first use.
     pub async fn connect(config: SqsConfig) -> Result<Self> {
-        let config = Arc::new(config);
-        let clients = clients(&config).await?;
+        let core = Core::connect(Arc::new(config)).await?;
         Ok(SqsBackend {
-            queues: Arc::new(Queues::new(clients, config.clone())),
-            config,
+            core: Arc::new(core),
         })
     }
 
     /// The settings of this connection.
     pub fn config(&self) -> &SqsConfig {
-        &self.config
+        &self.core.config
     }
 
     /// A producer (what [`Backend::producer`] returns, without the `Arc`).
     pub fn sqs_producer(&self) -> SqsProducer {
-        SqsProducer::new(self.queues.clone())
+        SqsProducer::new(self.core.clone())
     }
 
     /// A consumer (what [`Backend::consumer`] returns, unboxed).
@@ -88,88 +76,16 @@ impl SqsBackend {
         }
         // Resolve (or create) the queue now, so a bad name or a missing
         // queue is an error here rather than on the first receive.
-        let info = self.queues.resolve(&options.source).await?;
-        let dead_letter = Queues::consumer_dead_letter(&info, options.dead_letter.as_deref());
+        let info = topology::resolve(&self.core, &options.source).await?;
+        let dead_letter = topology::consumer_dead_letter(&info, options.dead_letter.as_deref());
         Ok(SqsConsumer::start(
-            self.queues.clone(),
+            self.core.clone(),
             &options.source,
             options.prefetch,
             &dead_letter,
             temporary,
         ))
     }
-}
-
-/// The SDK clients for `config`: static or chained credentials, region,
-/// endpoint, timeouts and retries, over hyper + rustls (ring).
-pub(crate) async fn clients(config: &SqsConfig) -> Result<Clients> {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let attempts = config.max_attempts.max(1);
-    // Saturating: a config built by hand may hold any duration.
-    let timeouts = |attempt: Duration| {
-        TimeoutConfig::builder()
-            .connect_timeout(mq_core::time::clamp(config.connect_timeout))
-            .operation_attempt_timeout(attempt)
-            // Every attempt plus the SDK's backoff between them (at most 20 s each).
-            .operation_timeout(mq_core::time::clamp(
-                attempt
-                    .saturating_mul(attempts)
-                    .saturating_add(Duration::from_secs(2).saturating_mul(attempts)),
-            ))
-            .build()
-    };
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
-        .retry_config(RetryConfig::standard().with_max_attempts(attempts))
-        .timeout_config(timeouts(config.request_timeout()));
-    if let Some(region) = &config.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    if let Some(c) = &config.credentials {
-        loader = loader.credentials_provider(Credentials::new(
-            c.access_key_id.clone(),
-            c.secret_access_key.expose().to_owned(),
-            c.session_token.as_ref().map(|t| t.expose().to_owned()),
-            None,
-            "mq-sqs-url",
-        ));
-    }
-    if let Endpoint::Url(url) = &config.endpoint {
-        loader = loader.endpoint_url(url.clone());
-    }
-    let shared = loader.load().await;
-    let health = Arc::new(HealthState::default());
-    let mut builder =
-        aws_sdk_sqs::config::Builder::from(&shared).interceptor(HealthInterceptor(health.clone()));
-    if shared.region().is_none() {
-        match config.endpoint {
-            Endpoint::Url(_) => builder = builder.region(Region::new(EMULATOR_REGION)),
-            Endpoint::Aws => {
-                return Err(Error::config(
-                    "no AWS region: add ?region=eu-west-1 to the sqs:// URL or set AWS_REGION \
-                     (or a region in the AWS profile)",
-                )
-                .with_backend(BACKEND))
-            }
-        }
-    }
-    let ops = builder.clone().build();
-    // A receive waits up to `wait` before SQS answers: its attempts get that on top.
-    let receive = builder
-        .timeout_config(timeouts(
-            config
-                .wait
-                .min(crate::config::MAX_WAIT)
-                .saturating_add(config.request_timeout()),
-        ))
-        .build();
-    Ok(Clients {
-        ops: aws_sdk_sqs::Client::from_conf(ops),
-        receive: aws_sdk_sqs::Client::from_conf(receive),
-        health,
-    })
 }
 
 #[async_trait]
@@ -181,16 +97,17 @@ impl Backend for SqsBackend {
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::default();
         // FIFO queues take no per-message delay.
-        caps.delayed_delivery = !self.config.fifo;
+        caps.delayed_delivery = !self.core.config.fifo;
         caps.max_delay = Some(MAX_DELAY);
-        caps.ordering_key = self.config.fifo;
+        caps.ordering_key = self.core.config.fifo;
         caps.native_dead_letter = false;
         caps.pub_sub = false;
         caps.late_group_receives_history = false;
         caps.durable_attempt_count = true;
-        caps.persistent = self.config.persistent;
+        caps.persistent = self.core.config.persistent;
         caps.max_message_size = Some(
-            self.config
+            self.core
+                .config
                 .max_message_size
                 .saturating_sub(RESERVED_FOR_ATTRIBUTES),
         );
@@ -207,13 +124,13 @@ impl Backend for SqsBackend {
     }
 
     fn dead_letter_destination(&self, source: &str) -> String {
-        self.queues.dead_letter_destination(source)
+        topology::dead_letter_destination(&self.core, source)
     }
 
     /// From the outcome of the latest requests (SQS is HTTP: see the crate
     /// docs, "Health and statistics").
     fn health(&self) -> Health {
-        self.queues.clients.health.health()
+        self.core.clients.health.health()
     }
 
     /// `GetQueueAttributes`: ApproximateNumberOfMessages (`depth`),
@@ -228,7 +145,7 @@ impl Backend for SqsBackend {
             .with_operation("stats")
             .with_destination(source));
         }
-        self.queues.stats(source).await
+        topology::stats(&self.core, source).await
     }
 
     /// A private queue `mq-reply-<uuid>` (with `.fifo` under `fifo=true`),

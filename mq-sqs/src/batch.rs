@@ -78,7 +78,7 @@ async fn run<T, W, F, Fut>(
         let mut bytes = weight(&first);
         let mut batch = Vec::with_capacity(max_entries);
         batch.push(first);
-        let deadline = mq_core::time::tokio_instant_after(settings.linger);
+        let deadline = mq_core::backend::time::tokio_instant_after(settings.linger);
         while batch.len() < max_entries {
             let next = match rx.try_recv() {
                 Ok(entry) => Some(entry),

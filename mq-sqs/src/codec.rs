@@ -24,11 +24,11 @@ use std::time::SystemTime;
 use aws_sdk_sqs::types::{Message as SqsMessage, MessageSystemAttributeName};
 use aws_smithy_types::base64;
 use bytes::Bytes;
-use mq_core::message::MessageParts;
+use mq_core::backend::MessageParts;
 use mq_core::{headers, Error, Message, Result};
 
 use crate::config::{secs_i32, MAX_DELAY};
-use crate::BACKEND;
+use crate::error::BACKEND;
 
 /// Attribute carrying the message id.
 pub const ATTR_MESSAGE_ID: &str = headers::MESSAGE_ID;
@@ -329,7 +329,7 @@ pub(crate) fn decode(msg: &SqsMessage) -> Decoded {
     // all rather than a panic in `UNIX_EPOCH + d`.
     let sent_at = system_attr(MessageSystemAttributeName::SentTimestamp)
         .and_then(|ms| ms.trim().parse::<u64>().ok())
-        .and_then(mq_core::time::from_unix_millis);
+        .and_then(mq_core::backend::time::from_unix_millis);
     Decoded {
         message,
         attempt,
@@ -575,7 +575,10 @@ mod tests {
     fn huge_receive_counts_and_sent_timestamps_are_clamped() {
         let d = decode(&with_system("4294967296", &u64::MAX.to_string()));
         assert_eq!(d.attempt, u32::MAX, "a huge count saturates");
-        assert_eq!(d.sent_at, mq_core::time::from_unix_millis(u64::MAX));
+        assert_eq!(
+            d.sent_at,
+            mq_core::backend::time::from_unix_millis(u64::MAX)
+        );
         for (count, sent) in [
             ("99999999999999999999999999", "99999999999999999999999999"),
             ("-5", "-1"),

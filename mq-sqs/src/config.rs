@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use mq_core::url::{RedactedUrl, Secret, UrlOptions};
+use mq_core::backend::{RedactedUrl, Secret, UrlOptions};
 use mq_core::{Error, Result};
 
-use crate::BACKEND;
+use crate::error::BACKEND;
 
 /// Longest long poll SQS allows (`WaitTimeSeconds`).
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
@@ -304,9 +304,9 @@ impl SqsConfig {
     }
 
     /// The time limit of one request attempt, clamped to
-    /// [`mq_core::time::FAR_FUTURE`] so sums of it cannot overflow.
+    /// [`mq_core::backend::time::FAR_FUTURE`] so sums of it cannot overflow.
     pub(crate) fn request_timeout(&self) -> Duration {
-        mq_core::time::clamp(self.timeout)
+        mq_core::backend::time::clamp(self.timeout)
     }
 
     /// The long poll in whole seconds, as SQS takes it.
@@ -564,9 +564,7 @@ mod tests {
         let backend = crate::SqsBackend::connect(config.clone())
             .await
             .expect("connect makes no request");
-        let client = crate::connect(RedactedUrl::parse(url).expect("url"))
-            .await
-            .expect("client");
+        let client = crate::connect(url).await.expect("client");
         let text = format!("{config:?} {backend:?} {client:?} {:?}", config.credentials);
         for secret in SECRETS {
             assert!(!text.contains(secret), "{text}");

@@ -29,9 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::MAX_ENTRIES;
 use crate::codec;
+use crate::core::{Budget, Core, Orphan};
 use crate::error;
+use crate::metadata::SqsMetadata;
 use crate::settle::SqsSettler;
-use crate::topology::{Orphan, Queues};
+use crate::topology;
 
 /// How long messages a stopped consumer's last poll brought wait for the
 /// next consumer of the queue before they are made visible again.
@@ -42,33 +44,6 @@ const ORPHAN_CHECK: Duration = Duration::from_millis(50);
 
 /// How long `receive_batch` waits for more once deliveries stop being ready.
 const BATCH_SETTLE: Duration = Duration::from_millis(5);
-
-/// SQS-specific facts about a delivery: `delivery.metadata::<SqsMetadata>()`.
-#[derive(Debug, Clone)]
-pub struct SqsMetadata {
-    pub(crate) tag: u64,
-    receipt_handle: String,
-    sqs_message_id: String,
-    queue_url: String,
-}
-
-impl SqsMetadata {
-    /// The receipt handle of this receive (what delete and visibility calls take).
-    pub fn receipt_handle(&self) -> &str {
-        &self.receipt_handle
-    }
-
-    /// The id SQS gave the message (not the `mq` message id, which is in
-    /// `mq-message-id`).
-    pub fn sqs_message_id(&self) -> &str {
-        &self.sqs_message_id
-    }
-
-    /// The URL of the queue the message came from.
-    pub fn queue_url(&self) -> &str {
-        &self.queue_url
-    }
-}
 
 /// Receives from one SQS queue.
 pub struct SqsConsumer {
@@ -101,14 +76,14 @@ impl SqsConsumer {
     /// A consumer of `logical` (already resolved) holding at most `prefetch`
     /// unsettled deliveries and dead-lettering to `dead_letter`.
     pub(crate) fn start(
-        queues: Arc<Queues>,
+        core: Arc<Core>,
         logical: &str,
         prefetch: usize,
         dead_letter: &str,
         temporary: bool,
     ) -> Self {
-        let receivers = queues.config.receivers_for(prefetch);
-        let settler = SqsSettler::start(queues, logical, prefetch, dead_letter);
+        let receivers = core.config.receivers_for(prefetch);
+        let settler = SqsSettler::start(core, logical, prefetch, dead_letter);
         let (tx, rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let error_queued = Arc::new(AtomicBool::new(false));
@@ -173,17 +148,10 @@ impl SqsConsumer {
         if !std::mem::take(&mut self.temporary) {
             return;
         }
-        let queues = self.settler.queues.clone();
+        let core = self.settler.core.clone();
         let logical = self.settler.logical.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let Some(info) = queues.cached(&logical) else { return };
-                queues.invalidate(&info);
-                let _request = queues.permit(crate::topology::Budget::Other).await;
-                if let Err(e) = queues.clients.ops.delete_queue().queue_url(&info.url).send().await {
-                    tracing::debug!(queue = %logical, error = %crate::error::sdk(e, "delete queue", &logical), "could not delete a reply queue");
-                }
-            });
+            runtime.spawn(async move { topology::delete_resolved(&core, &logical).await });
         }
     }
 }
@@ -251,7 +219,7 @@ impl Consumer for SqsConsumer {
     }
 
     fn health(&self) -> mq_core::observe::Health {
-        self.settler.queues.clients.health.health()
+        self.settler.core.clients.health.health()
     }
 
     async fn close(&mut self) -> Result<()> {
@@ -483,8 +451,7 @@ impl ReceiveCall {
             }
             Err(e) => {
                 settler.permits.add_permits(n);
-                let recreate =
-                    e.kind() == ErrorKind::NotFound && settler.queues.config.create_queues;
+                let recreate = e.kind() == ErrorKind::NotFound && settler.core.config.create_queues;
                 if !recreate && !self.error_queued.swap(true, Ordering::AcqRel) {
                     self.demand.buffered.fetch_add(1, Ordering::AcqRel);
                     let _ = self.tx.send(Err(e));
@@ -508,10 +475,10 @@ impl ReceiveCall {
     /// consumer of the queue (as churning consumers do), and makes whatever
     /// nobody claimed within [`ORPHAN_GRACE`] visible again.
     async fn leave(&self, orphans: Vec<Orphan>) {
-        let queues = &self.settler.queues;
-        queues.leave_orphans(&self.settler.logical, orphans);
+        let core = &self.settler.core;
+        core.leave_orphans(&self.settler.logical, orphans);
         tokio::time::sleep(ORPHAN_GRACE).await;
-        let unclaimed: Vec<Arc<str>> = queues
+        let unclaimed: Vec<Arc<str>> = core
             .claim_orphans(&self.settler.logical, usize::MAX)
             .iter()
             .filter_map(|o| o.message.receipt_handle().map(Arc::from))
@@ -555,7 +522,7 @@ fn adopt(
     if free == 0 {
         return false;
     }
-    let orphans = settler.queues.claim_orphans(&settler.logical, free);
+    let orphans = settler.core.claim_orphans(&settler.logical, free);
     if orphans.is_empty() {
         return false;
     }
@@ -563,13 +530,13 @@ fn adopt(
         match settler.permits.try_acquire() {
             Ok(p) => p.forget(),
             Err(_) => {
-                settler.queues.leave_orphans(&settler.logical, vec![o]);
+                settler.core.leave_orphans(&settler.logical, vec![o]);
                 continue;
             }
         }
         if !hand_over(settler, tx, demand, &o.url, &o.message, o.received_at) {
             settler.permits.add_permits(1);
-            settler.queues.leave_orphans(&settler.logical, vec![o]);
+            settler.core.leave_orphans(&settler.logical, vec![o]);
         }
     }
     true
@@ -577,11 +544,11 @@ fn adopt(
 
 /// One long poll for up to `n` messages; returns the queue URL used too.
 async fn receive(settler: &SqsSettler, n: usize) -> Result<(String, Vec<SqsMessage>)> {
-    let queues = &settler.queues;
-    let info = queues.resolve(&settler.logical).await?;
-    let config = &queues.config;
-    let _request = queues.permit(crate::topology::Budget::Receive).await;
-    let result = queues
+    let core = &settler.core;
+    let info = topology::resolve(core, &settler.logical).await?;
+    let config = &core.config;
+    let _request = core.permit(Budget::Receive).await;
+    let result = core
         .clients
         .receive
         .receive_message()
@@ -599,7 +566,7 @@ async fn receive(settler: &SqsSettler, n: usize) -> Result<(String, Vec<SqsMessa
         Ok(out) => Ok((info.url.clone(), out.messages.unwrap_or_default())),
         Err(e) => {
             let e = error::sdk(e, "receive", &settler.logical);
-            queues.gone(&info, &e);
+            core.gone(&info, &e);
             Err(e)
         }
     }
@@ -614,12 +581,12 @@ fn deliver(
     tag: u64,
 ) -> Delivery {
     let decoded = codec::decode(m);
-    let metadata = SqsMetadata {
+    let metadata = SqsMetadata::new(
         tag,
-        receipt_handle: receipt.to_owned(),
-        sqs_message_id: m.message_id().unwrap_or_default().to_owned(),
-        queue_url: url.to_owned(),
-    };
+        receipt.to_owned(),
+        m.message_id().unwrap_or_default().to_owned(),
+        url.to_owned(),
+    );
     let received = Received::new(
         settler.logical.to_string(),
         decoded.message,
@@ -634,7 +601,7 @@ fn deliver(
 mod tests {
     use super::*;
     use crate::config::SqsConfig;
-    use mq_core::url::RedactedUrl;
+    use mq_core::backend::RedactedUrl;
     use mq_core::Message;
 
     /// A consumer whose channel the test feeds by hand (no poller; the
@@ -642,9 +609,8 @@ mod tests {
     async fn fed_consumer() -> (SqsConsumer, mpsc::UnboundedSender<Result<Delivery>>) {
         let url = RedactedUrl::parse("sqs+http://k:s@127.0.0.1:9?region=us-east-1").expect("url");
         let config = Arc::new(SqsConfig::from_url(&url).expect("config"));
-        let clients = crate::backend::clients(&config).await.expect("clients");
-        let queues = Arc::new(Queues::new(clients, config));
-        let settler = SqsSettler::start(queues, "q", 10, "q-dlq");
+        let core = Arc::new(Core::connect(config).await.expect("clients"));
+        let settler = SqsSettler::start(core, "q", 10, "q-dlq");
         let (tx, rx) = mpsc::unbounded_channel();
         let consumer = SqsConsumer {
             settler,

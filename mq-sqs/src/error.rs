@@ -5,9 +5,10 @@ use std::fmt;
 
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::BatchResultErrorEntry;
-use mq_core::{Error, ErrorKind};
+use mq_core::{Error, ErrorKind, Result};
 
-use crate::BACKEND;
+/// The backend's name in errors, logs and metrics.
+pub const BACKEND: &str = "sqs";
 
 /// Error codes meaning "the queue does not exist" (JSON and query protocols).
 const QUEUE_MISSING: &[&str] = &[
@@ -157,6 +158,94 @@ pub(crate) fn entry(
     .with_backend(BACKEND)
     .with_operation(operation)
     .with_destination(destination)
+}
+
+/// The answer of a batch call (`SendMessageBatch`, `DeleteMessageBatch`,
+/// `ChangeMessageVisibilityBatch`): the ids of its successful and failed
+/// entries.
+pub(crate) trait BatchOutput {
+    /// The ids of the entries that succeeded.
+    fn ok_ids(&self) -> impl Iterator<Item = &str>;
+    /// The entries that failed, with SQS's reason.
+    fn failed_entries(&self) -> &[BatchResultErrorEntry];
+}
+
+macro_rules! batch_output {
+    ($($output:ty),* $(,)?) => {$(
+        impl BatchOutput for $output {
+            fn ok_ids(&self) -> impl Iterator<Item = &str> {
+                self.successful().iter().map(|s| s.id())
+            }
+            fn failed_entries(&self) -> &[BatchResultErrorEntry] {
+                self.failed()
+            }
+        }
+    )*};
+}
+
+batch_output!(
+    aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput,
+    aws_sdk_sqs::operation::delete_message_batch::DeleteMessageBatchOutput,
+    aws_sdk_sqs::operation::change_message_visibility_batch::ChangeMessageVisibilityBatchOutput,
+);
+
+/// What a batch call of `n` entries `operation` on `destination` came to,
+/// where entry `i` has the id `i`: `Err` when the call failed as a whole,
+/// else each entry's outcome (an entry SQS lists neither as successful nor
+/// as failed failed too). A call can answer HTTP 200 and still list failed
+/// entries.
+pub(crate) fn answer<O, E>(
+    sent: std::result::Result<O, SdkError<E, aws_sdk_sqs::config::http::HttpResponse>>,
+    n: usize,
+    operation: &'static str,
+    destination: &str,
+) -> Result<Vec<Result<()>>>
+where
+    O: BatchOutput,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let out = sent.map_err(|e| sdk(e, operation, destination))?;
+    let mut results: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
+    for id in out.ok_ids() {
+        if let Some(slot) = id.parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
+            *slot = Some(Ok(()));
+        }
+    }
+    for f in out.failed_entries() {
+        if let Some(slot) = f
+            .id()
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| results.get_mut(i))
+        {
+            *slot = Some(Err(entry(f, operation, destination)));
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(
+                    Error::new(ErrorKind::Broker, "SQS reported no outcome for the entry")
+                        .with_backend(BACKEND)
+                        .with_operation(operation)
+                        .with_destination(destination),
+                )
+            })
+        })
+        .collect())
+}
+
+/// A batch entry (or message attribute) the SDK refused to build.
+pub(crate) fn invalid_entry(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::config("invalid batch entry")
+        .with_backend(BACKEND)
+        .with_source(e)
+}
+
+/// [`replicate`]d for each of `n` entries of a request that failed as a whole.
+pub(crate) fn replicate_each(err: &Error, n: usize) -> Vec<Result<()>> {
+    (0..n).map(|_| Err(replicate(err))).collect()
 }
 
 /// A copy of `err` for each of several callers (a failed batch request fails

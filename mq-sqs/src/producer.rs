@@ -19,9 +19,9 @@ use tokio::task::JoinHandle;
 
 use crate::batch::{self, MAX_ENTRIES};
 use crate::codec::{self, Wire};
-use crate::error;
-use crate::topology::{Budget, QueueInfo, Queues, RESERVED_FOR_ATTRIBUTES};
-use crate::BACKEND;
+use crate::core::{Budget, Core, QueueInfo, RESERVED_FOR_ATTRIBUTES};
+use crate::error::{self, BACKEND};
+use crate::topology;
 
 /// The most bytes (bodies and attributes) one `SendMessageBatch` carries.
 pub(crate) const MAX_BATCH_BYTES: usize = 1024 * 1024;
@@ -34,7 +34,7 @@ pub struct SqsProducer {
 }
 
 struct ProducerInner {
-    queues: Arc<Queues>,
+    core: Arc<Core>,
     batchers: Mutex<HashMap<String, Batcher>>,
     closed: AtomicBool,
 }
@@ -58,10 +58,10 @@ impl fmt::Debug for SqsProducer {
 }
 
 impl SqsProducer {
-    pub(crate) fn new(queues: Arc<Queues>) -> Self {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
         SqsProducer {
             inner: Arc::new(ProducerInner {
-                queues,
+                core,
                 batchers: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
             }),
@@ -81,24 +81,24 @@ impl SqsProducer {
         if let Some((tx, _)) = batchers.get(destination) {
             return tx.clone();
         }
-        let config = &self.inner.queues.config;
+        let config = &self.inner.core.config;
         let settings = batch::Settings {
             max_entries: MAX_ENTRIES,
             max_bytes: MAX_BATCH_BYTES,
             linger: config.linger,
             concurrency: config.send_concurrency,
         };
-        let queues = self.inner.queues.clone();
+        let core = self.inner.core.clone();
         let logical: Arc<str> = destination.into();
         let (tx, task) = batch::spawn(
             settings,
             |p: &Pending| p.wire.size(),
             move |pending: Vec<Pending>| {
-                let (queues, logical) = (queues.clone(), logical.clone());
+                let (core, logical) = (core.clone(), logical.clone());
                 async move {
                     let (wires, replies): (Vec<Wire>, Vec<_>) =
                         pending.into_iter().map(|p| (p.wire, p.reply)).unzip();
-                    let results = send_to(&queues, &logical, &wires).await;
+                    let results = send_to(&core, &logical, &wires).await;
                     for (reply, result) in replies.into_iter().zip(results) {
                         // The caller may have stopped waiting; nothing to do then.
                         let _ = reply.send(result);
@@ -146,7 +146,7 @@ pub(crate) fn prepare(info: &QueueInfo, message: Message) -> Result<Wire> {
 const FIT_ROUNDS: usize = 8;
 
 /// Encodes a republished copy (a dead letter) for the queue of `info`, its
-/// reason headers cut ([`mq_core::republish::fit_to_size`]) so that the copy
+/// reason headers cut ([`mq_core::backend::republish::fit_to_size`]) so that the copy
 /// fits the queue's `MaximumMessageSize` as SQS counts it: body plus each
 /// attribute's name, type and value. What the encoding adds to
 /// [`Message::encoded_len`] (base64 of a binary payload, attribute names and
@@ -161,10 +161,11 @@ pub(crate) fn fit_copy(info: &QueueInfo, message: Message) -> Result<Wire> {
     let mut budget = limit;
     let mut last = 0;
     for _ in 0..FIT_ROUNDS {
-        let candidate = mq_core::republish::fit_to_size(message.clone(), budget).map_err(|e| {
-            e.with_backend(BACKEND)
-                .with_destination(info.logical.clone())
-        })?;
+        let candidate =
+            mq_core::backend::republish::fit_to_size(message.clone(), budget).map_err(|e| {
+                e.with_backend(BACKEND)
+                    .with_destination(info.logical.clone())
+            })?;
         let wire = codec::encode(candidate, info.fifo)
             .map_err(|e| e.with_destination(info.logical.clone()))?;
         last = wire.size();
@@ -208,27 +209,27 @@ fn attributes(wire: &Wire) -> Result<HashMap<String, MessageAttributeValue>> {
 /// Sends `wires` to the queue of `logical` in one call and returns each
 /// one's outcome. When the queue turns out to be gone it is resolved (and,
 /// with `create_queues`, created) again and the call retried once.
-pub(crate) async fn send_to(queues: &Queues, logical: &str, wires: &[Wire]) -> Vec<Result<()>> {
+pub(crate) async fn send_to(core: &Core, logical: &str, wires: &[Wire]) -> Vec<Result<()>> {
     let mut retried = false;
     loop {
-        let info = match queues.resolve(logical).await {
+        let info = match topology::resolve(core, logical).await {
             Ok(info) => info,
-            Err(e) => return wires.iter().map(|_| Err(error::replicate(&e))).collect(),
+            Err(e) => return error::replicate_each(&e, wires.len()),
         };
-        match call(queues, &info, wires).await {
+        match call(core, &info, wires).await {
             Ok(results) => return results,
-            Err(e) if !retried && queues.gone(&info, &e) => retried = true,
-            Err(e) => return wires.iter().map(|_| Err(error::replicate(&e))).collect(),
+            Err(e) if !retried && core.gone(&info, &e) => retried = true,
+            Err(e) => return error::replicate_each(&e, wires.len()),
         }
     }
 }
 
 /// One `SendMessage` (a single message) or `SendMessageBatch` call. `Err`
 /// is a failure of the whole call; `Ok` holds each entry's outcome.
-async fn call(queues: &Queues, info: &QueueInfo, wires: &[Wire]) -> Result<Vec<Result<()>>> {
-    let client = &queues.clients.ops;
+async fn call(core: &Core, info: &QueueInfo, wires: &[Wire]) -> Result<Vec<Result<()>>> {
+    let client = &core.clients.ops;
     let logical = info.logical.as_str();
-    let _request = queues.permit(Budget::Send).await;
+    let _request = core.permit(Budget::Send).await;
     if let [wire] = wires {
         let mut req = client
             .send_message()
@@ -256,53 +257,15 @@ async fn call(queues: &Queues, info: &QueueInfo, wires: &[Wire]) -> Result<Vec<R
                 .message_group_id(group)
                 .message_deduplication_id(dedup);
         }
-        entries.push(entry.build().map_err(|e| {
-            Error::config("invalid batch entry")
-                .with_backend(BACKEND)
-                .with_source(e)
-        })?);
+        entries.push(entry.build().map_err(error::invalid_entry)?);
     }
-    let out = client
+    let sent = client
         .send_message_batch()
         .queue_url(&info.url)
         .set_entries(Some(entries))
         .send()
-        .await
-        .map_err(|e| error::sdk(e, "send", logical))?;
-    let mut results: Vec<Option<Result<()>>> = wires.iter().map(|_| None).collect();
-    for ok in out.successful() {
-        if let Some(slot) = ok
-            .id()
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| results.get_mut(i))
-        {
-            *slot = Some(Ok(()));
-        }
-    }
-    for failed in out.failed() {
-        if let Some(slot) = failed
-            .id()
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| results.get_mut(i))
-        {
-            *slot = Some(Err(error::entry(failed, "send", logical)));
-        }
-    }
-    Ok(results
-        .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| {
-                Err(
-                    Error::new(ErrorKind::Broker, "SQS reported no outcome for the message")
-                        .with_backend(BACKEND)
-                        .with_operation("send")
-                        .with_destination(logical),
-                )
-            })
-        })
-        .collect())
+        .await;
+    error::answer(sent, wires.len(), "send", logical)
 }
 
 /// Groups `(index, wire)` pairs into batches of at most 10 entries and
@@ -330,7 +293,7 @@ fn chunks(ready: Vec<(usize, Wire)>) -> Vec<Vec<(usize, Wire)>> {
 impl Producer for SqsProducer {
     async fn send(&self, destination: &str, message: Message) -> Result<()> {
         self.check_open(destination)?;
-        let info = self.inner.queues.resolve(destination).await?;
+        let info = topology::resolve(&self.inner.core, destination).await?;
         let wire = prepare(&info, message)?;
         let (reply, outcome) = oneshot::channel();
         self.batcher(destination)
@@ -350,7 +313,7 @@ impl Producer for SqsProducer {
     async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> BatchReport {
         let ids: Vec<String> = messages.iter().map(|m| m.id().to_owned()).collect();
         let prepared = match self.check_open(destination) {
-            Ok(()) => self.inner.queues.resolve(destination).await,
+            Ok(()) => topology::resolve(&self.inner.core, destination).await,
             Err(e) => Err(e),
         };
         let info = match prepared {
@@ -371,17 +334,17 @@ impl Producer for SqsProducer {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        let queues = &self.inner.queues;
+        let core = &self.inner.core;
         let calls = chunks(ready).into_iter().map(|chunk| async move {
             let (indexes, wires): (Vec<usize>, Vec<Wire>) = chunk.into_iter().unzip();
-            let outcomes = send_to(queues, destination, &wires).await;
+            let outcomes = send_to(core, destination, &wires).await;
             indexes.into_iter().zip(outcomes).collect::<Vec<_>>()
         });
         // FIFO order across chunks needs one call after the other.
         let in_flight = if info.fifo {
             1
         } else {
-            queues.config.send_concurrency
+            core.config.send_concurrency
         };
         let done: Vec<Vec<(usize, Result<()>)>> = futures::stream::iter(calls)
             .buffer_unordered(in_flight)
@@ -405,7 +368,7 @@ impl Producer for SqsProducer {
     }
 
     fn health(&self) -> mq_core::observe::Health {
-        self.inner.queues.clients.health.health()
+        self.inner.core.clients.health.health()
     }
 
     /// Stops accepting sends and waits until every queued message was sent.
@@ -487,17 +450,17 @@ mod tests {
 
         let first = fit_copy(
             &dlq,
-            mq_core::republish::dead_letter_copy(&delivery, "boom"),
+            mq_core::backend::republish::dead_letter_copy(&delivery, "boom"),
         )
         .expect("dead letter");
         let second = fit_copy(
             &dlq,
-            mq_core::republish::dead_letter_copy(&delivery, "boom"),
+            mq_core::backend::republish::dead_letter_copy(&delivery, "boom"),
         )
         .expect("second dead letter");
         let dead = receive("jobs-dlq.fifo", &first);
-        let replay =
-            prepare(&source, mq_core::republish::replay_copy(&dead)).expect("redrive copy");
+        let replay = prepare(&source, mq_core::backend::republish::replay_copy(&dead))
+            .expect("redrive copy");
 
         let wires = [&sent, &first, &second, &replay];
         let mut dedup_ids: Vec<&str> = Vec::new();
@@ -558,7 +521,7 @@ mod tests {
         let delivery = mq_core::Received::new("jobs", m.clone(), 3);
         // Control characters: each is six bytes of JSON escape once packed.
         let reason = "line\u{1}\"quoted\" ".repeat(200);
-        let copy = mq_core::republish::dead_letter_copy(&delivery, &reason);
+        let copy = mq_core::backend::republish::dead_letter_copy(&delivery, &reason);
         assert!(
             codec::encode(copy.clone(), false).expect("encode").size() > 2048,
             "the uncut copy does not fit"
@@ -581,8 +544,11 @@ mod tests {
         // What cannot fit even without the reason is TooLarge (the settler
         // then returns the message to its queue).
         let huge = mq_core::Received::new("jobs", Message::new(vec![b'a'; 4000]), 1);
-        let err = fit_copy(&dlq, mq_core::republish::dead_letter_copy(&huge, "why"))
-            .expect_err("too large");
+        let err = fit_copy(
+            &dlq,
+            mq_core::backend::republish::dead_letter_copy(&huge, "why"),
+        )
+        .expect_err("too large");
         assert_eq!(err.kind(), ErrorKind::TooLarge);
     }
 
@@ -614,7 +580,7 @@ mod tests {
                     m = m.with_header(mq_core::headers::DEAD_LETTER_REASON, e);
                 }
                 let delivery = mq_core::Received::new("src", m.clone(), 1);
-                let copy = mq_core::republish::dead_letter_copy(&delivery, &reason);
+                let copy = mq_core::backend::republish::dead_letter_copy(&delivery, &reason);
                 match fit_copy(&queue("src-dlq", fifo, max_size), copy) {
                     Ok(wire) => {
                         prop_assert!(wire.size() <= max_size, "{} > {}", wire.size(), max_size);

@@ -5,7 +5,7 @@
 //! | ack | `DeleteMessageBatch`, queued: `ack` returns at once |
 //! | nack | `ChangeMessageVisibilityBatch` to 0 |
 //! | nack after `d` | `ChangeMessageVisibilityBatch` to `d` rounded up to seconds, clamped to what is left of SQS's 12 h from receipt |
-//! | dead-letter | `SendMessage` of a [`dead_letter_copy`](mq_core::republish::dead_letter_copy), cut to fit, to the consumer's dead-letter queue, then delete (awaited) |
+//! | dead-letter | `SendMessage` of a [`dead_letter_copy`](mq_core::backend::republish::dead_letter_copy), cut to fit, to the consumer's dead-letter queue, then delete (awaited) |
 //! | dropped unsettled | `ChangeMessageVisibilityBatch` to 0, from a spawned task |
 //! | consumer closed | every unsettled delivery to visibility 0, awaited |
 //!
@@ -35,21 +35,25 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_sqs::error::BuildError;
+use aws_sdk_sqs::operation::change_message_visibility_batch::builders::ChangeMessageVisibilityBatchFluentBuilder;
+use aws_sdk_sqs::operation::delete_message_batch::builders::DeleteMessageBatchFluentBuilder;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
 };
-use mq_core::{Delivery, Error, ErrorKind, Message, Result, Settlement, Settler};
+use mq_core::backend::{Settlement, Settler};
+use mq_core::{Delivery, Error, ErrorKind, Message, Result};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::batch::{self, MAX_ENTRIES};
 use crate::config::{secs_i32, MAX_VISIBILITY};
-use crate::consumer::SqsMetadata;
-use crate::error;
+use crate::core::{Budget, Core};
+use crate::error::{self, BACKEND};
+use crate::metadata::SqsMetadata;
 use crate::producer::{fit_copy, send_to};
-use crate::topology::{Budget, Queues};
-use crate::BACKEND;
+use crate::topology;
 
 /// Settlement calls of one consumer in flight at once, per kind.
 const SETTLE_CONCURRENCY: usize = 8;
@@ -137,7 +141,7 @@ struct Outstanding {
 
 /// Settles the deliveries of one consumer and keeps their leases.
 pub(crate) struct SqsSettler {
-    pub(crate) queues: Arc<Queues>,
+    pub(crate) core: Arc<Core>,
     /// The source as the application named it.
     pub(crate) logical: Arc<str>,
     /// Where dead letters go (the consumer's `dead_letter` option, or the
@@ -168,7 +172,7 @@ impl SqsSettler {
     /// deliveries and dead-lettering to `dead_letter`; starts its batching
     /// tasks and heartbeat.
     pub(crate) fn start(
-        queues: Arc<Queues>,
+        core: Arc<Core>,
         logical: &str,
         prefetch: usize,
         dead_letter: &str,
@@ -180,7 +184,7 @@ impl SqsSettler {
             linger: Duration::ZERO,
             concurrency: SETTLE_CONCURRENCY,
         };
-        let (q, l) = (queues.clone(), logical.clone());
+        let (q, l) = (core.clone(), logical.clone());
         let (visibility, _) = batch::spawn(
             settings,
             |_: &Op| 0,
@@ -191,7 +195,7 @@ impl SqsSettler {
         );
         // A failed delete nobody awaits (an ack) returns its message through
         // the visibility task.
-        let (q, l, v) = (queues.clone(), logical.clone(), visibility.clone());
+        let (q, l, v) = (core.clone(), logical.clone(), visibility.clone());
         let (deletes, _) = batch::spawn(
             settings,
             |_: &Op| 0,
@@ -200,9 +204,9 @@ impl SqsSettler {
                 async move { flush(&q, &l, ops, Kind::Delete, Some(&v)).await }
             },
         );
-        let vt = queues.config.visibility();
+        let vt = core.config.visibility();
         let settler = Arc::new(SqsSettler {
-            queues,
+            core,
             logical,
             dead_letter: dead_letter.into(),
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
@@ -220,7 +224,7 @@ impl SqsSettler {
     /// once the consumer closed.
     pub(crate) fn track(&self, receipt: &str, received_at: Instant) -> Option<u64> {
         let visible_until = received_at
-            .checked_add(self.queues.config.visibility())
+            .checked_add(self.core.config.visibility())
             .unwrap_or(received_at);
         let mut state = self.state.lock();
         if state.closed {
@@ -305,7 +309,7 @@ impl SqsSettler {
         );
         tracing::warn!(source = %self.logical, destination = %self.dead_letter, error = %error,
             "a dead letter could not be written; the message went back to its queue");
-        self.queues.clients.health.settle_failed(text);
+        self.core.clients.health.settle_failed(text);
     }
 
     /// Queues the delete of `receipt` without waiting for it: sequential
@@ -322,16 +326,22 @@ impl SqsSettler {
             .map_err(|_| error::closed("the consumer's settlement task", "ack", &self.logical))
     }
 
-    /// Makes received but untracked messages visible again, waiting for SQS.
-    pub(crate) async fn return_now(&self, receipts: Vec<Arc<str>>) {
+    /// Makes `receipts` visible again at once, waiting for SQS; returns how
+    /// many could not be (SQS redelivers those after their visibility timeout).
+    async fn make_visible(&self, receipts: Vec<Arc<str>>) -> usize {
         let returns = receipts
             .into_iter()
             .map(|r| self.run(Kind::Visibility, r, 0));
-        let failed = futures::future::join_all(returns)
+        futures::future::join_all(returns)
             .await
             .into_iter()
             .filter_map(Result::err)
-            .count();
+            .count()
+    }
+
+    /// Makes received but untracked messages visible again, waiting for SQS.
+    pub(crate) async fn return_now(&self, receipts: Vec<Arc<str>>) {
+        let failed = self.make_visible(receipts).await;
         if failed > 0 {
             tracing::warn!(source = %self.logical, failed,
                 "could not return some messages; SQS redelivers them after their visibility timeout");
@@ -346,23 +356,20 @@ impl SqsSettler {
             state.closed = true;
             state.entries.drain().map(|(_, e)| e).collect()
         };
-        let mut returns = Vec::with_capacity(entries.len());
+        let mut receipts = Vec::with_capacity(entries.len());
         for entry in entries {
-            let _settled = entry.lease.lock().await;
-            returns.push(self.run(Kind::Visibility, entry.receipt, 0));
+            // Wait for a heartbeat extension of this message to finish.
+            drop(entry.lease.lock().await);
+            receipts.push(entry.receipt);
         }
-        let failed = futures::future::join_all(returns)
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-            .count();
+        let failed = self.make_visible(receipts).await;
         if failed > 0 {
             tracing::warn!(source = %self.logical, failed,
                 "could not return some unsettled messages on close; SQS redelivers them after their visibility timeout");
         }
         // Acks still queued or in flight finish before close returns.
         self.unconfirmed
-            .drained(self.queues.config.request_timeout().saturating_mul(2))
+            .drained(self.core.config.request_timeout().saturating_mul(2))
             .await;
         Ok(())
     }
@@ -402,10 +409,9 @@ impl SqsSettler {
                 .map(|(t, r, s, _)| (*t, r.clone(), *s))
                 .collect();
             async move {
-                let receipts: Vec<Arc<str>> = ops.iter().map(|(_, r, _)| r.clone()).collect();
-                let seconds: Vec<i32> = ops.iter().map(|(_, _, s)| *s).collect();
-                let results =
-                    change_visibility_each(&self.queues, &self.logical, &receipts, &seconds).await;
+                let entries: Vec<(Arc<str>, i32)> =
+                    ops.iter().map(|(_, r, s)| (r.clone(), *s)).collect();
+                let results = call(&self.core, &self.logical, Kind::Visibility, &entries).await;
                 ops.into_iter()
                     .map(|(tag, _, s)| (tag, s))
                     .zip(results)
@@ -432,12 +438,12 @@ impl SqsSettler {
     }
 
     /// Publishes the dead letter of `delivery` to the consumer's dead-letter
-    /// queue: a [`dead_letter_copy`](mq_core::republish::dead_letter_copy)
+    /// queue: a [`dead_letter_copy`](mq_core::backend::republish::dead_letter_copy)
     /// (same `mq` id, fresh FIFO deduplication id) cut to fit the queue's
     /// size limit, tried up to [`DEAD_LETTER_ATTEMPTS`] times while the
     /// error is retryable.
     async fn publish_dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
-        let copy = mq_core::republish::dead_letter_copy(delivery, reason);
+        let copy = mq_core::backend::republish::dead_letter_copy(delivery, reason);
         let mut pause = DEAD_LETTER_BACKOFF;
         let mut attempt = 1;
         loop {
@@ -457,9 +463,9 @@ impl SqsSettler {
 
     /// One attempt to write `copy` to the dead-letter queue.
     async fn write_dead_letter(&self, copy: Message) -> Result<()> {
-        let info = self.queues.resolve(&self.dead_letter).await?;
+        let info = topology::resolve(&self.core, &self.dead_letter).await?;
         let wire = fit_copy(&info, copy)?;
-        send_to(&self.queues, &self.dead_letter, std::slice::from_ref(&wire))
+        send_to(&self.core, &self.dead_letter, std::slice::from_ref(&wire))
             .await
             .pop()
             .unwrap_or_else(|| {
@@ -597,20 +603,15 @@ impl Kind {
 /// failed delete nobody awaits (an ack) is handed to `returns` to be made
 /// visible again at once.
 async fn flush(
-    queues: &Queues,
+    core: &Core,
     logical: &str,
     ops: Vec<Op>,
     kind: Kind,
     returns: Option<&mpsc::UnboundedSender<Op>>,
 ) {
-    let receipts: Vec<Arc<str>> = ops.iter().map(|o| o.receipt.clone()).collect();
-    let results = match kind {
-        Kind::Delete => delete(queues, logical, &receipts).await,
-        Kind::Visibility => {
-            let seconds: Vec<i32> = ops.iter().map(|o| o.seconds).collect();
-            change_visibility_each(queues, logical, &receipts, &seconds).await
-        }
-    };
+    let entries: Vec<(Arc<str>, i32)> =
+        ops.iter().map(|o| (o.receipt.clone(), o.seconds)).collect();
+    let results = call(core, logical, kind, &entries).await;
     for (op, result) in ops.into_iter().zip(results) {
         match op.reply {
             Some(reply) => {
@@ -621,7 +622,7 @@ async fn flush(
                 match (kind, returns) {
                     (Kind::Delete, Some(returns)) => {
                         tracing::warn!(source = logical, error = %e, "deleting an acked message failed; making it visible again");
-                        queues.clients.health.settle_failed(format!(
+                        core.clients.health.settle_failed(format!(
                             "an ack on `{logical}` failed; the message will be delivered again: {e}"
                         ));
                         let _ = returns.send(Op {
@@ -640,162 +641,103 @@ async fn flush(
     }
 }
 
-/// Each entry's outcome from a batch call's successful and failed lists.
-fn outcomes<'a>(
-    n: usize,
-    successful: impl Iterator<Item = &'a str>,
-    failed: &[aws_sdk_sqs::types::BatchResultErrorEntry],
-    operation: &'static str,
-    logical: &str,
-) -> Vec<Result<()>> {
-    let mut results: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
-    for id in successful {
-        if let Some(slot) = id.parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
-            *slot = Some(Ok(()));
-        }
-    }
-    for f in failed {
-        if let Some(slot) = f
-            .id()
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| results.get_mut(i))
-        {
-            *slot = Some(Err(error::entry(f, operation, logical)));
-        }
-    }
-    results
-        .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| {
-                Err(
-                    Error::new(ErrorKind::Broker, "SQS reported no outcome for the entry")
-                        .with_backend(BACKEND)
-                        .with_operation(operation)
-                        .with_destination(logical),
+/// A batch request, built and not sent yet.
+enum Request {
+    Delete(DeleteMessageBatchFluentBuilder),
+    Visibility(ChangeMessageVisibilityBatchFluentBuilder),
+}
+
+impl Kind {
+    /// The `DeleteMessageBatch` or `ChangeMessageVisibilityBatch` request for
+    /// `entries` (receipt handle, new visibility timeout; a delete takes no
+    /// timeout), without the queue URL yet.
+    fn request(self, client: &aws_sdk_sqs::Client, entries: &[(Arc<str>, i32)]) -> Result<Request> {
+        Ok(match self {
+            Kind::Delete => {
+                let entries = built(entries, |id, receipt, _| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(id)
+                        .receipt_handle(receipt)
+                        .build()
+                })?;
+                Request::Delete(client.delete_message_batch().set_entries(Some(entries)))
+            }
+            Kind::Visibility => {
+                let entries = built(entries, |id, receipt, seconds| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(id)
+                        .receipt_handle(receipt)
+                        .visibility_timeout(seconds)
+                        .build()
+                })?;
+                Request::Visibility(
+                    client
+                        .change_message_visibility_batch()
+                        .set_entries(Some(entries)),
                 )
-            })
+            }
         })
-        .collect()
-}
-
-fn all_failed(n: usize, e: &Error) -> Vec<Result<()>> {
-    (0..n).map(|_| Err(error::replicate(e))).collect()
-}
-
-fn build_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::config("invalid batch entry")
-        .with_backend(BACKEND)
-        .with_source(e)
-}
-
-async fn delete(queues: &Queues, logical: &str, receipts: &[Arc<str>]) -> Vec<Result<()>> {
-    let info = match queues.resolve(logical).await {
-        Ok(info) => info,
-        Err(e) => return all_failed(receipts.len(), &e),
-    };
-    let entries: Result<Vec<_>> = receipts
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            DeleteMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .receipt_handle(r.as_ref())
-                .build()
-                .map_err(build_error)
-        })
-        .collect();
-    let entries = match entries {
-        Ok(e) => e,
-        Err(e) => return all_failed(receipts.len(), &e),
-    };
-    let _request = queues.permit(Budget::Other).await;
-    match queues
-        .clients
-        .ops
-        .delete_message_batch()
-        .queue_url(&info.url)
-        .set_entries(Some(entries))
-        .send()
-        .await
-    {
-        Ok(out) => outcomes(
-            receipts.len(),
-            out.successful().iter().map(|s| s.id()),
-            out.failed(),
-            "ack",
-            logical,
-        ),
-        Err(e) => {
-            let e = error::sdk(e, "ack", logical);
-            queues.gone(&info, &e);
-            all_failed(receipts.len(), &e)
-        }
     }
 }
 
-async fn change_visibility_each(
-    queues: &Queues,
+/// `entries` as batch request entries made by `build` from the id, the
+/// receipt handle and the seconds; entry `i` gets the id `i`.
+fn built<T>(
+    entries: &[(Arc<str>, i32)],
+    build: impl Fn(String, &str, i32) -> std::result::Result<T, BuildError>,
+) -> Result<Vec<T>> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, (receipt, seconds))| build(i.to_string(), receipt, *seconds))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(error::invalid_entry)
+}
+
+/// One batch call of `kind` for `entries` (see [`Kind::request`]) on the
+/// queue of `logical`, and each entry's outcome. A queue found gone is
+/// forgotten, so the next call resolves it again.
+async fn call(
+    core: &Core,
     logical: &str,
-    receipts: &[Arc<str>],
-    seconds: &[i32],
+    kind: Kind,
+    entries: &[(Arc<str>, i32)],
 ) -> Vec<Result<()>> {
-    let info = match queues.resolve(logical).await {
+    let n = entries.len();
+    let info = match topology::resolve(core, logical).await {
         Ok(info) => info,
-        Err(e) => return all_failed(receipts.len(), &e),
+        Err(e) => return error::replicate_each(&e, n),
     };
-    let entries: Result<Vec<_>> = receipts
-        .iter()
-        .zip(seconds)
-        .enumerate()
-        .map(|(i, (r, s))| {
-            ChangeMessageVisibilityBatchRequestEntry::builder()
-                .id(i.to_string())
-                .receipt_handle(r.as_ref())
-                .visibility_timeout(*s)
-                .build()
-                .map_err(build_error)
-        })
-        .collect();
-    let entries = match entries {
-        Ok(e) => e,
-        Err(e) => return all_failed(receipts.len(), &e),
+    let request = match kind.request(&core.clients.ops, entries) {
+        Ok(request) => request,
+        Err(e) => return error::replicate_each(&e, n),
     };
-    let _request = queues.permit(Budget::Other).await;
-    match queues
-        .clients
-        .ops
-        .change_message_visibility_batch()
-        .queue_url(&info.url)
-        .set_entries(Some(entries))
-        .send()
-        .await
-    {
-        Ok(out) => outcomes(
-            receipts.len(),
-            out.successful().iter().map(|s| s.id()),
-            out.failed(),
-            "change visibility",
-            logical,
-        ),
-        Err(e) => {
-            let e = error::sdk(e, "change visibility", logical);
-            queues.gone(&info, &e);
-            all_failed(receipts.len(), &e)
+    let operation = kind.operation();
+    let _request = core.permit(Budget::Other).await;
+    let answer = match request {
+        Request::Delete(r) => {
+            error::answer(r.queue_url(&info.url).send().await, n, operation, logical)
         }
-    }
+        Request::Visibility(r) => {
+            error::answer(r.queue_url(&info.url).send().await, n, operation, logical)
+        }
+    };
+    answer.unwrap_or_else(|e| {
+        core.gone(&info, &e);
+        error::replicate_each(&e, n)
+    })
 }
 
-/// How long a message received at `received_at` may be hidden from now for
-/// a requested `wanted`, in the whole seconds SQS takes: `wanted` rounded up,
-/// clamped to what is left of SQS's 12 hours from receipt (less 2 s for the
-/// rounding and the request's travel), which SQS refuses to exceed.
 /// How long a message whose dead letter could not be written stays hidden
 /// before it comes back: 2 s after the first failure, doubling, at most 15 min.
 fn dead_letter_backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.clamp(1, 10)).min(Duration::from_secs(900))
 }
 
+/// How long a message received at `received_at` may be hidden from now for
+/// a requested `wanted`, in the whole seconds SQS takes: `wanted` rounded up,
+/// clamped to what is left of SQS's 12 hours from receipt (less 2 s for the
+/// rounding and the request's travel), which SQS refuses to exceed.
 fn hide_seconds(wanted: Duration, received_at: Instant) -> i32 {
     let left = MAX_VISIBILITY
         .saturating_sub(received_at.elapsed())

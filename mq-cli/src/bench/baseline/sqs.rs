@@ -1,9 +1,9 @@
 //! SQS baseline: the bench workload written directly against aws-sdk-sqs,
 //! with the settings `mq-sqs` uses for the same URL.
 //!
-//! The settings come from `SqsConfig::from_url`; the SDK client is built
-//! the way `mq-sqs` builds it (its `clients` function is private, so
-//! [`clients`] below repeats it):
+//! The settings come from `SqsConfig::from_url`; the SDK clients are
+//! `mq-sqs`'s own, built by `mq_sqs::SdkClients::build` (without the health
+//! tracking `mq-sqs` adds to its clients):
 //!
 //! | setting | mq-sqs | this baseline |
 //! |---|---|---|
@@ -21,18 +21,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_sqs::config::Credentials;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageAttributeValue, SendMessageBatchRequestEntry,
 };
-use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use hdrhistogram::Histogram;
 use mq::url::RedactedUrl;
-use mq_sqs::{Endpoint, SqsConfig};
+use mq_sqs::{Endpoint, SdkClients, SqsConfig};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
@@ -48,9 +43,6 @@ const MAX_ENTRIES: usize = 10;
 
 /// Delete calls in flight per consumer (`mq-sqs`'s `SETTLE_CONCURRENCY`).
 const SETTLE_CONCURRENCY: usize = 8;
-
-/// The region of an explicit endpoint when none is configured.
-const EMULATOR_REGION: &str = "us-east-1";
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -72,66 +64,11 @@ fn secs(d: Duration) -> i32 {
     i32::try_from(s).unwrap_or(i32::MAX)
 }
 
-/// The two clients `mq-sqs` builds: one for ordinary calls, one whose time
-/// limits leave room for the long poll.
-#[derive(Clone)]
-struct Clients {
-    ops: aws_sdk_sqs::Client,
-    receive: aws_sdk_sqs::Client,
-}
-
-async fn clients(config: &SqsConfig) -> CliResult<Clients> {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let attempts = config.max_attempts;
-    let timeouts = |attempt: Duration| {
-        TimeoutConfig::builder()
-            .connect_timeout(config.connect_timeout)
-            .operation_attempt_timeout(attempt)
-            .operation_timeout(attempt * attempts + Duration::from_secs(2) * attempts)
-            .build()
-    };
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
-        .retry_config(RetryConfig::standard().with_max_attempts(attempts))
-        .timeout_config(timeouts(config.timeout));
-    if let Some(region) = &config.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    if let Some(c) = &config.credentials {
-        loader = loader.credentials_provider(Credentials::new(
-            c.access_key_id.clone(),
-            c.secret_access_key.expose().to_owned(),
-            c.session_token.as_ref().map(|t| t.expose().to_owned()),
-            None,
-            "mq-bench-raw",
-        ));
-    }
-    if let Endpoint::Url(url) = &config.endpoint {
-        loader = loader.endpoint_url(url.clone());
-    }
-    let shared = loader.load().await;
-    let mut builder = aws_sdk_sqs::config::Builder::from(&shared);
-    if shared.region().is_none() {
-        if config.endpoint == Endpoint::Aws {
-            return Err("no AWS region: add ?region=... to the sqs:// URL".into());
-        }
-        builder = builder.region(Region::new(EMULATOR_REGION));
-    }
-    let ops = builder.clone().build();
-    let receive = builder
-        .timeout_config(timeouts(config.wait + config.timeout))
-        .build();
-    Ok(Clients {
-        ops: aws_sdk_sqs::Client::from_conf(ops),
-        receive: aws_sdk_sqs::Client::from_conf(receive),
-    })
-}
-
 /// What the calls of one run share.
 struct Ctx {
-    clients: Clients,
+    /// The two clients `mq-sqs` builds: one for ordinary calls, one whose
+    /// time limits leave room for the long poll.
+    clients: SdkClients,
     config: SqsConfig,
     /// Send calls in flight per client (`max_connections`).
     sends: Arc<Semaphore>,
@@ -514,7 +451,7 @@ async fn consume(
 pub(crate) async fn run(args: &Args) -> CliResult<Results> {
     let config = config(&args.url)?;
     let ctx = Arc::new(Ctx {
-        clients: clients(&config).await?,
+        clients: SdkClients::build(&config).await?,
         sends: Arc::new(Semaphore::new(config.max_connections.max(1))),
         others: Arc::new(Semaphore::new(config.max_connections.max(1))),
         config,
@@ -568,7 +505,7 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
 /// Deletes the queues of `destinations`.
 pub(crate) async fn cleanup(url: &str, destinations: &[String]) -> CliResult {
     let config = config(url)?;
-    let clients = clients(&config).await?;
+    let clients = SdkClients::build(&config).await?;
     for name in destinations {
         let out = clients
             .ops
