@@ -17,7 +17,7 @@ pub use crate::driver::{ConnectFn, ConnectFuture, ConnectStrFn, Connector, Drive
 #[derive(Clone, Default)]
 pub struct Registry {
     backends: Vec<(&'static str, Connector)>,
-    hints: Vec<(&'static str, &'static str)>,
+    hints: Vec<(&'static str, String)>,
 }
 
 impl Registry {
@@ -59,8 +59,8 @@ impl Registry {
 
     /// Says how to get `scheme` when it is not registered (e.g. "enable the
     /// `kafka` feature of mq").
-    pub fn hint(&mut self, scheme: &'static str, how: &'static str) -> &mut Self {
-        self.hints.push((scheme, how));
+    pub fn hint(&mut self, scheme: &'static str, how: impl Into<String>) -> &mut Self {
+        self.hints.push((scheme, how.into()));
         self
     }
 
