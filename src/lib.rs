@@ -41,7 +41,7 @@ pub fn registry() -> Registry {
     mq_sqs::register(&mut registry);
     for (schemes, hint) in DISABLED_BACKENDS {
         for scheme in *schemes {
-            registry.hint(scheme, hint);
+            registry.hint(scheme, *hint);
         }
     }
     registry

@@ -1,21 +1,18 @@
 //! The checks every send passes before a backend sees it (DESIGN.md §3):
 //! a destination name, a size within the backend's limit, a delay the
-//! backend can honour. They hold once, here, for every backend: a
-//! [`Client`](crate::Client)'s producers run them, and backends that
-//! publish on their own (settlement copies) call [`check_send`].
+//! backend can honour. They hold once, here, for every backend: the
+//! producer wrapper every [`Client`](crate::Client) hands out runs them
+//! (in the same step as its instrumentation, so a send pays for one
+//! wrapper), and backends that publish on their own (settlement copies)
+//! call [`check_send`].
 //!
 //! Backends still check what only they can know (a queue's own size limit,
 //! their wire encoding's overhead, FIFO rules).
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
-
 use crate::capabilities::Capabilities;
 use crate::error::{Error, Result};
-use crate::health::Health;
 use crate::message::Message;
-use crate::producer::{BatchReport, DynProducer, Producer};
+use crate::producer::{BatchReport, DynProducer};
 
 /// Checks `message` for `destination` against `caps` of `backend`.
 pub fn check_send(
@@ -56,77 +53,42 @@ pub fn check_send(
     Ok(())
 }
 
-/// A producer that runs [`check_send`] before its backend's producer.
-#[derive(Debug)]
-pub(crate) struct CheckedProducer {
-    inner: DynProducer,
-    caps: Capabilities,
+/// Sends `messages` through `inner` after [`check_send`] on each: refused
+/// messages keep their place in the report, the rest go out in one batch.
+pub(crate) async fn send_batch_checked(
+    inner: &DynProducer,
+    caps: &Capabilities,
     backend: &'static str,
-}
-
-impl CheckedProducer {
-    pub(crate) fn wrap(
-        inner: DynProducer,
-        caps: Capabilities,
-        backend: &'static str,
-    ) -> DynProducer {
-        Arc::new(CheckedProducer {
-            inner,
-            caps,
-            backend,
-        })
-    }
-}
-
-#[async_trait]
-impl Producer for CheckedProducer {
-    async fn send(&self, destination: &str, message: Message) -> Result<()> {
-        check_send(&self.caps, self.backend, destination, &message)?;
-        self.inner.send(destination, message).await
-    }
-
-    async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> BatchReport {
-        // Refused messages keep their place in the report; the rest go out
-        // in one batch.
-        let mut refused = Vec::new();
-        let mut passed = Vec::with_capacity(messages.len());
-        for (index, message) in messages.into_iter().enumerate() {
-            match check_send(&self.caps, self.backend, destination, &message) {
-                Ok(()) => passed.push(message),
-                Err(e) => refused.push((index, message.id().to_owned(), e)),
-            }
+    destination: &str,
+    messages: Vec<Message>,
+) -> BatchReport {
+    let mut refused = Vec::new();
+    let mut passed = Vec::with_capacity(messages.len());
+    for (index, message) in messages.into_iter().enumerate() {
+        match check_send(caps, backend, destination, &message) {
+            Ok(()) => passed.push(message),
+            Err(e) => refused.push((index, message.id().to_owned(), e)),
         }
-        if refused.is_empty() {
-            return self.inner.send_batch(destination, passed).await;
+    }
+    if refused.is_empty() {
+        return inner.send_batch(destination, passed).await;
+    }
+    let sent = if passed.is_empty() {
+        Vec::new()
+    } else {
+        inner.send_batch(destination, passed).await.into_results()
+    };
+    let total = sent.len() + refused.len();
+    let mut sent = sent.into_iter();
+    let mut refused = refused.into_iter().peekable();
+    let mut results = Vec::with_capacity(total);
+    for index in 0..total {
+        match refused.next_if(|(i, _, _)| *i == index) {
+            Some((_, id, e)) => results.push((id, Err(e))),
+            None => results.extend(sent.next()),
         }
-        let sent = if passed.is_empty() {
-            Vec::new()
-        } else {
-            self.inner
-                .send_batch(destination, passed)
-                .await
-                .into_results()
-        };
-        let total = sent.len() + refused.len();
-        let mut sent = sent.into_iter();
-        let mut refused = refused.into_iter().peekable();
-        let mut results = Vec::with_capacity(total);
-        for index in 0..total {
-            match refused.next_if(|(i, _, _)| *i == index) {
-                Some((_, id, e)) => results.push((id, Err(e))),
-                None => results.extend(sent.next()),
-            }
-        }
-        BatchReport::new(results)
     }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
-
-    fn health(&self) -> Health {
-        self.inner.health()
-    }
+    BatchReport::new(results)
 }
 
 #[cfg(test)]
@@ -169,14 +131,13 @@ mod tests {
     #[tokio::test]
     async fn a_batch_reports_refused_messages_in_place() {
         let broker = crate::memory::MemoryBroker::new(crate::memory::MemoryConfig::default());
-        let inner: DynProducer = Arc::new(broker.producer());
-        let producer = CheckedProducer::wrap(inner, caps(), "memory");
+        let inner: DynProducer = std::sync::Arc::new(broker.producer());
         let batch = vec![
             Message::new("a").with_id("a"),
             Message::new(vec![0u8; 200]).with_id("big"),
             Message::new("c").with_id("c"),
         ];
-        let report = producer.send_batch("q", batch).await;
+        let report = send_batch_checked(&inner, &caps(), "memory", "q", batch).await;
         let outcome: Vec<(&str, bool)> = report
             .results()
             .iter()

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::capabilities::Capabilities;
-use crate::checks::CheckedProducer;
 use crate::consumer::{ConsumerOptions, DynConsumer};
 use crate::error::Result;
 use crate::health::Health;
@@ -121,8 +120,11 @@ impl Client {
     pub async fn producer(&self) -> Result<DynProducer> {
         let inner = self.backend.producer().await?;
         let name = self.backend.name();
-        let checked = CheckedProducer::wrap(inner, self.backend.capabilities(), name);
-        Ok(InstrumentedProducer::wrap(checked, name))
+        Ok(InstrumentedProducer::wrap(
+            inner,
+            name,
+            self.backend.capabilities(),
+        ))
     }
 
     /// A consumer of `source` in its default group; chain `.group(..)` or

@@ -290,18 +290,11 @@ impl Delivery {
         }
     }
 
-    /// Splits the delivery without settling it or returning it to the broker.
-    pub(crate) fn into_parts(mut self) -> (Received, Option<Arc<dyn Settler>>) {
-        let settler = self.settler.take();
-        (self.received.clone(), settler)
-    }
-
-    /// A delivery that can no longer be settled (its settler is gone).
-    pub(crate) fn unsettleable(received: Received) -> Self {
-        Delivery {
-            received,
-            settler: None,
-        }
+    /// Changes the delivery in place (no copy of the message): `f` gets
+    /// the fields and the settler, and may replace the settler with one
+    /// that wraps it (the instrumentation does).
+    pub(crate) fn rewrap(&mut self, f: impl FnOnce(&mut Received, &mut Option<Arc<dyn Settler>>)) {
+        f(&mut self.received, &mut self.settler);
     }
 
     /// The message fields.

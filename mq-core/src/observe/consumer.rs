@@ -84,26 +84,31 @@ impl InstrumentedConsumer {
         })
     }
 
-    fn wrap_delivery(&mut self, delivery: Delivery) -> Delivery {
-        let (mut received, settler) = delivery.into_parts();
-        received.backend = self.backend;
+    fn wrap_delivery(&mut self, mut delivery: Delivery) -> Delivery {
         self.received.increment(1);
-        drop(trace::receive_span(self.backend, &received));
-        let Some(settler) = settler else {
-            return Delivery::unsettleable(received);
-        };
-        let counting = match &self.last {
-            Some((inner, counting)) if Arc::ptr_eq(inner, &settler) => counting.clone(),
-            _ => {
-                let counting = Arc::new(CountingSettler {
-                    inner: settler.clone(),
-                    metrics: self.metrics.clone(),
-                });
-                self.last = Some((settler, counting.clone()));
-                counting
-            }
-        };
-        Delivery::new(received, counting)
+        let backend = self.backend;
+        let metrics = &self.metrics;
+        let last = &mut self.last;
+        delivery.rewrap(|received, settler| {
+            received.backend = backend;
+            drop(trace::receive_span(backend, received));
+            let Some(inner) = settler.take() else {
+                return;
+            };
+            let counting = match last {
+                Some((seen, counting)) if Arc::ptr_eq(seen, &inner) => counting.clone(),
+                _ => {
+                    let counting = Arc::new(CountingSettler {
+                        inner: inner.clone(),
+                        metrics: metrics.clone(),
+                    });
+                    *last = Some((inner, counting.clone()));
+                    counting
+                }
+            };
+            *settler = Some(counting);
+        });
+        delivery
     }
 }
 

@@ -10,6 +10,8 @@ use rustc_hash::FxHashMap;
 use tracing::Instrument;
 
 use super::{names, trace};
+use crate::capabilities::Capabilities;
+use crate::checks::{check_send, send_batch_checked};
 use crate::error::Result;
 use crate::health::Health;
 use crate::message::Message;
@@ -25,14 +27,21 @@ struct SendMetrics {
 pub(crate) struct InstrumentedProducer {
     inner: DynProducer,
     backend: &'static str,
+    /// For the checks every send passes first (`crate::checks`).
+    caps: Capabilities,
     by_destination: RwLock<FxHashMap<Box<str>, SendMetrics>>,
 }
 
 impl InstrumentedProducer {
-    pub(crate) fn wrap(inner: DynProducer, backend: &'static str) -> DynProducer {
+    pub(crate) fn wrap(
+        inner: DynProducer,
+        backend: &'static str,
+        caps: Capabilities,
+    ) -> DynProducer {
         Arc::new(InstrumentedProducer {
             inner,
             backend,
+            caps,
             by_destination: RwLock::new(FxHashMap::default()),
         })
     }
@@ -65,6 +74,10 @@ impl InstrumentedProducer {
 #[async_trait]
 impl Producer for InstrumentedProducer {
     async fn send(&self, destination: &str, mut message: Message) -> Result<()> {
+        if let Err(e) = check_send(&self.caps, self.backend, destination, &message) {
+            self.count_error(destination, &e);
+            return Err(e);
+        }
         let span = trace::send_span(self.backend, destination, &message);
         trace::inject(&span, message.headers_mut());
         let metrics = self.metrics(destination);
@@ -95,11 +108,10 @@ impl Producer for InstrumentedProducer {
         }
         let metrics = self.metrics(destination);
         let started = Instant::now();
-        let report = self
-            .inner
-            .send_batch(destination, messages)
-            .instrument(span)
-            .await;
+        let report =
+            send_batch_checked(&self.inner, &self.caps, self.backend, destination, messages)
+                .instrument(span)
+                .await;
         metrics.sent.increment(report.sent() as u64);
         metrics.duration.record(started.elapsed());
         for (_, _, e) in report.failures() {
