@@ -8,7 +8,8 @@
 //!   reachable) and failed authentication turn `connected` false; those and
 //!   other connection-level errors (one broker's connection failing,
 //!   name resolution) become `last_error`;
-//! - the statistics callback (every [`STATS_INTERVAL`]) reports each
+//! - the statistics callback (every
+//!   [`STATS_INTERVAL`](crate::config::STATS_INTERVAL)) reports each
 //!   broker's connection state: a broker `UP` after `connected` went false
 //!   turns it back to true and counts one reconnect, even on an idle client;
 //!   a delivered record (send) or a committed offset says the same sooner.
@@ -26,11 +27,6 @@ use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
 use crate::error::kind_of;
-
-/// How often librdkafka reports its brokers' states (`statistics.interval.ms`,
-/// unless `rdkafka.statistics.interval.ms` overrides it): how late an idle
-/// client notices the brokers came back.
-pub(crate) const STATS_INTERVAL: &str = "5000";
 
 /// What a backend's librdkafka clients reported lately.
 #[derive(Debug, Default)]
