@@ -27,7 +27,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 /// a mock cluster kept alive as long as this value.
 struct Target {
     config: KafkaConfig,
-    _cluster: Option<Cluster>,
+    cluster: Option<Cluster>,
 }
 
 fn target(test: &str) -> Target {
@@ -36,7 +36,7 @@ fn target(test: &str) -> Target {
             eprintln!("{test}: against MQ_TEST_KAFKA_URL");
             Target {
                 config: KafkaConfig::from_url(&url).expect("MQ_TEST_KAFKA_URL"),
-                _cluster: None,
+                cluster: None,
             }
         }
         Err(_) => {
@@ -44,14 +44,22 @@ fn target(test: &str) -> Target {
             let c = MockCluster::new(1).expect("mock cluster");
             Target {
                 config: mock_config(&c, "20s", ""),
-                _cluster: Some(c),
+                cluster: Some(c),
             }
         }
     }
 }
 
-/// Creates `topic` (one partition), as the foreign application's operator would.
-async fn create_topic(config: &KafkaConfig, topic: &str) {
+/// Creates `topic` (one partition), as the foreign application's operator
+/// would. On the mock cluster through the mock cluster itself: an admin
+/// client's CreateTopics timed out there, so the two tests that need a
+/// topic made beforehand failed whenever `MQ_TEST_KAFKA_URL` was unset.
+async fn create_topic(target: &Target, topic: &str) {
+    if let Some(c) = &target.cluster {
+        c.create_topic(topic, 1, 1).expect("create topic");
+        return;
+    }
+    let config = &target.config;
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", config.brokers.join(","))
@@ -260,7 +268,7 @@ async fn dead_letter_over_message_max_bytes_is_cut_and_the_partition_flows() {
 async fn dead_letter_that_cannot_be_written_does_not_replay_later_records() {
     let t = target("dead letter that cannot be written");
     let topic = unique("dlq-fail");
-    create_topic(&t.config, &topic).await;
+    create_topic(&t, &topic).await;
     let native = native_producer(&t.config);
     native_send(&native, &topic, "k", &[b'x'; 1000], OwnedHeaders::new()).await;
     for i in 0..20 {
@@ -408,7 +416,7 @@ async fn dead_letter_to_an_illegal_topic_fails_without_replaying_later_records()
 async fn not_before_on_the_source_topic_is_an_ordinary_header() {
     let t = target("mq-not-before on the source topic");
     let topic = unique("not-before");
-    create_topic(&t.config, &topic).await;
+    create_topic(&t, &topic).await;
     let native = native_producer(&t.config);
     let headers = OwnedHeaders::new()
         .insert(Header {
