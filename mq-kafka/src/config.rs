@@ -9,8 +9,7 @@
 //! unencoded `/`, `?` or `#` ends the authority early and would otherwise be
 //! echoed as a host or port. Errors name what is wrong and where (broker 2
 //! of the host list), never the text. Options that carry secrets (see
-//! [`is_secret_option`](crate::error::is_secret_option)) never show in
-//! `Debug` or errors.
+//! [`is_secret_option`]) never show in `Debug` or errors.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -152,7 +152,8 @@ mod tests {
     /// statistics callback on an idle client.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deliveries_and_statistics_bring_it_back_up() {
-        use mq_core::{Backend, Message, Producer};
+        use mq_core::backend::Backend;
+        use mq_core::{Message, Producer};
         let Ok(url) = std::env::var("MQ_TEST_KAFKA_URL") else {
             eprintln!("skipped: MQ_TEST_KAFKA_URL is not set");
             return;

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use common::{mock_config, receive_within, unique, wait_until, Cluster};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use mq_core::backend::Backend;
 use mq_core::observe::names;
-use mq_core::{Backend, Consumer, ConsumerOptions, Delivery, ErrorKind, Message, Producer};
+use mq_core::{Consumer, ConsumerOptions, Delivery, ErrorKind, Message, Producer};
 use mq_kafka::{KafkaBackend, KafkaConfig};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{mock_config, wait_until, Cluster};
 
-use mq_core::{Backend, Consumer, ConsumerOptions, Message, Producer};
+use mq_core::backend::Backend;
+use mq_core::{Consumer, ConsumerOptions, Message, Producer};
 use mq_kafka::KafkaBackend;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
