@@ -24,29 +24,16 @@
 
 use std::time::SystemTime;
 
+use mq_core::backend::time::from_unix_millis;
 use mq_core::message::headers as h;
-use mq_core::time::from_unix_millis;
 use mq_core::{Headers, Message, Received};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+
+use crate::metadata::KafkaMetadata;
 
 /// Header carrying the time (ms since the Unix epoch) before which a retried
 /// message must not be delivered; honoured only on `mq`'s retry topics.
 pub use mq_core::message::headers::NOT_BEFORE;
-
-/// Where a delivery sits in Kafka: read it with
-/// [`Received::metadata::<KafkaMetadata>()`](mq_core::Received::metadata).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KafkaMetadata {
-    /// The topic the record was read from (the retry topic for a retried message;
-    /// [`Received::source`](mq_core::Received::source) is always the original topic).
-    pub topic: String,
-    /// Its partition.
-    pub partition: i32,
-    /// Its offset.
-    pub offset: i64,
-    /// Which assignment of the partition handed it out (stale after a revoke).
-    pub(crate) generation: u64,
-}
 
 /// Record headers for `message`, with its id and content type as `mq-` headers.
 pub(crate) fn record_headers(message: &Message) -> OwnedHeaders {
@@ -182,7 +169,7 @@ pub(crate) fn decode<M: rdkafka::Message>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mq_core::republish::retry_copy;
+    use mq_core::backend::republish::retry_copy;
     use proptest::prelude::*;
     use rdkafka::message::OwnedMessage;
     use rdkafka::Timestamp;

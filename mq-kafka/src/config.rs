@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use mq_core::url::{is_secret_key, Secret, UrlOptions};
+use mq_core::backend::{Secret, UrlOptions};
 use mq_core::{Error, Result};
 use rdkafka::ClientConfig;
 use url::Url;
 
-use crate::BACKEND;
+use crate::error::{is_secret_option, BACKEND};
 
 /// The port used when a broker in the URL names none.
 pub const DEFAULT_PORT: u16 = 9092;
@@ -32,6 +32,11 @@ pub const DEFAULT_PORT: u16 = 9092;
 /// `message_max_bytes` minus this, so a message exactly at the reported limit
 /// still fits in one record batch.
 pub const RECORD_OVERHEAD: usize = 512;
+
+/// How often librdkafka reports its brokers' states (`statistics.interval.ms`,
+/// unless `rdkafka.statistics.interval.ms` overrides it): how late an idle
+/// client notices the brokers came back (see `health.rs`).
+pub(crate) const STATS_INTERVAL: &str = "5000";
 
 /// Settings of a Kafka connection. [`KafkaConfig::from_url`] reads them
 /// from a `kafka://` URL; every field has the URL option of the same name
@@ -211,31 +216,6 @@ impl Default for KafkaConfig {
             rdkafka: PassThrough::default(),
         }
     }
-}
-
-/// Whether the librdkafka option `name` (or URL option) carries a secret:
-/// what [`is_secret_key`] says, and librdkafka's names for key material and
-/// credentials: `ssl.key.pem` (an inline private key), `sasl.password`,
-/// `ssl.keystore.password`, every `sasl.oauthbearer.*` option, anything
-/// naming a password, secret, token, passphrase, private key or keystore.
-pub(crate) fn is_secret_option(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    is_secret_key(&n)
-        || n.starts_with("sasl.oauthbearer.")
-        || n.ends_with(".pem")
-        || [
-            "password",
-            "passwd",
-            "secret",
-            "token",
-            "passphrase",
-            "private",
-            "keystore",
-            "credential",
-            "jaas",
-        ]
-        .iter()
-        .any(|w| n.contains(w))
 }
 
 /// An error about a `kafka://` URL. It never contains the URL: `what`
@@ -429,8 +409,9 @@ impl KafkaConfig {
     }
 
     /// The values of every secret setting, so that a message from
-    /// librdkafka that quotes one can be cleaned ([`KafkaConfig::scrub`]).
-    fn secrets(&self) -> Vec<&str> {
+    /// librdkafka that quotes one can be cleaned
+    /// ([`convert_create`](crate::error::convert_create)).
+    pub(crate) fn secrets(&self) -> Vec<&str> {
         let s = &self.security;
         let mut out: Vec<&str> = [&s.password, &s.ssl_key_password]
             .into_iter()
@@ -444,20 +425,6 @@ impl KafkaConfig {
                 .map(|(_, v)| v),
         );
         out.retain(|v| !v.is_empty());
-        out
-    }
-
-    /// `text` with every secret value of this config replaced by `***`
-    /// (librdkafka's own messages may quote an option's value).
-    pub(crate) fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for secret in self.secrets() {
-            out = out.replace(secret, "***");
-            // A PEM block may be quoted in part: hide every line of it.
-            for line in secret.lines().map(str::trim).filter(|l| l.len() >= 8) {
-                out = out.replace(line, "***");
-            }
-        }
         out
     }
 
@@ -507,7 +474,7 @@ impl KafkaConfig {
         c.set("message.max.bytes", self.message_max_bytes.to_string());
         c.set("log_level", "3");
         // Brokers' connection states, for health (see `health`).
-        c.set("statistics.interval.ms", crate::health::STATS_INTERVAL);
+        c.set("statistics.interval.ms", STATS_INTERVAL);
         c
     }
 
@@ -819,7 +786,12 @@ mod tests {
             None,
         );
         assert!(!format!("{e} {e:?}").contains("PEMSECRET"), "{e:?}");
-        assert!(c.scrub("x PEMSECRET y OAUTHSECRET").matches("***").count() == 2);
+        assert!(
+            crate::error::scrub("x PEMSECRET y OAUTHSECRET", &c.secrets())
+                .matches("***")
+                .count()
+                == 2
+        );
     }
 
     /// A client created with a bad inline key: whatever librdkafka says,

@@ -30,31 +30,26 @@
 //!   the offsets behind them can be committed; in ordered mode they are not
 //!   committed instead, so the next owner reads them again in place.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use mq_core::time::{instant_after, until};
+use mq_core::backend::time::{instant_after, tokio_instant_after, until};
 use mq_core::{Consumer, Delivery, Error, ErrorKind, Received, Result};
-use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
-use tokio::sync::{Notify, Semaphore};
 
-use crate::codec::{decode, KafkaMetadata};
+use crate::codec::decode;
 use crate::config::KafkaConfig;
-use crate::error::{convert, convert_create};
+use crate::core::{Held, Pending, Sender, Shared, Tp};
+use crate::error::{convert, convert_create, BACKEND};
 use crate::health::KafkaHealth;
-use crate::offsets::PartitionState;
-use crate::producer::Sender;
 use crate::settle::KafkaSettler;
-use crate::BACKEND;
 
 /// How long one poll of librdkafka waits; bounds how late a pause, resume
 /// or commit happens.
@@ -77,255 +72,8 @@ const PAUSE_AFTER: Duration = Duration::from_secs(1);
 /// How often the thread looks again while the read-ahead is full.
 const FULL_RECHECK: Duration = Duration::from_millis(5);
 
-/// A topic and partition.
-pub(crate) type Tp = (Arc<str>, i32);
-
-/// A delivery handed out: its partition, the generation of the partition's
-/// assignment it was fetched in, and its offset. The generation keeps an
-/// old delivery of offset `o` (fetched before a revoke) apart from the copy
-/// of `o` fetched again after the partition came back to this member.
-pub(crate) type Held = (Tp, u64, i64);
-
-/// A fetched record waiting to be handed out.
-struct Pending {
-    tp: Tp,
-    generation: u64,
-    offset: i64,
-    received: Received,
-}
-
-/// A record whose republish failed.
-struct Failing {
-    failures: u32,
-    error: String,
-    at: SystemTime,
-}
-
-/// State shared by the poll thread, the consumer and the settler.
-pub(crate) struct Shared {
-    pub(crate) state: Mutex<State>,
-    /// Wakes `receive` when a record is ready.
-    readable: Notify,
-    /// Wakes `close` when the last republish in flight finished.
-    pub(crate) idle: Notify,
-    /// One permit per delivery the application may hold unsettled.
-    pub(crate) permits: Semaphore,
-    prefetch: usize,
-    pub(crate) source: String,
-    pub(crate) retry_topic: String,
-    /// Where dead letters go (the consumer's options).
-    pub(crate) dead_letter: String,
-    pub(crate) group: String,
-    pub(crate) ordered: bool,
-    commit_interval: Duration,
-}
-
-#[derive(Default)]
-pub(crate) struct State {
-    /// `close` started: settling fails with `Closed`.
-    pub(crate) closed: bool,
-    /// The poll thread must commit and leave the group.
-    stop: bool,
-    ready: VecDeque<Pending>,
-    /// Payload bytes in `ready`.
-    ready_bytes: usize,
-    pub(crate) parts: HashMap<Tp, PartitionState>,
-    next_generation: u64,
-    /// Deliveries handed out and not settled, for `close`.
-    pub(crate) outstanding: HashMap<Held, Received>,
-    /// Republishes (nack, dead letter) in flight.
-    pub(crate) inflight: usize,
-    /// Ordered mode: redeliveries in place per record, added to its attempt.
-    pub(crate) redeliveries: HashMap<(Tp, i64), u32>,
-    /// Records whose republish (retry or dead-letter copy) failed and that
-    /// are not settled yet: how often, and the last error (for `health`).
-    failing: HashMap<Held, Failing>,
-    /// Records given back after a failed republish, delivered again (alone,
-    /// from memory) when due.
-    delayed: Vec<(Instant, Pending)>,
-    /// An error `receive` must report (bad credentials, fatal consumer error).
-    error: Option<Error>,
-}
-
-impl State {
-    /// `tp` was assigned to this member: a new generation of it starts
-    /// (unless it is still assigned).
-    pub(crate) fn assign(&mut self, tp: Tp) {
-        if !self.parts.contains_key(&tp) {
-            self.next_generation += 1;
-            let g = self.next_generation;
-            self.parts.insert(tp, PartitionState::new(g));
-        }
-    }
-
-    /// `tp` was revoked: forgets it and what was fetched from it; returns
-    /// the offset to commit before it goes, if any.
-    pub(crate) fn revoke(&mut self, tp: &Tp) -> Option<i64> {
-        let commit = self.parts.remove(tp).and_then(|mut p| p.take_commit());
-        // Their deliveries belong to the next owner now: it reads them
-        // again from the committed offset.
-        self.ready.retain(|p| p.tp != *tp);
-        self.ready_bytes = self.ready.iter().map(|p| p.received.payload().len()).sum();
-        self.outstanding.retain(|(t, _, _), _| t != tp);
-        self.redeliveries.retain(|(t, _), _| t != tp);
-        self.failing.retain(|(t, _, _), _| t != tp);
-        self.delayed.retain(|(_, p)| p.tp != *tp);
-        commit
-    }
-
-    /// A delivery of `tp` (fetched in `generation`) at `offset` is handed
-    /// out to the application.
-    pub(crate) fn hand_out(&mut self, tp: Tp, generation: u64, offset: i64, received: Received) {
-        self.outstanding.insert((tp, generation, offset), received);
-    }
-
-    /// A delivery is being settled: takes it out of the outstanding set.
-    /// `false`: it is stale (its partition was revoked meanwhile, perhaps
-    /// handed back since, with a new copy of the same offset out), and
-    /// settling it must not touch any state.
-    pub(crate) fn claim(&mut self, meta: &KafkaMetadata, tp: &Tp) -> bool {
-        let current = self
-            .parts
-            .get(tp)
-            .is_some_and(|p| p.generation == meta.generation);
-        current
-            && self
-                .outstanding
-                .remove(&(tp.clone(), meta.generation, meta.offset))
-                .is_some()
-    }
-}
-
+/// The poll thread's side of [`Shared`] (what a settlement changes is in `core.rs`).
 impl Shared {
-    /// Marks `(tp, offset)` settled if it still belongs to this assignment.
-    pub(crate) fn settle_offset(state: &mut State, meta: &KafkaMetadata, tp: &Tp) {
-        if let Some(part) = state.parts.get_mut(tp) {
-            if part.generation == meta.generation {
-                part.settle(meta.offset);
-                state.redeliveries.remove(&(tp.clone(), meta.offset));
-                state
-                    .failing
-                    .remove(&(tp.clone(), meta.generation, meta.offset));
-            }
-        }
-    }
-
-    /// A republish of `(tp, offset)` failed with `error`: remembered for
-    /// `health` until the record is settled. Returns how often it failed.
-    pub(crate) fn republish_failed(
-        state: &mut State,
-        meta: &KafkaMetadata,
-        tp: &Tp,
-        error: &Error,
-    ) -> u32 {
-        let current = state
-            .parts
-            .get(tp)
-            .is_some_and(|p| p.generation == meta.generation);
-        if !current {
-            return 1;
-        }
-        let f = state
-            .failing
-            .entry((tp.clone(), meta.generation, meta.offset))
-            .or_insert(Failing {
-                failures: 0,
-                error: String::new(),
-                at: SystemTime::now(),
-            });
-        f.failures = f.failures.saturating_add(1);
-        f.error = error.to_string();
-        f.at = SystemTime::now();
-        f.failures
-    }
-
-    /// Gives a delivery that was taken out of the outstanding set but not
-    /// settled (its republish failed or was cancelled) back: it stays
-    /// unsettled (its offset is not committed) and is delivered again,
-    /// alone, after `delay`. Records after it are not replayed. Nothing
-    /// happens if the partition was revoked meanwhile or the consumer is
-    /// closing (the next owner reads it from the committed offset).
-    pub(crate) fn give_back(
-        shared: &Shared,
-        state: &mut State,
-        meta: &KafkaMetadata,
-        tp: &Tp,
-        received: Received,
-        delay: Duration,
-    ) {
-        let current = state.parts.get(tp).is_some_and(|p| {
-            p.generation == meta.generation && p.rewind.is_none_or(|r| r > meta.offset)
-        });
-        if state.closed || !current {
-            return;
-        }
-        let pending = Pending {
-            tp: tp.clone(),
-            generation: meta.generation,
-            offset: meta.offset,
-            received,
-        };
-        if delay.is_zero() {
-            state.ready_bytes += pending.received.payload().len();
-            state.ready.push_back(pending);
-            shared.readable.notify_one();
-        } else {
-            state.delayed.push((instant_after(delay), pending));
-        }
-    }
-
-    /// One republish in flight fewer; wakes `close` after the last.
-    pub(crate) fn inflight_done(shared: &Shared, state: &mut State) {
-        state.inflight = state.inflight.saturating_sub(1);
-        if state.inflight == 0 {
-            shared.idle.notify_waiters();
-        }
-    }
-
-    /// Makes `(tp, offset)` come back in place after `delay` (ordered-mode
-    /// nack): the partition is rewound to it. `count`: the redelivery is a
-    /// further attempt (a nack, not a delivery dropped unsettled).
-    pub(crate) fn rewind(
-        state: &mut State,
-        meta: &KafkaMetadata,
-        tp: &Tp,
-        delay: Option<Duration>,
-        count: bool,
-    ) {
-        let Some(part) = state.parts.get_mut(tp) else {
-            return;
-        };
-        if part.generation != meta.generation {
-            return;
-        }
-        part.rewind_to(meta.offset);
-        let due = instant_after(delay.unwrap_or(Duration::ZERO));
-        part.hold_until = Some(part.hold_until.map_or(due, |h| h.max(due)));
-        // Records of this partition at or past it that wait in the ready
-        // queue are fetched again after the rewind.
-        let mut forgotten = Vec::new();
-        state.ready.retain(|p| {
-            let drop = p.tp == *tp && p.offset >= meta.offset;
-            if drop {
-                forgotten.push(p.offset);
-            }
-            !drop
-        });
-        state.ready_bytes = state.ready.iter().map(|p| p.received.payload().len()).sum();
-        if let Some(part) = state.parts.get_mut(tp) {
-            for o in forgotten {
-                part.forget(o);
-            }
-        }
-        if count {
-            let n = state
-                .redeliveries
-                .entry((tp.clone(), meta.offset))
-                .or_default();
-            *n = n.saturating_add(1);
-        }
-    }
-
     /// Called by the poll thread for each fetched record. Returns the
     /// partition to pause at once, if the record is not due yet.
     fn accept(&self, msg: &BorrowedMessage<'_>) -> Option<Tp> {
@@ -678,26 +426,21 @@ impl KafkaConsumer {
         prefetch: usize,
     ) -> Result<Self> {
         let prefetch = prefetch.max(1);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            readable: Notify::new(),
-            idle: Notify::new(),
-            permits: Semaphore::new(prefetch),
-            prefetch,
-            source: source.clone(),
-            retry_topic: retry_topic.clone(),
+        let shared = Arc::new(Shared::new(
+            config,
+            source.clone(),
+            group.clone(),
+            retry_topic.clone(),
             dead_letter,
-            group: group.clone(),
-            ordered: config.ordered,
-            commit_interval: config.commit_interval,
-        });
+            prefetch,
+        ));
         let consumer: BaseConsumer<Context> = config
             .consumer_config(&group)
             .create_with_context(Context {
                 shared: shared.clone(),
                 health: sender.health.clone(),
             })
-            .map_err(|e| convert_create(e, config, Some(&source)))?;
+            .map_err(|e| convert_create(e, &config.secrets(), Some(&source)))?;
         consumer
             .subscribe(&[source.as_str(), retry_topic.as_str()])
             .map_err(|e| convert(e, "subscribe", Some(&source)))?;
@@ -857,7 +600,7 @@ impl Consumer for KafkaConsumer {
             self.settler.return_all(returned).await;
         }
         // Let nacks and dead letters in flight finish before the last commit.
-        let deadline = mq_core::time::tokio_instant_after(self.close_timeout);
+        let deadline = tokio_instant_after(self.close_timeout);
         loop {
             let notified = self.shared.idle.notified();
             tokio::pin!(notified);

@@ -4,11 +4,57 @@
 //! the whole contract: connection trouble and timeouts are retryable, a
 //! missing topic is `NotFound`, an oversized record `TooLarge`, failed
 //! authentication `Permission`, bad settings `Config`.
+//!
+//! No error shows a secret: which librdkafka options carry one
+//! ([`is_secret_option`], also what `Debug` of the config hides) and
+//! cleaning librdkafka's own messages of secret values ([`scrub`]) live
+//! here too, below the config.
 
+use mq_core::backend::is_secret_key;
 use mq_core::{Error, ErrorKind};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
 
-use crate::BACKEND;
+/// The backend's name in errors, logs and metrics.
+pub const BACKEND: &str = "kafka";
+
+/// Whether the librdkafka option `name` (or URL option) carries a secret:
+/// what [`is_secret_key`] says, and librdkafka's names for key material and
+/// credentials: `ssl.key.pem` (an inline private key), `sasl.password`,
+/// `ssl.keystore.password`, every `sasl.oauthbearer.*` option, anything
+/// naming a password, secret, token, passphrase, private key or keystore.
+pub(crate) fn is_secret_option(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    is_secret_key(&n)
+        || n.starts_with("sasl.oauthbearer.")
+        || n.ends_with(".pem")
+        || [
+            "password",
+            "passwd",
+            "secret",
+            "token",
+            "passphrase",
+            "private",
+            "keystore",
+            "credential",
+            "jaas",
+        ]
+        .iter()
+        .any(|w| n.contains(w))
+}
+
+/// `text` with every value of `secrets` replaced by `***` (librdkafka's own
+/// messages may quote an option's value).
+pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets {
+        out = out.replace(secret, "***");
+        // A PEM block may be quoted in part: hide every line of it.
+        for line in secret.lines().map(str::trim).filter(|l| l.len() >= 8) {
+            out = out.replace(line, "***");
+        }
+    }
+    out
+}
 
 /// The kind of a librdkafka error code.
 pub(crate) fn kind_of(code: Code) -> ErrorKind {
@@ -46,16 +92,16 @@ pub(crate) fn kind_of(code: Code) -> ErrorKind {
     }
 }
 
-/// Converts an error creating a librdkafka client from `config`: as
-/// [`convert`], with any secret value of `config` that librdkafka's message
-/// quotes replaced by `***`.
+/// Converts an error creating a librdkafka client from a config whose
+/// secret values are `secrets` (`KafkaConfig::secrets`): as [`convert`],
+/// with any of them that librdkafka's message quotes replaced by `***`.
 pub(crate) fn convert_create(
     err: KafkaError,
-    config: &crate::config::KafkaConfig,
+    secrets: &[&str],
     destination: Option<&str>,
 ) -> Error {
     let e = convert(err, "connect", destination);
-    let message = config.scrub(e.message());
+    let message = scrub(e.message(), secrets);
     if message == e.message() {
         return e;
     }
@@ -79,7 +125,7 @@ pub(crate) fn convert(
         // which may be a password or a private key.
         KafkaError::ClientConfig(_, msg, key, value) => (
             ErrorKind::Config,
-            if crate::config::is_secret_option(key) {
+            if is_secret_option(key) {
                 format!("librdkafka rejected option `{key}` (its value is not shown)")
             } else {
                 format!("librdkafka rejected option `{key}` = `{value}`: {msg}")

@@ -8,7 +8,8 @@
 //!   reachable) and failed authentication turn `connected` false; those and
 //!   other connection-level errors (one broker's connection failing,
 //!   name resolution) become `last_error`;
-//! - the statistics callback (every [`STATS_INTERVAL`]) reports each
+//! - the statistics callback (every
+//!   [`STATS_INTERVAL`](crate::config::STATS_INTERVAL)) reports each
 //!   broker's connection state: a broker `UP` after `connected` went false
 //!   turns it back to true and counts one reconnect, even on an idle client;
 //!   a delivered record (send) or a committed offset says the same sooner.
@@ -26,11 +27,6 @@ use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
 use crate::error::kind_of;
-
-/// How often librdkafka reports its brokers' states (`statistics.interval.ms`,
-/// unless `rdkafka.statistics.interval.ms` overrides it): how late an idle
-/// client notices the brokers came back.
-pub(crate) const STATS_INTERVAL: &str = "5000";
 
 /// What a backend's librdkafka clients reported lately.
 #[derive(Debug, Default)]
@@ -156,7 +152,8 @@ mod tests {
     /// statistics callback on an idle client.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn deliveries_and_statistics_bring_it_back_up() {
-        use mq_core::{Backend, Message, Producer};
+        use mq_core::backend::Backend;
+        use mq_core::{Message, Producer};
         let Ok(url) = std::env::var("MQ_TEST_KAFKA_URL") else {
             eprintln!("skipped: MQ_TEST_KAFKA_URL is not set");
             return;

@@ -1,184 +1,87 @@
 #![doc = include_str!("../README.md")]
+//!
+//! # Source files
+//!
+//! Every backend crate of `mq` has the same files. Each uses only files
+//! listed above it, so there is no import cycle:
+//!
+//! ```text
+//! error      librdkafka errors -> mq_core::Error (the one place), BACKEND,
+//!            which options are secret
+//! config     kafka:// URL and options -> KafkaConfig -> librdkafka settings
+//! metadata   KafkaMetadata: topic, partition and offset of a delivery
+//! offsets    PartitionState: settled offsets of a partition, what to commit
+//! codec      Message <-> Kafka record (headers, id, attempt, not-before)
+//! health     health from librdkafka's error and statistics callbacks
+//! topology   topic names (retry, dead letter, default group), topic creation
+//! core       Sender: the connection's librdkafka producer, shared by all;
+//!            Shared: one consumer's state (poll thread, handle, settler)
+//! settle     the Settler: ack, nack (retry topic or rewind), dead letter
+//! producer   KafkaProducer
+//! consumer   KafkaConsumer: the poll thread, receive, close
+//! stats      a group's lag, for Backend::stats
+//! backend    KafkaBackend: capabilities, producers, consumers, replies,
+//!            health, stats
+//! lib        DRIVER, register, connect
+//! ```
+//!
+//! `python3 scripts/module_cycles.py mq-kafka/src` checks it and prints the
+//! layers: `{error, metadata, offsets} < {codec, config, health} <
+//! topology < {core, stats} < {producer, settle} < consumer < backend`.
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod backend;
 mod codec;
 mod config;
 mod consumer;
+mod core;
 mod error;
 mod health;
+mod metadata;
 mod offsets;
 mod producer;
 mod settle;
 mod stats;
 mod topology;
 
-use std::fmt;
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use mq_core::client::Backend;
-use mq_core::observe::{Health, QueueStats};
-use mq_core::rpc::ReplyChannel;
-use mq_core::{
-    Capabilities, Client, ConsumerOptions, DynConsumer, DynProducer, Error, Registry, Result,
-};
-
-pub use codec::{KafkaMetadata, NOT_BEFORE};
+pub use backend::KafkaBackend;
+pub use codec::NOT_BEFORE;
 pub use config::{KafkaConfig, PassThrough, Security, DEFAULT_PORT, RECORD_OVERHEAD};
 pub use consumer::KafkaConsumer;
+pub use error::BACKEND;
+pub use metadata::KafkaMetadata;
 pub use producer::KafkaProducer;
 pub use topology::{dead_letter_topic, default_group, retry_topic};
 
-use health::KafkaHealth;
-use producer::Sender;
-use topology::Topology;
+use mq_core::backend::{Connector, Driver, Registry};
+use mq_core::{Client, Result};
 
-/// The backend's name in errors, logs and metrics.
-pub const BACKEND: &str = "kafka";
+/// The URL schemes this backend serves.
+pub const SCHEMES: &[&str] = &["kafka"];
 
-/// The URL scheme this crate registers.
-pub const SCHEME: &str = "kafka";
+/// This backend as one value: what the facade's registry, the conformance
+/// suite and the test set-up need to know about it. Its connector gets the
+/// URL as written ([`Connector::Raw`]): a Kafka URL naming several brokers
+/// (`kafka://h1:9092,h2:9092`) is not a WHATWG URL, so [`KafkaConfig`]
+/// parses and redacts it itself.
+pub const DRIVER: Driver = Driver {
+    name: BACKEND,
+    feature: "kafka",
+    schemes: SCHEMES,
+    connect: Connector::Raw(|url| Box::pin(async move { connect(&url).await })),
+    test_key: "KAFKA",
+    test_broker: "kafka",
+};
 
 /// Registers `kafka://` in `registry`.
 pub fn register(registry: &mut Registry) {
-    registry.register_raw(SCHEME, |url| Box::pin(async move { connect(&url).await }));
+    registry.register_driver(&DRIVER);
 }
 
 /// Connects to the brokers a `kafka://` URL names (see the crate docs).
 pub async fn connect(url: &str) -> Result<Client> {
     let config = KafkaConfig::from_url(url)?;
     Ok(Client::new(KafkaBackend::new(config)?))
-}
-
-/// A connection to a Kafka cluster: one librdkafka producer and admin
-/// client, shared by every producer and consumer made from it. Clones share it.
-#[derive(Clone)]
-pub struct KafkaBackend {
-    config: Arc<KafkaConfig>,
-    sender: Arc<Sender>,
-}
-
-impl fmt::Debug for KafkaBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaBackend")
-            .field("config", &self.config)
-            .finish()
-    }
-}
-
-impl KafkaBackend {
-    /// A backend for `config`. librdkafka connects lazily: an unreachable
-    /// broker shows as a connection or timeout error on the first operation.
-    pub fn new(config: KafkaConfig) -> Result<Self> {
-        let config = Arc::new(config);
-        let health = Arc::new(KafkaHealth::default());
-        let topology = Arc::new(Topology::new(config.clone(), health.clone())?);
-        let sender = Arc::new(Sender::new(config.clone(), topology, health)?);
-        Ok(KafkaBackend { config, sender })
-    }
-
-    /// The group a consumer of `source` joins when it names `group` (or
-    /// none): the URL's `group`, else [`default_group`].
-    pub fn group_for(&self, source: &str, group: Option<&str>) -> String {
-        group
-            .map(str::to_owned)
-            .or_else(|| self.config.group.clone())
-            .unwrap_or_else(|| default_group(source))
-    }
-
-    /// The settings.
-    pub fn config(&self) -> &KafkaConfig {
-        &self.config
-    }
-
-    /// A producer.
-    pub fn kafka_producer(&self) -> KafkaProducer {
-        KafkaProducer::new(self.sender.clone())
-    }
-
-    /// A consumer as `options` say.
-    pub async fn kafka_consumer(&self, options: ConsumerOptions) -> Result<KafkaConsumer> {
-        if options.source.is_empty() {
-            return Err(Error::config("source name is empty").with_backend(BACKEND));
-        }
-        let group = self.group_for(&options.source, options.group.as_deref());
-        let retry = retry_topic(&options.source, &group);
-        let dead_letter = options.dead_letter_destination();
-        let topology = &self.sender.topology;
-        topology.ensure(&options.source, false).await?;
-        topology.ensure(&retry, true).await?;
-        KafkaConsumer::start(
-            &self.config,
-            self.sender.clone(),
-            options.source,
-            group,
-            retry,
-            dead_letter,
-            options.prefetch,
-        )
-    }
-}
-
-#[async_trait]
-impl Backend for KafkaBackend {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::default();
-        c.delayed_delivery = false;
-        c.ordering_key = true;
-        c.native_dead_letter = false;
-        c.pub_sub = true;
-        c.late_group_receives_history = true;
-        c.durable_attempt_count = true;
-        c.persistent = self.config.persistent;
-        c.max_message_size = Some(self.config.max_message_size());
-        c.max_batch = 10_000;
-        c
-    }
-
-    async fn producer(&self) -> Result<DynProducer> {
-        Ok(Arc::new(self.kafka_producer()))
-    }
-
-    async fn consumer(&self, options: ConsumerOptions) -> Result<DynConsumer> {
-        Ok(Box::new(self.kafka_consumer(options).await?))
-    }
-
-    /// A reply topic `mq-reply-<uuid>` with one partition, always created
-    /// (whatever `auto_create_topics` says), and a consumer on it that reads
-    /// it from the start.
-    async fn reply_channel(&self) -> Result<ReplyChannel> {
-        let reply_to = format!("mq-reply-{}", mq_core::message::new_message_id());
-        self.sender.topology.ensure(&reply_to, true).await?;
-        let consumer = self
-            .consumer(ConsumerOptions::new(reply_to.clone()))
-            .await?;
-        Ok(ReplyChannel { reply_to, consumer })
-    }
-
-    /// From librdkafka's error and statistics callbacks of every client of
-    /// this backend (see the crate docs, "Health and statistics").
-    fn health(&self) -> Health {
-        self.sender.health.health()
-    }
-
-    /// The lag of `group` (default: the group a consumer of `source` would
-    /// join) on `source`: `depth` is its sum, `lag` per partition,
-    /// `delayed` what waits in the group's retry topic.
-    async fn stats(&self, source: &str, group: Option<&str>) -> Result<QueueStats> {
-        if source.is_empty() {
-            return Err(Error::config("source name is empty").with_backend(BACKEND));
-        }
-        let group = self.group_for(source, group);
-        stats::group_stats(&self.config, &self.sender.health, source, &group).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.sender.flush().await
-    }
 }

@@ -35,15 +35,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use mq_core::backend::republish::{dead_letter_copy, fit_to_size, retry_copy};
+use mq_core::backend::{Settlement, Settler};
 use mq_core::message::headers as h;
 use mq_core::observe::names;
-use mq_core::republish::{dead_letter_copy, fit_to_size, retry_copy};
-use mq_core::{Delivery, Error, ErrorKind, Message, Received, Result, Settlement, Settler};
+use mq_core::{Delivery, Error, ErrorKind, Message, Received, Result};
 
-use crate::codec::{record_overhead, KafkaMetadata};
-use crate::consumer::{Held, Shared, Tp};
-use crate::producer::Sender;
-use crate::BACKEND;
+use crate::codec::record_overhead;
+use crate::core::{Held, Sender, Shared, State, Tp};
+use crate::error::BACKEND;
+use crate::metadata::KafkaMetadata;
 
 /// Tries of one republish before the settle fails (retryable errors only).
 pub(crate) const SEND_ATTEMPTS: u32 = 3;
@@ -120,11 +121,7 @@ struct InFlight {
 
 impl InFlight {
     /// Counts one more republish in flight (the state is locked by the caller).
-    fn start(
-        shared: &Arc<Shared>,
-        state: &mut crate::consumer::State,
-        received: &Received,
-    ) -> Self {
+    fn start(shared: &Arc<Shared>, state: &mut State, received: &Received) -> Self {
         state.inflight += 1;
         InFlight {
             shared: shared.clone(),
@@ -133,7 +130,7 @@ impl InFlight {
     }
 
     /// The republish ended (either way) and the state was updated.
-    fn finish(mut self, state: &mut crate::consumer::State) {
+    fn finish(mut self, state: &mut State) {
         self.received = None;
         Shared::inflight_done(&self.shared, state);
     }
@@ -419,7 +416,6 @@ impl Settler for KafkaSettler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consumer::State;
 
     fn delivery(state: &mut State, tp: &Tp, offset: i64) -> Received {
         let part = state.parts.get_mut(tp).expect("assigned");

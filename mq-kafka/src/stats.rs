@@ -1,4 +1,4 @@
-//! Consumer-group lag, for [`Backend::stats`](mq_core::Backend::stats).
+//! Consumer-group lag, for [`Backend::stats`](mq_core::backend::Backend::stats).
 //!
 //! Kafka keeps records whether or not they were consumed, so "depth" is a
 //! group's lag: per partition, the high watermark minus the group's
@@ -19,10 +19,9 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
-use crate::error::{convert, convert_create, kind_of};
+use crate::error::{convert, convert_create, kind_of, BACKEND};
 use crate::health::{HealthContext, KafkaHealth};
 use crate::topology::retry_topic;
-use crate::BACKEND;
 
 /// The longest each broker request of `stats` may take (less if
 /// `send_timeout` is shorter).
@@ -43,7 +42,7 @@ pub(crate) async fn group_stats(
     settings.set("allow.auto.create.topics", "false");
     let consumer: BaseConsumer<HealthContext> = settings
         .create_with_context(HealthContext::new(health.clone()))
-        .map_err(|e| convert_create(e, config, Some(source)))?;
+        .map_err(|e| convert_create(e, &config.secrets(), Some(source)))?;
     let source = source.to_owned();
     let group = group.to_owned();
     tokio::task::spawn_blocking(move || {

@@ -22,9 +22,8 @@ use rdkafka::error::RDKafkaErrorCode;
 use tokio::sync::OnceCell;
 
 use crate::config::KafkaConfig;
-use crate::error::{convert, convert_create};
+use crate::error::{convert, convert_create, kind_of, BACKEND};
 use crate::health::{HealthContext, KafkaHealth};
-use crate::BACKEND;
 
 /// Longest topic name Kafka accepts.
 const MAX_TOPIC_LEN: usize = 249;
@@ -133,7 +132,7 @@ impl Topology {
         let admin = config
             .admin_config()
             .create_with_context(HealthContext::new(health))
-            .map_err(|e| convert_create(e, &config, None))?;
+            .map_err(|e| convert_create(e, &config.secrets(), None))?;
         Ok(Topology {
             admin: Arc::new(admin),
             config,
@@ -212,7 +211,7 @@ impl Topology {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => {
                     return Err(Error::new(
-                        crate::error::kind_of(code),
+                        kind_of(code),
                         format!("cannot create topic {topic}: {code}"),
                     )
                     .with_backend(BACKEND)

@@ -6,34 +6,29 @@
 //! against librdkafka's in-process mock cluster, so they always run. The
 //! test that injects produce errors needs the mock cluster and always uses it.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::{mock_config, receive_within, unique, wait_until, Cluster};
+
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use mq_core::backend::Backend;
 use mq_core::observe::names;
-use mq_core::{Backend, Consumer, ConsumerOptions, Delivery, ErrorKind, Message, Producer};
+use mq_core::{Consumer, ConsumerOptions, Delivery, ErrorKind, Message, Producer};
 use mq_kafka::{KafkaBackend, KafkaConfig};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-
-type Cluster = MockCluster<'static, DefaultProducerContext>;
 
 /// The broker under test: tansu (or any Kafka) from `MQ_TEST_KAFKA_URL`, or
 /// a mock cluster kept alive as long as this value.
 struct Target {
     config: KafkaConfig,
-    _cluster: Option<Cluster>,
-}
-
-fn mock_config(c: &Cluster) -> KafkaConfig {
-    let url = format!(
-        "kafka://{}?send_timeout=20s&session_timeout=6s&heartbeat=300ms&commit_interval=100ms&auto_create_topics=true",
-        c.bootstrap_servers()
-    );
-    KafkaConfig::from_url(&url).expect("url")
+    cluster: Option<Cluster>,
 }
 
 fn target(test: &str) -> Target {
@@ -42,26 +37,30 @@ fn target(test: &str) -> Target {
             eprintln!("{test}: against MQ_TEST_KAFKA_URL");
             Target {
                 config: KafkaConfig::from_url(&url).expect("MQ_TEST_KAFKA_URL"),
-                _cluster: None,
+                cluster: None,
             }
         }
         Err(_) => {
             eprintln!("{test}: MQ_TEST_KAFKA_URL is not set; against librdkafka's mock cluster");
             let c = MockCluster::new(1).expect("mock cluster");
             Target {
-                config: mock_config(&c),
-                _cluster: Some(c),
+                config: mock_config(&c, "20s", ""),
+                cluster: Some(c),
             }
         }
     }
 }
 
-fn unique(prefix: &str) -> String {
-    format!("mqt-{prefix}-{}", uuid::Uuid::now_v7().simple())
-}
-
-/// Creates `topic` (one partition), as the foreign application's operator would.
-async fn create_topic(config: &KafkaConfig, topic: &str) {
+/// Creates `topic` (one partition), as the foreign application's operator
+/// would. On the mock cluster through the mock cluster itself: an admin
+/// client's CreateTopics timed out there, so the two tests that need a
+/// topic made beforehand failed whenever `MQ_TEST_KAFKA_URL` was unset.
+async fn create_topic(target: &Target, topic: &str) {
+    if let Some(c) = &target.cluster {
+        c.create_topic(topic, 1, 1).expect("create topic");
+        return;
+    }
+    let config = &target.config;
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", config.brokers.join(","))
@@ -161,15 +160,18 @@ async fn receive_for(
 
 /// Waits until the group has committed everything of `topic`.
 async fn wait_committed(backend: &KafkaBackend, topic: &str, group: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = backend.stats(topic, Some(group)).await.expect("stats");
-        if stats.depth == Some(0) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "commits stopped: {stats:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        async || {
+            let stats = backend.stats(topic, Some(group)).await.expect("stats");
+            match stats.depth {
+                Some(0) => Ok(()),
+                _ => Err(format!("commits stopped: {stats:?}")),
+            }
+        },
+    )
+    .await;
 }
 
 /// Defect 4 of issue 14, as reproduced there: with `message_max_bytes=1100`
@@ -205,10 +207,7 @@ async fn dead_letter_over_message_max_bytes_is_cut_and_the_partition_flows() {
         )
         .await
         .expect("consumer");
-    let first = tokio::time::timeout(Duration::from_secs(30), consumer.receive())
-        .await
-        .expect("the big record within 30 s")
-        .expect("receive");
+    let first = receive_within(&mut consumer, Duration::from_secs(30), "the big record").await;
     assert_eq!(first.payload().len(), 500);
     first
         .dead_letter("r".repeat(600))
@@ -240,10 +239,7 @@ async fn dead_letter_over_message_max_bytes_is_cut_and_the_partition_flows() {
         .kafka_consumer(ConsumerOptions::new(format!("{topic}-dlq")).group(unique("g")))
         .await
         .expect("dlq consumer");
-    let d = tokio::time::timeout(Duration::from_secs(30), dlq.receive())
-        .await
-        .expect("the dead letter within 30 s")
-        .expect("receive");
+    let d = receive_within(&mut dlq, Duration::from_secs(30), "the dead letter").await;
     assert_eq!(d.payload().len(), 500, "payload intact");
     let reason = d.headers().get("mq-dead-letter-reason").unwrap_or("");
     assert!(reason.len() < 600 && reason.starts_with("rrr"), "{reason}");
@@ -273,7 +269,7 @@ async fn dead_letter_over_message_max_bytes_is_cut_and_the_partition_flows() {
 async fn dead_letter_that_cannot_be_written_does_not_replay_later_records() {
     let t = target("dead letter that cannot be written");
     let topic = unique("dlq-fail");
-    create_topic(&t.config, &topic).await;
+    create_topic(&t, &topic).await;
     let native = native_producer(&t.config);
     native_send(&native, &topic, "k", &[b'x'; 1000], OwnedHeaders::new()).await;
     for i in 0..20 {
@@ -352,10 +348,12 @@ async fn dead_letter_that_cannot_be_written_does_not_replay_later_records() {
     );
     assert!(counter(names::DEAD_LETTER_ERRORS, &topic) >= 2, "counted");
     // The application gives up on it: ack. Health recovers, commits move on.
-    let d = tokio::time::timeout(Duration::from_secs(40), consumer.receive())
-        .await
-        .expect("the record comes back")
-        .expect("receive");
+    let d = receive_within(
+        &mut consumer,
+        Duration::from_secs(40),
+        "the record comes back",
+    )
+    .await;
     assert_eq!(d.payload().len(), 1000);
     d.ack().await.expect("ack");
     assert!(consumer.health().connected, "{:?}", consumer.health());
@@ -419,7 +417,7 @@ async fn dead_letter_to_an_illegal_topic_fails_without_replaying_later_records()
 async fn not_before_on_the_source_topic_is_an_ordinary_header() {
     let t = target("mq-not-before on the source topic");
     let topic = unique("not-before");
-    create_topic(&t.config, &topic).await;
+    create_topic(&t, &topic).await;
     let native = native_producer(&t.config);
     let headers = OwnedHeaders::new()
         .insert(Header {
@@ -453,10 +451,12 @@ async fn not_before_on_the_source_topic_is_an_ordinary_header() {
     let started = Instant::now();
     let mut got = Vec::new();
     while got.len() < 6 {
-        let d = tokio::time::timeout(Duration::from_secs(20), consumer.receive())
-            .await
-            .unwrap_or_else(|_| panic!("only {got:?} arrived"))
-            .expect("receive");
+        let d = receive_within(
+            &mut consumer,
+            Duration::from_secs(20),
+            &format!("only {got:?} arrived"),
+        )
+        .await;
         if d.text().ok() == Some("first") {
             assert_eq!(d.headers().get("mq-not-before"), Some("99999999999999999"));
             assert_eq!(d.attempt(), 1, "mq-attempt counts only on the retry topic");
@@ -490,17 +490,11 @@ async fn close_and_abandon_keep_the_attempt() {
         .kafka_consumer(options.clone())
         .await
         .expect("consumer");
-    let receive = async |c: &mut mq_kafka::KafkaConsumer| {
-        tokio::time::timeout(Duration::from_secs(30), c.receive())
-            .await
-            .expect("a delivery within 30 s")
-            .expect("receive")
-    };
-    let a = receive(&mut consumer).await;
-    let b = receive(&mut consumer).await;
+    let a = receive_within(&mut consumer, Duration::from_secs(30), "a delivery").await;
+    let b = receive_within(&mut consumer, Duration::from_secs(30), "a delivery").await;
     assert_eq!((a.text().ok(), b.text().ok()), (Some("a"), Some("b")));
     drop(a);
-    let a = receive(&mut consumer).await;
+    let a = receive_within(&mut consumer, Duration::from_secs(30), "a delivery").await;
     assert_eq!(
         (a.text().ok(), a.attempt()),
         (Some("a"), 1),
@@ -508,7 +502,7 @@ async fn close_and_abandon_keep_the_attempt() {
     );
     // A real nack counts.
     a.nack().await.expect("nack");
-    let a = receive(&mut consumer).await;
+    let a = receive_within(&mut consumer, Duration::from_secs(30), "a delivery").await;
     assert_eq!(
         (a.text().ok(), a.attempt()),
         (Some("a"), 2),
@@ -519,7 +513,7 @@ async fn close_and_abandon_keep_the_attempt() {
     consumer.close().await.expect("close");
     drop(b);
     let mut next = backend.kafka_consumer(options).await.expect("consumer");
-    let b = receive(&mut next).await;
+    let b = receive_within(&mut next, Duration::from_secs(30), "a delivery").await;
     assert_eq!(
         (b.text().ok(), b.attempt()),
         (Some("b"), 1),
@@ -539,7 +533,7 @@ async fn cancelled_republish_does_not_delay_close() {
     let c = MockCluster::new(1).expect("mock cluster");
     let topic = "cancelled";
     c.create_topic(topic, 1, 1).expect("topic");
-    let backend = KafkaBackend::new(mock_config(&c)).expect("backend");
+    let backend = KafkaBackend::new(mock_config(&c, "20s", "")).expect("backend");
     backend
         .kafka_producer()
         .send(topic, Message::new("x"))
@@ -550,10 +544,7 @@ async fn cancelled_republish_does_not_delay_close() {
         .kafka_consumer(options.clone())
         .await
         .expect("consumer");
-    let d = tokio::time::timeout(Duration::from_secs(30), consumer.receive())
-        .await
-        .expect("within 30 s")
-        .expect("receive");
+    let d = receive_within(&mut consumer, Duration::from_secs(30), "the record").await;
     c.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 200],
@@ -573,10 +564,7 @@ async fn cancelled_republish_does_not_delay_close() {
     );
     c.clear_request_errors(RDKafkaApiKey::Produce);
     let mut next = backend.kafka_consumer(options).await.expect("consumer");
-    let again = tokio::time::timeout(Duration::from_secs(40), next.receive())
-        .await
-        .expect("the record is not lost")
-        .expect("receive");
+    let again = receive_within(&mut next, Duration::from_secs(40), "the record is not lost").await;
     assert_eq!(again.text().ok(), Some("x"));
     again.ack().await.expect("ack");
     next.close().await.expect("close");

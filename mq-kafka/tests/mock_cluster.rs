@@ -5,16 +5,18 @@
 //!
 //! The mock cluster listens on 127.0.0.1 only.
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use mq_core::{Backend, Consumer, ConsumerOptions, Message, Producer};
-use mq_kafka::{KafkaBackend, KafkaConfig};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use common::{mock_config, wait_until, Cluster};
 
-type Cluster = MockCluster<'static, DefaultProducerContext>;
+use mq_core::backend::Backend;
+use mq_core::{Consumer, ConsumerOptions, Message, Producer};
+use mq_kafka::KafkaBackend;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 fn cluster(brokers: i32, topic: &str, partitions: i32) -> Cluster {
     let c = MockCluster::new(brokers).expect("mock cluster");
@@ -24,11 +26,7 @@ fn cluster(brokers: i32, topic: &str, partitions: i32) -> Cluster {
 }
 
 fn backend(c: &Cluster, extra: &str) -> KafkaBackend {
-    let url = format!(
-        "kafka://{}?send_timeout=60s&session_timeout=6s&heartbeat=300ms&commit_interval=100ms&auto_create_topics=true{extra}",
-        c.bootstrap_servers()
-    );
-    KafkaBackend::new(KafkaConfig::from_url(&url).expect("url")).expect("backend")
+    KafkaBackend::new(mock_config(c, "60s", extra)).expect("backend")
 }
 
 /// Sends `n` messages, 25 at a time every 20 ms, so that a fault injected
@@ -77,14 +75,10 @@ async fn consume_all(backend: &KafkaBackend, topic: &str, expected: &[String], w
         .await
         .expect("consumer");
     let mut missing: HashSet<&str> = expected.iter().map(String::as_str).collect();
-    let deadline = Instant::now() + wait;
-    while !missing.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} acknowledged messages never arrived, e.g. {:?}",
-            missing.len(),
-            missing.iter().take(3).collect::<Vec<_>>()
-        );
+    wait_until(wait, Duration::ZERO, async || {
+        if missing.is_empty() {
+            return Ok(());
+        }
         for d in consumer
             .receive_batch(500, Duration::from_millis(500))
             .await
@@ -93,7 +87,13 @@ async fn consume_all(backend: &KafkaBackend, topic: &str, expected: &[String], w
             missing.remove(d.id());
             d.ack().await.expect("ack");
         }
-    }
+        Err(format!(
+            "{} acknowledged messages never arrived, e.g. {:?}",
+            missing.len(),
+            missing.iter().take(3).collect::<Vec<_>>()
+        ))
+    })
+    .await;
     consumer.close().await.expect("close");
 }
 
@@ -332,9 +332,10 @@ async fn small_prefetch_pauses_and_resumes() {
         .await
         .expect("consumer");
     let mut missing: HashSet<String> = acked.into_iter().collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !missing.is_empty() {
-        assert!(Instant::now() < deadline, "{} never arrived", missing.len());
+    wait_until(Duration::from_secs(60), Duration::ZERO, async || {
+        if missing.is_empty() {
+            return Ok(());
+        }
         let batch = consumer
             .receive_batch(5, Duration::from_millis(500))
             .await
@@ -345,7 +346,9 @@ async fn small_prefetch_pauses_and_resumes() {
             missing.remove(d.id());
             d.ack().await.expect("ack");
         }
-    }
+        Err(format!("{} never arrived", missing.len()))
+    })
+    .await;
     consumer.close().await.expect("close");
 }
 
@@ -436,11 +439,10 @@ async fn rebalance_with_held_deliveries_keeps_committing() {
     let c = cluster(1, topic, 4);
     // A short session: the mock cluster's coordinator waits the session
     // timeout minus 1 s for members to rejoin before it rebalances.
-    let url = format!(
-        "kafka://{}?send_timeout=60s&session_timeout=2s&heartbeat=200ms&commit_interval=100ms&auto_create_topics=true",
-        c.bootstrap_servers()
-    );
-    let b = KafkaBackend::new(KafkaConfig::from_url(&url).expect("url")).expect("backend");
+    let mut config = mock_config(&c, "60s", "");
+    config.session_timeout = Duration::from_secs(2);
+    config.heartbeat = Duration::from_millis(200);
+    let b = KafkaBackend::new(config).expect("backend");
     let seen = Arc::new(tally::Seen::default());
     let (stop_a, stop_rx_a) = tokio::sync::watch::channel(false);
     // Member A stays, leaving and rejoining once mid-way.
@@ -502,24 +504,26 @@ async fn rebalance_with_held_deliveries_keeps_committing() {
     let ids = sending.await.expect("sender");
     b_cycle(Duration::from_millis(200), Duration::from_secs(2)).await;
     // A alone now: everything arrives and the commits reach the end.
-    let deadline = Instant::now() + Duration::from_secs(90);
     let mut last = None;
-    loop {
-        let (_, missing, _) = seen.counts(&ids);
-        if missing == 0 {
-            let stats = b.stats(topic, Some(group)).await.expect("stats");
-            let done = stats.depth == Some(0) && stats.delayed.unwrap_or(0) == 0;
-            last = Some(stats);
-            if done {
-                break;
+    wait_until(
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        async || {
+            let (_, missing, _) = seen.counts(&ids);
+            if missing == 0 {
+                let stats = b.stats(topic, Some(group)).await.expect("stats");
+                let done = stats.depth == Some(0) && stats.delayed.unwrap_or(0) == 0;
+                last = Some(stats);
+                if done {
+                    return Ok(());
+                }
             }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {TOTAL} never arrived or commits stopped: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+            Err(format!(
+                "{missing} of {TOTAL} never arrived or commits stopped: {last:?}"
+            ))
+        },
+    )
+    .await;
     let _ = stop_a.send(true);
     member_a.await.expect("member a");
     let (distinct, missing, duplicates) = seen.counts(&ids);

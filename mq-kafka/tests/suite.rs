@@ -3,14 +3,16 @@
 //! The suite is ignored by default so `cargo test --workspace` runs it once:
 //! `cargo test -p mq-kafka --test suite -- --ignored --nocapture`.
 
+mod common;
+
+use common::{broker_url, unique, wait_until};
 use mq_core::testkit::{run_suite, Target};
 use mq_core::Registry;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs a Kafka broker: MQ_TEST_KAFKA_URL"]
 async fn conformance_kafka_direct() {
-    let Ok(url) = std::env::var("MQ_TEST_KAFKA_URL") else {
-        eprintln!("conformance kafka: skipped (MQ_TEST_KAFKA_URL is not set)");
+    let Some(url) = broker_url("conformance kafka") else {
         return;
     };
     let mut registry = Registry::with_memory();
@@ -33,14 +35,13 @@ async fn conformance_kafka_direct() {
 /// topics itself, such as tansu). Runs whenever `MQ_TEST_KAFKA_URL` is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_topic_is_not_found_without_auto_creation() {
-    let Ok(url) = std::env::var("MQ_TEST_KAFKA_URL") else {
-        eprintln!("missing topic: skipped (MQ_TEST_KAFKA_URL is not set)");
+    let Some(url) = broker_url("missing topic") else {
         return;
     };
     let mut config = mq_kafka::KafkaConfig::from_url(&url).expect("url");
     config.auto_create_topics = false;
     let backend = mq_kafka::KafkaBackend::new(config).expect("backend");
-    let topic = format!("mqt-missing-{}", uuid::Uuid::now_v7().simple());
+    let topic = unique("missing");
     let err = mq_core::Producer::send(
         &backend.kafka_producer(),
         &topic,
@@ -65,16 +66,15 @@ async fn missing_topic_is_not_found_without_auto_creation() {
 async fn a_long_full_read_ahead_pauses_and_loses_nothing() {
     use mq_core::{Consumer, Producer};
     use std::collections::HashSet;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
-    let Ok(url) = std::env::var("MQ_TEST_KAFKA_URL") else {
-        eprintln!("read-ahead pause: skipped (MQ_TEST_KAFKA_URL is not set)");
+    let Some(url) = broker_url("read-ahead pause") else {
         return;
     };
     const TOTAL: usize = 3_000;
     let config = mq_kafka::KafkaConfig::from_url(&url).expect("url");
     let backend = mq_kafka::KafkaBackend::new(config).expect("backend");
-    let topic = format!("mqt-readahead-{}", uuid::Uuid::now_v7().simple());
+    let topic = unique("readahead");
     let producer = backend.kafka_producer();
     let report = producer
         .send_batch(
@@ -102,8 +102,14 @@ async fn a_long_full_read_ahead_pauses_and_loses_nothing() {
         seen.insert(d.text().expect("text").to_owned());
         d.ack().await.expect("ack");
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.len() < TOTAL && Instant::now() < deadline {
+    wait_until(Duration::from_secs(60), Duration::ZERO, async || {
+        let missing: Vec<usize> = (0..TOTAL)
+            .filter(|i| !seen.contains(&format!("r{i}")))
+            .take(5)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
         for d in consumer
             .receive_batch(10, Duration::from_secs(1))
             .await
@@ -112,15 +118,11 @@ async fn a_long_full_read_ahead_pauses_and_loses_nothing() {
             seen.insert(d.text().expect("text").to_owned());
             d.ack().await.expect("ack");
         }
-    }
+        Err(format!(
+            "{} of {TOTAL} arrived; missing e.g. {missing:?}",
+            seen.len()
+        ))
+    })
+    .await;
     consumer.close().await.expect("close");
-    let missing: Vec<usize> = (0..TOTAL)
-        .filter(|i| !seen.contains(&format!("r{i}")))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {TOTAL} arrived; missing e.g. {missing:?}",
-        seen.len()
-    );
 }

@@ -2,19 +2,21 @@
 //! `confluent-kafka` produces and `mq` consumes, and the reverse, headers
 //! intact (DESIGN.md §2, §4a).
 //!
-//! Needs `--features kafka`, `MQ_TEST_KAFKA_URL` (with `auto_create_topics=true`
-//! on a broker that does not create topics itself) and a Python with
+//! Needs `MQ_TEST_KAFKA_URL` (with `auto_create_topics=true` on a broker
+//! that does not create topics itself) and a Python with
 //! `confluent-kafka`: `MQ_TEST_KAFKA_PYTHON`, else `~/.cache/mq-kafka-py/bin/python`,
 //! else `python3` (`python3 -m venv ~/.cache/mq-kafka-py &&
 //! ~/.cache/mq-kafka-py/bin/pip install confluent-kafka`). Without them the
 //! tests say loudly what they skipped.
-#![cfg(feature = "kafka")]
+
+mod common;
 
 use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use mq::{Consumer, Message, Producer};
+use common::{receive_within, unique};
+use mq_core::{Consumer, Message, Producer};
 
 const PRODUCE: &str = r#"
 import sys
@@ -100,8 +102,8 @@ async fn python_produces_mq_consumes() {
         Ok(s) => s,
         Err(why) => return announce(&format!("interop kafka: skipped ({why})")),
     };
-    let topic = format!("mqt-interop-py2mq-{}", uuid::Uuid::new_v4().simple());
-    let client = mq::connect(&url).await.expect("connect");
+    let topic = unique("interop-py2mq");
+    let client = mq_kafka::connect(&url).await.expect("connect");
     // The consumer creates the topic (auto_create_topics) before Python writes.
     let mut consumer = client.consumer(&topic).await.expect("consumer");
     let out = Command::new(&python)
@@ -115,10 +117,12 @@ async fn python_produces_mq_consumes() {
     );
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        let d = tokio::time::timeout(Duration::from_secs(60), consumer.receive())
-            .await
-            .expect("a message from python within 60s")
-            .expect("receive");
+        let d = receive_within(
+            &mut consumer,
+            Duration::from_secs(60),
+            "a message from python",
+        )
+        .await;
         assert_eq!(d.key(), Some("py-key"));
         let h = d.headers();
         assert_eq!(h.get("X-Mixed-Case"), Some("Value"));
@@ -151,8 +155,8 @@ async fn mq_produces_python_consumes() {
         Ok(s) => s,
         Err(why) => return announce(&format!("interop kafka: skipped ({why})")),
     };
-    let topic = format!("mqt-interop-mq2py-{}", uuid::Uuid::new_v4().simple());
-    let client = mq::connect(&url).await.expect("connect");
+    let topic = unique("interop-mq2py");
+    let client = mq_kafka::connect(&url).await.expect("connect");
     let producer = client.producer().await.expect("producer");
     let sent = Message::new("from mq \u{e9}")
         .with_key("mq-key")

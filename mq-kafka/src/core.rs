@@ -1,0 +1,458 @@
+//! The state the rest of the crate shares, in two parts:
+//!
+//! - the connection, [`Sender`]: one librdkafka producer per backend, with
+//!   the topic cache and the health its clients report. Every
+//!   [`KafkaProducer`](crate::KafkaProducer) handle, every consumer's
+//!   settler (retry and dead-letter copies) and the backend send through it.
+//!   `send` hands the record to librdkafka (which batches and pipelines)
+//!   and resolves on its delivery report.
+//! - one consumer's state, [`Shared`]: what its poll thread
+//!   (`consumer.rs`), the consumer handle and its settler (`settle.rs`)
+//!   share: the partitions assigned and their offsets (`offsets.rs`), the
+//!   ready queue, the deliveries handed out, and the state changes a
+//!   settlement makes.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use mq_core::backend::time::instant_after;
+use mq_core::{Error, ErrorKind, Message, Received, Result};
+use parking_lot::{Mutex, RwLock};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::codec::record_headers;
+use crate::config::KafkaConfig;
+use crate::error::{convert, convert_create, BACKEND};
+use crate::health::{HealthContext, KafkaHealth};
+use crate::metadata::KafkaMetadata;
+use crate::offsets::PartitionState;
+use crate::topology::Topology;
+
+/// The connection's librdkafka producer and what it needs to send.
+pub(crate) struct Sender {
+    /// Replaced when librdkafka reports a fatal error (an idempotent
+    /// producer fenced after the broker lost its producer state): such a
+    /// producer never sends again.
+    producer: RwLock<FutureProducer<HealthContext>>,
+    pub(crate) topology: Arc<Topology>,
+    /// What this backend's librdkafka clients reported lately.
+    pub(crate) health: Arc<KafkaHealth>,
+    pub(crate) config: Arc<KafkaConfig>,
+    pub(crate) max_message_size: usize,
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("brokers", &self.config.brokers)
+            .field("max_message_size", &self.max_message_size)
+            .finish()
+    }
+}
+
+impl Sender {
+    pub(crate) fn new(
+        config: Arc<KafkaConfig>,
+        topology: Arc<Topology>,
+        health: Arc<KafkaHealth>,
+    ) -> Result<Self> {
+        let producer = Self::create(&config, &health)?;
+        Ok(Sender {
+            producer: RwLock::new(producer),
+            topology,
+            health,
+            max_message_size: config.max_message_size(),
+            config,
+        })
+    }
+
+    fn create(
+        config: &KafkaConfig,
+        health: &Arc<KafkaHealth>,
+    ) -> Result<FutureProducer<HealthContext>> {
+        config
+            .producer_config()
+            .create_with_context(HealthContext::new(health.clone()))
+            .map_err(|e| convert_create(e, &config.secrets(), None))
+    }
+
+    /// After a failed send: a producer in a fatal state, or one that could
+    /// not deliver within `send_timeout`, is replaced, so the next send
+    /// works again (the failed one is reported, and retryable). A broker
+    /// that lost its state in a restart fences the idempotent producer or
+    /// answers `UnknownProducerId` for good; a fresh producer gets a new id.
+    fn recover(&self, failed: &FutureProducer<HealthContext>, error: &Error) {
+        let reason = match failed.client().fatal_error() {
+            Some((code, reason)) => format!("fatal error {code}: {reason}"),
+            None if error.kind() == ErrorKind::Timeout => "a send timed out".to_owned(),
+            None => return,
+        };
+        let mut current = self.producer.write();
+        if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
+            return; // Already replaced by another send.
+        }
+        match Self::create(&self.config, &self.health) {
+            Ok(fresh) => {
+                tracing::warn!(reason, "replaced the Kafka producer");
+                *current = fresh;
+            }
+            Err(e) => tracing::warn!(error = %e, "replacing the failed Kafka producer failed"),
+        }
+    }
+
+    fn check(&self, destination: &str, message: &Message) -> Result<()> {
+        if destination.is_empty() {
+            return Err(Error::config("destination name is empty")
+                .with_backend(BACKEND)
+                .with_operation("send"));
+        }
+        if message.delay().is_some() {
+            return Err(Error::unsupported(
+                "Kafka has no delayed delivery: send without a delay (nack_after works, through the retry topic)",
+            )
+            .with_backend(BACKEND)
+            .with_operation("send")
+            .with_destination(destination));
+        }
+        let size = message.encoded_len();
+        if size > self.max_message_size {
+            return Err(Error::too_large(
+                size,
+                self.max_message_size,
+                "kafka message_max_bytes minus record overhead",
+            )
+            .with_backend(BACKEND)
+            .with_operation("send")
+            .with_destination(destination));
+        }
+        Ok(())
+    }
+
+    /// Sends `message` to `topic`, after the checks.
+    pub(crate) async fn send(&self, topic: &str, message: &Message) -> Result<()> {
+        self.check(topic, message)?;
+        self.send_unchecked(topic, message, false).await
+    }
+
+    /// Sends without the user-facing checks (republishing a received message,
+    /// which was accepted once already); `create` makes the topic even with
+    /// auto-creation off (mq's own retry and dead-letter topics).
+    pub(crate) async fn send_unchecked(
+        &self,
+        topic: &str,
+        message: &Message,
+        create: bool,
+    ) -> Result<()> {
+        self.topology.ensure(topic, create).await?;
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+            .payload(message.payload().as_ref())
+            .headers(record_headers(message));
+        if let Some(k) = message.key() {
+            record = record.key(k);
+        }
+        let producer = self.producer.read().clone();
+        let sent = producer
+            .send(record, Timeout::After(self.config.send_timeout))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| convert(e, "send", Some(topic)));
+        if sent.is_ok() {
+            self.health.up();
+        }
+        if let Err(e) = &sent {
+            self.recover(&producer, e);
+            if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Timeout) {
+                self.topology.forget(topic);
+            }
+        }
+        sent
+    }
+
+    pub(crate) async fn flush(&self) -> Result<()> {
+        let producer = self.producer.read().clone();
+        let timeout = self.config.send_timeout;
+        tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout)))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Broker, format!("flush task failed: {e}")))?
+            .map_err(|e| convert(e, "flush", None))
+    }
+}
+
+/// A topic and partition.
+pub(crate) type Tp = (Arc<str>, i32);
+
+/// A delivery handed out: its partition, the generation of the partition's
+/// assignment it was fetched in, and its offset. The generation keeps an
+/// old delivery of offset `o` (fetched before a revoke) apart from the copy
+/// of `o` fetched again after the partition came back to this member.
+pub(crate) type Held = (Tp, u64, i64);
+
+/// A fetched record waiting to be handed out.
+pub(crate) struct Pending {
+    pub(crate) tp: Tp,
+    pub(crate) generation: u64,
+    pub(crate) offset: i64,
+    pub(crate) received: Received,
+}
+
+/// A record whose republish failed.
+pub(crate) struct Failing {
+    failures: u32,
+    pub(crate) error: String,
+    pub(crate) at: SystemTime,
+}
+
+/// State shared by the poll thread, the consumer and the settler.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    /// Wakes `receive` when a record is ready.
+    pub(crate) readable: Notify,
+    /// Wakes `close` when the last republish in flight finished.
+    pub(crate) idle: Notify,
+    /// One permit per delivery the application may hold unsettled.
+    pub(crate) permits: Semaphore,
+    pub(crate) prefetch: usize,
+    pub(crate) source: String,
+    pub(crate) retry_topic: String,
+    /// Where dead letters go (the consumer's options).
+    pub(crate) dead_letter: String,
+    pub(crate) group: String,
+    pub(crate) ordered: bool,
+    pub(crate) commit_interval: Duration,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    /// `close` started: settling fails with `Closed`.
+    pub(crate) closed: bool,
+    /// The poll thread must commit and leave the group.
+    pub(crate) stop: bool,
+    pub(crate) ready: VecDeque<Pending>,
+    /// Payload bytes in `ready`.
+    pub(crate) ready_bytes: usize,
+    pub(crate) parts: HashMap<Tp, PartitionState>,
+    next_generation: u64,
+    /// Deliveries handed out and not settled, for `close`.
+    pub(crate) outstanding: HashMap<Held, Received>,
+    /// Republishes (nack, dead letter) in flight.
+    pub(crate) inflight: usize,
+    /// Ordered mode: redeliveries in place per record, added to its attempt.
+    pub(crate) redeliveries: HashMap<(Tp, i64), u32>,
+    /// Records whose republish (retry or dead-letter copy) failed and that
+    /// are not settled yet: how often, and the last error (for `health`).
+    pub(crate) failing: HashMap<Held, Failing>,
+    /// Records given back after a failed republish, delivered again (alone,
+    /// from memory) when due.
+    pub(crate) delayed: Vec<(Instant, Pending)>,
+    /// An error `receive` must report (bad credentials, fatal consumer error).
+    pub(crate) error: Option<Error>,
+}
+
+impl State {
+    /// `tp` was assigned to this member: a new generation of it starts
+    /// (unless it is still assigned).
+    pub(crate) fn assign(&mut self, tp: Tp) {
+        if !self.parts.contains_key(&tp) {
+            self.next_generation += 1;
+            let g = self.next_generation;
+            self.parts.insert(tp, PartitionState::new(g));
+        }
+    }
+
+    /// `tp` was revoked: forgets it and what was fetched from it; returns
+    /// the offset to commit before it goes, if any.
+    pub(crate) fn revoke(&mut self, tp: &Tp) -> Option<i64> {
+        let commit = self.parts.remove(tp).and_then(|mut p| p.take_commit());
+        // Their deliveries belong to the next owner now: it reads them
+        // again from the committed offset.
+        self.ready.retain(|p| p.tp != *tp);
+        self.ready_bytes = self.ready.iter().map(|p| p.received.payload().len()).sum();
+        self.outstanding.retain(|(t, _, _), _| t != tp);
+        self.redeliveries.retain(|(t, _), _| t != tp);
+        self.failing.retain(|(t, _, _), _| t != tp);
+        self.delayed.retain(|(_, p)| p.tp != *tp);
+        commit
+    }
+
+    /// A delivery of `tp` (fetched in `generation`) at `offset` is handed
+    /// out to the application.
+    pub(crate) fn hand_out(&mut self, tp: Tp, generation: u64, offset: i64, received: Received) {
+        self.outstanding.insert((tp, generation, offset), received);
+    }
+
+    /// A delivery is being settled: takes it out of the outstanding set.
+    /// `false`: it is stale (its partition was revoked meanwhile, perhaps
+    /// handed back since, with a new copy of the same offset out), and
+    /// settling it must not touch any state.
+    pub(crate) fn claim(&mut self, meta: &KafkaMetadata, tp: &Tp) -> bool {
+        let current = self
+            .parts
+            .get(tp)
+            .is_some_and(|p| p.generation == meta.generation);
+        current
+            && self
+                .outstanding
+                .remove(&(tp.clone(), meta.generation, meta.offset))
+                .is_some()
+    }
+}
+
+impl Shared {
+    /// The state of a consumer of `source` (and `retry_topic`) in `group`
+    /// that hands out at most `prefetch` deliveries unsettled.
+    pub(crate) fn new(
+        config: &KafkaConfig,
+        source: String,
+        group: String,
+        retry_topic: String,
+        dead_letter: String,
+        prefetch: usize,
+    ) -> Self {
+        Shared {
+            state: Mutex::new(State::default()),
+            readable: Notify::new(),
+            idle: Notify::new(),
+            permits: Semaphore::new(prefetch),
+            prefetch,
+            source,
+            retry_topic,
+            dead_letter,
+            group,
+            ordered: config.ordered,
+            commit_interval: config.commit_interval,
+        }
+    }
+
+    /// Marks `(tp, offset)` settled if it still belongs to this assignment.
+    pub(crate) fn settle_offset(state: &mut State, meta: &KafkaMetadata, tp: &Tp) {
+        if let Some(part) = state.parts.get_mut(tp) {
+            if part.generation == meta.generation {
+                part.settle(meta.offset);
+                state.redeliveries.remove(&(tp.clone(), meta.offset));
+                state
+                    .failing
+                    .remove(&(tp.clone(), meta.generation, meta.offset));
+            }
+        }
+    }
+
+    /// A republish of `(tp, offset)` failed with `error`: remembered for
+    /// `health` until the record is settled. Returns how often it failed.
+    pub(crate) fn republish_failed(
+        state: &mut State,
+        meta: &KafkaMetadata,
+        tp: &Tp,
+        error: &Error,
+    ) -> u32 {
+        let current = state
+            .parts
+            .get(tp)
+            .is_some_and(|p| p.generation == meta.generation);
+        if !current {
+            return 1;
+        }
+        let f = state
+            .failing
+            .entry((tp.clone(), meta.generation, meta.offset))
+            .or_insert(Failing {
+                failures: 0,
+                error: String::new(),
+                at: SystemTime::now(),
+            });
+        f.failures = f.failures.saturating_add(1);
+        f.error = error.to_string();
+        f.at = SystemTime::now();
+        f.failures
+    }
+
+    /// Gives a delivery that was taken out of the outstanding set but not
+    /// settled (its republish failed or was cancelled) back: it stays
+    /// unsettled (its offset is not committed) and is delivered again,
+    /// alone, after `delay`. Records after it are not replayed. Nothing
+    /// happens if the partition was revoked meanwhile or the consumer is
+    /// closing (the next owner reads it from the committed offset).
+    pub(crate) fn give_back(
+        shared: &Shared,
+        state: &mut State,
+        meta: &KafkaMetadata,
+        tp: &Tp,
+        received: Received,
+        delay: Duration,
+    ) {
+        let current = state.parts.get(tp).is_some_and(|p| {
+            p.generation == meta.generation && p.rewind.is_none_or(|r| r > meta.offset)
+        });
+        if state.closed || !current {
+            return;
+        }
+        let pending = Pending {
+            tp: tp.clone(),
+            generation: meta.generation,
+            offset: meta.offset,
+            received,
+        };
+        if delay.is_zero() {
+            state.ready_bytes += pending.received.payload().len();
+            state.ready.push_back(pending);
+            shared.readable.notify_one();
+        } else {
+            state.delayed.push((instant_after(delay), pending));
+        }
+    }
+
+    /// One republish in flight fewer; wakes `close` after the last.
+    pub(crate) fn inflight_done(shared: &Shared, state: &mut State) {
+        state.inflight = state.inflight.saturating_sub(1);
+        if state.inflight == 0 {
+            shared.idle.notify_waiters();
+        }
+    }
+
+    /// Makes `(tp, offset)` come back in place after `delay` (ordered-mode
+    /// nack): the partition is rewound to it. `count`: the redelivery is a
+    /// further attempt (a nack, not a delivery dropped unsettled).
+    pub(crate) fn rewind(
+        state: &mut State,
+        meta: &KafkaMetadata,
+        tp: &Tp,
+        delay: Option<Duration>,
+        count: bool,
+    ) {
+        let Some(part) = state.parts.get_mut(tp) else {
+            return;
+        };
+        if part.generation != meta.generation {
+            return;
+        }
+        part.rewind_to(meta.offset);
+        let due = instant_after(delay.unwrap_or(Duration::ZERO));
+        part.hold_until = Some(part.hold_until.map_or(due, |h| h.max(due)));
+        // Records of this partition at or past it that wait in the ready
+        // queue are fetched again after the rewind.
+        let mut forgotten = Vec::new();
+        state.ready.retain(|p| {
+            let drop = p.tp == *tp && p.offset >= meta.offset;
+            if drop {
+                forgotten.push(p.offset);
+            }
+            !drop
+        });
+        state.ready_bytes = state.ready.iter().map(|p| p.received.payload().len()).sum();
+        if let Some(part) = state.parts.get_mut(tp) {
+            for o in forgotten {
+                part.forget(o);
+            }
+        }
+        if count {
+            let n = state
+                .redeliveries
+                .entry((tp.clone(), meta.offset))
+                .or_default();
+            *n = n.saturating_add(1);
+        }
+    }
+}
