@@ -2,7 +2,7 @@
 //! [`WorkerStats`] handle the application holds while the worker runs.
 //!
 //! Layers report what only they know (a duplicate suppressed, an in-process
-//! retry, a timeout, a panic) through [`record`], which finds the counters
+//! retry, a timeout, a panic) through `record`, which finds the counters
 //! of the worker running the current handler through a task-local: no
 //! wrapping, no extra argument, nothing to forget.
 

@@ -9,7 +9,7 @@
 //! [`reply`], which copies the correlation id onto the response.
 //!
 //! Backends may supply a cheaper reply channel (RabbitMQ direct reply-to)
-//! through [`Backend::reply_channel`](crate::Backend::reply_channel).
+//! through [`Backend::reply_channel`](crate::backend::Backend::reply_channel).
 
 use std::collections::HashMap;
 use std::fmt;
