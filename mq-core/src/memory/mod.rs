@@ -50,7 +50,7 @@ use queue::{Queue, Stored};
 
 const BACKEND: &str = "memory";
 
-/// The in-memory backend as a [`Driver`](crate::backend::Driver). It is
+/// The in-memory backend as a [`Driver`]. It is
 /// always compiled in (no cargo feature) and needs no broker for tests.
 pub const DRIVER: Driver = Driver {
     name: BACKEND,
