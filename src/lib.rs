@@ -18,7 +18,7 @@
 //! ```
 //!
 //! Everything in [`mq_core`] is re-exported here; this crate adds
-//! [`connect`] and the [`registry`] of the backends compiled in by cargo
+//! [`connect`] and the [`registry()`] of the backends compiled in by cargo
 //! features (`rabbit`, `kafka`, `sqs`; `memory://` is always on).
 //!
 #![doc = include_str!("../README.md")]
