@@ -1,146 +1,23 @@
-//! The client: capabilities, and the factory of producers and consumers.
+//! The client: capabilities, health, stats, and the factory of producers
+//! and consumers.
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mq_core::backend::{Backend, RedactedUrl};
 use mq_core::observe::{Health, QueueStats};
 use mq_core::rpc::ReplyChannel;
-use mq_core::url::RedactedUrl;
-use mq_core::{
-    Backend, Capabilities, ConsumerOptions, DynConsumer, DynProducer, Error, ErrorKind, Message,
-    Result,
-};
+use mq_core::{Capabilities, ConsumerOptions, DynConsumer, DynProducer, Error, ErrorKind, Result};
 
 use crate::config::{RabbitConfig, Topology};
-use crate::connection::{Conn, Connector};
+use crate::connection::Connector;
 use crate::consumer::RabbitConsumer;
+use crate::core::Shared;
 use crate::error::{within, BACKEND};
-use crate::headers::{encode, Wire};
-use crate::producer::{publish_confirmed, PublishFailure, RabbitProducer};
-use crate::rpc::{ReplyConsumer, ReplyRoutes};
-use crate::topology::{
-    consumer_queue, ensure, forget, inspect_queue, known_ttl_queues, send_route, Route, DLQ_SUFFIX,
-    MAX_DELAY,
-};
-
-/// What producers, consumers and settlers of one client share.
-pub(crate) struct Shared {
-    pub(crate) config: Arc<RabbitConfig>,
-    /// The URL the client was made from, for `Debug` (always redacted).
-    url: Option<RedactedUrl>,
-    pub(crate) connector: Connector,
-    pub(crate) replies: ReplyRoutes,
-}
-
-impl Shared {
-    /// Where dead letters of `source` go.
-    pub(crate) fn dead_letter_destination(&self, source: &str) -> String {
-        format!("{source}{DLQ_SUFFIX}")
-    }
-
-    /// Sends `message` to `destination` (checks, routes, declares, publishes).
-    pub(crate) async fn send(&self, destination: &str, message: Message) -> Result<()> {
-        if destination.is_empty() {
-            return Err(Error::config("destination name is empty")
-                .with_backend(BACKEND)
-                .with_operation("send"));
-        }
-        let size = message.encoded_len();
-        if size > self.config.max_message_size {
-            return Err(Error::too_large(
-                size,
-                self.config.max_message_size,
-                "RabbitMQ max_message_size",
-            )
-            .with_backend(BACKEND)
-            .with_operation("send"));
-        }
-        let route = send_route(&self.config, destination, message.delay())?;
-        let wire = encode(message, self.config.persistent)?;
-        self.publish(&route, wire, "send").await
-    }
-
-    /// Publishes `wire` along `route` with a confirm, declaring what the
-    /// route needs first; declarations and confirm together take at most
-    /// `operation_timeout`. When the broker did not take the message because
-    /// a declaration of this client is gone (a queue or exchange deleted
-    /// behind its back), the declarations are forgotten, made again, and the
-    /// message is published once more.
-    pub(crate) async fn publish(
-        &self,
-        route: &Route,
-        wire: Wire,
-        operation: &'static str,
-    ) -> Result<()> {
-        let conn = self.connector.get().await?;
-        // Requests of a requester go on its reply channel (direct reply-to);
-        // waiting for it to resubscribe is not a wait on the broker.
-        let reply_channel = match &wire.reply_token {
-            Some(token) => Some(
-                self.replies
-                    .channel(token, self.config.reconnect_wait)
-                    .await?,
-            ),
-            None => None,
-        };
-        let publishing = async {
-            let first = self
-                .publish_on(&conn, route, &wire, reply_channel.as_deref(), operation)
-                .await;
-            match first {
-                Ok(()) => Ok(()),
-                Err(PublishFailure::Stale(e)) if route.needs.declares_something() => {
-                    tracing::info!(exchange = %route.exchange, routing_key = %route.routing_key,
-                        error = %e, "the broker lost what this client declared; declaring again and publishing once more");
-                    forget(&conn, &route.needs);
-                    self.publish_on(&conn, route, &wire, reply_channel.as_deref(), operation)
-                        .await
-                        .map_err(PublishFailure::into_error)
-                }
-                Err(failure) => Err(failure.into_error()),
-            }
-        };
-        within(self.config.operation_timeout, operation, publishing).await
-    }
-
-    async fn publish_on(
-        &self,
-        conn: &Conn,
-        route: &Route,
-        wire: &Wire,
-        reply_channel: Option<&lapin::Channel>,
-        operation: &'static str,
-    ) -> std::result::Result<(), PublishFailure> {
-        ensure(conn, &self.config, &route.needs)
-            .await
-            .map_err(PublishFailure::Failed)?;
-        let properties = wire.properties.clone();
-        match reply_channel {
-            Some(channel) => {
-                let properties = properties.with_reply_to(crate::rpc::DIRECT_REPLY_TO.into());
-                publish_confirmed(channel, route, &wire.payload, properties, operation).await
-            }
-            None => {
-                let channel = conn
-                    .publish_channel()
-                    .await
-                    .map_err(PublishFailure::Failed)?;
-                publish_confirmed(&channel, route, &wire.payload, properties, operation).await
-            }
-        }
-    }
-}
-
-impl fmt::Debug for Shared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitClient")
-            .field("url", &self.url)
-            .field("config", &self.config)
-            .field("connection", &self.connector)
-            .finish()
-    }
-}
+use crate::producer::RabbitProducer;
+use crate::rpc::ReplyConsumer;
+use crate::topology::{consumer_queue, inspect_queue, known_ttl_queues, DLQ_SUFFIX, MAX_DELAY};
 
 /// A connected RabbitMQ client; wrap it in [`mq_core::Client`] (what
 /// `mq::connect("amqp://...")` returns).
@@ -167,12 +44,7 @@ impl RabbitBackend {
         let config = Arc::new(config);
         let connector = Connector::connect(config.clone()).await?;
         Ok(RabbitBackend {
-            shared: Arc::new(Shared {
-                config,
-                url,
-                connector,
-                replies: ReplyRoutes::default(),
-            }),
+            shared: Arc::new(Shared::new(config, url, connector)),
         })
     }
 
@@ -230,7 +102,7 @@ impl Backend for RabbitBackend {
     }
 
     fn dead_letter_destination(&self, source: &str) -> String {
-        self.shared.dead_letter_destination(source)
+        format!("{source}{DLQ_SUFFIX}")
     }
 
     async fn reply_channel(&self) -> Result<ReplyChannel> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use lapin::uri::{
     AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo, SASLMechanism,
 };
-use mq_core::url::{parse_duration, RedactedUrl, Secret, UrlOptions};
+use mq_core::backend::{parse_duration, RedactedUrl, Secret, UrlOptions};
 use mq_core::{Error, Result};
 
 use crate::error::BACKEND;

@@ -272,7 +272,7 @@ impl Connector {
     /// to `reconnect_wait` (a service may start while its broker restarts);
     /// a refused login, a missing vhost or bad TLS material fail at once.
     pub(crate) async fn connect(config: Arc<RabbitConfig>) -> Result<Self> {
-        let give_up = mq_core::time::tokio_instant_after(config.reconnect_wait);
+        let give_up = mq_core::backend::time::tokio_instant_after(config.reconnect_wait);
         let mut backoff = backoff(&config);
         let mut attempt = 0u32;
         let conn = loop {
@@ -281,7 +281,7 @@ impl Connector {
                 Ok(conn) => break conn,
                 Err(e) if e.is_retryable() => {
                     let delay = backoff.next().unwrap_or(config.reconnect_max_delay);
-                    if mq_core::time::tokio_instant_after(delay) > give_up {
+                    if mq_core::backend::time::tokio_instant_after(delay) > give_up {
                         return Err(e);
                     }
                     tracing::warn!(error = %e, attempt, ?delay, "connecting to RabbitMQ failed; retrying");
@@ -327,7 +327,8 @@ impl Connector {
     /// network cut goes unnoticed), then fails with a retryable
     /// `Connection` error, so a send never hangs on a dead broker.
     pub(crate) async fn get(&self) -> Result<Arc<Conn>> {
-        let deadline = mq_core::time::tokio_instant_after(self.inner.config.reconnect_wait);
+        let deadline =
+            mq_core::backend::time::tokio_instant_after(self.inner.config.reconnect_wait);
         self.acquire(Some(deadline)).await
     }
 

@@ -21,12 +21,13 @@ use lapin::types::FieldTable;
 use lapin::Channel;
 use mq_core::{Consumer, ConsumerOptions, Delivery, ErrorKind, Received, Result};
 
-use crate::backend::Shared;
+use crate::codec::decode;
 use crate::connection::Conn;
+use crate::core::Shared;
 use crate::error::{closed, from_lapin, within};
-use crate::headers::decode;
-use crate::settle::{RabbitDelivery, RabbitSettler};
-use crate::topology::{ensure_consumer_queue, forget_consumer_queue, short};
+use crate::metadata::RabbitMetadata;
+use crate::settle::RabbitSettler;
+use crate::topology::{consumer_queue, ensure_consumer_queue, forget_consumer_queue, short};
 
 /// A live subscription.
 struct Subscription {
@@ -53,11 +54,7 @@ impl RabbitConsumer {
     /// A consumer as `options` say, subscribed (so a group's queue exists
     /// and is bound once this returns).
     pub(crate) async fn start(shared: Arc<Shared>, options: ConsumerOptions) -> Result<Self> {
-        let queue = crate::topology::consumer_queue(
-            &shared.config,
-            &options.source,
-            options.group.as_deref(),
-        )?;
+        let queue = consumer_queue(&shared.config, &options.source, options.group.as_deref())?;
         short("queue", &queue)?;
         let prefetch = if options.prefetch == mq_core::consumer::DEFAULT_PREFETCH {
             shared.config.prefetch
@@ -141,7 +138,7 @@ impl RabbitConsumer {
         let data = std::mem::take(&mut d.data);
         let properties = std::mem::take(&mut d.properties);
         let decoded = decode(bytes::Bytes::from(data), &properties, d.redelivered);
-        let info = RabbitDelivery::new(&d, self.queue.clone(), properties);
+        let info = RabbitMetadata::new(&d, self.queue.clone(), properties);
         let received = Received::new(self.source.clone(), decoded.message, decoded.attempt)
             .with_group(self.group.clone())
             .with_timestamp(decoded.timestamp)

@@ -102,7 +102,7 @@ fn classify(error: &lapin::Error) -> (ErrorKind, bool, String) {
 }
 
 /// Waits for `operation` at most `limit` (clamped to
-/// [`mq_core::time::FAR_FUTURE`]): a broker that blocks publishers
+/// [`mq_core::backend::time::FAR_FUTURE`]): a broker that blocks publishers
 /// (`connection.blocked`) or never answers must not hang the caller. Past
 /// the limit the result is a retryable `Timeout` error naming `what`.
 pub(crate) async fn within<T>(
@@ -110,7 +110,7 @@ pub(crate) async fn within<T>(
     what: &'static str,
     operation: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    match tokio::time::timeout(mq_core::time::clamp(limit), operation).await {
+    match tokio::time::timeout(mq_core::backend::time::clamp(limit), operation).await {
         Ok(outcome) => outcome,
         Err(_) => Err(timed_out(what, limit)),
     }

@@ -1,15 +1,44 @@
 #![doc = include_str!("../README.md")]
+//!
+//! # Source files
+//!
+//! Every backend crate of `mq` has the same files. Each uses only files
+//! listed above it, so there is no import cycle:
+//!
+//! ```text
+//! error        lapin errors -> mq_core::Error (the one place), BACKEND
+//! config       URL and options -> RabbitConfig
+//! metadata     RabbitMetadata: the AMQP details of a delivery
+//! codec        Message <-> AMQP body, properties and headers
+//! connection   one connection per client, reconnected with backoff
+//! core         Shared: settings, connection, reply routes of one client
+//! topology     destinations and groups -> exchanges, queues, bindings
+//! publish      one confirmed publish along a route (sends, retries, dead letters)
+//! settle       the Settler: ack, nack (retry copies), dead-letter
+//! producer     RabbitProducer
+//! rpc          direct reply-to consumers
+//! consumer     RabbitConsumer
+//! backend      RabbitBackend: capabilities, health, stats, producers, consumers
+//! lib          DRIVER, register, connect
+//! ```
+//!
+//! `python3 scripts/module_cycles.py mq-rabbit/src` checks it and prints the
+//! layers: `{error, metadata} < {codec, config} < connection < {core,
+//! topology} < {publish, rpc} < {producer, settle} < consumer < backend`.
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 mod backend;
+mod codec;
 mod config;
 mod connection;
 mod consumer;
+mod core;
 mod error;
-mod headers;
+mod metadata;
 mod producer;
+mod publish;
 mod rpc;
 mod settle;
 mod topology;
@@ -20,26 +49,35 @@ pub use config::{
     DEFAULT_OPERATION_TIMEOUT,
 };
 pub use consumer::RabbitConsumer;
+pub use metadata::RabbitMetadata;
 pub use producer::RabbitProducer;
-pub use settle::RabbitDelivery;
 
 /// The AMQP client this backend is built on, for what `mq` does not cover
-/// (e.g. reading [`RabbitDelivery::properties`]).
+/// (e.g. reading [`RabbitMetadata::properties`]).
 pub use lapin;
 
-use mq_core::url::RedactedUrl;
-use mq_core::{Client, Registry, Result};
+use mq_core::backend::{Connector, Driver, RedactedUrl, Registry};
+use mq_core::{Client, Result};
+
+use crate::error::BACKEND;
 
 /// The URL schemes this backend serves.
-pub const SCHEMES: [&str; 2] = ["amqp", "amqps"];
+pub const SCHEMES: &[&str] = &["amqp", "amqps"];
+
+/// This backend as one value: what the facade's registry, the conformance
+/// suite and the test set-up need to know about it.
+pub const DRIVER: Driver = Driver {
+    name: BACKEND,
+    feature: "rabbit",
+    schemes: SCHEMES,
+    connect: Connector::Parsed(|url| Box::pin(async move { connect_url(&url).await })),
+    test_key: "RABBIT",
+    test_broker: "rabbit",
+};
 
 /// Registers `amqp://` and `amqps://` in `registry`.
 pub fn register(registry: &mut Registry) {
-    for scheme in SCHEMES {
-        registry.register(scheme, |url| {
-            Box::pin(async move { connect_url(&url).await })
-        });
-    }
+    registry.register_driver(&DRIVER);
 }
 
 /// Connects to the broker an `amqp://` or `amqps://` URL names.

@@ -24,13 +24,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Channel, Confirmation};
-use mq_core::{Error, ErrorKind, Message, Producer, Result};
+use mq_core::{Error, Message, Producer, Result};
 
-use crate::backend::Shared;
-use crate::error::{closed, from_lapin, missing_exchange, BACKEND};
-use crate::topology::Route;
+use crate::codec::encode;
+use crate::core::Shared;
+use crate::error::{closed, BACKEND};
+use crate::publish::publish;
+use crate::topology::send_route;
 
 /// Sends to RabbitMQ. Cheap to clone; clones share the connection and channel.
 #[derive(Clone)]
@@ -54,8 +54,7 @@ impl Producer for RabbitProducer {
         if self.closed.load(Ordering::Acquire) {
             return Err(closed("the producer").with_destination(destination.to_owned()));
         }
-        self.shared
-            .send(destination, message)
+        send(&self.shared, destination, message)
             .await
             .map_err(|e| e.with_destination(destination.to_owned()))
     }
@@ -80,98 +79,24 @@ impl fmt::Debug for RabbitProducer {
     }
 }
 
-/// Why a publish failed.
-#[derive(Debug)]
-pub(crate) enum PublishFailure {
-    /// The broker did not take the message because what the route was
-    /// declared with is gone: it returned it as unroutable (`mandatory`) or
-    /// closed the channel with `404` because the exchange does not exist.
-    /// Declaring again and publishing once more cannot duplicate it.
-    Stale(Error),
-    /// Anything else.
-    Failed(Error),
-}
-
-impl PublishFailure {
-    pub(crate) fn into_error(self) -> Error {
-        match self {
-            PublishFailure::Stale(e) | PublishFailure::Failed(e) => e,
-        }
-    }
-}
-
-/// A lapin error of a publish along `route`.
-fn publish_error(e: lapin::Error, route: &Route, operation: &'static str) -> PublishFailure {
-    match missing_exchange(&e) {
-        // This publish named the missing exchange.
-        Some(name) if name == route.exchange.as_str() => {
-            PublishFailure::Stale(from_lapin(e, operation))
-        }
-        // Another send on the shared channel named a missing exchange and
-        // the broker closed the channel: this message may or may not have
-        // been stored before, like a send in flight when a connection drops.
-        Some(_) => PublishFailure::Failed(
-            Error::new(
-                ErrorKind::Connection,
-                "the publish channel was closed by the broker because of another send \
-                 (to an exchange that does not exist); the message may or may not have been stored",
-            )
-            .with_retryable(true)
+/// Sends `message` to `destination` (checks, routes, declares, publishes).
+async fn send(shared: &Shared, destination: &str, message: Message) -> Result<()> {
+    if destination.is_empty() {
+        return Err(Error::config("destination name is empty")
             .with_backend(BACKEND)
-            .with_operation(operation)
-            .with_source(e),
-        ),
-        None => PublishFailure::Failed(from_lapin(e, operation)),
+            .with_operation("send"));
     }
-}
-
-/// Publishes on `channel` along `route` and waits for the broker's confirm.
-pub(crate) async fn publish_confirmed(
-    channel: &Channel,
-    route: &Route,
-    payload: &[u8],
-    properties: BasicProperties,
-    operation: &'static str,
-) -> std::result::Result<(), PublishFailure> {
-    let confirm = channel
-        .basic_publish(
-            route.exchange.clone(),
-            route.routing_key.clone(),
-            BasicPublishOptions {
-                mandatory: route.mandatory,
-                immediate: false,
-            },
-            payload,
-            properties,
+    let size = message.encoded_len();
+    if size > shared.config.max_message_size {
+        return Err(Error::too_large(
+            size,
+            shared.config.max_message_size,
+            "RabbitMQ max_message_size",
         )
-        .await
-        .map_err(|e| publish_error(e, route, operation))?;
-    match confirm
-        .await
-        .map_err(|e| publish_error(e, route, operation))?
-    {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-            Err(PublishFailure::Stale(
-                Error::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "no queue took the message (exchange `{}`, routing key `{}`): {} {}",
-                        route.exchange, route.routing_key, returned.reply_code, returned.reply_text
-                    ),
-                )
-                .with_backend(BACKEND)
-                .with_operation(operation),
-            ))
-        }
-        Confirmation::Nack(None) => Err(PublishFailure::Failed(
-            Error::new(
-                ErrorKind::Broker,
-                "the broker could not take the message (basic.nack)",
-            )
-            .with_retryable(true)
-            .with_backend(BACKEND)
-            .with_operation(operation),
-        )),
+        .with_backend(BACKEND)
+        .with_operation("send"));
     }
+    let route = send_route(&shared.config, destination, message.delay())?;
+    let wire = encode(message, shared.config.persistent)?;
+    publish(shared, &route, wire, "send").await
 }

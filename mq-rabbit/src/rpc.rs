@@ -7,7 +7,7 @@
 //! straight to the channel. Nothing is declared, so nothing is left behind.
 //!
 //! [`Requester`](mq_core::Requester) sends with an ordinary producer, so
-//! [`reply_channel`](mq_core::Backend::reply_channel) hands it a private
+//! [`reply_channel`](mq_core::backend::Backend::reply_channel) hands it a private
 //! token (`amq.rabbitmq.reply-to#<uuid>`) as its reply address; when this
 //! client's producer sees the token in `mq-reply-to` it publishes the request
 //! on the reply channel with the real `amq.rabbitmq.reply-to`. The token never
@@ -15,99 +15,22 @@
 //! again on a new channel; replies to requests sent before the outage are
 //! lost (their requests time out), later requests work.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::Channel;
-use mq_core::{Consumer, Delivery, Error, ErrorKind, Received, Result, Settlement, Settler};
-use parking_lot::Mutex;
-use tokio::sync::watch;
+use mq_core::backend::{Settlement, Settler};
+use mq_core::{Consumer, Delivery, ErrorKind, Received, Result};
 
-use crate::backend::Shared;
+use crate::codec::{decode, DIRECT_REPLY_TO};
 use crate::connection::Conn;
-use crate::error::{closed, from_lapin, within, BACKEND};
-use crate::headers::decode;
-use crate::settle::RabbitDelivery;
-
-/// RabbitMQ's direct reply-to pseudo-queue.
-pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
-
-const TOKEN_PREFIX: &str = "amq.rabbitmq.reply-to#";
-
-/// Whether `reply_to` is a token made by [`ReplyRoutes::register`].
-pub(crate) fn is_token(reply_to: &str) -> bool {
-    reply_to.starts_with(TOKEN_PREFIX)
-}
-
-/// The reply channel currently serving one token.
-#[derive(Debug)]
-pub(crate) struct ReplyRoute {
-    channel: watch::Sender<Option<Arc<Channel>>>,
-}
-
-impl ReplyRoute {
-    /// The channel to publish requests on, waiting up to `wait` while the
-    /// reply consumer subscribes again after an outage.
-    async fn channel(&self, wait: Duration) -> Result<Arc<Channel>> {
-        let mut rx = self.channel.subscribe();
-        let ready = async {
-            rx.wait_for(|c| c.as_ref().is_some_and(|ch| ch.status().connected()))
-                .await
-                .map(|c| c.clone())
-        };
-        let outcome = tokio::time::timeout(wait, ready).await;
-        match outcome {
-            Ok(Ok(Some(ch))) => Ok(ch),
-            Ok(_) => Err(closed("the reply channel")),
-            Err(_) => Err(Error::new(
-                ErrorKind::Connection,
-                "the reply channel is reconnecting; try again",
-            )
-            .with_backend(BACKEND)
-            .with_operation("request")),
-        }
-    }
-}
-
-/// Tokens of this client's reply consumers.
-#[derive(Debug, Default)]
-pub(crate) struct ReplyRoutes(Mutex<HashMap<String, Weak<ReplyRoute>>>);
-
-impl ReplyRoutes {
-    fn register(&self) -> (String, Arc<ReplyRoute>) {
-        let token = format!("{TOKEN_PREFIX}{}", uuid::Uuid::now_v7().simple());
-        let (channel, _) = watch::channel(None);
-        let route = Arc::new(ReplyRoute { channel });
-        let mut routes = self.0.lock();
-        routes.retain(|_, r| r.strong_count() > 0);
-        routes.insert(token.clone(), Arc::downgrade(&route));
-        (token, route)
-    }
-
-    fn remove(&self, token: &str) {
-        self.0.lock().remove(token);
-    }
-
-    /// The channel a request carrying `token` must be published on.
-    pub(crate) async fn channel(&self, token: &str, wait: Duration) -> Result<Arc<Channel>> {
-        let route = self.0.lock().get(token).and_then(Weak::upgrade);
-        match route {
-            Some(route) => route.channel(wait).await,
-            None => Err(Error::new(
-                ErrorKind::Closed,
-                "the requester's reply channel is closed or belongs to another client",
-            )
-            .with_backend(BACKEND)
-            .with_operation("request")),
-        }
-    }
-}
+use crate::core::{ReplyRoute, Shared};
+use crate::error::{closed, from_lapin, within};
+use crate::metadata::RabbitMetadata;
 
 /// Consumes the replies of one [`Requester`](mq_core::Requester).
 pub(crate) struct ReplyConsumer {
@@ -187,7 +110,7 @@ impl Consumer for ReplyConsumer {
             match consumer.next().await {
                 Some(Ok(d)) => {
                     let decoded = decode(bytes::Bytes::from(d.data), &d.properties, d.redelivered);
-                    let info = RabbitDelivery::without_ack(
+                    let info = RabbitMetadata::without_ack(
                         d.delivery_tag,
                         d.redelivered,
                         d.exchange.to_string(),

@@ -1,4 +1,4 @@
-//! Settling deliveries (DESIGN.md §4) and the RabbitMQ metadata of each one.
+//! Settling deliveries (DESIGN.md §4).
 //!
 //! | settlement | what happens |
 //! |---|---|
@@ -8,7 +8,7 @@
 //! | dead-letter | publish to the consumer's dead-letter destination (`ConsumerOptions::dead_letter`, default `<source>-dlq`) with the reason headers, cut to fit `max_message_size`, confirmed, then `basic.ack` |
 //! | dropped unsettled | `basic.nack` with requeue, from a spawned task (the broker redelivers it, `redelivered` set) |
 //!
-//! Retry and dead-letter copies are built by [`mq_core::republish`]; a
+//! Retry and dead-letter copies are built by [`mq_core::backend::republish`]; a
 //! retry keeps the AMQP properties and header table of the original and
 //! takes `mq-attempt`/`mq-not-before` from the core's copy.
 //!
@@ -29,114 +29,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::{Acker, BasicProperties};
-use mq_core::{Delivery, Error, Result, Settlement, Settler};
+use lapin::Acker;
+use mq_core::backend::{republish, Settlement, Settler};
+use mq_core::{Delivery, Error, Result};
 
-use crate::backend::Shared;
+use crate::codec::{encode, for_retry, Wire};
 use crate::config::QueueType;
+use crate::core::Shared;
 use crate::error::{channel_gone, from_lapin, within, BACKEND};
-use crate::headers::{for_retry, Wire};
+use crate::metadata::RabbitMetadata;
+use crate::publish::publish;
 use crate::topology::{dead_letter_route, retry_route};
-
-/// RabbitMQ details of a delivery, from
-/// [`Received::metadata`](mq_core::Received::metadata):
-///
-/// ```no_run
-/// # fn f(delivery: &mq_core::Delivery) {
-/// if let Some(rabbit) = delivery.metadata::<mq_rabbit::RabbitDelivery>() {
-///     println!("tag {} redelivered {}", rabbit.delivery_tag(), rabbit.redelivered());
-/// }
-/// # }
-/// ```
-pub struct RabbitDelivery {
-    delivery_tag: u64,
-    redelivered: bool,
-    exchange: String,
-    routing_key: String,
-    queue: String,
-    properties: BasicProperties,
-    acker: Option<Acker>,
-}
-
-impl RabbitDelivery {
-    pub(crate) fn new(
-        delivery: &lapin::message::Delivery,
-        queue: String,
-        properties: BasicProperties,
-    ) -> Self {
-        RabbitDelivery {
-            delivery_tag: delivery.delivery_tag,
-            redelivered: delivery.redelivered,
-            exchange: delivery.exchange.to_string(),
-            routing_key: delivery.routing_key.to_string(),
-            queue,
-            properties,
-            acker: Some(delivery.acker.clone()),
-        }
-    }
-
-    /// A delivery consumed without acknowledgements (direct reply-to).
-    pub(crate) fn without_ack(
-        delivery_tag: u64,
-        redelivered: bool,
-        exchange: String,
-        routing_key: String,
-        queue: String,
-        properties: BasicProperties,
-    ) -> Self {
-        RabbitDelivery {
-            delivery_tag,
-            redelivered,
-            exchange,
-            routing_key,
-            queue,
-            properties,
-            acker: None,
-        }
-    }
-
-    /// The delivery tag on its channel.
-    pub fn delivery_tag(&self) -> u64 {
-        self.delivery_tag
-    }
-
-    /// Whether the broker delivered this message before (to any consumer).
-    pub fn redelivered(&self) -> bool {
-        self.redelivered
-    }
-
-    /// The exchange the message was published to (`""`: the default exchange).
-    pub fn exchange(&self) -> &str {
-        &self.exchange
-    }
-
-    /// The routing key it was published with.
-    pub fn routing_key(&self) -> &str {
-        &self.routing_key
-    }
-
-    /// The queue it was consumed from.
-    pub fn queue(&self) -> &str {
-        &self.queue
-    }
-
-    /// The AMQP properties exactly as received, headers of every type included.
-    pub fn properties(&self) -> &BasicProperties {
-        &self.properties
-    }
-}
-
-impl fmt::Debug for RabbitDelivery {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitDelivery")
-            .field("delivery_tag", &self.delivery_tag)
-            .field("redelivered", &self.redelivered)
-            .field("exchange", &self.exchange)
-            .field("routing_key", &self.routing_key)
-            .field("queue", &self.queue)
-            .finish()
-    }
-}
 
 /// Settles the deliveries of one consumer.
 pub(crate) struct RabbitSettler {
@@ -199,18 +102,17 @@ impl RabbitSettler {
     async fn republish(
         &self,
         delivery: &Delivery,
-        info: &RabbitDelivery,
+        info: &RabbitMetadata,
         delay: Option<std::time::Duration>,
     ) -> Result<()> {
         let route = retry_route(&self.queue, delay)?;
-        let copy = mq_core::republish::retry_copy(delivery, delay);
+        let copy = republish::retry_copy(delivery, delay);
         let wire = Wire {
             payload: delivery.payload().clone(),
-            properties: for_retry(&info.properties, &copy),
+            properties: for_retry(info.properties(), &copy),
             reply_token: None,
         };
-        self.shared
-            .publish(&route, wire, "nack")
+        publish(&self.shared, &route, wire, "nack")
             .await
             .map_err(|e| e.with_destination(self.source.clone()))
     }
@@ -220,14 +122,13 @@ impl RabbitSettler {
     async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
         let dlq = &self.dead_letter;
         let route = dead_letter_route(&self.shared.config, dlq)?;
-        let copy = mq_core::republish::fit_to_size(
-            mq_core::republish::dead_letter_copy(delivery, reason),
+        let copy = republish::fit_to_size(
+            republish::dead_letter_copy(delivery, reason),
             self.shared.config.max_message_size,
         )
         .map_err(|e| e.with_backend(BACKEND).with_operation("dead-letter"))?;
-        let wire = crate::headers::encode(copy, self.shared.config.persistent)?;
-        self.shared
-            .publish(&route, wire, "dead-letter")
+        let wire = encode(copy, self.shared.config.persistent)?;
+        publish(&self.shared, &route, wire, "dead-letter")
             .await
             .map_err(|e| e.with_destination(dlq.clone()))
     }
@@ -278,13 +179,13 @@ impl RabbitSettler {
 #[async_trait]
 impl Settler for RabbitSettler {
     async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()> {
-        let Some(info) = delivery.metadata::<RabbitDelivery>() else {
+        let Some(info) = delivery.metadata::<RabbitMetadata>() else {
             return Err(
                 Error::new(mq_core::ErrorKind::Broker, "not a RabbitMQ delivery")
                     .with_backend(BACKEND),
             );
         };
-        let Some(acker) = info.acker.as_ref() else {
+        let Some(acker) = info.acker() else {
             return Ok(());
         };
         if self.closed.load(Ordering::Acquire) || !acker.usable() {
@@ -320,8 +221,8 @@ impl Settler for RabbitSettler {
             return;
         }
         let Some(acker) = delivery
-            .metadata::<RabbitDelivery>()
-            .and_then(|i| i.acker.clone())
+            .metadata::<RabbitMetadata>()
+            .and_then(|i| i.acker().cloned())
         else {
             return;
         };

@@ -6,8 +6,8 @@
 //! received again, dead-lettered and read from the dead-letter queue.
 //!
 //! One publisher is raw lapin, the other pika (`python3`; pika is installed
-//! with pip when missing, like tests/interop_rabbit.rs at the repository
-//! root). Needs `MQ_TEST_RABBIT_URL`.
+//! with pip when missing, like tests/interop_rabbit.rs). Needs
+//! `MQ_TEST_RABBIT_URL`.
 
 mod common;
 

@@ -1,4 +1,4 @@
-"""The pika side of tests/interop_rabbit.rs: a native AMQP client talking to mq.
+"""The pika side of mq-rabbit/tests/interop_rabbit.rs: a native AMQP client talking to mq.
 
 Usage: python3 interop_rabbit_pika.py MODE URL QUEUE
   publish   publish the reference message to QUEUE through the default exchange
@@ -13,7 +13,7 @@ import sys
 
 import pika
 
-# The reference message; tests/interop_rabbit.rs has the same values.
+# The reference message; mq-rabbit/tests/interop_rabbit.rs has the same values.
 BODY = "payload \u00e9\u00fc \0 end".encode("utf-8")
 HEADERS = {
     "X-Mixed-Case": "Value",

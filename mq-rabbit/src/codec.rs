@@ -20,7 +20,7 @@
 //! and arrays (such as the broker's `x-death`) are left out of
 //! [`Received::headers`](mq_core::Received::headers) because they have no
 //! faithful text form (the raw properties stay available through
-//! [`RabbitDelivery::properties`](crate::RabbitDelivery::properties)).
+//! [`RabbitMetadata::properties`](crate::RabbitMetadata::properties)).
 //!
 //! Attempts: the broker's `x-delivery-count` (quorum queues) or the
 //! `redelivered` flag (classic queues: 1 more, a lower bound) is added to
@@ -57,6 +57,19 @@ pub(crate) const DELIVERY_COUNT: &str = "x-delivery-count";
 
 const MAX_SHORT: usize = 255;
 
+/// RabbitMQ's direct reply-to pseudo-queue.
+pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// How the reply address of a requester of this process starts: a private
+/// token the producer resolves to its reply channel (see `rpc.rs`); it
+/// never reaches the broker.
+pub(crate) const REPLY_TOKEN_PREFIX: &str = "amq.rabbitmq.reply-to#";
+
+/// Whether `reply_to` is a token made by `ReplyRoutes::register`.
+pub(crate) fn is_token(reply_to: &str) -> bool {
+    reply_to.starts_with(REPLY_TOKEN_PREFIX)
+}
+
 /// A message ready for `basic.publish`.
 #[derive(Debug)]
 pub(crate) struct Wire {
@@ -91,7 +104,7 @@ pub(crate) fn encode(message: Message, persistent: bool) -> Result<Wire> {
                 continue;
             }
             if name == names::REPLY_TO {
-                if crate::rpc::is_token(&value) {
+                if is_token(&value) {
                     reply_token = Some(value);
                 } else {
                     properties = properties.with_reply_to(
@@ -342,7 +355,7 @@ pub(crate) fn decode(payload: Bytes, properties: &BasicProperties, redelivered: 
     // `None` when not representable (a peer's `2**64-1`), never a panic.
     let timestamp = properties
         .timestamp()
-        .and_then(mq_core::time::from_unix_secs);
+        .and_then(mq_core::backend::time::from_unix_secs);
     Decoded {
         message,
         attempt,
@@ -351,7 +364,7 @@ pub(crate) fn decode(payload: Bytes, properties: &BasicProperties, redelivered: 
 }
 
 /// The properties of a received message republished as its retry `copy`
-/// (made by [`mq_core::republish::retry_copy`]): every property and header
+/// (made by [`mq_core::backend::republish::retry_copy`]): every property and header
 /// of the original kept, headers of every type included, except the
 /// broker's delivery counter; `mq-attempt` and `mq-not-before` as the copy
 /// has them (the core decides the attempt and scheduling rules).
@@ -459,7 +472,10 @@ mod tests {
         props = props.with_headers(table);
         assert_eq!(decode(Bytes::new(), &props, true).attempt, 3);
         let received = mq_core::Received::new("q", decode(Bytes::new(), &props, true).message, 3);
-        let next = for_retry(&props, &mq_core::republish::retry_copy(&received, None));
+        let next = for_retry(
+            &props,
+            &mq_core::backend::republish::retry_copy(&received, None),
+        );
         let d = decode(Bytes::new(), &next, false);
         assert_eq!(d.attempt, 4);
         assert!(!d.message.headers().contains(DELIVERY_COUNT));
@@ -675,7 +691,7 @@ mod properties {
                 for (k, v) in headers {
                     // A direct reply-to token is resolved by the producer,
                     // not sent.
-                    if k == names::REPLY_TO && crate::rpc::is_token(&v) {
+                    if k == names::REPLY_TO && is_token(&v) {
                         continue;
                     }
                     m = m.with_header(k, v);
@@ -706,11 +722,11 @@ mod properties {
             prop_assert!(d.attempt >= 1);
             prop_assert!(!d.message.id().is_empty());
             prop_assert_eq!(d.message.payload().as_ref(), payload.as_slice());
-            let expected = props.timestamp().and_then(mq_core::time::from_unix_secs);
+            let expected = props.timestamp().and_then(mq_core::backend::time::from_unix_secs);
             prop_assert_eq!(d.timestamp, expected);
             // The retry copy of anything received encodes and decodes again.
             let received = Received::new("q", d.message, d.attempt);
-            let copy = mq_core::republish::retry_copy(&received, None);
+            let copy = mq_core::backend::republish::retry_copy(&received, None);
             let next = decode(Bytes::new(), &for_retry(&props, &copy), false);
             prop_assert_eq!(next.attempt, d.attempt.saturating_add(1));
         }

@@ -3,17 +3,15 @@
 //! `mq` consumes a queue another application declared, as it is; and a pika
 //! RPC client gets its reply from an `mq` responder over direct reply-to.
 //!
-//! Needs `MQ_TEST_RABBIT_URL` (from `scripts/brokers.sh start rabbit`), the
-//! `rabbit` feature and `python3`; pika is installed with
-//! `python3 -m pip install pika` when it is missing. Without the URL the test
-//! says why it skips and passes.
-#![cfg(feature = "rabbit")]
+//! Needs `MQ_TEST_RABBIT_URL` (from `scripts/brokers.sh start rabbit`) and
+//! `python3`; pika is installed with `python3 -m pip install pika` when it
+//! is missing. Without the URL the test says why it skips and passes.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use mq::{Consumer, Message, Producer};
+use mq_core::{Consumer, Message, Producer};
 
 const BODY: &str = "payload \u{e9}\u{fc} \0 end";
 const HEADERS: [(&str, &str); 4] = [
@@ -24,7 +22,7 @@ const HEADERS: [(&str, &str); 4] = [
 ];
 
 fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop_rabbit_pika.py")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop_rabbit_pika.py")
 }
 
 fn has_pika() -> bool {
@@ -91,7 +89,7 @@ async fn pika_and_mq_interoperate() {
         return;
     };
     ensure_pika();
-    let client = mq::connect(&url).await.expect("connect");
+    let client = mq_rabbit::connect(&url).await.expect("connect");
 
     // pika -> mq: pika publishes to the destination's queue (declared by mq's consumer).
     let dest = unique("from-pika");
@@ -144,7 +142,7 @@ async fn pika_and_mq_interoperate() {
     // consumed as it is with topology=queue, where mq declares nothing.
     let existing = unique("existing");
     pika("declare", &url, &existing).await;
-    let plain = mq::connect(&url_with(&url, "topology=queue"))
+    let plain = mq_rabbit::connect(&url_with(&url, "topology=queue"))
         .await
         .expect("connect topology=queue");
     plain
@@ -169,7 +167,7 @@ async fn pika_and_mq_interoperate() {
         .consumer(unique("missing"))
         .await
         .expect_err("no such queue");
-    assert_eq!(missing.kind(), mq::ErrorKind::NotFound, "{missing}");
+    assert_eq!(missing.kind(), mq_core::ErrorKind::NotFound, "{missing}");
 
     // pika RPC client (direct reply-to) -> mq responder.
     let service = unique("rpc");
@@ -178,7 +176,7 @@ async fn pika_and_mq_interoperate() {
     let serve = tokio::spawn(async move {
         let req = requests.receive().await.expect("request");
         assert_eq!(req.text().expect("text"), "ping");
-        mq::reply(&*responder, &req, Message::new("PONG"))
+        mq_core::reply(&*responder, &req, Message::new("PONG"))
             .await
             .expect("reply");
         req.ack().await.expect("ack");
