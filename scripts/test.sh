@@ -45,6 +45,9 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "no import cycles between the files of any crate (scripts/module_cycles.py)"
+python3 scripts/module_cycles.py
+
 step "cargo test --workspace --all-features"
 cargo test --workspace --all-features
 

@@ -28,40 +28,70 @@
 
 pub use mq_core::*;
 
+/// A backend `mq` knows, compiled in or not: the one list the registry, the
+/// "enable feature X" hints, the conformance test and the CLI iterate
+/// (adding a backend is one line here; see CONTRIBUTING.md).
+#[derive(Debug, Clone, Copy)]
+pub struct KnownBackend {
+    /// The cargo feature of `mq` that adds it.
+    pub feature: &'static str,
+    /// Its URL schemes (what a hint names when the feature is off).
+    pub schemes: &'static [&'static str],
+    /// The backend, when this build has it.
+    pub driver: Option<&'static backend::Driver>,
+}
+
+/// One [`KnownBackend`] line: its driver when the feature is on.
+macro_rules! known {
+    ($feature:literal, $krate:ident, $schemes:expr) => {
+        KnownBackend {
+            feature: $feature,
+            schemes: &$schemes,
+            driver: {
+                #[cfg(feature = $feature)]
+                {
+                    Some(&$krate::DRIVER)
+                }
+                #[cfg(not(feature = $feature))]
+                {
+                    None
+                }
+            },
+        }
+    };
+}
+
+/// Every broker backend, whether this build has it or not (`memory://` is
+/// always there: [`memory::DRIVER`]).
+pub const BACKENDS: &[KnownBackend] = &[
+    known!("rabbit", mq_rabbit, ["amqp", "amqps"]),
+    known!("kafka", mq_kafka, ["kafka"]),
+    known!("sqs", mq_sqs, ["sqs", "sqs+http", "sqs+https"]),
+];
+
+/// The drivers this build has: `memory://` and each enabled backend.
+pub fn drivers() -> impl Iterator<Item = &'static backend::Driver> {
+    std::iter::once(&memory::DRIVER).chain(BACKENDS.iter().filter_map(|b| b.driver))
+}
+
 /// A registry of every backend this build has: `memory://` plus the
 /// schemes of the enabled features. Schemes of disabled features are
 /// registered as hints, so connecting to one says which feature adds it.
 pub fn registry() -> Registry {
-    let mut registry = Registry::with_memory();
-    #[cfg(feature = "rabbit")]
-    mq_rabbit::register(&mut registry);
-    #[cfg(feature = "kafka")]
-    mq_kafka::register(&mut registry);
-    #[cfg(feature = "sqs")]
-    mq_sqs::register(&mut registry);
-    for (schemes, hint) in DISABLED_BACKENDS {
-        for scheme in *schemes {
-            registry.hint(scheme, *hint);
+    let mut registry = Registry::new();
+    for driver in drivers() {
+        registry.register_driver(driver);
+    }
+    for known in BACKENDS.iter().filter(|b| b.driver.is_none()) {
+        for scheme in known.schemes {
+            registry.hint(
+                scheme,
+                format!("enable the `{}` feature of mq to add it", known.feature),
+            );
         }
     }
     registry
 }
-
-/// The schemes of the backends this build leaves out, and the feature that adds each.
-const DISABLED_BACKENDS: &[(&[&str], &str)] = &[
-    #[cfg(not(feature = "rabbit"))]
-    (
-        &["amqp", "amqps"],
-        "enable the `rabbit` feature of mq to add it",
-    ),
-    #[cfg(not(feature = "kafka"))]
-    (&["kafka"], "enable the `kafka` feature of mq to add it"),
-    #[cfg(not(feature = "sqs"))]
-    (
-        &["sqs", "sqs+http", "sqs+https"],
-        "enable the `sqs` feature of mq to add it",
-    ),
-];
 
 /// Connects to the broker `url` names, e.g. `memory://`,
 /// `amqp://user:pass@host:5672/vhost`, `kafka://host:9092`.

@@ -105,3 +105,26 @@ async fn the_same_memory_name_is_the_same_broker() {
         .expect_err("reopen with other config");
     assert_eq!(err.kind(), ErrorKind::Config);
 }
+
+#[test]
+fn the_backend_list_agrees_with_each_driver() {
+    for known in mq::BACKENDS {
+        if let Some(driver) = known.driver {
+            assert_eq!(driver.feature, known.feature);
+            for scheme in known.schemes {
+                assert!(
+                    driver.schemes.contains(scheme),
+                    "{scheme} listed for {} but not served by its driver",
+                    known.feature
+                );
+            }
+            assert!(mq::registry().schemes().any(|s| s == known.schemes[0]));
+        }
+    }
+    let drivers: Vec<&str> = mq::drivers().map(|d| d.name).collect();
+    assert_eq!(drivers[0], "memory");
+    assert_eq!(
+        drivers.len(),
+        1 + mq::BACKENDS.iter().filter(|b| b.driver.is_some()).count()
+    );
+}

@@ -37,9 +37,9 @@ pub mod url;
 pub mod worker;
 
 pub use capabilities::Capabilities;
-pub use client::{Backend, Client, ConsumerBuilder};
+pub use client::{Client, ConsumerBuilder};
 pub use consumer::{Consumer, ConsumerOptions, DynConsumer};
-pub use delivery::{Delivery, Received, Settlement, Settler};
+pub use delivery::{Delivery, Received, Settlement};
 pub use error::{Error, ErrorKind, Result};
 pub use handler::{
     json_handler, layer_fn, BatchHandler, BatchResult, BoxHandler, Handler, HandlerError,
