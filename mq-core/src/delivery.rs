@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::message::{headers, Headers, Message, JSON_CONTENT_TYPE};
+use crate::message::{Headers, Message, JSON_CONTENT_TYPE};
 
 /// What to do with a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod delivery;
+pub mod failure;
 pub mod middleware;
 pub mod patterns;
 pub mod restart;
@@ -243,6 +244,11 @@ pub fn scenarios() -> Vec<Scenario> {
         scenario!(delivery::out_of_order_settlement_is_safe),
         scenario!(delivery::settle_from_another_task),
         scenario!(config::no_secrets_in_debug_or_errors),
+        scenario!(failure::settle_failure_returns_the_message),
+        scenario!(failure::redrive_and_redead_letter_keep_the_message),
+        scenario!(failure::rebalance_while_held),
+        scenario!(failure::foreign_values_do_not_crash),
+        scenario!(failure::nack_after_max_is_safe),
     ]
 }
 
