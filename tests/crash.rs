@@ -173,7 +173,8 @@ async fn crash(backend: &str, env: &str, feature: &str, feature_on: bool) {
     let ready_by = Instant::now() + Duration::from_secs(60);
     loop {
         match lines.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) if line == "ready" => break,
+            // libtest may print `test crash_child ... ` on the same line.
+            Ok(line) if line.trim_end().ends_with("ready") => break,
             Ok(line) => note(line, &mut acking),
             Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < ready_by => {
                 if let Ok(Some(status)) = child.try_wait() {
