@@ -340,9 +340,9 @@ async fn crash(backend: &str, env: &str, feature: &str, feature_on: bool) {
 }
 
 /// Awaits every future (all in flight at once).
-async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
+async fn futures_join<F>(futures: Vec<F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();

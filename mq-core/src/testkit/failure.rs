@@ -264,6 +264,8 @@ const FLOW: Duration = Duration::from_secs(15);
 /// Members leave at least this often (counted over all members) before the
 /// group may settle down.
 const MIN_LEAVES: usize = 9;
+/// Between the members' final leaves (longer than a Kafka rebalance).
+const LEAVE_GAP: Duration = Duration::from_secs(5);
 /// How long a delivery kept for a late ack is held (across other members'
 /// joins and leaves).
 const LATE_ACK: Duration = Duration::from_millis(800);
@@ -274,6 +276,8 @@ struct Tally {
     /// Ids acked successfully, with how many times.
     acked: Mutex<HashMap<String, u32>>,
     deliveries: AtomicUsize,
+    /// Deliveries of an id that was acked successfully before.
+    after_ack: AtomicUsize,
     joins: AtomicUsize,
     leaves: AtomicUsize,
     closed: AtomicUsize,
@@ -282,6 +286,8 @@ struct Tally {
     unsettled_at_leave: AtomicUsize,
     /// When the last delivery arrived (for the quiet period at the end).
     last_delivery: Mutex<Option<Instant>>,
+    /// The producer sent everything.
+    flow_done: std::sync::atomic::AtomicBool,
 }
 
 impl Tally {
@@ -315,6 +321,7 @@ pub async fn rebalance_while_held(ctx: Ctx) -> Outcome {
     let send_failures = Arc::new(AtomicUsize::new(0));
     let sending = {
         let (src, confirmed, failures) = (src.clone(), confirmed.clone(), send_failures.clone());
+        let tally = tally.clone();
         tokio::spawn(async move {
             const CHUNK: usize = 50;
             let chunks = total.div_ceil(CHUNK).max(1);
@@ -339,21 +346,26 @@ pub async fn rebalance_while_held(ctx: Ctx) -> Outcome {
                 }
                 tokio::time::sleep(pace).await;
             }
+            tally.flow_done.store(true, Ordering::SeqCst);
         })
     };
 
-    let deadline = Instant::now() + super::SCENARIO_TIMEOUT.mul_f32(0.7);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Leaves room for the members' staggered leaving and the fresh member.
+    let deadline = Instant::now() + super::SCENARIO_TIMEOUT.mul_f32(0.55);
     let mut members = Vec::new();
     let mut first = Some(first);
     for slot in 0..MEMBERS {
         let ctx = ctx.clone();
         let (src, group, tally) = (src.clone(), group.clone(), tally.clone());
-        let (confirmed, stop) = (confirmed.clone(), stop.clone());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let start = first.take();
-        members.push(tokio::spawn(async move {
-            run_member(ctx, slot, src, group, tally, confirmed, stop, start).await
-        }));
+        let stopping = stop.clone();
+        members.push((
+            stopping,
+            tokio::spawn(
+                async move { run_member(ctx, slot, src, group, tally, stop, start).await },
+            ),
+        ));
     }
     // Wait until the producer is done, every confirmed id was acked and no
     // delivery came for a quiet while (late redeliveries come first).
@@ -384,9 +396,15 @@ pub async fn rebalance_while_held(ctx: Ctx) -> Outcome {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    stop.store(true, Ordering::SeqCst);
-    for m in members {
-        match tokio::time::timeout(ARRIVAL, m).await {
+    // The members leave one after the other, the group settling in between
+    // (a rolling shutdown). tansu 0.6 keeps a group's leader that leaves
+    // while a rebalance is under way: the group then stays Empty with that
+    // stale leader and no later member ever gets an assignment.
+    for (stop, m) in members {
+        stop.store(true, Ordering::SeqCst);
+        let stopped = tokio::time::timeout(ARRIVAL, m).await;
+        tokio::time::sleep(LEAVE_GAP).await;
+        match stopped {
             Ok(Ok(r)) => r?,
             Ok(Err(e)) => return Err(Verdict::Fail(format!("member task: {e}"))),
             Err(_) => return Err(Verdict::Fail("a member did not stop within 60 s".into())),
@@ -412,7 +430,7 @@ pub async fn rebalance_while_held(ctx: Ctx) -> Outcome {
         "rebalance_while_held {}: {total} messages{}, {} confirmed ({} send failures), {joins} joins, \
          {leaves} leaves ({} closed, {} dropped, holding {unsettled} unsettled in all), \
          {deliveries} deliveries, {distinct} distinct acked, {duplicates} duplicates \
-         (bound {bound} = {unsettled} unsettled at leave + {} joins/leaves x {} other members \
+         ({} of an id acked successfully before; bound {bound} = {unsettled} unsettled at leave + {} joins/leaves x {} other members \
          x prefetch {REBALANCE_PREFETCH}), {} missing",
         ctx.target().backend,
         if total == 5_000 {
@@ -424,6 +442,7 @@ pub async fn rebalance_while_held(ctx: Ctx) -> Outcome {
         send_failures.load(Ordering::SeqCst),
         tally.closed.load(Ordering::SeqCst),
         tally.dropped.load(Ordering::SeqCst),
+        tally.after_ack.load(Ordering::SeqCst),
         joins + leaves,
         MEMBERS - 1,
         missing.len(),
@@ -481,7 +500,10 @@ pub async fn rebalance_while_held(ctx: Ctx) -> Outcome {
     let _ = fresh.close().await;
     check!(
         got_sentinel.is_some(),
-        "a fresh member of the group did not receive a new message within {ARRIVAL:?}"
+        "a fresh member of the group did not receive a new message within {ARRIVAL:?} \
+         (it received {} already-acked messages again meanwhile, e.g. {:?})",
+        redelivered.len(),
+        redelivered.iter().take(5).collect::<Vec<_>>()
     );
     check!(
         redelivered.is_empty(),
@@ -502,16 +524,14 @@ async fn member(ctx: &Ctx, src: &str, group: Option<&str>) -> Result<DynConsumer
 
 /// One member slot: joins, takes deliveries for a while (acking most at once,
 /// holding every fourth for a late ack), leaves while holding some, and
-/// joins again, until told to stop. Once enough leaves happened and every
-/// confirmed message was acked, it stays (the group settles down).
-#[allow(clippy::too_many_arguments)]
+/// joins again, until told to stop. Once the producer is done and enough
+/// leaves happened, it stays (the group settles down and drains).
 async fn run_member(
     ctx: Ctx,
     slot: usize,
     src: String,
     group: Option<String>,
     tally: Arc<Tally>,
-    confirmed: Arc<Mutex<HashSet<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     mut start: Option<DynConsumer>,
 ) -> Outcome {
@@ -538,11 +558,8 @@ async fn run_member(
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            let settle_down = tally.leaves.load(Ordering::SeqCst) >= MIN_LEAVES && {
-                let acked = tally.acked.lock();
-                let c = confirmed.lock();
-                !c.is_empty() && c.iter().all(|id| acked.contains_key(id))
-            };
+            let settle_down = tally.flow_done.load(Ordering::SeqCst)
+                && tally.leaves.load(Ordering::SeqCst) >= MIN_LEAVES;
             let expired = match first_at {
                 Some(t) => t.elapsed() >= life,
                 None => created.elapsed() >= Duration::from_secs(20),
@@ -559,6 +576,9 @@ async fn run_member(
             }
             for d in batch {
                 tally.deliveries.fetch_add(1, Ordering::SeqCst);
+                if tally.acked.lock().contains_key(d.id()) {
+                    tally.after_ack.fetch_add(1, Ordering::SeqCst);
+                }
                 n += 1;
                 if n % 4 == 0 {
                     late.push((Instant::now(), d));

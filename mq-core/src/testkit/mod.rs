@@ -322,6 +322,16 @@ pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(240);
 /// Runs every scenario (filtered by `MQ_TEST_FILTER`) against `target`,
 /// printing one line per scenario to stderr as it finishes.
 pub async fn run_suite(target: Target) -> SuiteReport {
+    run_selected(target, |_| true).await
+}
+
+/// Runs only the scenarios named in `names` (and matching `MQ_TEST_FILTER`),
+/// e.g. the rebalance scenario against a broker kept for that purpose.
+pub async fn run_named(target: Target, names: &[&str]) -> SuiteReport {
+    run_selected(target, |name| names.contains(&name)).await
+}
+
+async fn run_selected(target: Target, chosen: impl Fn(&str) -> bool) -> SuiteReport {
     let filter = std::env::var("MQ_TEST_FILTER").unwrap_or_default();
     let concurrency = std::env::var("MQ_TEST_CONCURRENCY")
         .ok()
@@ -331,7 +341,7 @@ pub async fn run_suite(target: Target) -> SuiteReport {
     let target = Arc::new(target);
     let (exclusive, shared): (Vec<Scenario>, Vec<Scenario>) = scenarios()
         .into_iter()
-        .filter(|s| s.name.contains(filter.as_str()))
+        .filter(|s| s.name.contains(filter.as_str()) && chosen(s.name))
         .partition(|s| EXCLUSIVE.contains(&s.name));
     let mut results = futures::stream::iter(shared)
         .map(|scenario| run_one(target.clone(), scenario))
