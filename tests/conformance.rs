@@ -27,18 +27,23 @@ fn stress_copies() -> usize {
 }
 
 async fn run(target: Target) -> SuiteReport {
-    if std::env::var("MQ_TEST_LOG").is_ok() {
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+    init_log();
     match stress_copies() {
         1 => run_suite(target).await,
         n => {
             eprintln!("stress mode: {n} suites at once against {}", target.backend);
             run_stress(target, n).await
         }
+    }
+}
+
+/// `MQ_TEST_LOG=1`: the backends' debug logs on stderr.
+fn init_log() {
+    if std::env::var("MQ_TEST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(std::io::stderr)
+            .try_init();
     }
 }
 
@@ -174,6 +179,7 @@ async fn conformance_kafka_mock_rebalance() {
          &commit_interval=100ms&persistent=false",
         cluster.bootstrap_servers()
     );
+    init_log();
     let target = Target::new("kafka-mock", url, mq::registry());
     finish(mq_core::testkit::run_named(target, &["rebalance_while_held"]).await);
     drop(cluster);
