@@ -9,6 +9,9 @@
 //! for the restart scenario, and `MQ_TEST_<BACKEND>_RESTART_URL` the broker
 //! that scenario uses when it is not the main one (Kafka: a tansu that keeps
 //! its data, while the suites use an in-memory one).
+//! `MQ_TEST_LOG=1` prints the backends' debug logs (tracing) to stderr.
+//! `conformance_kafka_mock_rebalance` runs the group-rebalance scenario
+//! against librdkafka's mock cluster as well (feature `kafka`, no broker).
 
 use std::io::Write;
 
@@ -24,12 +27,23 @@ fn stress_copies() -> usize {
 }
 
 async fn run(target: Target) -> SuiteReport {
+    init_log();
     match stress_copies() {
         1 => run_suite(target).await,
         n => {
             eprintln!("stress mode: {n} suites at once against {}", target.backend);
             run_stress(target, n).await
         }
+    }
+}
+
+/// `MQ_TEST_LOG=1`: the backends' debug logs on stderr.
+fn init_log() {
+    if std::env::var("MQ_TEST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(std::io::stderr)
+            .try_init();
     }
 }
 
@@ -142,4 +156,37 @@ async fn conformance_kafka() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_sqs() {
     broker_suite("sqs", "SQS", cfg!(feature = "sqs")).await;
+}
+
+/// The group-rebalance scenario against librdkafka's mock cluster (in this
+/// process, no broker needed): a second Kafka group coordinator besides
+/// tansu's, so a failure can be told apart from a broker quirk.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_kafka_mock_rebalance() {
+    let cluster = match rdkafka::mocking::MockCluster::new(1) {
+        Ok(c) => c,
+        Err(e) => {
+            skipped(
+                "kafka-mock",
+                &format!("librdkafka's mock cluster did not start: {e}"),
+            );
+            return;
+        }
+    };
+    let url = format!(
+        "kafka://{}?auto_create_topics=true&partitions=4&session_timeout=6s&heartbeat=300ms\
+         &commit_interval=100ms&persistent=false",
+        cluster.bootstrap_servers()
+    );
+    init_log();
+    let target = Target::new("kafka-mock", url, mq::registry());
+    finish(mq_core::testkit::run_named(target, &["rebalance_while_held"]).await);
+    drop(cluster);
+}
+
+#[cfg(not(feature = "kafka"))]
+#[test]
+fn conformance_kafka_mock_rebalance() {
+    skipped("kafka-mock", "not built: cargo feature `kafka` is off");
 }

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod delivery;
+pub mod failure;
 pub mod middleware;
 pub mod patterns;
 pub mod restart;
@@ -243,6 +244,11 @@ pub fn scenarios() -> Vec<Scenario> {
         scenario!(delivery::out_of_order_settlement_is_safe),
         scenario!(delivery::settle_from_another_task),
         scenario!(config::no_secrets_in_debug_or_errors),
+        scenario!(failure::settle_failure_returns_the_message),
+        scenario!(failure::redrive_and_redead_letter_keep_the_message),
+        scenario!(failure::rebalance_while_held),
+        scenario!(failure::foreign_values_do_not_crash),
+        scenario!(failure::nack_after_max_is_safe),
     ]
 }
 
@@ -316,6 +322,16 @@ pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(240);
 /// Runs every scenario (filtered by `MQ_TEST_FILTER`) against `target`,
 /// printing one line per scenario to stderr as it finishes.
 pub async fn run_suite(target: Target) -> SuiteReport {
+    run_selected(target, |_| true).await
+}
+
+/// Runs only the scenarios named in `names` (and matching `MQ_TEST_FILTER`),
+/// e.g. the rebalance scenario against a broker kept for that purpose.
+pub async fn run_named(target: Target, names: &[&str]) -> SuiteReport {
+    run_selected(target, |name| names.contains(&name)).await
+}
+
+async fn run_selected(target: Target, chosen: impl Fn(&str) -> bool) -> SuiteReport {
     let filter = std::env::var("MQ_TEST_FILTER").unwrap_or_default();
     let concurrency = std::env::var("MQ_TEST_CONCURRENCY")
         .ok()
@@ -325,7 +341,7 @@ pub async fn run_suite(target: Target) -> SuiteReport {
     let target = Arc::new(target);
     let (exclusive, shared): (Vec<Scenario>, Vec<Scenario>) = scenarios()
         .into_iter()
-        .filter(|s| s.name.contains(filter.as_str()))
+        .filter(|s| s.name.contains(filter.as_str()) && chosen(s.name))
         .partition(|s| EXCLUSIVE.contains(&s.name));
     let mut results = futures_util::stream::iter(shared)
         .map(|scenario| run_one(target.clone(), scenario))
