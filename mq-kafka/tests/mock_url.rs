@@ -29,7 +29,7 @@ async fn drain(
     seen: Arc<Mutex<HashSet<String>>>,
     stop: impl Fn(usize, usize) -> bool,
     deadline: Instant,
-    count: Option<Arc<AtomicUsize>>,
+    count: Arc<AtomicUsize>,
 ) -> (DynConsumer, usize) {
     let mut acked = 0usize;
     loop {
@@ -48,11 +48,11 @@ async fn drain(
         for d in batch {
             let body = String::from_utf8(d.payload().to_vec()).expect("utf-8");
             d.ack().await.expect("ack");
-            acked += 1;
-            if let Some(c) = &count {
-                c.fetch_add(1, Ordering::Relaxed);
+            count.fetch_add(1, Ordering::Relaxed);
+            if body.starts_with("m-") {
+                acked += 1;
+                seen.lock().insert(body);
             }
-            seen.lock().insert(body);
         }
     }
 }
@@ -82,7 +82,37 @@ async fn mock_url_group_rebalances_and_commits() {
         .await
         .expect("second");
     // Sent through client a, consumed through both: one cluster.
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (got_first, got_second) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // The first leaves once it acked 300 of the 2,000.
+    let leaver = tokio::spawn(drain(
+        first,
+        seen.clone(),
+        |acked, _| acked >= 300,
+        deadline,
+        got_first.clone(),
+    ));
+    let stayer = tokio::spawn(drain(
+        second,
+        seen.clone(),
+        |_, total| total >= COUNT,
+        deadline,
+        got_second.clone(),
+    ));
     let producer = a.producer().await.expect("producer");
+    // Warm-up records on every key until both members got one: the group
+    // has formed, with partitions on each, before the 2,000 start.
+    let mut warm = 0;
+    while got_first.load(Ordering::Relaxed) == 0 || got_second.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the group never formed");
+        let batch = (0..8)
+            .map(|k| Message::new(format!("warm-{warm}")).with_key(format!("k{k}")))
+            .collect();
+        warm += 1;
+        assert!(producer.send_batch(&topic, batch).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let to = topic.clone();
     let sending = tokio::spawn(async move {
         for wave in 0..COUNT / 50 {
@@ -94,25 +124,6 @@ async fn mock_url_group_rebalances_and_commits() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    let seen = Arc::new(Mutex::new(HashSet::new()));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    // The first leaves once both hold partitions and it acked 300.
-    let others = Arc::new(AtomicUsize::new(0));
-    let counted = others.clone();
-    let leaver = tokio::spawn(drain(
-        first,
-        seen.clone(),
-        move |acked, _| acked >= 300 && counted.load(Ordering::Relaxed) > 0,
-        deadline,
-        None,
-    ));
-    let stayer = tokio::spawn(drain(
-        second,
-        seen.clone(),
-        |_, total| total >= COUNT,
-        deadline,
-        Some(others),
-    ));
     let (mut first, left_after) = leaver.await.expect("leaver");
     let total_then = seen.lock().len();
     first.close().await.expect("close the leaving consumer");
@@ -123,6 +134,24 @@ async fn mock_url_group_rebalances_and_commits() {
         "the first consumer left only after everything arrived ({total_then}); not midway"
     );
     sending.await.expect("sends");
+    // The producer wrote each message once (idempotence on the mock).
+    {
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        let (_c, config) = MockCluster::open(&url).await.expect("open");
+        let raw: BaseConsumer = config.consumer_config("watermarks").create().expect("raw");
+        let mut sum = 0;
+        for p in 0..4 {
+            let (lo, hi) = raw
+                .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                .expect("wm");
+            sum += hi - lo;
+        }
+        assert_eq!(
+            sum,
+            COUNT as i64 + 8 * warm,
+            "records written (no duplicates)"
+        );
+    }
     let (mut second, stayed_for) = stayer.await.expect("stayer");
     second.close().await.expect("close");
     drop(second);
