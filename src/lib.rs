@@ -55,7 +55,10 @@ const DISABLED_BACKENDS: &[(&[&str], &str)] = &[
         "enable the `rabbit` feature of mq to add it",
     ),
     #[cfg(not(feature = "kafka"))]
-    (&["kafka"], "enable the `kafka` feature of mq to add it"),
+    (
+        &["kafka", "kafka+mock"],
+        "enable the `kafka` feature of mq to add it",
+    ),
     #[cfg(not(feature = "sqs"))]
     (
         &["sqs", "sqs+http", "sqs+https"],

@@ -103,7 +103,7 @@ async fn broker_target(
 fn backend_schemes(backend: &str) -> &'static [&'static str] {
     match backend {
         "rabbitmq" => &["amqp", "amqps"],
-        "kafka" => &["kafka"],
+        "kafka" => &["kafka", "kafka+mock"],
         _ => &["sqs", "sqs+http"],
     }
 }
@@ -137,6 +137,22 @@ async fn conformance_rabbitmq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_kafka() {
     broker_suite("kafka", "KAFKA", cfg!(feature = "kafka")).await;
+}
+
+/// Kafka's protocol with no broker: librdkafka's mock cluster inside the
+/// test process (`kafka+mock://`). No restart command: the restart
+/// scenario is skipped (a mock cluster cannot restart and keeps nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_kafka_mock() {
+    if !cfg!(feature = "kafka") {
+        skipped("kafka+mock", "not built: cargo feature `kafka` is off");
+        return;
+    }
+    let url = format!(
+        "kafka+mock://conformance-{}?partitions=4&session_timeout=6s&heartbeat=500ms",
+        uuid::Uuid::new_v4().simple()
+    );
+    finish(run(Target::new("kafka+mock", url, mq::registry())).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
