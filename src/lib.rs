@@ -65,7 +65,7 @@ macro_rules! known {
 /// always there: [`memory::DRIVER`]).
 pub const BACKENDS: &[KnownBackend] = &[
     known!("rabbit", mq_rabbit, ["amqp", "amqps"]),
-    known!("kafka", mq_kafka, ["kafka"]),
+    known!("kafka", mq_kafka, ["kafka", "kafka+mock"]),
     known!("sqs", mq_sqs, ["sqs", "sqs+http", "sqs+https"]),
 ];
 

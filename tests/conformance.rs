@@ -10,8 +10,10 @@
 //! that scenario uses when it is not the main one (Kafka: a tansu that keeps
 //! its data, while the suites use an in-memory one).
 //! `MQ_TEST_LOG=1` prints the backends' debug logs (tracing) to stderr.
-//! `conformance_kafka_mock_rebalance` runs the group-rebalance scenario
-//! against librdkafka's mock cluster as well (feature `kafka`, no broker).
+//! The broker backends come from `mq::BACKENDS` (the one list); each runs
+//! against `MQ_TEST_<KEY>_URL` of its driver. `conformance_kafka_mock` runs
+//! the suite against librdkafka's mock cluster too (`kafka+mock://`,
+//! feature `kafka`, no broker).
 
 use std::io::Write;
 
@@ -73,61 +75,37 @@ fn skipped(backend: &str, why: &str) {
 /// The target for a broker backend (and the container keeping it alive,
 /// if testcontainers started one), or why it cannot be tested here.
 async fn broker_target(
-    backend: &str,
-    env: &str,
-    feature_on: bool,
+    known: &mq::KnownBackend,
 ) -> Result<(Target, Option<containers::Broker>), String> {
-    if !feature_on {
+    let Some(driver) = known.driver else {
         return Err(format!(
             "not built: cargo feature `{}` is off",
-            backend_feature(backend)
+            known.feature
         ));
+    };
+    let (name, key) = (driver.name, driver.test_key);
+    if let Ok(why) = std::env::var(format!("MQ_TEST_{key}_SKIP")) {
+        return Err(format!("skipped on purpose (MQ_TEST_{key}_SKIP): {why}"));
     }
-    if !mq::registry()
-        .schemes()
-        .any(|s| backend_schemes(backend).contains(&s))
-    {
-        return Err(format!(
-            "not built: feature `{}` is on but this version has no {backend} backend yet",
-            backend_feature(backend)
-        ));
-    }
-    if let Ok(why) = std::env::var(format!("MQ_TEST_{env}_SKIP")) {
-        return Err(format!("skipped on purpose (MQ_TEST_{env}_SKIP): {why}"));
-    }
-    let restart = std::env::var(format!("MQ_TEST_{env}_RESTART")).ok();
-    let restart_url = std::env::var(format!("MQ_TEST_{env}_RESTART_URL")).ok();
-    if let Ok(url) = std::env::var(format!("MQ_TEST_{env}_URL")) {
-        let target = Target::new(backend, url, mq::registry())
+    let restart = std::env::var(format!("MQ_TEST_{key}_RESTART")).ok();
+    let restart_url = std::env::var(format!("MQ_TEST_{key}_RESTART_URL")).ok();
+    if let Ok(url) = std::env::var(driver.test_url_var()) {
+        let target = Target::new(name, url, mq::registry())
             .with_restart_command(restart)
             .with_restart_url(restart_url);
         return Ok((target, None));
     }
     if !containers::docker_available() {
         return Err(format!(
-            "MQ_TEST_{env}_URL is not set and no Docker engine answers; \
-             start the broker with `scripts/brokers.sh start` and export what it prints"
+            "{} is not set and no Docker engine answers; start the broker with \
+             `scripts/brokers.sh start {}` and export what it prints",
+            driver.test_url_var(),
+            driver.test_broker
         ));
     }
-    let broker = containers::start_broker(backend).await?;
-    let target = Target::new(backend, broker.url.clone(), mq::registry());
+    let broker = containers::start_broker(name).await?;
+    let target = Target::new(name, broker.url.clone(), mq::registry());
     Ok((target, Some(broker)))
-}
-
-fn backend_schemes(backend: &str) -> &'static [&'static str] {
-    match backend {
-        "rabbitmq" => &["amqp", "amqps"],
-        "kafka" => &["kafka"],
-        _ => &["sqs", "sqs+http"],
-    }
-}
-
-fn backend_feature(backend: &str) -> &'static str {
-    match backend {
-        "rabbitmq" => "rabbit",
-        "kafka" => "kafka",
-        _ => "sqs",
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -136,57 +114,48 @@ async fn conformance_memory() {
     finish(run(Target::new("memory", url, mq::registry())).await);
 }
 
-async fn broker_suite(backend: &str, env: &str, feature_on: bool) {
-    match broker_target(backend, env, feature_on).await {
-        Ok((target, _container)) => finish(run(target).await),
-        Err(why) => skipped(backend, &why),
-    }
-}
-
+/// Every broker backend of `mq::BACKENDS` (the one list), all at once,
+/// each with its own summary line; fails if any scenario failed anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn conformance_rabbitmq() {
-    broker_suite("rabbitmq", "RABBIT", cfg!(feature = "rabbit")).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn conformance_kafka() {
-    broker_suite("kafka", "KAFKA", cfg!(feature = "kafka")).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn conformance_sqs() {
-    broker_suite("sqs", "SQS", cfg!(feature = "sqs")).await;
-}
-
-/// The group-rebalance scenario against librdkafka's mock cluster (in this
-/// process, no broker needed): a second Kafka group coordinator besides
-/// tansu's, so a failure can be told apart from a broker quirk.
-#[cfg(feature = "kafka")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn conformance_kafka_mock_rebalance() {
-    let cluster = match rdkafka::mocking::MockCluster::new(1) {
-        Ok(c) => c,
-        Err(e) => {
-            skipped(
-                "kafka-mock",
-                &format!("librdkafka's mock cluster did not start: {e}"),
-            );
-            return;
+async fn conformance_brokers() {
+    let suites = mq::BACKENDS.iter().map(|known| async move {
+        match broker_target(known).await {
+            Ok((target, _container)) => {
+                let report = run(target).await;
+                announce(&report.summary());
+                (report.failed() > 0).then(|| report.failures())
+            }
+            Err(why) => {
+                let name = known.driver.map_or(known.feature, |d| d.name);
+                skipped(name, &why);
+                None
+            }
         }
-    };
-    let url = format!(
-        "kafka://{}?auto_create_topics=true&partitions=4&session_timeout=6s&heartbeat=300ms\
-         &commit_interval=100ms&persistent=false",
-        cluster.bootstrap_servers()
+    });
+    let failures: Vec<String> = futures::future::join_all(suites)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "failed scenarios:\n{}",
+        failures.join("\n")
     );
-    init_log();
-    let target = Target::new("kafka-mock", url, mq::registry());
-    finish(mq_core::testkit::run_named(target, &["rebalance_while_held"]).await);
-    drop(cluster);
 }
 
-#[cfg(not(feature = "kafka"))]
-#[test]
-fn conformance_kafka_mock_rebalance() {
-    skipped("kafka-mock", "not built: cargo feature `kafka` is off");
+/// Kafka's protocol with no broker: librdkafka's mock cluster inside the
+/// test process (`kafka+mock://`). No restart command: the restart
+/// scenario is skipped (a mock cluster cannot restart and keeps nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_kafka_mock() {
+    if !cfg!(feature = "kafka") {
+        skipped("kafka+mock", "not built: cargo feature `kafka` is off");
+        return;
+    }
+    let url = format!(
+        "kafka+mock://conformance-{}?partitions=4&session_timeout=6s&heartbeat=500ms",
+        uuid::Uuid::new_v4().simple()
+    );
+    finish(run(Target::new("kafka+mock", url, mq::registry())).await);
 }

@@ -16,6 +16,7 @@ use crate::consumer::KafkaConsumer;
 use crate::core::Sender;
 use crate::error::BACKEND;
 use crate::health::KafkaHealth;
+use crate::mock::MockCluster;
 use crate::producer::KafkaProducer;
 use crate::stats;
 use crate::topology::{default_group, retry_topic, Topology};
@@ -40,9 +41,15 @@ impl KafkaBackend {
     /// A backend for `config`. librdkafka connects lazily: an unreachable
     /// broker shows as a connection or timeout error on the first operation.
     pub fn new(config: KafkaConfig) -> Result<Self> {
+        Self::with_mock(config, None)
+    }
+
+    /// A backend on the in-process cluster `mock` (`kafka+mock://`), whose
+    /// address `config` names; the backend keeps the cluster running.
+    pub(crate) fn with_mock(config: KafkaConfig, mock: Option<MockCluster>) -> Result<Self> {
         let config = Arc::new(config);
         let health = Arc::new(KafkaHealth::default());
-        let topology = Arc::new(Topology::new(config.clone(), health.clone())?);
+        let topology = Arc::new(Topology::new(config.clone(), health.clone(), mock)?);
         let sender = Arc::new(Sender::new(config.clone(), topology, health)?);
         Ok(KafkaBackend { config, sender })
     }

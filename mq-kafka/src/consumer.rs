@@ -205,10 +205,18 @@ impl Shared {
                     a.seek.push((tp.clone(), r));
                 }
             }
-            if commit_due || state.stop {
-                if let Some(o) = part.take_commit() {
-                    a.commit.push((tp.clone(), o));
-                }
+            // The last (synchronous) commit before leaving commits the
+            // commit point even if an asynchronous commit of it is in
+            // flight: that one may still fail, and nothing would retry it.
+            let commit = if state.stop {
+                part.commit_point()
+            } else if commit_due {
+                part.take_commit()
+            } else {
+                None
+            };
+            if let Some(o) = commit {
+                a.commit.push((tp.clone(), o));
             }
         }
         a.stop = state.stop;

@@ -264,9 +264,12 @@ impl State {
     }
 
     /// `tp` was revoked: forgets it and what was fetched from it; returns
-    /// the offset to commit before it goes, if any.
+    /// the offset to commit before it goes, if any. That is the commit
+    /// point even when an asynchronous commit of it is still in flight:
+    /// that commit may yet fail (a broker refuses commits while the group
+    /// rebalances), and nobody would commit it again once the partition is gone.
     pub(crate) fn revoke(&mut self, tp: &Tp) -> Option<i64> {
-        let commit = self.parts.remove(tp).and_then(|mut p| p.take_commit());
+        let commit = self.parts.remove(tp).and_then(|p| p.commit_point());
         // Their deliveries belong to the next owner now: it reads them
         // again from the committed offset.
         self.ready.retain(|p| p.tp != *tp);

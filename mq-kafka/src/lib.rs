@@ -13,6 +13,7 @@
 //! offsets    PartitionState: settled offsets of a partition, what to commit
 //! codec      Message <-> Kafka record (headers, id, attempt, not-before)
 //! health     health from librdkafka's error and statistics callbacks
+//! mock       kafka+mock://: librdkafka's mock cluster on its own thread
 //! topology   topic names (retry, dead letter, default group), topic creation
 //! core       Sender: the connection's librdkafka producer, shared by all;
 //!            Shared: one consumer's state (poll thread, handle, settler)
@@ -26,7 +27,7 @@
 //! ```
 //!
 //! `python3 scripts/module_cycles.py mq-kafka/src` checks it and prints the
-//! layers: `{error, metadata, offsets} < {codec, config, health} <
+//! layers: `{error, metadata, offsets} < {codec, config, health} < mock <
 //! topology < {core, stats} < {producer, settle} < consumer < backend`.
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
@@ -40,6 +41,7 @@ mod core;
 mod error;
 mod health;
 mod metadata;
+mod mock;
 mod offsets;
 mod producer;
 mod settle;
@@ -52,6 +54,7 @@ pub use config::{KafkaConfig, PassThrough, Security, DEFAULT_PORT, RECORD_OVERHE
 pub use consumer::KafkaConsumer;
 pub use error::BACKEND;
 pub use metadata::KafkaMetadata;
+pub use mock::{is_mock_url, MockCluster, MOCK_SCHEME};
 pub use producer::KafkaProducer;
 pub use topology::{dead_letter_topic, default_group, retry_topic};
 
@@ -59,7 +62,7 @@ use mq_core::backend::{Connector, Driver, Registry};
 use mq_core::{Client, Result};
 
 /// The URL schemes this backend serves.
-pub const SCHEMES: &[&str] = &["kafka"];
+pub const SCHEMES: &[&str] = &["kafka", MOCK_SCHEME];
 
 /// This backend as one value: what the facade's registry, the conformance
 /// suite and the test set-up need to know about it. Its connector gets the
@@ -75,13 +78,19 @@ pub const DRIVER: Driver = Driver {
     test_broker: "kafka",
 };
 
-/// Registers `kafka://` in `registry`.
+/// Registers `kafka://` and `kafka+mock://` in `registry`.
 pub fn register(registry: &mut Registry) {
     registry.register_driver(&DRIVER);
 }
 
-/// Connects to the brokers a `kafka://` URL names (see the crate docs).
+/// Connects to the brokers a `kafka://` URL names, or to the in-process
+/// cluster a `kafka+mock://` URL names (started if no client has it open);
+/// see the crate docs.
 pub async fn connect(url: &str) -> Result<Client> {
+    if is_mock_url(url) {
+        let (cluster, config) = MockCluster::open(url).await?;
+        return Ok(Client::new(KafkaBackend::with_mock(config, Some(cluster))?));
+    }
     let config = KafkaConfig::from_url(url)?;
     Ok(Client::new(KafkaBackend::new(config)?))
 }

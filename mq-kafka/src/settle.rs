@@ -477,4 +477,29 @@ mod tests {
         );
         assert!(state.outstanding.is_empty());
     }
+
+    /// Found with `kafka+mock://` (mock_url_group_rebalances_and_commits):
+    /// settled offsets whose asynchronous commit was still in flight when
+    /// the partition was revoked were not committed before the revoke (the
+    /// commit point looked committed already). The broker refused that
+    /// commit during the rebalance, and the next owner read the partition
+    /// again from the start. The revoke commits the commit point regardless.
+    #[test]
+    fn revoke_commits_offsets_whose_async_commit_is_in_flight() {
+        let mut state = State::default();
+        let tp: Tp = (Arc::from("t"), 0);
+        state.assign(tp.clone());
+        for o in 0..3 {
+            let d = delivery(&mut state, &tp, o);
+            ack(&mut state, &d);
+        }
+        let part = state.parts.get_mut(&tp).expect("assigned");
+        assert_eq!(part.take_commit(), Some(3), "the periodic async commit");
+        assert_eq!(part.take_commit(), None, "nothing new to commit");
+        assert_eq!(
+            state.revoke(&tp),
+            Some(3),
+            "the revoke commits it again, synchronously"
+        );
+    }
 }

@@ -10,6 +10,10 @@
 //! With `auto_create_topics=false` nothing is created: a send to, or a
 //! consumer of, a missing topic fails with `NotFound` naming it (the broker
 //! may still create topics itself if it is configured to).
+//!
+//! On the in-process mock cluster (`kafka+mock://`), whose broker has no
+//! Admin `CreateTopics`, topics are created through the cluster itself
+//! ([`MockCluster::create_topic`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +28,7 @@ use tokio::sync::OnceCell;
 use crate::config::KafkaConfig;
 use crate::error::{convert, convert_create, kind_of, BACKEND};
 use crate::health::{HealthContext, KafkaHealth};
+use crate::mock::MockCluster;
 
 /// Longest topic name Kafka accepts.
 const MAX_TOPIC_LEN: usize = 249;
@@ -117,6 +122,9 @@ pub(crate) struct Topology {
     admin: Arc<AdminClient<HealthContext>>,
     config: Arc<KafkaConfig>,
     known: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+    /// The in-process cluster this connection uses (`kafka+mock://`): it
+    /// creates the topics, and lives as long as this connection.
+    mock: Option<MockCluster>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -128,7 +136,11 @@ impl std::fmt::Debug for Topology {
 }
 
 impl Topology {
-    pub(crate) fn new(config: Arc<KafkaConfig>, health: Arc<KafkaHealth>) -> Result<Self> {
+    pub(crate) fn new(
+        config: Arc<KafkaConfig>,
+        health: Arc<KafkaHealth>,
+        mock: Option<MockCluster>,
+    ) -> Result<Self> {
         let admin = config
             .admin_config()
             .create_with_context(HealthContext::new(health))
@@ -137,6 +149,7 @@ impl Topology {
             admin: Arc::new(admin),
             config,
             known: Mutex::new(HashMap::new()),
+            mock,
         })
     }
 
@@ -158,15 +171,19 @@ impl Topology {
             }
         };
         cell.get_or_try_init(|| async {
+            let create = self.config.auto_create_topics || force;
+            if let (Some(mock), true) = (&self.mock, create) {
+                // Creating an existing topic is fine there, and cheap.
+                let replication = i32::from(self.config.replication);
+                return mock
+                    .create_topic(topic, self.config.partitions, replication)
+                    .await
+                    .map_err(|e| e.with_destination(topic));
+            }
             // Look first: creating needs more rights than reading metadata,
             // and some brokers (librdkafka's mock cluster) cannot create.
             match self.check(topic).await {
-                Err(e)
-                    if e.kind() == ErrorKind::NotFound
-                        && (self.config.auto_create_topics || force) =>
-                {
-                    self.create(topic).await
-                }
+                Err(e) if e.kind() == ErrorKind::NotFound && create => self.create(topic).await,
                 other => other,
             }
         })

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `memory://` | a bare bounded `tokio::sync::mpsc` channel | here |
 //! | `amqp://`, `amqps://` | lapin, publisher confirms, `basic.qos` prefetch, manual acks | [`rabbit`] |
-//! | `kafka://` | rdkafka, the same producer and consumer settings | [`kafka`] |
+//! | `kafka://`, `kafka+mock://` | rdkafka, the same producer and consumer settings | [`kafka`] |
 //! | `sqs://`, `sqs+http://`, `sqs+https://` | aws-sdk-sqs, `SendMessageBatch`, long polls, `DeleteMessageBatch` | [`sqs`] |
 //!
 //! memory:// compares against a bare bounded `tokio::sync::mpsc` channel of
@@ -41,7 +41,7 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
         #[cfg(feature = "rabbit")]
         "amqp" | "amqps" => rabbit::run(args).await,
         #[cfg(feature = "kafka")]
-        "kafka" => kafka::run(args).await,
+        "kafka" | "kafka+mock" => kafka::run(args).await,
         #[cfg(feature = "sqs")]
         "sqs" | "sqs+http" | "sqs+https" => sqs::run(args).await,
         other => Err(format!("no raw-client baseline for `{other}://` in this build").into()),
@@ -58,7 +58,7 @@ pub(crate) async fn ready(
 ) -> CliResult {
     match scheme(url) {
         #[cfg(feature = "kafka")]
-        "kafka" => kafka::sdk_ready(url, destination, consumers).await,
+        "kafka" | "kafka+mock" => kafka::sdk_ready(url, destination, consumers).await,
         _ => {
             let _ = (destination, consumers);
             Ok(())
@@ -74,7 +74,7 @@ pub(crate) async fn cleanup(url: &str, destinations: &[String]) {
         #[cfg(feature = "rabbit")]
         "amqp" | "amqps" => rabbit::cleanup(url, destinations).await,
         #[cfg(feature = "kafka")]
-        "kafka" => kafka::cleanup(url, destinations).await,
+        "kafka" | "kafka+mock" => kafka::cleanup(url, destinations).await,
         #[cfg(feature = "sqs")]
         "sqs" | "sqs+http" | "sqs+https" => sqs::cleanup(url, destinations).await,
         _ => Ok(()),

@@ -11,6 +11,7 @@
 //! | producer | one `FutureProducer` per client: `acks=all`, `enable.idempotence=true`, `linger.ms=5`, `message.timeout.ms=30000` (`send_timeout`), `batch.size`/`compression.type` if set | the same; one producer shared by the `--producers` tasks, each keeping `--in-flight` delivery futures outstanding (`send_result`, no timer per message) |
 //! | record | value, header `mq-message-id` (a UUIDv7), no key | value only (plus the latency header in the end-to-end phase), no key |
 //! | topic | created with `partitions` and `replication` when `auto_create_topics=true` | always created with `partitions` and `replication` |
+//! | `kafka+mock://` | librdkafka's mock cluster in the process, topics created through it (no Admin API there) | the same: a cluster of the same URL (the SDK's is gone by then, so a fresh one), topics created through it |
 //! | consumer | a `BaseConsumer` per consumer polled on its own thread (20 ms polls) in group `mq-<topic>`, subscribed to the topic and its retry topic; `enable.auto.commit=false`, `enable.auto.offset.store=false`, `auto.offset.reset=earliest`, `session.timeout.ms=10000`, `heartbeat.interval.ms=1000`, `enable.partition.eof=false`, `topic.metadata.refresh.interval.ms=10000` | the same settings and thread, subscribed to the topic only |
 //! | prefetch | at most `--prefetch` records fetched and not settled: beyond, the partitions are paused, records librdkafka had queued are dropped and fetched again after a seek on resume | before the phase, at most `--prefetch` records taken, then the partitions are paused until the phase starts; in the phase each record is acked as it is polled, so librdkafka's own fetch queue (`queued.min.messages`, `queued.max.messages.kbytes`, defaults) is the only read-ahead |
 //! | ack | offset marked done; the lowest unsettled offset per partition committed (async) every `commit_interval` (200 ms) and on close (sync) | the next offset per partition committed (async) every `commit_interval` and at the end (sync) |
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use mq_kafka::KafkaConfig;
+use mq_kafka::{KafkaConfig, MockCluster};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -44,6 +45,17 @@ use super::super::{
     Phase, Results, Tally, SENT_AT,
 };
 use crate::CliResult;
+
+/// The settings `url` gives, and for `kafka+mock://` the in-process
+/// cluster it names (joined if the SDK's client has it open, else started
+/// afresh); keep the cluster while using the settings.
+async fn open(url: &str) -> CliResult<(KafkaConfig, Option<MockCluster>)> {
+    if mq_kafka::is_mock_url(url) {
+        let (cluster, config) = MockCluster::open(url).await?;
+        return Ok((config, Some(cluster)));
+    }
+    Ok((KafkaConfig::from_url(url)?, None))
+}
 
 /// How long one poll waits (`mq-kafka` polls every 20 ms too).
 const POLL: Duration = Duration::from_millis(20);
@@ -63,9 +75,17 @@ fn admin_options(config: &KafkaConfig) -> AdminOptions {
 
 async fn create_topic(
     admin: &AdminClient<DefaultClientContext>,
+    mock: Option<&MockCluster>,
     config: &KafkaConfig,
     topic: &str,
 ) -> CliResult {
+    if let Some(mock) = mock {
+        // The mock broker has no Admin CreateTopics (as mq-kafka does).
+        let replication = i32::from(config.replication);
+        return Ok(mock
+            .create_topic(topic, config.partitions, replication)
+            .await?);
+    }
     let new = NewTopic::new(
         topic,
         config.partitions,
@@ -314,7 +334,7 @@ pub(crate) async fn sdk_ready(
     topic: &str,
     consumers: &mut [mq::DynConsumer],
 ) -> CliResult {
-    let config = KafkaConfig::from_url(url)?;
+    let (config, _mock) = open(url).await?;
     let producer = probe_producer(&config)?;
     let deadline = Instant::now() + JOIN_WAIT;
     while Instant::now() < deadline {
@@ -461,7 +481,7 @@ async fn publish(
 }
 
 pub(crate) async fn run(args: &Args) -> CliResult<Results> {
-    let config = KafkaConfig::from_url(&args.url)?;
+    let (config, mock) = open(&args.url).await?;
     let base = Instant::now();
     let body = payload(args.size);
     let admin = admin(&config)?;
@@ -469,7 +489,7 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
     let probes = probe_producer(&config)?;
 
     let dest = fresh_name("raw-");
-    create_topic(&admin, &config, &dest).await?;
+    create_topic(&admin, mock.as_ref(), &config, &dest).await?;
     let tally = Tally::new(args.count);
     let consumers = open_consumers(&config, &dest, args, &tally, None)?;
     raw_ready(&probes, &config, &dest, &consumers).await?;
@@ -481,7 +501,7 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
     let consume_phase = Phase::new(args.count, args.size, started.elapsed());
 
     let e2e_dest = fresh_name("raw-e2e-");
-    create_topic(&admin, &config, &e2e_dest).await?;
+    create_topic(&admin, mock.as_ref(), &config, &e2e_dest).await?;
     let tally = Tally::new(args.count);
     let consumers = open_consumers(&config, &e2e_dest, args, &tally, Some(base))?;
     raw_ready(&probes, &config, &e2e_dest, &consumers).await?;
@@ -494,8 +514,10 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
     let end_to_end = Phase::new(args.count, args.size, started.elapsed());
     let peak_rss_bytes = peak_rss();
     drop(producer);
-    let names = [dest.as_str(), e2e_dest.as_str()];
-    admin.delete_topics(&names, &admin_options(&config)).await?;
+    if mock.is_none() {
+        let names = [dest.as_str(), e2e_dest.as_str()];
+        admin.delete_topics(&names, &admin_options(&config)).await?;
+    }
     Ok(Results {
         label: format!(
             "raw (rdkafka: acks={} idempotence={} linger={:?}, {} partition(s), BaseConsumer thread per consumer)",
@@ -512,6 +534,10 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
 /// Deletes the topics of `destinations` and the retry topics the SDK's
 /// consumers made for them.
 pub(crate) async fn cleanup(url: &str, destinations: &[String]) -> CliResult {
+    if mq_kafka::is_mock_url(url) {
+        // The SDK's in-process cluster went with its client, topics and all.
+        return Ok(());
+    }
     let config = KafkaConfig::from_url(url)?;
     let admin = admin(&config)?;
     let mut names = Vec::new();
