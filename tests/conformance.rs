@@ -157,6 +157,12 @@ async fn conformance_kafka_mock() {
         "consumer_churn_loses_nothing",
         "on librdkafka's mock cluster 0 of 2000 arrive while 50 group members join and \
          leave in quick succession (cause not found yet; the scenario passes on tansu)",
+    )
+    .skip(
+        "rebalance_while_held",
+        "librdkafka's mock cluster refuses offset commits while a rebalance is in progress \
+         (REBALANCE_IN_PROGRESS), so settled work is replayed past the duplicate bound (nothing \
+         is lost); passes on tansu, and mq-kafka/tests/mock_cluster.rs checks rebalances on the mock",
     );
     finish(run(target).await);
 }
