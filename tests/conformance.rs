@@ -9,6 +9,9 @@
 //! for the restart scenario, and `MQ_TEST_<BACKEND>_RESTART_URL` the broker
 //! that scenario uses when it is not the main one (Kafka: a tansu that keeps
 //! its data, while the suites use an in-memory one).
+//! With no URL and a Docker engine, testcontainers starts the broker
+//! (tests/containers/mod.rs; `MQ_TEST_<BACKEND>_IMAGE` picks the image, and
+//! the restart scenario restarts the container).
 
 use std::io::Write;
 
@@ -95,8 +98,12 @@ async fn broker_target(
              start the broker with `scripts/brokers.sh start` and export what it prints"
         ));
     }
+    // A container: its restart command restarts the container (same host
+    // port); without one (see the `containers ...` line) the restart
+    // scenario reports itself skipped.
     let broker = containers::start_broker(backend).await?;
-    let target = Target::new(backend, broker.url.clone(), mq::registry());
+    let target = Target::new(backend, broker.url.clone(), mq::registry())
+        .with_restart_command(broker.restart.clone());
     Ok((target, Some(broker)))
 }
 
