@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The testcontainers stage of scripts/test.sh (issue 18): the conformance
 # suite once more, now against brokers that testcontainers starts in Docker,
-# with no MQ_TEST_*_URL at all, the way users run their integration tests
-# (TESTING.md). scripts/containers.sh installs and starts a private Docker
-# engine when none answers and builds the broker images locally (once;
-# cached); this script stops what it started, also on failure.
+# with no MQ_TEST_*_URL at all, the way users run their integration tests,
+# and the example test of TESTING.md (tests/app_with_containers.rs) with its
+# RabbitMQ in Docker. scripts/containers.sh installs and starts a private
+# Docker engine when none answers and builds the broker images locally
+# (once; cached); this script stops what it started, also on failure.
 #
 # Usage: bash scripts/test-containers.sh [cargo test arguments...]
 #   default: --workspace --all-features (the build scripts/test.sh made)
@@ -24,8 +25,10 @@ for v in $(compgen -e | grep -E '^MQ_TEST_(RABBIT|KAFKA|SQS|REDIS)_' | grep -v '
 done
 
 (($#)) || set -- --workspace --all-features
-cargo test "$@" --test conformance -- --nocapture --test-threads 3 \
-  conformance_rabbitmq conformance_sqs conformance_kafka  # one thread each: they mostly wait on brokers
+# The conformance suites (one thread each: they mostly wait on brokers) and
+# the example test TESTING.md shows users, against the same images.
+cargo test "$@" --test conformance --test app_with_containers -- --nocapture --test-threads 4 \
+  conformance_rabbitmq conformance_sqs conformance_kafka orders_on_
 
 bash scripts/containers.sh stop
 trap - EXIT

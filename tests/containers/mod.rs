@@ -6,13 +6,13 @@
 //! (`RABBIT`, `KAFKA`, `SQS`, `REDIS`):
 //! - unset: the official image through its testcontainers module
 //!   (`rabbitmq`, `apache/kafka-native`, `softwaremill/elasticmq`; Redis: `redis`);
-//! - the official repository with another tag (`rabbitmq:3.13`): that tag,
-//!   same module;
-//! - anything else: an image built by `scripts/containers.sh`
-//!   (`mq-test/rabbitmq:local`, ...), started as a `GenericImage` on the port
-//!   and with the readiness log line that script's Dockerfiles document, on
-//!   a fixed host port so that `docker restart` keeps the address (the
-//!   restart scenario's command).
+//! - the official Kafka or ElasticMQ repository with another tag
+//!   (`apache/kafka-native:3.9.0`): that tag, same module;
+//! - anything else (an image built by `scripts/containers.sh` such as
+//!   `mq-test/rabbitmq:local`, or any RabbitMQ or Redis image): a
+//!   `GenericImage` on the broker's port, ready at the log line that
+//!   script's Dockerfiles document, published on a fixed host port so that
+//!   `docker restart` keeps the address (the restart scenario's command).
 //!
 //! Published ports bind the engine's default address (`scripts/containers.sh`
 //! starts its engine with `--ip 127.0.0.1`). Which image each backend ran is
@@ -60,6 +60,13 @@ struct Spec {
     port: u16,
     /// Line the broker logs once it serves (stdout or stderr).
     ready: &'static str,
+    /// Whether an official image with another tag still runs through its
+    /// module (Kafka: the module sets the advertised listener; ElasticMQ:
+    /// another port). RabbitMQ and Redis images of any origin listen on the
+    /// same port and log the same line, so they run as generic images: the
+    /// RabbitMQ module waits for a line that names its 4 management plugins,
+    /// which other tags do not log.
+    module_for_other_tags: bool,
     /// Whether the restart scenario can use a restarted container (Kafka's
     /// tansu keeps topics in memory only: natively the restart scenario runs
     /// on a second, durable tansu, which has no container here).
@@ -73,6 +80,7 @@ fn spec(backend: &str) -> Result<Spec, String> {
             official: "rabbitmq",
             port: 5672,
             ready: "Server startup complete",
+            module_for_other_tags: false,
             restartable: true,
         },
         "kafka" => Spec {
@@ -80,6 +88,7 @@ fn spec(backend: &str) -> Result<Spec, String> {
             official: "apache/kafka-native",
             port: 9092,
             ready: "ready in",
+            module_for_other_tags: true,
             restartable: false,
         },
         "sqs" => Spec {
@@ -87,6 +96,7 @@ fn spec(backend: &str) -> Result<Spec, String> {
             official: "softwaremill/elasticmq",
             port: 4566,
             ready: "Running on",
+            module_for_other_tags: true,
             restartable: true,
         },
         "redis" => Spec {
@@ -94,6 +104,7 @@ fn spec(backend: &str) -> Result<Spec, String> {
             official: "redis",
             port: 6379,
             ready: "Ready to accept connections",
+            module_for_other_tags: false,
             restartable: true,
         },
         other => return Err(format!("no container image for backend {other}")),
@@ -121,7 +132,7 @@ pub async fn start_broker(backend: &str) -> Result<Broker, String> {
     let var = format!("MQ_TEST_{}_IMAGE", spec.env);
     let chosen = std::env::var(&var).ok().filter(|v| !v.trim().is_empty());
     let (broker, image, source) = match chosen {
-        Some(image) if split_image(&image).0 != spec.official => {
+        Some(image) if split_image(&image).0 != spec.official || !spec.module_for_other_tags => {
             let broker = start_built(backend, &spec, &image).await?;
             (broker, image, var)
         }
