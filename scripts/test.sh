@@ -54,4 +54,13 @@ cargo test --workspace --all-features
 step "examples (scripts/examples.sh): memory://, then every broker started above"
 bash scripts/examples.sh
 
+# Testcontainers (issue 18): the conformance suite again with brokers in
+# Docker and no MQ_TEST_*_URL (scripts/test-containers.sh builds the images
+# locally, runs a private Docker engine and stops it again).
+# MQ_TEST_CONTAINERS=0 leaves this stage out.
+if [[ ${MQ_TEST_CONTAINERS:-1} != 0 ]]; then
+  step "testcontainers: conformance against brokers in Docker, no MQ_TEST_*_URL (scripts/test-containers.sh)"
+  bash scripts/test-containers.sh
+fi
+
 step "all checks passed"

@@ -14,6 +14,9 @@
 //! against `MQ_TEST_<KEY>_URL` of its driver. `conformance_kafka_mock` runs
 //! the suite against librdkafka's mock cluster too (`kafka+mock://`,
 //! feature `kafka`, no broker).
+//! With no URL and a Docker engine, testcontainers starts the broker
+//! (tests/containers/mod.rs; `MQ_TEST_<BACKEND>_IMAGE` picks the image, and
+//! the restart scenario restarts the container).
 
 use std::io::Write;
 
@@ -103,8 +106,12 @@ async fn broker_target(
             driver.test_broker
         ));
     }
+    // A container: its restart command restarts the container (same host
+    // port); without one (see the `containers ...` line) the restart
+    // scenario reports itself skipped.
     let broker = containers::start_broker(name).await?;
-    let target = Target::new(name, broker.url.clone(), mq::registry());
+    let target = Target::new(name, broker.url.clone(), mq::registry())
+        .with_restart_command(broker.restart.clone());
     Ok((target, Some(broker)))
 }
 
