@@ -28,7 +28,7 @@ done
 # The conformance suites (one thread each: they mostly wait on brokers) and
 # the example test TESTING.md shows users, against the same images.
 cargo test "$@" --test conformance --test app_with_containers -- --nocapture --test-threads 4 \
-  conformance_rabbitmq conformance_sqs conformance_kafka orders_on_
+  conformance_brokers orders_on_
 
 bash scripts/containers.sh stop
 trap - EXIT
