@@ -190,6 +190,42 @@ async fn a_panicking_handler_is_retried_and_the_worker_survives() {
     assert_eq!(report.acked, 5);
 }
 
+/// A panic in a user's layer (outside the handler's own catch) unwinds the
+/// handler's task: the delivery goes back to the broker and comes again, the
+/// panic is counted, and the worker keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_layer_returns_the_message_and_the_worker_survives() {
+    let client = client().await;
+    let dest = unique("jobs");
+    send_n(&client, &dest, 5).await;
+    let ok = Arc::new(AtomicU32::new(0));
+    let o = ok.clone();
+    let handler = move |_m: Received| {
+        let ok = o.clone();
+        async move {
+            ok.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    };
+    let panicky = mq::layer_fn(|m: Received, next: BoxHandler| async move {
+        if m.attempt() == 1 {
+            panic!("layer boom on first attempt of {}", m.id());
+        }
+        next.call(m).await
+    });
+    let consumer = client.consumer(&dest).await.expect("consumer");
+    let token = CancellationToken::new();
+    let worker = Worker::new(consumer, handler).layer(panicky).concurrency(2);
+    let stats = worker.stats();
+    let worker = tokio::spawn(worker.run(token.clone()));
+    eventually("all five to succeed", || ok.load(Ordering::SeqCst) == 5).await;
+    eventually("five panics counted", || stats.snapshot().panics == 5).await;
+    token.cancel();
+    let report = worker.await.expect("join").expect("worker");
+    assert_eq!(report.acked, 5);
+    assert_eq!(report.panics, 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_then_dead_letter_with_reason_headers() {
     let client = client().await;

@@ -89,8 +89,11 @@ pub struct ConsumerOptions {
     /// (competing consumers); each group gets its own copy. `None` is the
     /// source's default group, which exists from the first send on.
     pub group: Option<String>,
-    /// The most deliveries held unsettled at once.
-    pub prefetch: usize,
+    /// The most deliveries held unsettled at once; `None` when the
+    /// application did not say, so a backend can apply its own configured
+    /// default (RabbitMQ's `prefetch` URL option) or [`DEFAULT_PREFETCH`]
+    /// ([`ConsumerOptions::prefetch_or`]).
+    pub prefetch: Option<usize>,
     /// Where dead letters go. `None` means the backend's default
     /// ([`Client::dead_letter_destination`](crate::Client::dead_letter_destination), `<source>-dlq`);
     /// [`Client`](crate::Client) fills it in before the backend sees the
@@ -104,7 +107,7 @@ impl ConsumerOptions {
         ConsumerOptions {
             source: source.into(),
             group: None,
-            prefetch: DEFAULT_PREFETCH,
+            prefetch: None,
             dead_letter: None,
         }
     }
@@ -130,7 +133,12 @@ impl ConsumerOptions {
 
     /// Holds at most `prefetch` (at least 1) unsettled deliveries.
     pub fn prefetch(mut self, prefetch: usize) -> Self {
-        self.prefetch = prefetch.max(1);
+        self.prefetch = Some(prefetch.max(1));
         self
+    }
+
+    /// The prefetch the application set, else `default` (at least 1).
+    pub fn prefetch_or(&self, default: usize) -> usize {
+        self.prefetch.unwrap_or(default).max(1)
     }
 }

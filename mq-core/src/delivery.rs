@@ -84,8 +84,6 @@ pub struct Received {
     pub(crate) attempt: u32,
     pub(crate) timestamp: Option<SystemTime>,
     pub(crate) metadata: Option<Arc<dyn Any + Send + Sync>>,
-    /// The in-memory backend's per-consumer delivery tag.
-    pub(crate) tag: u64,
     /// The backend's name, set by the client's consumer wrapper.
     pub(crate) backend: &'static str,
 }
@@ -102,7 +100,6 @@ impl Received {
             attempt: attempt.max(1),
             timestamp: None,
             metadata: None,
-            tag: 0,
             backend: "",
         }
     }

@@ -60,11 +60,22 @@ pub fn until(at: SystemTime) -> Duration {
 /// The pause before retrying after `failures` consecutive failures of a
 /// connection or a poll (reconnects, receive loops): 100 ms doubling up to
 /// 5 s, with up to 25% random jitter so many clients do not retry in step.
-/// Every backend and the worker use this one schedule.
+/// Every backend and the worker use this one schedule ([`backoff_capped`]
+/// where a user configures the longest pause).
 pub fn backoff(failures: u32) -> Duration {
-    let base = 100u64.saturating_mul(1u64 << failures.saturating_sub(1).min(6));
-    let base = base.min(5_000);
-    Duration::from_millis(base + fastrand::u64(0..=base / 4))
+    backoff_capped(failures, Duration::from_secs(5))
+}
+
+/// [`backoff`] with the longest pause `max` (at least 100 ms, at most
+/// [`FAR_FUTURE`]) instead of 5 s.
+pub fn backoff_capped(failures: u32, max: Duration) -> Duration {
+    let max = u64::try_from(clamp(max).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(100);
+    let base = 100u64
+        .saturating_mul(1u64 << failures.saturating_sub(1).min(32))
+        .min(max);
+    Duration::from_millis(base.saturating_add(fastrand::u64(0..=base / 4)))
 }
 
 #[cfg(test)]
@@ -80,6 +91,15 @@ mod tests {
         let _ = tokio_instant_after(Duration::MAX);
         assert_eq!(clamp(Duration::MAX), FAR_FUTURE);
         assert_eq!(clamp(Duration::from_secs(1)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn backoff_capped_honours_the_cap_and_extremes() {
+        let ms = |n, max| backoff_capped(n, max).as_millis() as u64;
+        assert!((750..=937).contains(&ms(10, Duration::from_millis(750))));
+        assert!((100..=125).contains(&ms(1, Duration::ZERO)));
+        assert!(ms(u32::MAX, Duration::MAX) >= 100);
+        assert!((400..=500).contains(&ms(3, Duration::MAX)));
     }
 
     #[test]

@@ -14,11 +14,9 @@
 //! shutdown never loses a message.
 
 use std::fmt;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
@@ -207,13 +205,13 @@ impl<C: Consumer + 'static> Worker<C> {
                 }
             }
             while let Some(done) = tasks.try_join_next() {
-                log_task_failure(done);
+                log_task_failure(done, &stats);
             }
         }
 
         let drained = tokio::time::timeout(self.grace, async {
             while let Some(done) = tasks.join_next().await {
-                log_task_failure(done);
+                log_task_failure(done, &stats);
             }
         })
         .await;
@@ -281,6 +279,11 @@ fn settlement_for(result: &crate::handler::HandlerResult) -> Settlement {
     }
 }
 
+/// Runs the handler (wrapped in its layers, innermost the panic catch) on
+/// one delivery and settles it. Panics are caught once, in
+/// [`CatchPanicLayer`] around the handler; should a user's layer panic, the
+/// task unwinds, the delivery's drop returns it to the broker (as for any
+/// unsettled delivery) and [`log_task_failure`] counts the panic.
 async fn handle(delivery: Delivery, handler: BoxHandler, stats: &Counters) {
     let received = delivery.received().clone();
     let labels = [
@@ -288,20 +291,11 @@ async fn handle(delivery: Delivery, handler: BoxHandler, stats: &Counters) {
         ("source", received.source().to_owned()),
         ("group", received.group().unwrap_or("").to_owned()),
     ];
-    let in_flight = metrics::gauge!(names::IN_FLIGHT, &labels);
-    in_flight.increment(1.0);
+    let in_flight = InFlight::enter(metrics::gauge!(names::IN_FLIGHT, &labels));
     let span = trace::process_span(&received);
     let started = Instant::now();
-    let attempt = AssertUnwindSafe(handler.call(received).instrument(span));
-    let settlement = match attempt.catch_unwind().await {
-        Ok(result) => settlement_for(&result),
-        // A layer panicked outside the innermost catch: retry the message.
-        Err(_) => {
-            stats::record(stats::Event::Panic);
-            Settlement::Nack { delay: None }
-        }
-    };
-    in_flight.decrement(1.0);
+    let settlement = settlement_for(&handler.call(received).instrument(span).await);
+    drop(in_flight);
     let outcome = match &settlement {
         Settlement::Ack => "ack",
         Settlement::Nack { .. } => "nack",
@@ -316,9 +310,32 @@ async fn handle(delivery: Delivery, handler: BoxHandler, stats: &Counters) {
     settle_counted(delivery, settlement, stats).await;
 }
 
-fn log_task_failure(done: std::result::Result<(), tokio::task::JoinError>) {
+/// One handler in flight on the `mq_handler_in_flight` gauge, also when its
+/// task unwinds.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Logs a handler task that did not finish; a panic (from a user's layer:
+/// the handler's own are caught by [`CatchPanicLayer`]) is counted.
+fn log_task_failure(done: std::result::Result<(), tokio::task::JoinError>, stats: &Counters) {
     if let Err(e) = done {
-        if !e.is_cancelled() {
+        if e.is_panic() {
+            Counters::add(&stats.panics, 1);
+            stats.changed.notify_waiters();
+            tracing::error!(error = %e, "handler task panicked; its message goes back to the broker");
+        } else if !e.is_cancelled() {
             tracing::error!(error = %e, "handler task failed");
         }
     }

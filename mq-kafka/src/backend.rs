@@ -81,6 +81,7 @@ impl KafkaBackend {
         let group = self.group_for(&options.source, options.group.as_deref());
         let retry = retry_topic(&options.source, &group);
         let dead_letter = options.dead_letter_destination();
+        let prefetch = options.prefetch_or(mq_core::consumer::DEFAULT_PREFETCH);
         let topology = &self.sender.topology;
         topology.ensure(&options.source, false).await?;
         topology.ensure(&retry, true).await?;
@@ -91,7 +92,7 @@ impl KafkaBackend {
             group,
             retry,
             dead_letter,
-            options.prefetch,
+            prefetch,
         )
     }
 }

@@ -26,7 +26,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::codec::record_headers;
 use crate::config::KafkaConfig;
-use crate::error::{convert, convert_create, BACKEND};
+use crate::error::{convert, convert_create};
 use crate::health::{HealthContext, KafkaHealth};
 use crate::metadata::KafkaMetadata;
 use crate::offsets::PartitionState;
@@ -42,14 +42,12 @@ pub(crate) struct Sender {
     /// What this backend's librdkafka clients reported lately.
     pub(crate) health: Arc<KafkaHealth>,
     pub(crate) config: Arc<KafkaConfig>,
-    pub(crate) max_message_size: usize,
 }
 
 impl fmt::Debug for Sender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sender")
             .field("brokers", &self.config.brokers)
-            .field("max_message_size", &self.max_message_size)
             .finish()
     }
 }
@@ -65,7 +63,6 @@ impl Sender {
             producer: RwLock::new(producer),
             topology,
             health,
-            max_message_size: config.max_message_size(),
             config,
         })
     }
@@ -104,49 +101,12 @@ impl Sender {
         }
     }
 
-    fn check(&self, destination: &str, message: &Message) -> Result<()> {
-        if destination.is_empty() {
-            return Err(Error::config("destination name is empty")
-                .with_backend(BACKEND)
-                .with_operation("send"));
-        }
-        if message.delay().is_some() {
-            return Err(Error::unsupported(
-                "Kafka has no delayed delivery: send without a delay (nack_after works, through the retry topic)",
-            )
-            .with_backend(BACKEND)
-            .with_operation("send")
-            .with_destination(destination));
-        }
-        let size = message.encoded_len();
-        if size > self.max_message_size {
-            return Err(Error::too_large(
-                size,
-                self.max_message_size,
-                "kafka message_max_bytes minus record overhead",
-            )
-            .with_backend(BACKEND)
-            .with_operation("send")
-            .with_destination(destination));
-        }
-        Ok(())
-    }
-
-    /// Sends `message` to `topic`, after the checks.
-    pub(crate) async fn send(&self, topic: &str, message: &Message) -> Result<()> {
-        self.check(topic, message)?;
-        self.send_unchecked(topic, message, false).await
-    }
-
-    /// Sends without the user-facing checks (republishing a received message,
-    /// which was accepted once already); `create` makes the topic even with
-    /// auto-creation off (mq's own retry and dead-letter topics).
-    pub(crate) async fn send_unchecked(
-        &self,
-        topic: &str,
-        message: &Message,
-        create: bool,
-    ) -> Result<()> {
+    /// Sends `message` to `topic`. The destination, size and delay checks
+    /// ran before, once, in core (`mq_core::checks`, from `capabilities()`);
+    /// settlement copies are cut to fit by `republish::fit_to_size`.
+    /// `create` makes the topic even with auto-creation off (mq's own retry
+    /// and dead-letter topics).
+    pub(crate) async fn send(&self, topic: &str, message: &Message, create: bool) -> Result<()> {
         self.topology.ensure(topic, create).await?;
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
             .payload(message.payload().as_ref())

@@ -52,7 +52,7 @@ impl Producer for KafkaProducer {
                 .with_operation("send")
                 .with_destination(destination));
         }
-        self.sender.send(destination, &message).await
+        self.sender.send(destination, &message, false).await
     }
 
     fn health(&self) -> mq_core::observe::Health {

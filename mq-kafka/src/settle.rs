@@ -308,7 +308,7 @@ impl KafkaSettler {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.sender.send_unchecked(&r.topic, &message, true).await {
+            match self.sender.send(&r.topic, &message, true).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() && tries < SEND_ATTEMPTS => {
                     tracing::debug!(error = %e, topic = %r.topic, tries, "republishing failed; trying again");

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -273,14 +272,13 @@ impl Connector {
     /// a refused login, a missing vhost or bad TLS material fail at once.
     pub(crate) async fn connect(config: Arc<RabbitConfig>) -> Result<Self> {
         let give_up = mq_core::backend::time::tokio_instant_after(config.reconnect_wait);
-        let mut backoff = backoff(&config);
         let mut attempt = 0u32;
         let conn = loop {
             attempt += 1;
             match Conn::open(&config, 1).await {
                 Ok(conn) => break conn,
                 Err(e) if e.is_retryable() => {
-                    let delay = backoff.next().unwrap_or(config.reconnect_max_delay);
+                    let delay = backoff(&config, attempt);
                     if mq_core::backend::time::tokio_instant_after(delay) > give_up {
                         return Err(e);
                     }
@@ -485,22 +483,13 @@ fn watch_events(inner: &Arc<Inner>, conn: &Arc<Conn>) {
     });
 }
 
-/// Pauses between connection attempts: 100 ms doubling up to
-/// `reconnect_max_delay`, with jitter so clients do not reconnect in step.
-fn backoff(config: &RabbitConfig) -> backon::ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(config.reconnect_max_delay.max(Duration::from_millis(100)))
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// Pauses between connection attempts: core's reconnect schedule (100 ms
+/// doubling, jittered) capped by `reconnect_max_delay`.
+fn backoff(config: &RabbitConfig, failures: u32) -> Duration {
+    mq_core::backend::time::backoff_capped(failures, config.reconnect_max_delay)
 }
 
 async fn reconnect_loop(inner: Weak<Inner>, generation: u64) {
-    let mut backoff = {
-        let Some(inner) = inner.upgrade() else { return };
-        backoff(&inner.config)
-    };
     let mut attempt = 0u32;
     loop {
         let Some(strong) = inner.upgrade() else {
@@ -539,7 +528,7 @@ async fn reconnect_loop(inner: Weak<Inner>, generation: u64) {
                 return;
             }
             Err(e) => {
-                let delay = backoff.next().unwrap_or(strong.config.reconnect_max_delay);
+                let delay = backoff(&strong.config, attempt);
                 tracing::warn!(error = %e, attempt, ?delay, "reconnecting to RabbitMQ failed");
                 let kind = match e.kind() {
                     ErrorKind::Timeout => ErrorKind::Timeout,

@@ -56,12 +56,9 @@ impl RabbitConsumer {
     pub(crate) async fn start(shared: Arc<Shared>, options: ConsumerOptions) -> Result<Self> {
         let queue = consumer_queue(&shared.config, &options.source, options.group.as_deref())?;
         short("queue", &queue)?;
-        let prefetch = if options.prefetch == mq_core::consumer::DEFAULT_PREFETCH {
-            shared.config.prefetch
-        } else {
-            u16::try_from(options.prefetch).unwrap_or(u16::MAX)
-        }
-        .max(1);
+        // The application's prefetch, else the URL's `prefetch` option.
+        let prefetch = u16::try_from(options.prefetch_or(usize::from(shared.config.prefetch)))
+            .unwrap_or(u16::MAX);
         let closed = Arc::new(AtomicBool::new(false));
         let settler = Arc::new(RabbitSettler {
             shared: shared.clone(),

@@ -24,11 +24,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mq_core::{Error, Message, Producer, Result};
+use mq_core::{Message, Producer, Result};
 
 use crate::codec::encode;
 use crate::core::Shared;
-use crate::error::{closed, BACKEND};
+use crate::error::closed;
 use crate::publish::publish;
 use crate::topology::send_route;
 
@@ -79,23 +79,11 @@ impl fmt::Debug for RabbitProducer {
     }
 }
 
-/// Sends `message` to `destination` (checks, routes, declares, publishes).
+/// Sends `message` to `destination` (routes, declares, publishes). The
+/// destination, size and delay checks ran before, once, in core
+/// (`mq_core::checks`, from `capabilities()`); settlement copies are cut to
+/// fit by `republish::fit_to_size`.
 async fn send(shared: &Shared, destination: &str, message: Message) -> Result<()> {
-    if destination.is_empty() {
-        return Err(Error::config("destination name is empty")
-            .with_backend(BACKEND)
-            .with_operation("send"));
-    }
-    let size = message.encoded_len();
-    if size > shared.config.max_message_size {
-        return Err(Error::too_large(
-            size,
-            shared.config.max_message_size,
-            "RabbitMQ max_message_size",
-        )
-        .with_backend(BACKEND)
-        .with_operation("send"));
-    }
     let route = send_route(&shared.config, destination, message.delay())?;
     let wire = encode(message, shared.config.persistent)?;
     publish(shared, &route, wire, "send").await

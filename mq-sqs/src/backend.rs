@@ -81,7 +81,7 @@ impl SqsBackend {
         Ok(SqsConsumer::start(
             self.core.clone(),
             &options.source,
-            options.prefetch,
+            options.prefetch_or(mq_core::consumer::DEFAULT_PREFETCH),
             &dead_letter,
             temporary,
         ))

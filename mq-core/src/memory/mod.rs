@@ -37,8 +37,8 @@ use tokio::sync::Semaphore;
 
 use crate::capabilities::Capabilities;
 use crate::client::{Backend, Client};
-use crate::consumer::{Consumer, ConsumerOptions, DynConsumer};
-use crate::delivery::{Delivery, Received, Settlement, Settler};
+use crate::consumer::{Consumer, ConsumerOptions, DynConsumer, DEFAULT_PREFETCH};
+use crate::delivery::{Body, Delivery, Received, Settlement, Settler};
 use crate::driver::{Connector, Driver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
@@ -199,7 +199,7 @@ impl MemoryBroker {
     /// A consumer of this broker.
     pub fn consumer(&self, options: ConsumerOptions) -> MemoryConsumer {
         let queue = self.inner.queue(&options.source, options.group.as_deref());
-        let permits = Arc::new(Semaphore::new(options.prefetch.max(1)));
+        let permits = Arc::new(Semaphore::new(options.prefetch_or(DEFAULT_PREFETCH)));
         MemoryConsumer {
             settler: Arc::new(MemorySettler {
                 dead_letter: options.dead_letter_destination(),
@@ -440,7 +440,7 @@ pub struct MemoryConsumer {
 impl MemoryConsumer {
     fn deliver(&self, stored: Stored) -> Delivery {
         let q = &self.settler.queue;
-        let tag = self.settler.track(&stored);
+        self.settler.track(&stored);
         let received = Received {
             body: stored.body,
             source: q.source.clone(),
@@ -448,7 +448,6 @@ impl MemoryConsumer {
             attempt: stored.delivered.max(1),
             timestamp: Some(stored.sent_at),
             metadata: None,
-            tag,
             backend: BACKEND,
         };
         Delivery::new(received, self.settler.clone())
@@ -535,27 +534,37 @@ struct MemorySettler {
     outstanding: Mutex<Outstanding>,
 }
 
-/// Deliveries handed out and not settled yet, by tag, so `close` can return them.
+/// Deliveries handed out and not settled yet, so `close` can return them.
+/// Keyed by the address of the message's shared body: the entry holds a
+/// clone of that `Arc`, so no other live delivery has the same address, and
+/// a delivery needs no tag of its own. The sequence number keeps the order
+/// they went out in.
 #[derive(Debug, Default)]
 struct Outstanding {
-    next_tag: u64,
+    sent: u64,
     closed: bool,
-    by_tag: FxHashMap<u64, Stored>,
+    by_body: FxHashMap<usize, (u64, Stored)>,
+}
+
+/// The key of a delivery in [`Outstanding`]: its body's address.
+fn body_key(body: &Arc<Body>) -> usize {
+    Arc::as_ptr(body) as usize
 }
 
 impl MemorySettler {
-    fn track(&self, stored: &Stored) -> u64 {
+    fn track(&self, stored: &Stored) {
         let mut o = self.outstanding.lock();
-        o.next_tag += 1;
-        let tag = o.next_tag;
-        o.by_tag.insert(tag, stored.clone());
-        tag
+        o.sent += 1;
+        let sent = o.sent;
+        o.by_body
+            .insert(body_key(&stored.body), (sent, stored.clone()));
     }
 
     /// Takes the delivery out of the outstanding set; `None` once the consumer
     /// closed and returned it to the queue already.
     fn untrack(&self, delivery: &Delivery) -> Option<Stored> {
-        let stored = self.outstanding.lock().by_tag.remove(&delivery.tag);
+        let key = body_key(&delivery.received().body);
+        let stored = self.outstanding.lock().by_body.remove(&key).map(|(_, s)| s);
         if stored.is_some() {
             self.permits.add_permits(1);
         }
@@ -565,7 +574,7 @@ impl MemorySettler {
     fn return_outstanding(&self) {
         let mut o = self.outstanding.lock();
         o.closed = true;
-        let mut returned: Vec<(u64, Stored)> = o.by_tag.drain().collect();
+        let mut returned: Vec<(u64, Stored)> = o.by_body.drain().map(|(_, v)| v).collect();
         drop(o);
         // Oldest first at the front, as they were delivered.
         returned.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));

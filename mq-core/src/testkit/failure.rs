@@ -836,6 +836,8 @@ pub async fn nack_after_max_is_safe(ctx: Ctx) -> Outcome {
     .await
 }
 
+/// A fresh id (core's own message ids: uuid's v7 feature is not a
+/// dependency of core).
 fn uuid() -> String {
-    uuid::Uuid::now_v7().simple().to_string()
+    crate::message::new_message_id().replace('-', "")
 }
