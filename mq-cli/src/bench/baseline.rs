@@ -23,6 +23,8 @@ mod rabbit;
 #[cfg(feature = "sqs")]
 mod sqs;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -31,20 +33,62 @@ use tokio::sync::mpsc;
 use super::{new_histogram, payload, shares, Args, Phase, Results};
 use crate::CliResult;
 
-fn scheme(url: &str) -> &str {
-    url.split("://").next().unwrap_or("")
+/// A future of the baselines (boxed: they are kept as function pointers).
+pub(crate) type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Waits until the SDK's consumers of a destination are ready.
+pub(crate) type ReadyFn =
+    for<'a> fn(&'a str, &'a str, &'a mut [mq::DynConsumer]) -> Boxed<'a, CliResult>;
+
+/// One backend's raw-client baseline, found by the driver's name: adding a
+/// backend's baseline is a module with a `BASELINE` and one line in
+/// [`BASELINES`].
+pub(crate) struct Baseline {
+    /// The driver's name (`mq::drivers()`), e.g. `"rabbitmq"`.
+    pub(crate) backend: &'static str,
+    /// Runs the three phases through the raw client.
+    pub(crate) run: for<'a> fn(&'a Args) -> Boxed<'a, CliResult<Results>>,
+    /// Waits until the SDK's consumers are ready (Kafka: the group joined).
+    pub(crate) ready: Option<ReadyFn>,
+    /// Deletes the bench's destinations.
+    pub(crate) cleanup: for<'a> fn(&'a str, &'a [String]) -> Boxed<'a, CliResult>,
+}
+
+/// The baselines this build has.
+const BASELINES: &[Baseline] = &[
+    #[cfg(feature = "rabbit")]
+    rabbit::BASELINE,
+    #[cfg(feature = "kafka")]
+    kafka::BASELINE,
+    #[cfg(feature = "sqs")]
+    sqs::BASELINE,
+];
+
+/// The name of the driver serving `url`'s scheme (`mq::drivers()`).
+fn backend_of(url: &str) -> Option<&'static str> {
+    let scheme = url.split("://").next().unwrap_or("");
+    mq::drivers()
+        .find(|d| d.schemes.contains(&scheme))
+        .map(|d| d.name)
+}
+
+/// The raw-client baseline for `url`'s backend, if this build has one.
+fn baseline_of(url: &str) -> Option<&'static Baseline> {
+    let backend = backend_of(url)?;
+    BASELINES.iter().find(|b| b.backend == backend)
 }
 
 pub(crate) async fn run(args: &Args) -> CliResult<Results> {
-    match scheme(&args.url) {
-        "memory" => memory(args).await,
-        #[cfg(feature = "rabbit")]
-        "amqp" | "amqps" => rabbit::run(args).await,
-        #[cfg(feature = "kafka")]
-        "kafka" | "kafka+mock" => kafka::run(args).await,
-        #[cfg(feature = "sqs")]
-        "sqs" | "sqs+http" | "sqs+https" => sqs::run(args).await,
-        other => Err(format!("no raw-client baseline for `{other}://` in this build").into()),
+    if backend_of(&args.url) == Some(mq::memory::DRIVER.name) {
+        return memory(args).await;
+    }
+    match baseline_of(&args.url) {
+        Some(baseline) => (baseline.run)(args).await,
+        None => Err(format!(
+            "no raw-client baseline for `{}://` in this build",
+            args.url.split("://").next().unwrap_or("")
+        )
+        .into()),
     }
 }
 
@@ -56,13 +100,9 @@ pub(crate) async fn ready(
     destination: &str,
     consumers: &mut [mq::DynConsumer],
 ) -> CliResult {
-    match scheme(url) {
-        #[cfg(feature = "kafka")]
-        "kafka" | "kafka+mock" => kafka::sdk_ready(url, destination, consumers).await,
-        _ => {
-            let _ = (destination, consumers);
-            Ok(())
-        }
+    match baseline_of(url).and_then(|b| b.ready) {
+        Some(ready) => ready(url, destination, consumers).await,
+        None => Ok(()),
     }
 }
 
@@ -70,16 +110,10 @@ pub(crate) async fn ready(
 /// as Kafka retry topics) from the broker `url` names. Failures are only
 /// reported: the measurement is done by then.
 pub(crate) async fn cleanup(url: &str, destinations: &[String]) {
-    let result: CliResult = match scheme(url) {
-        #[cfg(feature = "rabbit")]
-        "amqp" | "amqps" => rabbit::cleanup(url, destinations).await,
-        #[cfg(feature = "kafka")]
-        "kafka" | "kafka+mock" => kafka::cleanup(url, destinations).await,
-        #[cfg(feature = "sqs")]
-        "sqs" | "sqs+http" | "sqs+https" => sqs::cleanup(url, destinations).await,
-        _ => Ok(()),
+    let Some(baseline) = baseline_of(url) else {
+        return;
     };
-    if let Err(e) = result {
+    if let Err(e) = (baseline.cleanup)(url, destinations).await {
         eprintln!("warning: could not delete the bench destinations {destinations:?}: {e}");
     }
 }

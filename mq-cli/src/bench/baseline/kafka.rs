@@ -559,3 +559,11 @@ pub(crate) async fn cleanup(url: &str, destinations: &[String]) -> CliResult {
     }
     Ok(())
 }
+
+/// This module as an entry of the bench's baseline list.
+pub(crate) const BASELINE: super::Baseline = super::Baseline {
+    backend: mq_kafka::DRIVER.name,
+    run: |args| Box::pin(run(args)),
+    ready: Some(|url, topic, consumers| Box::pin(sdk_ready(url, topic, consumers))),
+    cleanup: |url, destinations| Box::pin(cleanup(url, destinations)),
+};

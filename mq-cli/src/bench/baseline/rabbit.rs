@@ -380,3 +380,11 @@ pub(crate) async fn cleanup(url: &str, destinations: &[String]) -> CliResult {
     let _ = conn.close(200, "done".into()).await;
     result
 }
+
+/// This module as an entry of the bench's baseline list.
+pub(crate) const BASELINE: super::Baseline = super::Baseline {
+    backend: mq_rabbit::DRIVER.name,
+    run: |args| Box::pin(run(args)),
+    ready: None,
+    cleanup: |url, destinations| Box::pin(cleanup(url, destinations)),
+};
