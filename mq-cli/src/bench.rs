@@ -62,6 +62,11 @@ pub(crate) struct Args {
     /// Run only the raw-client workload (no SDK client is created).
     #[arg(long, conflicts_with = "baseline")]
     baseline_only: bool,
+    /// With --baseline: run SDK and raw this many times, interleaved
+    /// (SDK raw SDK raw ...), and report the median SDK/raw ratio of the
+    /// pairs with its spread, so that a noisy machine cannot decide it.
+    #[arg(long, default_value_t = 1, requires = "baseline")]
+    pairs: u32,
 }
 
 /// One measured phase.
@@ -160,6 +165,44 @@ pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
     if args.in_flight == 0 || args.prefetch == 0 {
         return Err("--in-flight and --prefetch must be at least 1".into());
     }
+    let mut pairs = Vec::new();
+    for _ in 0..args.pairs.max(1) {
+        pairs.push(one_pair(&args).await?);
+    }
+    if pairs.len() > 1 {
+        return report_pairs(&args, &pairs, json_out);
+    }
+    let Some((sdk, raw)) = pairs.pop() else {
+        return Ok(());
+    };
+    if json_out {
+        println!(
+            "{}",
+            json!({"sdk": sdk.as_ref().map(Results::to_json), "raw": raw.as_ref().map(Results::to_json), "args": args_json(&args)})
+        );
+        return Ok(());
+    }
+    print_header(&args);
+    if let Some(sdk) = &sdk {
+        sdk.print();
+    }
+    if let Some(raw) = &raw {
+        raw.print();
+    }
+    if let (Some(sdk), Some(raw)) = (sdk, raw) {
+        println!("SDK / raw");
+        for (name, ratio) in PhaseName::ALL
+            .iter()
+            .map(|p| (p.label(), p.ratio(&sdk, &raw)))
+        {
+            println!("  {name:<14} {:>6.1}%", 100.0 * ratio);
+        }
+    }
+    Ok(())
+}
+
+/// One SDK run and one raw run (each when asked for), in that order.
+async fn one_pair(args: &Args) -> CliResult<(Option<Results>, Option<Results>)> {
     let sdk = if args.baseline_only {
         None
     } else {
@@ -177,7 +220,7 @@ pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
             .into());
         }
         reset_peak_rss();
-        let (sdk, destinations) = sdk_workload(&client, &args).await?;
+        let (sdk, destinations) = sdk_workload(&client, args).await?;
         drop(client);
         // The SDK run's destinations hold nothing any more; delete them so
         // that repeated runs do not pile up queues and topics on the broker.
@@ -186,44 +229,153 @@ pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
     };
     let raw = if args.baseline || args.baseline_only {
         reset_peak_rss();
-        Some(baseline::run(&args).await?)
+        Some(baseline::run(args).await?)
     } else {
         None
     };
-    if json_out {
-        println!(
-            "{}",
-            json!({"sdk": sdk.as_ref().map(Results::to_json), "raw": raw.as_ref().map(Results::to_json), "args": {
-                "url": mq::url::redact_str(&args.url), "count": args.count, "size": args.size,
-                "producers": args.producers, "consumers": args.consumers,
-                "in_flight": args.in_flight, "prefetch": args.prefetch}})
-        );
-        return Ok(());
-    }
+    Ok((sdk, raw))
+}
+
+fn args_json(args: &Args) -> serde_json::Value {
+    json!({
+        "url": mq::url::redact_str(&args.url), "count": args.count, "size": args.size,
+        "producers": args.producers, "consumers": args.consumers,
+        "in_flight": args.in_flight, "prefetch": args.prefetch, "pairs": args.pairs})
+}
+
+fn print_header(args: &Args) {
     println!(
         "{} messages of {} bytes, {} producer(s) x {} in flight, {} consumer(s) x prefetch {}",
         args.count, args.size, args.producers, args.in_flight, args.consumers, args.prefetch
     );
-    if let Some(sdk) = &sdk {
-        sdk.print();
-    }
-    if let Some(raw) = &raw {
-        raw.print();
-    }
-    if let (Some(sdk), Some(raw)) = (sdk, raw) {
-        println!("SDK / raw");
-        for (name, s, r) in [
-            ("publish", sdk.publish.rate(), raw.publish.rate()),
-            ("consume+ack", sdk.consume.rate(), raw.consume.rate()),
-            ("end-to-end", sdk.end_to_end.rate(), raw.end_to_end.rate()),
-            (
-                "send+recv+ack",
-                sdk.send_receive_ack(),
-                raw.send_receive_ack(),
-            ),
-        ] {
-            println!("  {name:<14} {:>6.1}%", 100.0 * s / r.max(1e-9));
+}
+
+/// The phases an SDK/raw ratio is reported for.
+#[derive(Debug, Clone, Copy)]
+enum PhaseName {
+    Publish,
+    Consume,
+    EndToEnd,
+    SendReceiveAck,
+}
+
+impl PhaseName {
+    const ALL: [PhaseName; 4] = [
+        PhaseName::Publish,
+        PhaseName::Consume,
+        PhaseName::EndToEnd,
+        PhaseName::SendReceiveAck,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            PhaseName::Publish => "publish",
+            PhaseName::Consume => "consume+ack",
+            PhaseName::EndToEnd => "end-to-end",
+            PhaseName::SendReceiveAck => "send+recv+ack",
         }
+    }
+
+    fn rate(self, r: &Results) -> f64 {
+        match self {
+            PhaseName::Publish => r.publish.rate(),
+            PhaseName::Consume => r.consume.rate(),
+            PhaseName::EndToEnd => r.end_to_end.rate(),
+            PhaseName::SendReceiveAck => r.send_receive_ack(),
+        }
+    }
+
+    /// SDK rate over raw rate.
+    fn ratio(self, sdk: &Results, raw: &Results) -> f64 {
+        self.rate(sdk) / self.rate(raw).max(1e-9)
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Prints (or writes as JSON) each pair's ratios and, per phase, the median
+/// ratio with its spread (lowest and highest pair) and the median rates.
+fn report_pairs(
+    args: &Args,
+    pairs: &[(Option<Results>, Option<Results>)],
+    json_out: bool,
+) -> CliResult {
+    let both: Vec<(&Results, &Results)> = pairs
+        .iter()
+        .filter_map(|(s, r)| Some((s.as_ref()?, r.as_ref()?)))
+        .collect();
+    let mut summary = Vec::new();
+    for phase in PhaseName::ALL {
+        let mut ratios: Vec<f64> = both.iter().map(|(s, r)| phase.ratio(s, r)).collect();
+        let mut sdk: Vec<f64> = both.iter().map(|(s, _)| phase.rate(s)).collect();
+        let mut raw: Vec<f64> = both.iter().map(|(_, r)| phase.rate(r)).collect();
+        let (low, high) = ratios
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| {
+                (l.min(*r), h.max(*r))
+            });
+        summary.push((
+            phase,
+            median(&mut ratios),
+            low,
+            high,
+            median(&mut sdk),
+            median(&mut raw),
+        ));
+    }
+    if json_out {
+        let phases: serde_json::Map<String, serde_json::Value> = summary
+            .iter()
+            .map(|(p, med, low, high, sdk, raw)| {
+                (
+                    p.label().to_owned(),
+                    json!({"median_ratio": med, "min_ratio": low, "max_ratio": high,
+                    "median_sdk_msg_per_s": sdk, "median_raw_msg_per_s": raw}),
+                )
+            })
+            .collect();
+        let runs: Vec<_> = both
+            .iter()
+            .map(|(s, r)| json!({"sdk": s.to_json(), "raw": r.to_json()}))
+            .collect();
+        println!(
+            "{}",
+            json!({"args": args_json(args), "pairs": runs, "summary": phases})
+        );
+        return Ok(());
+    }
+    print_header(args);
+    println!("{} interleaved pairs (SDK, raw, SDK, raw, ...)", both.len());
+    for (i, (s, r)) in both.iter().enumerate() {
+        let ratios: Vec<String> = PhaseName::ALL
+            .iter()
+            .map(|p| format!("{} {:.1}%", p.label(), 100.0 * p.ratio(s, r)))
+            .collect();
+        println!("  pair {}: {}", i + 1, ratios.join(", "));
+    }
+    println!(
+        "{:<14} {:>14} {:>14} {:>8} {:>16}",
+        "SDK / raw", "SDK msg/s", "raw msg/s", "median", "spread"
+    );
+    for (phase, med, low, high, sdk, raw) in summary {
+        println!(
+            "  {:<12} {:>14.0} {:>14.0} {:>7.1}% {:>7.1}-{:.1}%",
+            phase.label(),
+            sdk,
+            raw,
+            100.0 * med,
+            100.0 * low,
+            100.0 * high
+        );
     }
     Ok(())
 }
@@ -485,4 +637,16 @@ pub(crate) fn peak_rss() -> Option<u64> {
 /// Resets the peak RSS counter so each run reports its own peak (Linux).
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_unsorted_pairs() {
+        assert_eq!(median(&mut [0.9, 0.7, 1.1]), 0.9);
+        assert_eq!(median(&mut [1.0, 0.5, 0.75, 0.25]), 0.625);
+        assert!(median(&mut []).is_nan());
+    }
 }
