@@ -81,6 +81,16 @@ fn metrics_count_sends_settlements_retries_and_dead_letters() {
             token.cancel();
             worker.await.expect("join").expect("worker");
             dead.ack().await.expect("ack dead letter");
+            // A delivery dropped unsettled goes back and is counted abandoned.
+            producer
+                .send(&queue, Message::new("dropped"))
+                .await
+                .expect("send");
+            let mut consumer = client.consumer(&queue).await.expect("consumer");
+            drop(consumer.receive().await.expect("receive"));
+            let again = consumer.receive().await.expect("redelivered");
+            assert_eq!(again.text().expect("text"), "dropped");
+            again.ack().await.expect("ack");
         })
     });
 
@@ -101,13 +111,18 @@ fn metrics_count_sends_settlements_retries_and_dead_letters() {
             })
             .sum()
     };
-    assert_eq!(value(names::SENT, &queue), 3, "sent");
+    assert_eq!(value(names::SENT, &queue), 4, "sent");
     assert_eq!(
         value(names::RECEIVED, &queue),
-        5,
-        "received: ok once, flaky twice, poison twice"
+        7,
+        "received: ok once, flaky twice, poison twice, dropped twice"
     );
-    assert_eq!(value(names::ACKED, &queue), 2, "acked: ok and flaky");
+    assert_eq!(
+        value(names::ACKED, &queue),
+        3,
+        "acked: ok, flaky, dropped the second time"
+    );
+    assert_eq!(value(names::ABANDONED, &queue), 1, "abandoned: dropped once");
     assert_eq!(
         value(names::NACKED, &queue),
         2,

@@ -1,6 +1,8 @@
 //! Receiving messages.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,17 +59,41 @@ pub trait Consumer: Send + fmt::Debug {
     }
 }
 
-#[async_trait]
+/// The future of a forwarded trait method (what `async_trait` makes).
+type Forwarded<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// `Consumer` for a boxed consumer (`DynConsumer`): each method hands back
+/// the pointee's future as it is, instead of boxing a second future around
+/// it as `async_trait` would.
 impl<C: Consumer + ?Sized> Consumer for Box<C> {
-    async fn receive(&mut self) -> Result<Delivery> {
-        (**self).receive().await
+    fn receive<'s, 'async_trait>(&'s mut self) -> Forwarded<'async_trait, Result<Delivery>>
+    where
+        's: 'async_trait,
+        Self: 'async_trait,
+    {
+        (**self).receive()
     }
-    async fn receive_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
-        (**self).receive_batch(max, wait).await
+
+    fn receive_batch<'s, 'async_trait>(
+        &'s mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Forwarded<'async_trait, Result<Vec<Delivery>>>
+    where
+        's: 'async_trait,
+        Self: 'async_trait,
+    {
+        (**self).receive_batch(max, wait)
     }
-    async fn close(&mut self) -> Result<()> {
-        (**self).close().await
+
+    fn close<'s, 'async_trait>(&'s mut self) -> Forwarded<'async_trait, Result<()>>
+    where
+        's: 'async_trait,
+        Self: 'async_trait,
+    {
+        (**self).close()
     }
+
     fn health(&self) -> crate::health::Health {
         (**self).health()
     }

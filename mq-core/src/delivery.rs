@@ -276,6 +276,30 @@ impl fmt::Debug for Received {
 pub struct Delivery {
     received: Received,
     settler: Option<Arc<dyn Settler>>,
+    /// Where the client's instrumentation counts this delivery's
+    /// settlement (none for a backend used without a `Client`).
+    counts: Option<Arc<SettleCounters>>,
+}
+
+/// The settlement counters of one (backend, source, group), which the
+/// client's consumer wrapper hands each delivery: the delivery counts its
+/// own outcome, so no wrapper settler (and no second boxed future per
+/// settle) stands between it and the backend.
+pub(crate) struct SettleCounters {
+    pub(crate) acked: metrics::Counter,
+    pub(crate) nacked: metrics::Counter,
+    pub(crate) dead_lettered: metrics::Counter,
+    pub(crate) abandoned: metrics::Counter,
+}
+
+impl SettleCounters {
+    fn for_settlement(&self, settlement: &Settlement) -> &metrics::Counter {
+        match settlement {
+            Settlement::Ack => &self.acked,
+            Settlement::Nack { .. } => &self.nacked,
+            Settlement::DeadLetter { .. } => &self.dead_lettered,
+        }
+    }
 }
 
 impl Delivery {
@@ -284,14 +308,15 @@ impl Delivery {
         Delivery {
             received,
             settler: Some(settler),
+            counts: None,
         }
     }
 
-    /// Changes the delivery in place (no copy of the message): `f` gets
-    /// the fields and the settler, and may replace the settler with one
-    /// that wraps it (the instrumentation does).
-    pub(crate) fn rewrap(&mut self, f: impl FnOnce(&mut Received, &mut Option<Arc<dyn Settler>>)) {
-        f(&mut self.received, &mut self.settler);
+    /// The message fields, to change in place (the instrumentation stamps
+    /// the backend's name), and where to count the settlement.
+    pub(crate) fn instrument(&mut self, counts: &Arc<SettleCounters>) -> &mut Received {
+        self.counts = Some(counts.clone());
+        &mut self.received
     }
 
     /// The message fields.
@@ -328,13 +353,21 @@ impl Delivery {
 
     /// Settles as `settlement` says.
     pub async fn settle(mut self, settlement: Settlement) -> Result<()> {
-        match self.settler.take() {
-            Some(settler) => settler.settle(&self, settlement).await,
-            None => Err(Error::new(
+        let Some(settler) = self.settler.take() else {
+            return Err(Error::new(
                 crate::ErrorKind::AlreadySettled,
                 format!("delivery {} was already settled", self.received.id()),
-            )),
+            ));
+        };
+        let counter = self
+            .counts
+            .as_ref()
+            .map(|c| c.for_settlement(&settlement).clone());
+        let result = settler.settle(&self, settlement).await;
+        if let (Ok(()), Some(counter)) = (&result, counter) {
+            counter.increment(1);
         }
+        result
     }
 }
 
@@ -348,6 +381,9 @@ impl Deref for Delivery {
 impl Drop for Delivery {
     fn drop(&mut self) {
         if let Some(settler) = self.settler.take() {
+            if let Some(counts) = &self.counts {
+                counts.abandoned.increment(1);
+            }
             tracing::debug!(id = %self.received.id(), source = %self.received.source,
                 "delivery dropped unsettled; returning it to the broker");
             settler.abandon(self);

@@ -1,6 +1,8 @@
 //! Sending messages.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -45,37 +47,59 @@ pub trait Producer: Send + Sync + fmt::Debug {
     }
 }
 
-#[async_trait]
-impl<P: Producer + ?Sized> Producer for Arc<P> {
-    async fn send(&self, destination: &str, message: Message) -> Result<()> {
-        (**self).send(destination, message).await
-    }
-    async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> BatchReport {
-        (**self).send_batch(destination, messages).await
-    }
-    async fn close(&self) -> Result<()> {
-        (**self).close().await
-    }
-    fn health(&self) -> crate::health::Health {
-        (**self).health()
-    }
+/// The future of a forwarded trait method (what `async_trait` makes).
+type Forwarded<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// `Producer` for a pointer to a producer: each method hands back the
+/// pointee's future as it is. Written out instead of with `async_trait`,
+/// which would box a second future around the first on every send (this is
+/// on the hot path: `DynProducer` is an `Arc<dyn Producer>`).
+macro_rules! forward_producer {
+    ($ptr:ident) => {
+        impl<P: Producer + ?Sized> Producer for $ptr<P> {
+            fn send<'s, 'd, 'async_trait>(
+                &'s self,
+                destination: &'d str,
+                message: Message,
+            ) -> Forwarded<'async_trait, Result<()>>
+            where
+                's: 'async_trait,
+                'd: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).send(destination, message)
+            }
+
+            fn send_batch<'s, 'd, 'async_trait>(
+                &'s self,
+                destination: &'d str,
+                messages: Vec<Message>,
+            ) -> Forwarded<'async_trait, BatchReport>
+            where
+                's: 'async_trait,
+                'd: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).send_batch(destination, messages)
+            }
+
+            fn close<'s, 'async_trait>(&'s self) -> Forwarded<'async_trait, Result<()>>
+            where
+                's: 'async_trait,
+                Self: 'async_trait,
+            {
+                (**self).close()
+            }
+
+            fn health(&self) -> crate::health::Health {
+                (**self).health()
+            }
+        }
+    };
 }
 
-#[async_trait]
-impl<P: Producer + ?Sized> Producer for Box<P> {
-    async fn send(&self, destination: &str, message: Message) -> Result<()> {
-        (**self).send(destination, message).await
-    }
-    async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> BatchReport {
-        (**self).send_batch(destination, messages).await
-    }
-    async fn close(&self) -> Result<()> {
-        (**self).close().await
-    }
-    fn health(&self) -> crate::health::Health {
-        (**self).health()
-    }
-}
+forward_producer!(Arc);
+forward_producer!(Box);
 
 /// A producer whose backend is chosen at run time (what [`Client::producer`](crate::Client::producer) returns).
 pub type DynProducer = Arc<dyn Producer>;
