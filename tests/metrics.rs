@@ -122,7 +122,11 @@ fn metrics_count_sends_settlements_retries_and_dead_letters() {
         3,
         "acked: ok, flaky, dropped the second time"
     );
-    assert_eq!(value(names::ABANDONED, &queue), 1, "abandoned: dropped once");
+    assert_eq!(
+        value(names::ABANDONED, &queue),
+        1,
+        "abandoned: dropped once"
+    );
     assert_eq!(
         value(names::NACKED, &queue),
         2,

@@ -77,10 +77,10 @@ impl Shared {
     /// Called by the poll thread for each fetched record. Returns the
     /// partition to pause at once, if the record is not due yet.
     fn accept(&self, msg: &BorrowedMessage<'_>) -> Option<Tp> {
-        let tp: Tp = (Arc::from(msg.topic()), msg.partition());
         let offset = msg.offset();
         let mut guard = self.state.lock();
         let state = &mut *guard;
+        let tp = state.tp(msg.topic(), msg.partition());
         let part = state.parts.get_mut(&tp)?;
         if part.rewind.is_some() || part.hold_until.is_some() {
             // Fetched before a rewind or a hold took effect: read again
@@ -91,11 +91,15 @@ impl Shared {
             return None;
         }
         let from_retry = *tp.0 == *self.retry_topic;
-        let extra = state
-            .redeliveries
-            .get(&(tp.clone(), offset))
-            .copied()
-            .unwrap_or(0);
+        let extra = if state.redeliveries.is_empty() {
+            0
+        } else {
+            state
+                .redeliveries
+                .get(&(tp.clone(), offset))
+                .copied()
+                .unwrap_or(0)
+        };
         let decoded = decode(
             msg,
             &self.source,
@@ -256,7 +260,7 @@ impl ConsumerContext for Context {
             let mut state = self.shared.state.lock();
             let state = &mut *state;
             for e in revoked.elements() {
-                let tp: Tp = (Arc::from(e.topic()), e.partition());
+                let tp = state.tp(e.topic(), e.partition());
                 if let Some(o) = state.revoke(&tp) {
                     commit.push((tp, o));
                 }
@@ -292,10 +296,8 @@ impl ConsumerContext for Context {
             tracing::debug!(error = %e, "offset commit failed; retrying on the next round");
             let mut state = self.shared.state.lock();
             for el in offsets.elements() {
-                if let Some(p) = state
-                    .parts
-                    .get_mut(&(Arc::from(el.topic()), el.partition()))
-                {
+                let tp = state.tp(el.topic(), el.partition());
+                if let Some(p) = state.parts.get_mut(&tp) {
                     p.commit_failed();
                 }
             }

@@ -12,7 +12,7 @@
 //!   ready queue, the deliveries handed out, and the state changes a
 //!   settlement makes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,6 +22,7 @@ use mq_core::{Error, ErrorKind, Message, Received, Result};
 use parking_lot::{Mutex, RwLock};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
+use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::codec::record_headers;
@@ -194,17 +195,20 @@ pub(crate) struct State {
     pub(crate) ready: VecDeque<Pending>,
     /// Payload bytes in `ready`.
     pub(crate) ready_bytes: usize,
-    pub(crate) parts: HashMap<Tp, PartitionState>,
+    pub(crate) parts: FxHashMap<Tp, PartitionState>,
+    /// The topic names of `parts` (the source and its retry topic), shared
+    /// by every key that names them: no allocation per record or settle.
+    topics: Vec<Arc<str>>,
     next_generation: u64,
     /// Deliveries handed out and not settled, for `close`.
-    pub(crate) outstanding: HashMap<Held, Received>,
+    pub(crate) outstanding: FxHashMap<Held, Received>,
     /// Republishes (nack, dead letter) in flight.
     pub(crate) inflight: usize,
     /// Ordered mode: redeliveries in place per record, added to its attempt.
-    pub(crate) redeliveries: HashMap<(Tp, i64), u32>,
+    pub(crate) redeliveries: FxHashMap<(Tp, i64), u32>,
     /// Records whose republish (retry or dead-letter copy) failed and that
     /// are not settled yet: how often, and the last error (for `health`).
-    pub(crate) failing: HashMap<Held, Failing>,
+    pub(crate) failing: FxHashMap<Held, Failing>,
     /// Records given back after a failed republish, delivered again (alone,
     /// from memory) when due.
     pub(crate) delayed: Vec<(Instant, Pending)>,
@@ -215,7 +219,19 @@ pub(crate) struct State {
 impl State {
     /// `tp` was assigned to this member: a new generation of it starts
     /// (unless it is still assigned).
+    /// The key of `topic`'s `partition`, with the topic's shared name.
+    pub(crate) fn tp(&self, topic: &str, partition: i32) -> Tp {
+        let name = match self.topics.iter().find(|t| ***t == *topic) {
+            Some(t) => t.clone(),
+            None => Arc::from(topic),
+        };
+        (name, partition)
+    }
+
     pub(crate) fn assign(&mut self, tp: Tp) {
+        if !self.topics.contains(&tp.0) {
+            self.topics.push(tp.0.clone());
+        }
         if !self.parts.contains_key(&tp) {
             self.next_generation += 1;
             let g = self.next_generation;

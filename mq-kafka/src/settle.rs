@@ -142,7 +142,7 @@ impl Drop for InFlight {
             return;
         };
         let mut state = self.shared.state.lock();
-        if let Ok((meta, tp)) = meta_of(&received) {
+        if let Ok((meta, tp)) = meta_of(&state, &received).map(|(m, tp)| (m.clone(), tp)) {
             tracing::debug!(
                 id = received.id(),
                 "a republish was cancelled; the record is delivered again"
@@ -160,15 +160,13 @@ impl Drop for InFlight {
     }
 }
 
-fn meta_of(received: &Received) -> Result<(KafkaMetadata, Tp)> {
-    let meta = received
-        .metadata::<KafkaMetadata>()
-        .cloned()
-        .ok_or_else(|| {
-            Error::new(ErrorKind::Broker, "delivery carries no Kafka metadata")
-                .with_backend(BACKEND)
-        })?;
-    let tp: Tp = (Arc::from(meta.topic.as_str()), meta.partition);
+/// The delivery's Kafka metadata and its partition's key (with the topic
+/// name `state` shares: no allocation per settle).
+fn meta_of<'r>(state: &State, received: &'r Received) -> Result<(&'r KafkaMetadata, Tp)> {
+    let meta = received.metadata::<KafkaMetadata>().ok_or_else(|| {
+        Error::new(ErrorKind::Broker, "delivery carries no Kafka metadata").with_backend(BACKEND)
+    })?;
+    let tp = state.tp(&meta.topic, meta.partition);
     Ok((meta, tp))
 }
 
@@ -220,11 +218,11 @@ impl KafkaSettler {
         settlement: Settlement,
         abandon: bool,
     ) -> Result<(Step, Option<InFlight>)> {
-        let (meta, tp) = meta_of(received)?;
         let mut guard = self.shared.state.lock();
         let state = &mut *guard;
+        let (meta, tp) = meta_of(state, received)?;
         self.shared.permits.add_permits(1);
-        let known = state.claim(&meta, &tp);
+        let known = state.claim(meta, &tp);
         if state.closed {
             return Err(self.closed_error(received.id()));
         }
@@ -238,11 +236,11 @@ impl KafkaSettler {
         }
         let (purpose, topic, message) = match settlement {
             Settlement::Ack => {
-                Shared::settle_offset(state, &meta, &tp);
+                Shared::settle_offset(state, meta, &tp);
                 return Ok((Step::Done, None));
             }
             Settlement::Nack { delay } if self.shared.ordered => {
-                Shared::rewind(state, &meta, &tp, delay, !abandon);
+                Shared::rewind(state, meta, &tp, delay, !abandon);
                 return Ok((Step::Done, None));
             }
             Settlement::Nack { .. } if abandon => (
@@ -265,7 +263,7 @@ impl KafkaSettler {
                 Shared::give_back(
                     &self.shared,
                     state,
-                    &meta,
+                    meta,
                     &tp,
                     received.clone(),
                     Duration::ZERO,
@@ -323,19 +321,19 @@ impl KafkaSettler {
     /// original goes back (see the module docs) and the error is returned.
     async fn republish(&self, received: &Received, r: Republish, inflight: InFlight) -> Result<()> {
         let result = self.send(&r).await;
-        let (meta, tp) = meta_of(received)?;
         let mut state = self.shared.state.lock();
+        let (meta, tp) = meta_of(&state, received)?;
         match &result {
-            Ok(()) => Shared::settle_offset(&mut state, &meta, &tp),
+            Ok(()) => Shared::settle_offset(&mut state, meta, &tp),
             Err(e) => {
-                let failures = Shared::republish_failed(&mut state, &meta, &tp, e);
+                let failures = Shared::republish_failed(&mut state, meta, &tp, e);
                 let delay = give_back_delay(failures);
                 tracing::error!(error = %e, id = received.id(), topic = %r.topic, failures, ?delay,
                     "republishing failed; the record is not committed and is delivered again after the delay (later records are not replayed)");
                 Shared::give_back(
                     &self.shared,
                     &mut state,
-                    &meta,
+                    meta,
                     &tp,
                     received.clone(),
                     delay,
@@ -435,9 +433,9 @@ mod tests {
 
     /// What `begin` + `settle` do for an ack.
     fn ack(state: &mut State, received: &Received) {
-        let (meta, tp) = meta_of(received).expect("metadata");
-        if state.claim(&meta, &tp) {
-            Shared::settle_offset(state, &meta, &tp);
+        let (meta, tp) = meta_of(state, received).expect("metadata");
+        if state.claim(meta, &tp) {
+            Shared::settle_offset(state, meta, &tp);
         }
     }
 
