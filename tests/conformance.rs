@@ -109,7 +109,7 @@ async fn broker_target(
     // A container: its restart command restarts the container (same host
     // port); without one (see the `containers ...` line) the restart
     // scenario reports itself skipped.
-    let broker = containers::start_broker(name).await?;
+    let broker = containers::start_broker(driver).await?;
     let target = Target::new(name, broker.url.clone(), mq::registry())
         .with_restart_command(broker.restart.clone());
     Ok((target, Some(broker)))

@@ -31,7 +31,7 @@
 pub use crate::checks::check_send;
 pub use crate::client::Backend;
 pub use crate::delivery::{Settlement, Settler};
-pub use crate::driver::{ConnectFn, ConnectFuture, ConnectStrFn, Connector, Driver};
+pub use crate::driver::{ConnectFn, ConnectFuture, ConnectStrFn, Connector, Driver, TestImage};
 pub use crate::message::MessageParts;
 pub use crate::registry::Registry;
 pub use crate::republish;

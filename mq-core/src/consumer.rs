@@ -1,14 +1,13 @@
 //! Receiving messages.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::delivery::Delivery;
 use crate::error::Result;
+use crate::producer::Forwarded;
 
 /// Receives deliveries from one source (queue or topic) for one group.
 ///
@@ -58,9 +57,6 @@ pub trait Consumer: Send + fmt::Debug {
         crate::health::Health::healthy()
     }
 }
-
-/// The future of a forwarded trait method (what `async_trait` makes).
-type Forwarded<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// `Consumer` for a boxed consumer (`DynConsumer`): each method hands back
 /// the pointee's future as it is, instead of boxing a second future around

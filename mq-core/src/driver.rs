@@ -61,6 +61,30 @@ pub struct Driver {
     /// How to start it for tests without Docker: the service name of
     /// `scripts/brokers.sh start <name>`.
     pub test_broker: &'static str,
+    /// How to run it for tests in Docker (testcontainers), if it can be.
+    pub test_image: Option<TestImage>,
+}
+
+/// A backend's broker as a container for tests: what the test harness
+/// (`tests/containers`) needs to run any image of it and connect.
+#[derive(Debug, Clone, Copy)]
+pub struct TestImage {
+    /// Repository of the official image (`"rabbitmq"`).
+    pub official: &'static str,
+    /// The port the broker listens on inside the container (in the images
+    /// `scripts/containers.sh` builds, and official images run generically;
+    /// a testcontainers module knows its own).
+    pub port: u16,
+    /// A line the broker logs once it serves (same images).
+    pub ready: &'static str,
+    /// Whether it keeps its data across `docker restart` (the restart
+    /// scenario needs that).
+    pub restartable: bool,
+    /// The environment variable through which the image learns the address
+    /// clients reach it at (Kafka's advertised listener), if it needs one.
+    pub advertise_env: Option<&'static str>,
+    /// The URL of a test broker at `host:port`.
+    pub url: fn(&str) -> String,
 }
 
 impl Driver {

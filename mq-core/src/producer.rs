@@ -47,8 +47,9 @@ pub trait Producer: Send + Sync + fmt::Debug {
     }
 }
 
-/// The future of a forwarded trait method (what `async_trait` makes).
-type Forwarded<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The future of a forwarded trait method (what `async_trait` makes), for
+/// the pointer impls here and in `consumer.rs`.
+pub(crate) type Forwarded<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// `Producer` for a pointer to a producer: each method hands back the
 /// pointee's future as it is. Written out instead of with `async_trait`,

@@ -58,7 +58,7 @@ pub use mock::{is_mock_url, MockCluster, MOCK_SCHEME};
 pub use producer::KafkaProducer;
 pub use topology::{dead_letter_topic, default_group, retry_topic};
 
-use mq_core::backend::{Connector, Driver, Registry};
+use mq_core::backend::{Connector, Driver, Registry, TestImage};
 use mq_core::{Client, Result};
 
 /// The URL schemes this backend serves.
@@ -76,6 +76,23 @@ pub const DRIVER: Driver = Driver {
     connect: Connector::Raw(|url| Box::pin(async move { connect(&url).await })),
     test_key: "KAFKA",
     test_broker: "kafka",
+    // The options scripts/brokers.sh gives its in-memory tansu (topics made
+    // on demand, short group timeouts, no persistence claimed); they suit
+    // the official image too. tansu keeps topics in memory only, so a
+    // restarted container has nothing to recover.
+    test_image: Some(TestImage {
+        official: "apache/kafka-native",
+        port: 9092,
+        ready: "ready in",
+        restartable: false,
+        advertise_env: Some("ADVERTISED_LISTENER_URL"),
+        url: |addr| {
+            format!(
+                "kafka://{addr}?auto_create_topics=true&partitions=4&session_timeout=6s\
+                 &heartbeat=500ms&send_timeout=30s&rdkafka.batch.num.messages=1&persistent=false"
+            )
+        },
+    }),
 };
 
 /// Registers `kafka://` and `kafka+mock://` in `registry`.

@@ -330,14 +330,7 @@ impl KafkaSettler {
                 let delay = give_back_delay(failures);
                 tracing::error!(error = %e, id = received.id(), topic = %r.topic, failures, ?delay,
                     "republishing failed; the record is not committed and is delivered again after the delay (later records are not replayed)");
-                Shared::give_back(
-                    &self.shared,
-                    &mut state,
-                    meta,
-                    &tp,
-                    received.clone(),
-                    delay,
-                );
+                Shared::give_back(&self.shared, &mut state, meta, &tp, received.clone(), delay);
                 self.count_failure(&r, e);
             }
         }

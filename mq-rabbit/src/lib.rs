@@ -56,7 +56,7 @@ pub use producer::RabbitProducer;
 /// (e.g. reading [`RabbitMetadata::properties`]).
 pub use lapin;
 
-use mq_core::backend::{Connector, Driver, RedactedUrl, Registry};
+use mq_core::backend::{Connector, Driver, RedactedUrl, Registry, TestImage};
 use mq_core::{Client, Result};
 
 use crate::error::BACKEND;
@@ -73,6 +73,14 @@ pub const DRIVER: Driver = Driver {
     connect: Connector::Parsed(|url| Box::pin(async move { connect_url(&url).await })),
     test_key: "RABBIT",
     test_broker: "rabbit",
+    test_image: Some(TestImage {
+        official: "rabbitmq",
+        port: 5672,
+        ready: "Server startup complete",
+        restartable: true,
+        advertise_env: None,
+        url: |addr| format!("amqp://guest:guest@{addr}/%2f"),
+    }),
 };
 
 /// Registers `amqp://` and `amqps://` in `registry`.

@@ -50,7 +50,7 @@ pub use crate::metadata::SqsMetadata;
 pub use crate::producer::SqsProducer;
 pub use crate::topology::MAX_QUEUE_NAME;
 
-use mq_core::backend::{Connector, Driver, RedactedUrl, Registry};
+use mq_core::backend::{Connector, Driver, RedactedUrl, Registry, TestImage};
 use mq_core::{Client, Result};
 
 /// The URL schemes this crate serves.
@@ -64,6 +64,14 @@ pub const DRIVER: Driver = Driver {
     connect: Connector::Parsed(|url| Box::pin(async move { connect_url(&url).await })),
     test_key: "SQS",
     test_broker: "sqs",
+    test_image: Some(TestImage {
+        official: "softwaremill/elasticmq",
+        port: 4566,
+        ready: "Running on",
+        restartable: true,
+        advertise_env: None,
+        url: |addr| format!("sqs+http://test:test@{addr}?region=us-east-1"),
+    }),
 };
 
 /// Registers `sqs://`, `sqs+http://` and `sqs+https://` in `registry`.

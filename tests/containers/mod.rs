@@ -2,14 +2,19 @@
 //! engine and no `MQ_TEST_<BACKEND>_URL`. Machines without Docker start the
 //! brokers natively with `scripts/brokers.sh` instead.
 //!
-//! The image of each broker comes from `MQ_TEST_<BACKEND>_IMAGE`
-//! (`RABBIT`, `KAFKA`, `SQS`, `REDIS`):
-//! - unset: the official image through its testcontainers module
-//!   (`rabbitmq`, `apache/kafka-native`, `softwaremill/elasticmq`; Redis: `redis`);
+//! What a backend's container is (official image, port, readiness line,
+//! whether a restart keeps its data, its URL) comes from its driver
+//! (`Driver::test_image`, in the backend crate): this file knows no backend
+//! except for choosing a testcontainers module for an official image.
+//! The image of each broker comes from `MQ_TEST_<KEY>_IMAGE`
+//! (`RABBIT`, `KAFKA`, `SQS`):
+//! - unset: the official image, through its testcontainers module where
+//!   there is one (`rabbitmq`, `apache/kafka-native`,
+//!   `softwaremill/elasticmq`), else as a generic image;
 //! - the official Kafka or ElasticMQ repository with another tag
 //!   (`apache/kafka-native:3.9.0`): that tag, same module;
 //! - anything else (an image built by `scripts/containers.sh` such as
-//!   `mq-test/rabbitmq:local`, or any RabbitMQ or Redis image): a
+//!   `mq-test/rabbitmq:local`, or any RabbitMQ image): a
 //!   `GenericImage` on the broker's port, ready at the log line that
 //!   script's Dockerfiles document, published on a fixed host port so that
 //!   `docker restart` keeps the address (the restart scenario's command).
@@ -23,6 +28,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use mq::backend::TestImage;
 use testcontainers_modules::testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers_modules::testcontainers::runners::AsyncRunner;
 use testcontainers_modules::testcontainers::{
@@ -50,65 +56,14 @@ pub struct Broker {
     _container: Box<dyn std::any::Any + Send>,
 }
 
-/// How a backend's container is run.
-struct Spec {
-    /// `MQ_TEST_<env>_IMAGE`.
-    env: &'static str,
-    /// Repository of the official image the module starts.
-    official: &'static str,
-    /// Port the broker listens on in a `scripts/containers.sh` image.
-    port: u16,
-    /// Line the broker logs once it serves (stdout or stderr).
-    ready: &'static str,
-    /// Whether an official image with another tag still runs through its
-    /// module (Kafka: the module sets the advertised listener; ElasticMQ:
-    /// another port). RabbitMQ and Redis images of any origin listen on the
-    /// same port and log the same line, so they run as generic images: the
-    /// RabbitMQ module waits for a line that names its 4 management plugins,
-    /// which other tags do not log.
-    module_for_other_tags: bool,
-    /// Whether the restart scenario can use a restarted container (Kafka's
-    /// tansu keeps topics in memory only: natively the restart scenario runs
-    /// on a second, durable tansu, which has no container here).
-    restartable: bool,
-}
-
-fn spec(backend: &str) -> Result<Spec, String> {
-    Ok(match backend {
-        "rabbitmq" => Spec {
-            env: "RABBIT",
-            official: "rabbitmq",
-            port: 5672,
-            ready: "Server startup complete",
-            module_for_other_tags: false,
-            restartable: true,
-        },
-        "kafka" => Spec {
-            env: "KAFKA",
-            official: "apache/kafka-native",
-            port: 9092,
-            ready: "ready in",
-            module_for_other_tags: true,
-            restartable: false,
-        },
-        "sqs" => Spec {
-            env: "SQS",
-            official: "softwaremill/elasticmq",
-            port: 4566,
-            ready: "Running on",
-            module_for_other_tags: true,
-            restartable: true,
-        },
-        "redis" => Spec {
-            env: "REDIS",
-            official: "redis",
-            port: 6379,
-            ready: "Ready to accept connections",
-            module_for_other_tags: false,
-            restartable: true,
-        },
-        other => return Err(format!("no container image for backend {other}")),
-    })
+/// Whether an official image with another tag still runs through its
+/// testcontainers module (Kafka: the module sets the advertised listener;
+/// ElasticMQ: another port). RabbitMQ images of any origin listen on the
+/// same port and log the same line, so they run as generic images: the
+/// RabbitMQ module waits for a line that names its 4 management plugins,
+/// which other tags do not log.
+fn module_for_other_tags(backend: &str) -> bool {
+    matches!(backend, "kafka" | "sqs")
 }
 
 /// Prints past the test harness's output capture.
@@ -124,25 +79,30 @@ fn split_image(image: &str) -> (&str, &str) {
     }
 }
 
-/// Starts the broker for `backend` ("rabbitmq", "kafka", "sqs", "redis") in
-/// Docker, with the image `MQ_TEST_<BACKEND>_IMAGE` names (see the module
-/// docs), and prints which image it used.
-pub async fn start_broker(backend: &str) -> Result<Broker, String> {
-    let spec = spec(backend)?;
-    let var = format!("MQ_TEST_{}_IMAGE", spec.env);
+/// Starts `driver`'s broker in Docker, with the image
+/// `MQ_TEST_<KEY>_IMAGE` names (see the module docs), and prints which
+/// image it used.
+pub async fn start_broker(driver: &mq::backend::Driver) -> Result<Broker, String> {
+    let backend = driver.name;
+    let spec = driver
+        .test_image
+        .ok_or_else(|| format!("backend {backend} has no test image (Driver::test_image)"))?;
+    let var = format!("MQ_TEST_{}_IMAGE", driver.test_key);
     let chosen = std::env::var(&var).ok().filter(|v| !v.trim().is_empty());
     let (broker, image, source) = match chosen {
-        Some(image) if split_image(&image).0 != spec.official || !spec.module_for_other_tags => {
-            let broker = start_built(backend, &spec, &image).await?;
+        Some(image)
+            if split_image(&image).0 != spec.official || !module_for_other_tags(backend) =>
+        {
+            let broker = start_built(&spec, &image).await?;
             (broker, image, var)
         }
         Some(image) => {
             let tag = split_image(&image).1.to_owned();
-            let (broker, image) = start_official(backend, Some(tag)).await?;
+            let (broker, image) = start_official(backend, &spec, Some(tag)).await?;
             (broker, image, var)
         }
         None => {
-            let (broker, image) = start_official(backend, None).await?;
+            let (broker, image) = start_official(backend, &spec, None).await?;
             (broker, image, format!("{var} unset: the official image"))
         }
     };
@@ -183,8 +143,8 @@ fn restart_command(id: &str, ready: &str) -> String {
     )
 }
 
-/// An image built by `scripts/containers.sh`.
-async fn start_built(backend: &str, spec: &Spec, image: &str) -> Result<Broker, String> {
+/// An image built by `scripts/containers.sh` (or any image run generically).
+async fn start_built(spec: &TestImage, image: &str) -> Result<Broker, String> {
     let (name, tag) = split_image(image);
     let host_port = free_port()?;
     let port = ContainerPort::Tcp(spec.port);
@@ -196,12 +156,9 @@ async fn start_built(backend: &str, spec: &Spec, image: &str) -> Result<Broker, 
         // docker-init as PID 1 passes SIGTERM on, so `docker restart` stops
         // the broker at once instead of after its timeout.
         .with_host_config_modifier(|host| host.init = Some(true));
-    if backend == "kafka" {
+    if let Some(env) = spec.advertise_env {
         // Clients connect to the address the broker advertises.
-        request = request.with_env_var(
-            "ADVERTISED_LISTENER_URL",
-            format!("tcp://127.0.0.1:{host_port}"),
-        );
+        request = request.with_env_var(env, format!("tcp://127.0.0.1:{host_port}"));
     }
     let container = request
         .start()
@@ -211,11 +168,7 @@ async fn start_built(backend: &str, spec: &Spec, image: &str) -> Result<Broker, 
         .restartable
         .then(|| restart_command(container.id(), spec.ready));
     Ok(Broker {
-        url: url_for(
-            backend,
-            &format!("127.0.0.1:{host_port}"),
-            TANSU_TEST_OPTIONS,
-        ),
+        url: (spec.url)(&format!("127.0.0.1:{host_port}")),
         restart,
         _container: Box::new(container),
     })
@@ -236,9 +189,14 @@ async fn start<I: Image + 'static>(
     Ok((container, format!("127.0.0.1:{host_port}")))
 }
 
-/// An official image through its testcontainers module; `tag` overrides the
-/// module's tag. Returns the broker and the image's full name.
-async fn start_official(backend: &str, tag: Option<String>) -> Result<(Broker, String), String> {
+/// An official image through its testcontainers module where there is one
+/// (else as a generic image); `tag` overrides the module's tag. Returns the
+/// broker and the image's full name.
+async fn start_official(
+    backend: &str,
+    spec: &TestImage,
+    tag: Option<String>,
+) -> Result<(Broker, String), String> {
     macro_rules! run {
         ($image:expr, $port:expr) => {{
             let image = $image;
@@ -246,7 +204,7 @@ async fn start_official(backend: &str, tag: Option<String>) -> Result<(Broker, S
             let name = format!("{}:{tag}", image.name());
             let (container, addr) = start(image.with_tag(tag), $port).await?;
             let broker = Broker {
-                url: url_for(backend, &addr, KAFKA_TEST_OPTIONS),
+                url: (spec.url)(&addr),
                 restart: None,
                 _container: Box::new(container),
             };
@@ -263,33 +221,11 @@ async fn start_official(backend: &str, tag: Option<String>) -> Result<(Broker, S
             testcontainers_modules::elasticmq::ElasticMq::default(),
             9324
         ),
-        "redis" => run!(
-            GenericImage::new("redis", "7")
-                .with_exposed_port(ContainerPort::Tcp(6379))
-                .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections")),
-            6379
+        _ => run!(
+            GenericImage::new(spec.official, "latest")
+                .with_exposed_port(ContainerPort::Tcp(spec.port))
+                .with_wait_for(WaitFor::message_on_either_std(spec.ready)),
+            spec.port
         ),
-        other => Err(format!("no container image for backend {other}")),
     }
 }
-
-/// The URL the backend connects to at `addr` (`kafka_options`: the query of
-/// a Kafka URL).
-fn url_for(backend: &str, addr: &str, kafka_options: &str) -> String {
-    match backend {
-        "rabbitmq" => format!("amqp://guest:guest@{addr}/%2f"),
-        "kafka" => format!("kafka://{addr}?{kafka_options}"),
-        "sqs" => format!("sqs+http://test:test@{addr}?region=us-east-1"),
-        _ => format!("redis://{addr}"),
-    }
-}
-
-/// Options the Kafka conformance run needs on any broker: topics created on
-/// demand, short group timeouts.
-pub const KAFKA_TEST_OPTIONS: &str = "auto_create_topics=true";
-
-/// The Kafka options for tansu (`mq-test/kafka:local`), as
-/// `scripts/brokers.sh` gives them for its in-memory tansu: tansu creates no
-/// topics by itself and its group joins are slow with librdkafka's defaults.
-pub const TANSU_TEST_OPTIONS: &str = "auto_create_topics=true&partitions=4&session_timeout=6s\
-    &heartbeat=500ms&send_timeout=30s&rdkafka.batch.num.messages=1&persistent=false";

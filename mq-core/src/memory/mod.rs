@@ -59,6 +59,7 @@ pub const DRIVER: Driver = Driver {
     connect: Connector::Parsed(|url| Box::pin(async move { connect(&url) })),
     test_key: "MEMORY",
     test_broker: "",
+    test_image: None,
 };
 
 /// Settings of an in-memory broker; see the module docs for the URL form.
