@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Real brokers for the test suite, run natively (no Docker, no systemd) and
-# bound to 127.0.0.1 only: RabbitMQ, Kafka (tansu), SQS (moto) and Redis.
+# bound to 127.0.0.1 only: RabbitMQ, Kafka (tansu), SQS (moto), Redis and
+# PostgreSQL (for mq-outbox).
 #
 # Usage:
-#   scripts/brokers.sh start   [rabbit|kafka|sqs|redis|all]...   (default: all)
-#   scripts/brokers.sh stop    [rabbit|kafka|sqs|redis|all]...   (default: all)
-#   scripts/brokers.sh restart rabbit|kafka|kafka-durable|sqs|redis
+#   scripts/brokers.sh start   [rabbit|kafka|sqs|redis|postgres|all]...   (default: all)
+#   scripts/brokers.sh stop    [rabbit|kafka|sqs|redis|postgres|all]...   (default: all)
+#   scripts/brokers.sh restart rabbit|kafka|kafka-durable|sqs|redis|postgres
 #   scripts/brokers.sh env
 #   scripts/brokers.sh rabbitmqctl <args>...   (rabbitmqctl against our node)
 #
@@ -29,6 +30,12 @@
 #                            `kafka` starts and stops both)
 #   MQ_BROKERS_SQS_PORT      4566
 #   MQ_BROKERS_REDIS_PORT    6379
+#   MQ_BROKERS_POSTGRES_PORT 5432
+#   MQ_BROKERS_POSTGRES_DIR  PostgreSQL's data directory (default
+#                            $MQ_BROKERS_DIR/data/postgres, or
+#                            /var/tmp/mq-brokers-postgres when we run as root
+#                            and the `postgres` account cannot reach the
+#                            state dir, e.g. under a 0700 /root)
 #   ERL_EPMD_PORT            4369   (epmd for the RabbitMQ node)
 #   MQ_TANSU_VERSION         tansu version built when no binary is cached (0.6.0)
 #   MQ_TANSU_STORAGE         storage engines tried in order
@@ -56,11 +63,12 @@ KAFKA_PORT="${MQ_BROKERS_KAFKA_PORT:-9092}"
 KAFKA_DURABLE_PORT="${MQ_BROKERS_KAFKA_DURABLE_PORT:-9094}"
 SQS_PORT="${MQ_BROKERS_SQS_PORT:-4566}"
 REDIS_PORT="${MQ_BROKERS_REDIS_PORT:-6379}"
+POSTGRES_PORT="${MQ_BROKERS_POSTGRES_PORT:-5432}"
 TANSU_VERSION="${MQ_TANSU_VERSION:-0.6.0}"
 TANSU_STORAGE="${MQ_TANSU_STORAGE:-memory://tansu/}"
 TANSU_DURABLE_STORAGE="${MQ_TANSU_DURABLE_STORAGE:-sqlite://tansu.db}"
 
-ALL=(rabbit kafka kafka_durable sqs redis)
+ALL=(rabbit kafka kafka_durable sqs redis postgres)
 
 export DEBIAN_FRONTEND=noninteractive PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -293,6 +301,22 @@ ensure_sqs() {
 ensure_redis() {
     command -v redis-server >/dev/null && return
     apt_install redis-server
+}
+
+# The newest installed PostgreSQL's bin directory (Debian keeps each major
+# version in /usr/lib/postgresql/<N>/bin, off the PATH).
+postgres_bin() {
+    local d found=
+    for d in /usr/lib/postgresql/*/bin; do
+        [[ -x $d/postgres && -x $d/initdb ]] && found=$d
+    done
+    [[ -n $found ]] && echo "$found"
+}
+
+ensure_postgres() {
+    postgres_bin >/dev/null && return
+    apt_install postgresql
+    postgres_bin >/dev/null || die "postgresql installed but no /usr/lib/postgresql/*/bin/postgres"
 }
 
 # ------------------------------------------------------------------ brokers
@@ -576,6 +600,93 @@ env_redis() {
     return 0
 }
 
+# PostgreSQL -----------------------------------------------------------------
+
+# PostgreSQL refuses to run as root: as root, initdb and postgres run as the
+# `postgres` account (created by the Debian package) through runuser.
+postgres_as() {
+    if [[ $(id -u) -eq 0 ]]; then
+        echo runuser -u postgres --
+    fi
+}
+
+# The data directory: under the state dir unless the postgres account
+# cannot reach it (root's 0700 home), then /var/tmp/mq-brokers-postgres.
+postgres_dir() {
+    if [[ -n ${MQ_BROKERS_POSTGRES_DIR:-} ]]; then
+        echo "$MQ_BROKERS_POSTGRES_DIR"
+    elif [[ $(id -u) -ne 0 ]] || runuser -u postgres -- test -x "$DATA" 2>/dev/null; then
+        echo "$DATA/postgres"
+    else
+        echo /var/tmp/mq-brokers-postgres
+    fi
+}
+
+# The postmaster's pid is the first line of postmaster.pid.
+ours_postgres() { live_pid "$(pidfile postgres)" postgres >/dev/null; }
+
+probe_postgres() {
+    local bin
+    if bin=$(postgres_bin 2>/dev/null) && [[ -x $bin/pg_isready ]]; then
+        timeout 5 "$bin/pg_isready" -q -h "$HOST" -p "$POSTGRES_PORT" -U postgres -d postgres
+    else
+        port_open "$POSTGRES_PORT"
+    fi
+}
+
+start_postgres() {
+    if ours_postgres && probe_postgres; then
+        log "postgres already running (pid $(<"$(pidfile postgres)")), reusing it"
+        return
+    fi
+    if ! ours_postgres && reuse_foreign postgres "$POSTGRES_PORT" probe_postgres; then return; fi
+    ensure_postgres
+    local bin dir as pid
+    bin=$(postgres_bin)
+    dir=$(postgres_dir)
+    read -r -a as <<<"$(postgres_as)"
+    if [[ ! -s $dir/PG_VERSION ]]; then
+        mkdir -p "$dir"
+        [[ $(id -u) -eq 0 ]] && chown postgres:postgres "$dir"
+        chmod 700 "$dir"
+        log "initdb $dir (superuser postgres, trust authentication on loopback)"
+        "${as[@]}" "$bin/initdb" -D "$dir" -U postgres -A trust -E UTF8 --no-sync \
+            >>"$LOGS/postgres.log" 2>&1 9>&- || die "initdb failed (log: $LOGS/postgres.log)"
+    fi
+    rm -f "$dir/postmaster.pid" # a stale one from a killed server blocks the start
+    log "starting postgres ($HOST:$POSTGRES_PORT, data $dir; fsync off: test data only)"
+    # TCP on loopback only, no Unix socket; durability traded for speed
+    # (a test database: the broker of the outbox tests, never user data).
+    pid=$(spawn "$LOGS/postgres.log" "${as[@]}" "$bin/postgres" -D "$dir" \
+        -h "$HOST" -p "$POSTGRES_PORT" -k "" \
+        -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+        -c max_connections=200 -c log_min_messages=warning)
+    wait_ready postgres "$LOGS/postgres.log" "running $pid" probe_postgres || die "postgres did not start"
+    # runuser may sit between us and the postmaster: record the real pid.
+    head -n 1 "$dir/postmaster.pid" >"$(pidfile postgres)"
+    ours_postgres || die "postgres: no live postmaster pid in $dir/postmaster.pid"
+}
+
+stop_postgres() {
+    local pid i
+    # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for clients).
+    if pid=$(live_pid "$(pidfile postgres)" postgres); then
+        log "stopping postgres (pid $pid)"
+        kill -INT "$pid" 2>/dev/null || true
+        for ((i = 0; i < 300; i++)); do
+            running "$pid" || break
+            sleep 0.1
+        done
+    fi
+    stop_pid postgres "$(pidfile postgres)" postgres
+}
+
+env_postgres() {
+    emit MQ_TEST_POSTGRES_URL "postgres://postgres@$HOST:$POSTGRES_PORT/postgres"
+    ours_postgres && emit MQ_TEST_POSTGRES_RESTART "$(restart_cmd postgres)"
+    return 0
+}
+
 # ----------------------------------------------------------------- commands
 
 # The restart command (a shell command line) carries the settings that were
@@ -583,7 +694,8 @@ env_redis() {
 restart_cmd() {
     local v cmd=
     for v in MQ_BROKERS_DIR MQ_BROKERS_WAIT MQ_BROKERS_RABBIT_PORT MQ_BROKERS_RABBIT_DIST_PORT \
-        ERL_EPMD_PORT MQ_BROKERS_KAFKA_PORT MQ_BROKERS_KAFKA_DURABLE_PORT MQ_TANSU_DURABLE_STORAGE MQ_BROKERS_SQS_PORT MQ_BROKERS_REDIS_PORT; do
+        ERL_EPMD_PORT MQ_BROKERS_KAFKA_PORT MQ_BROKERS_KAFKA_DURABLE_PORT MQ_TANSU_DURABLE_STORAGE MQ_BROKERS_SQS_PORT MQ_BROKERS_REDIS_PORT \
+        MQ_BROKERS_POSTGRES_PORT MQ_BROKERS_POSTGRES_DIR; do
         [[ -n ${!v:-} ]] && cmd+=" $v=$(printf %q "${!v}")"
     done
     [[ -n $cmd ]] && cmd="env$cmd "
@@ -603,6 +715,7 @@ brokers() {
         kafka-durable | kafka_durable) out+=(kafka_durable) ;;
         sqs | moto) out+=(sqs) ;;
         redis) out+=(redis) ;;
+        postgres | postgresql | pg) out+=(postgres) ;;
         *) die "unknown broker '$b' (known: ${ALL[*]} all)" ;;
         esac
     done
@@ -645,7 +758,7 @@ cmd_stop() {
 }
 
 cmd_restart() {
-    (($# == 1)) || die "usage: $0 restart rabbit|kafka|kafka-durable|sqs|redis"
+    (($# == 1)) || die "usage: $0 restart rabbit|kafka|kafka-durable|sqs|redis|postgres"
     local b
     case $1 in
     kafka | tansu) b=kafka ;; # the in-memory one; `kafka-durable` names the other

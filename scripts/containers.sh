@@ -5,7 +5,7 @@
 # and the tansu binary that scripts/brokers.sh builds.
 #
 # Usage:
-#   scripts/containers.sh start [rabbitmq|kafka|sqs|redis|all]...  (default: all)
+#   scripts/containers.sh start [rabbitmq|kafka|sqs|redis|postgres|all]...  (default: all)
 #   scripts/containers.sh stop
 #   scripts/containers.sh env
 #
@@ -37,6 +37,7 @@
 #   mq-test/kafka:local       tansu (in-memory storage), Kafka 9092
 #   mq-test/sqs:local         moto[server] via scripts/moto_server.py, 4566
 #   mq-test/redis:local       Debian redis-server, 6379
+#   mq-test/postgres:local    Debian postgresql, 5432 (mq-outbox's tests)
 # The Dockerfiles are in scripts/containers/.
 #
 # Environment:
@@ -63,7 +64,7 @@ PROXY_SOCK="$RUN/api.sock"
 # The API version testcontainers speaks (bollard 0.20's default).
 CLIENT_API=1.52
 
-ALL=(rabbitmq kafka sqs redis)
+ALL=(rabbitmq kafka sqs redis postgres)
 
 export DEBIAN_FRONTEND=noninteractive DOCKER_BUILDKIT=0 DOCKER_CLI_HINTS=false
 
@@ -304,7 +305,7 @@ context_files() {
         cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-bundle.crt" 2>/dev/null || : >"$ctx/ca-bundle.crt"
         printf '%s\n' "$MOTO_SPEC" >"$ctx/.moto-spec"
         ;;
-    redis) ;;
+    redis | postgres) ;;
     esac
 }
 
@@ -349,6 +350,7 @@ images() {
         kafka | tansu) out+=(kafka) ;;
         sqs | moto) out+=(sqs) ;;
         redis) out+=(redis) ;;
+        postgres | postgresql | pg) out+=(postgres) ;;
         *) die "unknown image '$b' (known: ${ALL[*]} all)" ;;
         esac
     done
@@ -361,6 +363,7 @@ var_of() {
     kafka) echo MQ_TEST_KAFKA_IMAGE ;;
     sqs) echo MQ_TEST_SQS_IMAGE ;;
     redis) echo MQ_TEST_REDIS_IMAGE ;;
+    postgres) echo MQ_TEST_POSTGRES_IMAGE ;;
     esac
 }
 

@@ -4,11 +4,12 @@
 # Usage: bash scripts/examples.sh [--memory-only]
 #
 # 1. Every example on memory:// (no broker needed): quickstart, email_sender,
-#    walkthrough, image_pipeline, data_import, rpc, swap_broker.
+#    walkthrough, image_pipeline, data_import, rpc, order_service, swap_broker.
 # 2. For each MQ_TEST_RABBIT_URL / MQ_TEST_KAFKA_URL / MQ_TEST_SQS_URL that is
 #    set (e.g. by `eval "$(bash scripts/brokers.sh start)"`), built with the
 #    matching backend features: swap_broker once over all of them, then
-#    email_sender and rpc against each. URLs are passed through as given
+#    email_sender, rpc and order_service against each (order_service also on
+#    MQ_TEST_POSTGRES_URL when set). URLs are passed through as given
 #    (Kafka needs `?auto_create_topics=true` unless the cluster creates
 #    topics itself). --memory-only skips this part.
 #
@@ -90,6 +91,7 @@ run email_sender "email_sender OK:" "$feature_list" email_sender
 run image_pipeline "image_pipeline OK:" "$feature_list" image_pipeline
 run data_import "data_import OK:" "$feature_list" data_import
 run rpc "rpc OK:" "$feature_list" rpc
+run order_service "order_service OK:" "$feature_list" order_service
 without_brokers=(-u MQ_TEST_RABBIT_URL -u MQ_TEST_KAFKA_URL -u MQ_TEST_SQS_URL)
 run_env=("${without_brokers[@]}")
 run swap_broker "swap_broker OK:" "$feature_list" swap_broker
@@ -106,7 +108,11 @@ else
     scheme="${url%%://*}"
     run "email_sender ($scheme)" "email_sender OK:" "$feature_list" email_sender "$url"
     run "rpc ($scheme)" "rpc OK:" "$feature_list" rpc "$url"
+    run "order_service ($scheme)" "order_service OK:" "$feature_list" order_service "$url"
   done
+  if [[ -n "${MQ_TEST_POSTGRES_URL:-}" ]]; then
+    run "order_service (postgres)" "order_service OK:" "$feature_list" order_service memory:// "$MQ_TEST_POSTGRES_URL"
+  fi
 fi
 
 echo

@@ -16,7 +16,7 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT = ["mq-core/src", "mq-rabbit/src", "mq-kafka/src", "mq-sqs/src", "src", "mq-cli/src"]
+DEFAULT = ["mq-core/src", "mq-rabbit/src", "mq-kafka/src", "mq-sqs/src", "src", "mq-cli/src", "mq-outbox/src"]
 
 
 def strip(text):

@@ -19,7 +19,8 @@
 //!
 //! Everything in [`mq_core`] is re-exported here; this crate adds
 //! [`connect`] and the [`registry()`] of the backends compiled in by cargo
-//! features (`rabbit`, `kafka`, `sqs`; `memory://` is always on).
+//! features (`rabbit`, `kafka`, `sqs`; `memory://` is always on); the
+//! `outbox` feature adds `mq::outbox` (transactional outbox and inbox).
 //!
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
@@ -27,6 +28,12 @@
 #![forbid(unsafe_code)]
 
 pub use mq_core::*;
+
+/// The transactional outbox and inbox on `sqlx` (SQLite, PostgreSQL): a
+/// database write and a message that happen together, effects exactly once
+/// (feature `outbox`; see the `mq-outbox` crate).
+#[cfg(feature = "outbox")]
+pub use mq_outbox as outbox;
 
 /// A backend `mq` knows, compiled in or not: the one list the registry, the
 /// "enable feature X" hints, the conformance test and the CLI iterate
