@@ -77,36 +77,8 @@ now_ms() { date +%s%3N; }
 since() { local ms=$(($(now_ms) - $1)); printf '%d.%ds' $((ms / 1000)) $((ms % 1000 / 100)); }
 emit() { printf "export %s='%s'\n" "$1" "${2//\'/\'\\\'\'}"; }
 
-as_root() {
-    if [[ $(id -u) -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null; then
-        sudo -n "$@"
-    else
-        die "need root (or sudo) to run: $*"
-    fi
-}
-
-APT_UPDATED=
-apt_install() {
-    if [[ -z $APT_UPDATED ]]; then
-        log "apt-get update"
-        as_root apt-get update -qq >&2
-        APT_UPDATED=1
-    fi
-    log "apt-get install $*"
-    # Keep maintainer scripts from starting dockerd/containerd system-wide
-    # (on the default socket, for every process on the machine).
-    local policy=/usr/sbin/policy-rc.d added=
-    if [[ ! -e $policy ]]; then
-        as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
-        added=1
-    fi
-    local rc=0
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
-    [[ -n $added ]] && as_root rm -f "$policy"
-    ((rc == 0)) || die "apt-get install $* failed"
-}
+# shellcheck source=install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/install.sh"
 
 # ------------------------------------------------------------------ engine
 
