@@ -28,6 +28,7 @@ mod config;
 mod consumer;
 mod core;
 mod error;
+mod fanout;
 mod health;
 mod metadata;
 mod producer;
@@ -40,12 +41,13 @@ pub use crate::codec::{
     DEFAULT_GROUP_ID, MAX_ATTRIBUTES,
 };
 pub use crate::config::{
-    Endpoint, SqsConfig, StaticCredentials, DEFAULT_MAX_MESSAGE_SIZE, MAX_DELAY, MAX_VISIBILITY,
-    MAX_WAIT, MIN_MAX_MESSAGE_SIZE,
+    Endpoint, Fanout, SqsConfig, StaticCredentials, DEFAULT_MAX_MESSAGE_SIZE, MAX_DELAY,
+    MAX_VISIBILITY, MAX_WAIT, MIN_MAX_MESSAGE_SIZE,
 };
 pub use crate::consumer::SqsConsumer;
 pub use crate::core::{SdkClients, RESERVED_FOR_ATTRIBUTES};
 pub use crate::error::BACKEND;
+pub use crate::fanout::{GROUP_SEPARATOR, SNS_MAX_MESSAGE_SIZE};
 pub use crate::metadata::SqsMetadata;
 pub use crate::producer::SqsProducer;
 pub use crate::topology::MAX_QUEUE_NAME;
