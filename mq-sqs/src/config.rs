@@ -306,10 +306,12 @@ impl SqsConfig {
             config.fanout = match f.as_str() {
                 "sns" => Fanout::Sns,
                 "none" => Fanout::None,
-                other => return Err(Error::config(format!(
+                other => {
+                    return Err(Error::config(format!(
                     "sqs URL option `fanout` takes `sns` (an SNS topic per destination, a queue \
                          per consumer group) or `none`, not `{other}`"
-                ))),
+                )))
+                }
             };
         }
         opts.finish()?;
