@@ -54,11 +54,15 @@ fn sns(core: &Core) -> Result<&aws_sdk_sns::Client> {
     })
 }
 
+/// Hex digits of the hash that keeps a shortened group queue name unique.
+const NAME_HASH: usize = 16;
+
 /// The name of the queue `group` of `destination` reads: `destination`
 /// itself without a group, else `<destination>__<group>` (before `.fifo`).
-/// Names SQS would refuse (too long with the `.fifo` that `fifo=true` adds,
-/// other characters) and names that could mean two things (`__` in either
-/// part) are `Config` errors.
+/// A name longer than SQS's 80 characters (with the `.fifo` that
+/// `fifo=true` adds) is cut and ends in `-` and 16 hex digits of a hash of
+/// the whole, so it stays unique. Group names SQS would refuse and names
+/// that could mean two things (`__` in either part) are `Config` errors.
 pub(crate) fn group_queue(destination: &str, group: Option<&str>, fifo: bool) -> Result<String> {
     let Some(group) = group else {
         return Ok(destination.to_owned());
@@ -88,19 +92,24 @@ pub(crate) fn group_queue(destination: &str, group: Option<&str>, fifo: bool) ->
         Some(base) => (base, FIFO_SUFFIX),
         None => (destination, ""),
     };
-    let name = format!("{base}{GROUP_SEPARATOR}{group}{suffix}");
-    let added = if fifo && suffix.is_empty() {
-        FIFO_SUFFIX.len()
-    } else {
-        0
-    };
-    if name.len() + added > MAX_QUEUE_NAME {
-        return refuse(format!(
-            "the queue of group `{group}` of `{destination}` would be `{name}`, longer than SQS's \
-             {MAX_QUEUE_NAME} characters: use a shorter destination or group name"
-        ));
+    let whole = format!("{base}{GROUP_SEPARATOR}{group}");
+    let room = MAX_QUEUE_NAME
+        - if fifo || !suffix.is_empty() {
+            FIFO_SUFFIX.len()
+        } else {
+            0
+        };
+    if whole.len() <= room {
+        return Ok(format!("{whole}{suffix}"));
     }
-    Ok(name)
+    // ASCII only (checked above and by the destination's own rules), so
+    // any cut is at a character boundary; a bad destination fails later.
+    let keep = room - 1 - NAME_HASH;
+    let Some(head) = whole.get(..keep) else {
+        return refuse(format!("`{destination}` is not a valid SQS name"));
+    };
+    let hash = codec::stable_hash(&format!("{whole}{suffix}"));
+    Ok(format!("{head}-{}{suffix}", &hash[..NAME_HASH]))
 }
 
 /// The topic of `destination`: cached, else created (`CreateTopic` is
@@ -248,7 +257,14 @@ async fn make_subscription(core: &Core, destination: &str, queue: &str) -> Resul
         .with_backend(BACKEND)
         .with_destination(destination));
     }
-    let (queue_arn, policy) = queue_attributes(core, &info).await?;
+    let (queue_arn, policy) = match queue_attributes(core, &info).await {
+        Ok(attributes) => attributes,
+        Err(e) => {
+            // A queue found gone (an emulator restarted) is made again next time.
+            core.gone(&info, &e);
+            return Err(e);
+        }
+    };
     if let Some(policy) = allow_topic(policy.as_deref(), &queue_arn, &topic.arn) {
         let _request = core.permit(Budget::Other).await;
         core.clients
@@ -457,6 +473,8 @@ pub(crate) async fn delete_topic(core: &Core, destination: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     #[test]
@@ -477,31 +495,46 @@ mod tests {
             group_queue("a-b_c", Some("g-1_x"), false).expect("dashes"),
             "a-b_c__g-1_x"
         );
-        let long = "d".repeat(70);
         for (dest, group) in [
             ("orders", ""),
             ("orders", "bill ing"),
             ("orders", "billing.eu"),
             ("orders", "a__b"),
             ("or__ders", "billing"),
-            (long.as_str(), "group-name"),
-            (&format!("{}.fifo", "d".repeat(66)), "abcdefghij"),
         ] {
             let err = group_queue(dest, Some(group), false).expect_err(group);
             assert_eq!(err.kind(), ErrorKind::Config, "{dest} {group}: {err}");
         }
-        // Exactly 80 with the suffix.
+        // Exactly 80 with the suffix: as is.
         let dest = format!("{}.fifo", "d".repeat(72));
-        assert_eq!(group_queue(&dest, Some("g"), true).expect("80").len(), 80);
+        let name = group_queue(&dest, Some("g"), true).expect("80");
+        assert_eq!(name, format!("{}__g.fifo", "d".repeat(72)));
         let plain = "d".repeat(72);
         assert_eq!(
-            group_queue(&plain, Some("abcdef"), false)
-                .expect("80")
-                .len(),
-            80
+            group_queue(&plain, Some("abcdef"), false).expect("80"),
+            format!("{plain}__abcdef")
         );
-        let err = group_queue(&plain, Some("abcdef"), true).expect_err("85 with .fifo");
-        assert_eq!(err.kind(), ErrorKind::Config);
+        // Longer: cut, with a hash of the whole name, unique and valid.
+        let long = [
+            group_queue(&plain, Some("abcdef"), true).expect("85 with .fifo"),
+            group_queue(&plain, Some("abcdefg"), false).expect("81"),
+            group_queue(&plain, Some("abcdeh"), true).expect("other group"),
+            group_queue(&"e".repeat(79), Some("g"), false).expect("other destination"),
+            group_queue(&format!("{}.fifo", "d".repeat(75)), Some("g"), false).expect("fifo"),
+        ];
+        for name in &long {
+            assert!(name.len() <= 80, "{name}");
+            crate::topology::validate_name(name).expect(name);
+        }
+        assert!(long[0].ends_with(".fifo") && long[4].ends_with(".fifo"));
+        assert!(!long[1].ends_with(".fifo"));
+        let distinct: HashSet<&String> = long.iter().collect();
+        assert_eq!(distinct.len(), long.len(), "{long:?}");
+        assert_eq!(
+            group_queue(&plain, Some("abcdefg"), false).expect("again"),
+            long[1],
+            "the same in every process"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! {batch, error, metadata} < {config, health} < {codec, core} < topology
-//!     < producer < settle < consumer < backend
+//!     < fanout < producer < settle < consumer < backend
 //! ```
 //!
 //! `error` (SDK errors to `mq` errors, the only place), `config` (the URL),
@@ -14,7 +14,8 @@
 //! back), `health` (health from every request's outcome), `batch`
 //! (coalescing calls into batches of 10), `core` (the connection's SDK
 //! clients, request budgets and queue cache), `topology` (queue names,
-//! resolution, creation, statistics), `producer`, `settle` (after the
+//! resolution, creation, statistics), `fanout` (SNS topics and the
+//! subscribed queues of `fanout=sns`, publishing to them), `producer`, `settle` (after the
 //! producer: a dead letter is a send), `consumer`, `backend`
 //! ([`SqsBackend`]), and here: [`DRIVER`], [`register`], [`connect`].
 #![deny(missing_docs)]
