@@ -11,7 +11,9 @@
 //! its data, while the suites use an in-memory one).
 //! `MQ_TEST_LOG=1` prints the backends' debug logs (tracing) to stderr.
 //! The broker backends come from `mq::BACKENDS` (the one list); each runs
-//! against `MQ_TEST_<KEY>_URL` of its driver. `conformance_kafka_mock` runs
+//! against `MQ_TEST_<KEY>_URL` of its driver; SQS runs a second time with
+//! `fanout=sns` added to its URL (SNS topics, groups as subscribed queues),
+//! printed as `conformance sqs (fanout=sns): ...`. `conformance_kafka_mock` runs
 //! the suite against librdkafka's mock cluster too (`kafka+mock://`,
 //! feature `kafka`, no broker).
 //! With no URL and a Docker engine, testcontainers starts the broker
@@ -131,10 +133,19 @@ async fn conformance_brokers() {
     for known in mq::BACKENDS {
         match broker_target(known).await {
             Ok((target, _container)) => {
+                let variant = fanout_variant(&target);
                 let report = run(target).await;
                 announce(&report.summary());
                 if report.failed() > 0 {
                     failures.push(report.failures());
+                }
+                // Right after its plain suite, on the same broker.
+                if let Some(variant) = variant {
+                    let report = run(variant).await;
+                    announce(&report.summary());
+                    if report.failed() > 0 {
+                        failures.push(report.failures());
+                    }
                 }
             }
             Err(why) => skipped(known.driver.map_or(known.feature, |d| d.name), &why),
@@ -145,6 +156,25 @@ async fn conformance_brokers() {
         "failed scenarios:\n{}",
         failures.join("\n")
     );
+}
+
+/// SQS with publish/subscribe through SNS (`fanout=sns`, mq-sqs/README.md):
+/// the same broker and URL as the plain sqs suite plus that option, so
+/// the group scenarios run on SQS too. Its line is `conformance sqs
+/// (fanout=sns): ...`.
+fn fanout_variant(target: &Target) -> Option<Target> {
+    if target.backend != "sqs" {
+        return None;
+    }
+    let with_fanout = |url: &str| {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}fanout=sns")
+    };
+    let mut variant = target.clone();
+    variant.backend = "sqs (fanout=sns)".into();
+    variant.url = with_fanout(&target.url);
+    variant.restart_url = target.restart_url.as_deref().map(with_fanout);
+    Some(variant)
 }
 
 /// Kafka's protocol with no broker: librdkafka's mock cluster inside the

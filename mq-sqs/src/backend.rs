@@ -15,6 +15,7 @@ use crate::config::{SqsConfig, MAX_DELAY};
 use crate::consumer::SqsConsumer;
 use crate::core::{Core, RESERVED_FOR_ATTRIBUTES};
 use crate::error::BACKEND;
+use crate::fanout;
 use crate::producer::SqsProducer;
 use crate::topology;
 
@@ -65,22 +66,42 @@ impl SqsBackend {
         options: ConsumerOptions,
         temporary: bool,
     ) -> Result<SqsConsumer> {
-        if let Some(group) = &options.group {
-            return Err(Error::unsupported(format!(
-                "SQS has no consumer groups or fan-out (group `{group}` asked for): consumers of a queue \
-                 compete for its messages; for publish/subscribe put SNS in front of one queue per group"
-            ))
-            .with_backend(BACKEND)
-            .with_operation("consume")
-            .with_destination(options.source.clone()));
-        }
+        let core = &self.core;
         // Resolve (or create) the queue now, so a bad name or a missing
         // queue is an error here rather than on the first receive.
-        let info = topology::resolve(&self.core, &options.source).await?;
-        let dead_letter = topology::consumer_dead_letter(&info, options.dead_letter.as_deref());
+        let (info, dead_letter) = match (&options.group, fanout::enabled(core)) {
+            (Some(group), false) => {
+                return Err(Error::unsupported(format!(
+                    "SQS has no consumer groups or fan-out (group `{group}` asked for): consumers of a \
+                     queue compete for its messages; add fanout=sns to the URL for publish/subscribe \
+                     (an SNS topic per destination, a queue per group)"
+                ))
+                .with_backend(BACKEND)
+                .with_operation("consume")
+                .with_destination(options.source.clone()))
+            }
+            (Some(group), true) => {
+                let info = fanout::subscribe(core, &options.source, Some(group)).await?;
+                // Dead letters of every group of a destination go to the
+                // destination's dead-letter queue (`mq-original-group` says whose).
+                let option = options
+                    .dead_letter
+                    .clone()
+                    .unwrap_or_else(|| topology::dead_letter_destination(core, &options.source));
+                let dead_letter = topology::consumer_dead_letter(&info, Some(&option));
+                (info, dead_letter)
+            }
+            (None, _) => {
+                let info = topology::resolve(core, &options.source).await?;
+                let dead_letter =
+                    topology::consumer_dead_letter(&info, options.dead_letter.as_deref());
+                (info, dead_letter)
+            }
+        };
         Ok(SqsConsumer::start(
             self.core.clone(),
-            &options.source,
+            &info.logical,
+            (&options.source, options.group.as_deref()),
             options.prefetch_or(mq_core::consumer::DEFAULT_PREFETCH),
             &dead_letter,
             temporary,
@@ -94,23 +115,28 @@ impl Backend for SqsBackend {
         BACKEND
     }
 
+    /// With `fanout=sns`: groups (`pub_sub`), no delay on send (SNS has
+    /// none), SNS's 256 KiB message limit.
     fn capabilities(&self) -> Capabilities {
+        let config = &self.core.config;
+        let fanout = fanout::enabled(&self.core);
         let mut caps = Capabilities::default();
-        // FIFO queues take no per-message delay.
-        caps.delayed_delivery = !self.core.config.fifo;
+        // FIFO queues take no per-message delay, SNS topics none at all.
+        caps.delayed_delivery = !config.fifo && !fanout;
         caps.max_delay = Some(MAX_DELAY);
-        caps.ordering_key = self.core.config.fifo;
+        caps.ordering_key = config.fifo;
         caps.native_dead_letter = false;
-        caps.pub_sub = false;
+        caps.pub_sub = fanout;
+        // A group's queue gets what is published after it subscribed.
         caps.late_group_receives_history = false;
         caps.durable_attempt_count = true;
-        caps.persistent = self.core.config.persistent;
-        caps.max_message_size = Some(
-            self.core
-                .config
-                .max_message_size
-                .saturating_sub(RESERVED_FOR_ATTRIBUTES),
-        );
+        caps.persistent = config.persistent;
+        let max = if fanout {
+            fanout::max_size(&self.core)
+        } else {
+            config.max_message_size
+        };
+        caps.max_message_size = Some(max.saturating_sub(RESERVED_FOR_ATTRIBUTES));
         caps.max_batch = MAX_ENTRIES;
         caps
     }
@@ -138,12 +164,17 @@ impl Backend for SqsBackend {
     /// the queue: a missing one is `NotFound`.
     async fn stats(&self, source: &str, group: Option<&str>) -> Result<QueueStats> {
         if let Some(group) = group {
-            return Err(Error::unsupported(format!(
-                "SQS has no consumer groups (group `{group}` asked for): stats are per queue"
-            ))
-            .with_backend(BACKEND)
-            .with_operation("stats")
-            .with_destination(source));
+            if !fanout::enabled(&self.core) {
+                return Err(Error::unsupported(format!(
+                    "SQS has no consumer groups without fanout=sns (group `{group}` asked for): \
+                     stats are per queue"
+                ))
+                .with_backend(BACKEND)
+                .with_operation("stats")
+                .with_destination(source));
+            }
+            let queue = fanout::group_queue(source, Some(group), self.core.config.fifo)?;
+            return topology::stats(&self.core, &queue).await;
         }
         topology::stats(&self.core, source).await
     }

@@ -226,14 +226,19 @@ pub(crate) fn deduplication_id(id: &str) -> String {
     if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
         return id.to_owned();
     }
-    // FNV-1a, 128 bits as two 64-bit halves: stable across processes.
+    format!("mq-{}", stable_hash(id))
+}
+
+/// 32 hex digits of `text`'s FNV-1a hash (128 bits as two 64-bit halves):
+/// the same in every process, for names made from other names.
+pub(crate) fn stable_hash(text: &str) -> String {
     let mut a: u64 = 0xcbf2_9ce4_8422_2325;
     let mut b: u64 = 0x8422_2325_cbf2_9ce4;
-    for byte in id.bytes() {
+    for byte in text.bytes() {
         a = (a ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
         b = (b ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3 ^ 0x10);
     }
-    format!("mq-{a:016x}{b:016x}")
+    format!("{a:016x}{b:016x}")
 }
 
 /// A count SQS reports as text, saturating at `u32::MAX` (a value past it is

@@ -33,6 +33,21 @@ pub enum Endpoint {
     Url(String),
 }
 
+/// How a destination reaches its consumers (the `fanout` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Fanout {
+    /// A destination is the SQS queue of the same name; consumers compete
+    /// for its messages and there are no groups (the default).
+    #[default]
+    None,
+    /// A destination is an SNS topic of the same name; each consumer group
+    /// is an SQS queue subscribed to it (raw message delivery), and
+    /// group-less consumers share the queue of the destination's own name,
+    /// which is subscribed too (`fanout=sns`).
+    Sns,
+}
+
 /// Static credentials from the URL (`sqs+http://KEY:SECRET@host:port`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticCredentials {
@@ -90,6 +105,8 @@ pub struct SqsConfig {
     /// Whether the broker keeps messages across its restart (AWS: yes; an
     /// emulator usually not).
     pub persistent: bool,
+    /// Publish/subscribe through SNS ([`Fanout::Sns`]) or plain queues.
+    pub fanout: Fanout,
 }
 
 impl SqsConfig {
@@ -124,6 +141,7 @@ impl SqsConfig {
             max_connections: if emulator { 8 } else { 50 },
             receivers: 0,
             persistent,
+            fanout: Fanout::None,
         }
     }
 
@@ -284,6 +302,18 @@ impl SqsConfig {
         if let Some(b) = opts.take_bool("persistent")? {
             config.persistent = b;
         }
+        if let Some(f) = opts.take_str("fanout") {
+            config.fanout = match f.as_str() {
+                "sns" => Fanout::Sns,
+                "none" => Fanout::None,
+                other => {
+                    return Err(Error::config(format!(
+                    "sqs URL option `fanout` takes `sns` (an SNS topic per destination, a queue \
+                         per consumer group) or `none`, not `{other}`"
+                )))
+                }
+            };
+        }
         opts.finish()?;
         Ok(config)
     }
@@ -440,7 +470,8 @@ mod tests {
         let c = parse(
             "sqs+http://k:s@localhost:9324?region=eu-central-1&wait=5s&visibility_timeout=2m\
              &create_queues=false&fifo=true&max_message_size=262144&timeout=3s&connect_timeout=1s\
-             &max_attempts=5&linger=5ms&send_concurrency=4&max_connections=8&receivers=2&persistent=yes&session_token=tok",
+             &max_attempts=5&linger=5ms&send_concurrency=4&max_connections=8&receivers=2&persistent=yes&session_token=tok\
+             &fanout=sns",
         )
         .expect("all options");
         assert_eq!(c.wait, Duration::from_secs(5));
@@ -454,12 +485,36 @@ mod tests {
         assert_eq!(c.send_concurrency, 4);
         assert_eq!(c.max_connections, 8);
         assert_eq!(c.receivers, 2);
+        assert_eq!(c.fanout, Fanout::Sns);
         assert_eq!(
             c.credentials
                 .and_then(|c| c.session_token)
                 .map(|t| t.expose().to_owned()),
             Some("tok".into())
         );
+    }
+
+    #[test]
+    fn fanout_is_opt_in_on_every_scheme() {
+        for url in [
+            "sqs://?region=eu-west-1",
+            "sqs+http://k:s@127.0.0.1:4566",
+            "sqs+https://vpce.example",
+        ] {
+            assert_eq!(parse(url).expect(url).fanout, Fanout::None, "{url}");
+            let on = format!(
+                "{url}{}fanout=sns",
+                if url.contains('?') { '&' } else { '?' }
+            );
+            assert_eq!(parse(&on).expect(&on).fanout, Fanout::Sns, "{on}");
+            let off = format!(
+                "{url}{}fanout=none",
+                if url.contains('?') { '&' } else { '?' }
+            );
+            assert_eq!(parse(&off).expect(&off).fanout, Fanout::None, "{off}");
+        }
+        let err = parse("sqs+http://h:1?fanout=eventbridge").expect_err("unknown mode");
+        assert!(err.to_string().contains("`sns`"), "{err}");
     }
 
     #[test]
@@ -501,6 +556,10 @@ mod tests {
             "sqs+http://h:1?region=eu%20west",
             "sqs+http://h:1?session_token=t",
             "sqs+http://h:1?wait=1s&wait=2s",
+            "sqs+http://h:1?fanout=",
+            "sqs+http://h:1?fanout=SNS",
+            "sqs+http://h:1?fanout=kafka",
+            "sqs+http://h:1?fanout=sns&fanout=none",
             "amqp://h",
         ] {
             let err = parse(bad).expect_err(bad);

@@ -31,6 +31,7 @@ use crate::batch::MAX_ENTRIES;
 use crate::codec;
 use crate::core::{Budget, Core, Orphan};
 use crate::error;
+use crate::fanout;
 use crate::metadata::SqsMetadata;
 use crate::settle::SqsSettler;
 use crate::topology;
@@ -73,17 +74,19 @@ impl fmt::Debug for SqsConsumer {
 }
 
 impl SqsConsumer {
-    /// A consumer of `logical` (already resolved) holding at most `prefetch`
-    /// unsettled deliveries and dead-lettering to `dead_letter`.
+    /// A consumer of queue `logical` (already resolved; `group` of
+    /// `source`, whose names its deliveries report) holding at most
+    /// `prefetch` unsettled deliveries and dead-lettering to `dead_letter`.
     pub(crate) fn start(
         core: Arc<Core>,
         logical: &str,
+        source: (&str, Option<&str>),
         prefetch: usize,
         dead_letter: &str,
         temporary: bool,
     ) -> Self {
         let receivers = core.config.receivers_for(prefetch);
-        let settler = SqsSettler::start(core, logical, prefetch, dead_letter);
+        let settler = SqsSettler::start(core, logical, source, prefetch, dead_letter);
         let (tx, rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let error_queued = Arc::new(AtomicBool::new(false));
@@ -151,7 +154,13 @@ impl SqsConsumer {
         let core = self.settler.core.clone();
         let logical = self.settler.logical.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { topology::delete_resolved(&core, &logical).await });
+            runtime.spawn(async move {
+                topology::delete_resolved(&core, &logical).await;
+                // With fan-out, replies were published to a topic of the same name.
+                if fanout::enabled(&core) {
+                    fanout::delete_topic(&core, &logical).await;
+                }
+            });
         }
     }
 }
@@ -545,7 +554,13 @@ fn adopt(
 /// One long poll for up to `n` messages; returns the queue URL used too.
 async fn receive(settler: &SqsSettler, n: usize) -> Result<(String, Vec<SqsMessage>)> {
     let core = &settler.core;
-    let info = topology::resolve(core, &settler.logical).await?;
+    let info = match settler.group.as_deref() {
+        // A group's queue made again (an emulator restarted) is subscribed again.
+        Some(group) if fanout::enabled(core) => {
+            fanout::subscribe(core, &settler.source, Some(group)).await?
+        }
+        _ => topology::resolve(core, &settler.logical).await?,
+    };
     let config = &core.config;
     let _request = core.permit(Budget::Receive).await;
     let result = core
@@ -587,13 +602,10 @@ fn deliver(
         m.message_id().unwrap_or_default().to_owned(),
         url.to_owned(),
     );
-    let received = Received::new(
-        settler.logical.to_string(),
-        decoded.message,
-        decoded.attempt,
-    )
-    .with_timestamp(decoded.sent_at)
-    .with_metadata(metadata);
+    let received = Received::new(settler.source.to_string(), decoded.message, decoded.attempt)
+        .with_group(settler.group.as_deref().map(str::to_owned))
+        .with_timestamp(decoded.sent_at)
+        .with_metadata(metadata);
     Delivery::new(received, settler.clone())
 }
 
@@ -610,7 +622,7 @@ mod tests {
         let url = RedactedUrl::parse("sqs+http://k:s@127.0.0.1:9?region=us-east-1").expect("url");
         let config = Arc::new(SqsConfig::from_url(&url).expect("config"));
         let core = Arc::new(Core::connect(config).await.expect("clients"));
-        let settler = SqsSettler::start(core, "q", 10, "q-dlq");
+        let settler = SqsSettler::start(core, "q", ("q", None), 10, "q-dlq");
         let (tx, rx) = mpsc::unbounded_channel();
         let consumer = SqsConsumer {
             settler,

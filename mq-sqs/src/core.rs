@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
+use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::config::Credentials;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use mq_core::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
 use tokio::sync::{OnceCell, Semaphore, SemaphorePermit};
 
-use crate::config::{Endpoint, SqsConfig, MAX_WAIT};
+use crate::config::{Endpoint, Fanout, SqsConfig, MAX_WAIT};
 use crate::error::BACKEND;
 use crate::health::{HealthInterceptor, HealthState};
 
@@ -59,13 +59,36 @@ impl SdkClients {
     ///
     /// A `Config` error when `sqs://` (AWS's endpoint) finds no region.
     pub async fn build(config: &SqsConfig) -> Result<Self> {
-        sdk_clients(config, None).await
+        Ok(sdk_clients(config, None).await?.0)
     }
 }
 
-/// The SDK clients for `config` (see [`SdkClients::build`]); every request
-/// of both reports its outcome to `health`, if given.
-async fn sdk_clients(config: &SqsConfig, health: Option<Arc<HealthState>>) -> Result<SdkClients> {
+/// `shared` with a region: its own, else `us-east-1` for an explicit
+/// endpoint; `sqs://` without one is a `Config` error.
+fn with_region(shared: SdkConfig, config: &SqsConfig) -> Result<SdkConfig> {
+    if shared.region().is_some() {
+        return Ok(shared);
+    }
+    match config.endpoint {
+        Endpoint::Url(_) => Ok(shared
+            .into_builder()
+            .region(Region::new(EMULATOR_REGION))
+            .build()),
+        Endpoint::Aws => Err(Error::config(
+            "no AWS region: add ?region=eu-west-1 to the sqs:// URL or set AWS_REGION \
+             (or a region in the AWS profile)",
+        )
+        .with_backend(BACKEND)),
+    }
+}
+
+/// The SDK clients for `config` (see [`SdkClients::build`]) and the shared
+/// settings they were made from (for the SNS client); every request of
+/// both reports its outcome to `health`, if given.
+async fn sdk_clients(
+    config: &SqsConfig,
+    health: Option<Arc<HealthState>>,
+) -> Result<(SdkClients, SdkConfig)> {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
@@ -102,22 +125,10 @@ async fn sdk_clients(config: &SqsConfig, health: Option<Arc<HealthState>>) -> Re
     if let Endpoint::Url(url) = &config.endpoint {
         loader = loader.endpoint_url(url.clone());
     }
-    let shared = loader.load().await;
+    let shared = with_region(loader.load().await, config)?;
     let mut builder = aws_sdk_sqs::config::Builder::from(&shared);
     if let Some(health) = health {
         builder = builder.interceptor(HealthInterceptor(health));
-    }
-    if shared.region().is_none() {
-        match config.endpoint {
-            Endpoint::Url(_) => builder = builder.region(Region::new(EMULATOR_REGION)),
-            Endpoint::Aws => {
-                return Err(Error::config(
-                    "no AWS region: add ?region=eu-west-1 to the sqs:// URL or set AWS_REGION \
-                     (or a region in the AWS profile)",
-                )
-                .with_backend(BACKEND))
-            }
-        }
     }
     let ops = builder.clone().build();
     // A receive waits up to `wait` before SQS answers: its attempts get that on top.
@@ -129,10 +140,13 @@ async fn sdk_clients(config: &SqsConfig, health: Option<Arc<HealthState>>) -> Re
                 .saturating_add(config.request_timeout()),
         ))
         .build();
-    Ok(SdkClients {
-        ops: aws_sdk_sqs::Client::from_conf(ops),
-        receive: aws_sdk_sqs::Client::from_conf(receive),
-    })
+    Ok((
+        SdkClients {
+            ops: aws_sdk_sqs::Client::from_conf(ops),
+            receive: aws_sdk_sqs::Client::from_conf(receive),
+        },
+        shared,
+    ))
 }
 
 /// The SDK clients of a connection and the health their requests report.
@@ -142,17 +156,27 @@ pub(crate) struct Clients {
     pub(crate) ops: aws_sdk_sqs::Client,
     /// With a time limit that leaves room for the long poll.
     pub(crate) receive: aws_sdk_sqs::Client,
-    /// What the requests of both clients said lately.
+    /// The SNS client, with `fanout=sns` only: same settings as `ops`.
+    pub(crate) sns: Option<aws_sdk_sns::Client>,
+    /// What the requests of every client said lately.
     pub(crate) health: Arc<HealthState>,
 }
 
 impl Clients {
     async fn new(config: &SqsConfig) -> Result<Self> {
         let health = Arc::new(HealthState::default());
-        let SdkClients { ops, receive } = sdk_clients(config, Some(health.clone())).await?;
+        let (SdkClients { ops, receive }, shared) =
+            sdk_clients(config, Some(health.clone())).await?;
+        let sns = (config.fanout == Fanout::Sns).then(|| {
+            let conf = aws_sdk_sns::config::Builder::from(&shared)
+                .interceptor(HealthInterceptor(health.clone()))
+                .build();
+            aws_sdk_sns::Client::from_conf(conf)
+        });
         Ok(Clients {
             ops,
             receive,
+            sns,
             health,
         })
     }
@@ -184,15 +208,25 @@ pub(crate) struct QueueInfo {
     pub(crate) redrive_target: Option<String>,
 }
 
-impl QueueInfo {
-    /// The largest [`encoded_len`](mq_core::Message::encoded_len) accepted.
-    pub(crate) fn limit(&self) -> usize {
-        self.max_size.saturating_sub(RESERVED_FOR_ATTRIBUTES)
-    }
-}
-
 /// A cache entry: filled once by the first resolution, shared by concurrent ones.
 pub(crate) type Slot = Arc<OnceCell<Arc<QueueInfo>>>;
+
+/// What `mq` knows about the SNS topic of a destination (`fanout=sns`).
+#[derive(Debug)]
+pub(crate) struct TopicInfo {
+    /// The destination as the application names it.
+    pub(crate) logical: String,
+    /// The topic's ARN.
+    pub(crate) arn: String,
+    /// A FIFO topic (`.fifo`).
+    pub(crate) fifo: bool,
+}
+
+/// A cache entry of a topic.
+pub(crate) type TopicSlot = Arc<OnceCell<Arc<TopicInfo>>>;
+
+/// A cache entry of a subscription: set once the queue is subscribed.
+pub(crate) type SubscriptionSlot = Arc<OnceCell<()>>;
 
 /// The state of one connection, shared by its producers, consumers and
 /// settlers.
@@ -200,6 +234,10 @@ pub(crate) struct Core {
     pub(crate) clients: Clients,
     pub(crate) config: Arc<SqsConfig>,
     cache: Mutex<HashMap<String, Slot>>,
+    /// Topics by destination (`fanout=sns`).
+    topics: Mutex<HashMap<String, TopicSlot>>,
+    /// Subscribed queues (by queue name) and their destination (`fanout=sns`).
+    subscriptions: Mutex<HashMap<String, (String, SubscriptionSlot)>>,
     orphans: Mutex<HashMap<String, Vec<Orphan>>>,
     /// One permit per send in flight.
     sends: Semaphore,
@@ -241,6 +279,8 @@ impl Core {
             receives: Semaphore::new(config.max_connections.max(1)),
             config,
             cache: Mutex::new(HashMap::new()),
+            topics: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashMap::new()),
         })
     }
@@ -294,6 +334,47 @@ impl Core {
         self.cache.lock().get(logical)?.get().cloned()
     }
 
+    /// The cache entry of the topic of `destination`, made empty if there is none.
+    pub(crate) fn topic_slot(&self, destination: &str) -> TopicSlot {
+        self.topics
+            .lock()
+            .entry(destination.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The cache entry of the subscription of `queue` to `destination`'s topic.
+    pub(crate) fn subscription_slot(&self, queue: &str, destination: &str) -> SubscriptionSlot {
+        self.subscriptions
+            .lock()
+            .entry(queue.to_owned())
+            .or_insert_with(|| (destination.to_owned(), SubscriptionSlot::default()))
+            .1
+            .clone()
+    }
+
+    /// Forgets the topic `info` and every subscription to it (the topic is
+    /// gone): the next use creates and subscribes again.
+    pub(crate) fn forget_topic(&self, info: &Arc<TopicInfo>) {
+        let mut topics = self.topics.lock();
+        let same = topics
+            .get(&info.logical)
+            .and_then(|slot| slot.get())
+            .is_some_and(|cached| Arc::ptr_eq(cached, info));
+        if same {
+            tracing::debug!(topic = %info.logical, "topic is gone; forgetting it and its subscriptions");
+            topics.remove(&info.logical);
+            self.subscriptions
+                .lock()
+                .retain(|_, (destination, _)| destination != &info.logical);
+        }
+    }
+
+    /// Forgets that `queue` is subscribed (the queue is gone).
+    pub(crate) fn forget_subscription(&self, queue: &str) {
+        self.subscriptions.lock().remove(queue);
+    }
+
     /// Forgets `info` (the queue is gone); a later resolution starts afresh.
     pub(crate) fn invalidate(&self, info: &Arc<QueueInfo>) {
         let mut cache = self.cache.lock();
@@ -304,6 +385,8 @@ impl Core {
         if same {
             tracing::debug!(queue = %info.logical, "queue is gone; forgetting its URL");
             cache.remove(&info.logical);
+            // A queue made again is subscribed again.
+            self.forget_subscription(&info.logical);
         }
     }
 

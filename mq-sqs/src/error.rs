@@ -10,10 +10,13 @@ use mq_core::{Error, ErrorKind, Result};
 /// The backend's name in errors, logs and metrics.
 pub const BACKEND: &str = "sqs";
 
-/// Error codes meaning "the queue does not exist" (JSON and query protocols).
+/// Error codes meaning "the queue does not exist" (JSON and query
+/// protocols), or with `fanout=sns` "the topic does not exist" (SNS's
+/// `NotFound`).
 const QUEUE_MISSING: &[&str] = &[
     "QueueDoesNotExist",
     "AWS.SimpleQueueService.NonExistentQueue",
+    "NotFound",
 ];
 
 /// Error codes meaning "who you are or what you may do is wrong".
@@ -28,6 +31,8 @@ const PERMISSION: &[&str] = &[
     "IncompleteSignature",
     "ExpiredToken",
     "KMS.AccessDeniedException",
+    // SNS.
+    "AuthorizationError",
 ];
 
 /// Error codes worth retrying: the service is busy or briefly unavailable.
@@ -41,6 +46,9 @@ const TRANSIENT: &[&str] = &[
     "InternalFailure",
     "RequestTimeout",
     "KmsThrottled",
+    // SNS.
+    "Throttled",
+    "KMSThrottling",
 ];
 
 /// Codes meaning "the request itself is invalid" (a bug or bad input: not retried).
@@ -54,6 +62,10 @@ const INVALID: &[&str] = &[
     "UnsupportedOperation",
     "InvalidBatchEntryId",
     "BatchEntryIdsNotDistinct",
+    // SNS.
+    "InvalidParameter",
+    "InvalidParameterException",
+    "TooManyEntriesInBatchRequest",
 ];
 
 /// What an SQS error code means for `mq`: the kind and whether a retry can help.
@@ -86,6 +98,31 @@ pub(crate) fn sdk<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    convert(err, "SQS", operation, destination)
+}
+
+/// Converts an SNS SDK error of `operation` on `destination` (a topic's
+/// destination name); the same classification as SQS's.
+pub(crate) fn sns<E>(
+    err: SdkError<E, aws_sdk_sns::config::http::HttpResponse>,
+    operation: &'static str,
+    destination: &str,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    convert(err, "SNS", operation, destination)
+}
+
+fn convert<E>(
+    err: SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
+    service: &str,
+    operation: &'static str,
+    destination: &str,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
     let (kind, retryable, message) = match &err {
         SdkError::ConstructionFailure(_) => (
             ErrorKind::Config,
@@ -95,25 +132,27 @@ where
         SdkError::TimeoutError(_) => (
             ErrorKind::Timeout,
             true,
-            "SQS did not answer in time".to_owned(),
+            format!("{service} did not answer in time"),
         ),
         SdkError::DispatchFailure(d) if d.is_timeout() => (
             ErrorKind::Timeout,
             true,
-            "SQS did not answer in time".to_owned(),
+            format!("{service} did not answer in time"),
         ),
         SdkError::DispatchFailure(d) if d.is_user() => (
             ErrorKind::Config,
             false,
             "the request could not be sent (check the endpoint and region)".to_owned(),
         ),
-        SdkError::DispatchFailure(_) => {
-            (ErrorKind::Connection, true, "cannot reach SQS".to_owned())
-        }
+        SdkError::DispatchFailure(_) => (
+            ErrorKind::Connection,
+            true,
+            format!("cannot reach {service}"),
+        ),
         SdkError::ResponseError(_) => (
             ErrorKind::Broker,
             true,
-            "SQS sent a response that could not be read".to_owned(),
+            format!("{service} sent a response that could not be read"),
         ),
         SdkError::ServiceError(s) => {
             let code = s.err().code().unwrap_or("Unknown");
@@ -129,10 +168,10 @@ where
             (
                 kind,
                 retryable,
-                format!("SQS refused the request: {code}: {msg}"),
+                format!("{service} refused the request: {code}: {msg}"),
             )
         }
-        _ => (ErrorKind::Broker, true, "SQS request failed".to_owned()),
+        _ => (ErrorKind::Broker, true, format!("{service} request failed")),
     };
     Error::new(kind, message)
         .with_retryable(retryable)
@@ -229,6 +268,65 @@ where
                     Error::new(ErrorKind::Broker, "SQS reported no outcome for the entry")
                         .with_backend(BACKEND)
                         .with_operation(operation)
+                        .with_destination(destination),
+                )
+            })
+        })
+        .collect())
+}
+
+/// What a `PublishBatch` of `n` entries to the topic of `destination` came
+/// to, entry `i` having the id `i` (as [`answer`] for SQS batch calls).
+pub(crate) fn published(
+    sent: std::result::Result<
+        aws_sdk_sns::operation::publish_batch::PublishBatchOutput,
+        SdkError<
+            aws_sdk_sns::operation::publish_batch::PublishBatchError,
+            aws_sdk_sns::config::http::HttpResponse,
+        >,
+    >,
+    n: usize,
+    destination: &str,
+) -> Result<Vec<Result<()>>> {
+    let out = sent.map_err(|e| sns(e, "publish", destination))?;
+    let mut results: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
+    for ok in out.successful() {
+        if let Some(slot) = ok
+            .id()
+            .and_then(|id| id.parse::<usize>().ok())
+            .and_then(|i| results.get_mut(i))
+        {
+            *slot = Some(Ok(()));
+        }
+    }
+    for f in out.failed() {
+        let message = f.message().unwrap_or("");
+        let (kind, retryable) = classify(f.code(), message, Some(f.sender_fault()));
+        let err = Error::new(
+            kind,
+            format!("SNS refused the message: {}: {message}", f.code()),
+        )
+        .with_retryable(retryable)
+        .with_backend(BACKEND)
+        .with_operation("publish")
+        .with_destination(destination);
+        if let Some(slot) = f
+            .id()
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| results.get_mut(i))
+        {
+            *slot = Some(Err(err));
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(
+                    Error::new(ErrorKind::Broker, "SNS reported no outcome for the entry")
+                        .with_backend(BACKEND)
+                        .with_operation("publish")
                         .with_destination(destination),
                 )
             })

@@ -103,25 +103,33 @@ impl HealthState {
 macro_rules! error_code {
     ($err:expr) => {
         error_code!(@try $err;
-            send_message::SendMessageError,
-            send_message_batch::SendMessageBatchError,
-            receive_message::ReceiveMessageError,
-            delete_message::DeleteMessageError,
-            delete_message_batch::DeleteMessageBatchError,
-            change_message_visibility::ChangeMessageVisibilityError,
-            change_message_visibility_batch::ChangeMessageVisibilityBatchError,
-            get_queue_url::GetQueueUrlError,
-            get_queue_attributes::GetQueueAttributesError,
-            create_queue::CreateQueueError,
-            delete_queue::DeleteQueueError,
+            aws_sdk_sqs::operation::send_message::SendMessageError,
+            aws_sdk_sqs::operation::send_message_batch::SendMessageBatchError,
+            aws_sdk_sqs::operation::receive_message::ReceiveMessageError,
+            aws_sdk_sqs::operation::delete_message::DeleteMessageError,
+            aws_sdk_sqs::operation::delete_message_batch::DeleteMessageBatchError,
+            aws_sdk_sqs::operation::change_message_visibility::ChangeMessageVisibilityError,
+            aws_sdk_sqs::operation::change_message_visibility_batch::ChangeMessageVisibilityBatchError,
+            aws_sdk_sqs::operation::get_queue_url::GetQueueUrlError,
+            aws_sdk_sqs::operation::get_queue_attributes::GetQueueAttributesError,
+            aws_sdk_sqs::operation::set_queue_attributes::SetQueueAttributesError,
+            aws_sdk_sqs::operation::create_queue::CreateQueueError,
+            aws_sdk_sqs::operation::delete_queue::DeleteQueueError,
+            // SNS, with `fanout=sns`.
+            aws_sdk_sns::operation::publish::PublishError,
+            aws_sdk_sns::operation::publish_batch::PublishBatchError,
+            aws_sdk_sns::operation::create_topic::CreateTopicError,
+            aws_sdk_sns::operation::get_topic_attributes::GetTopicAttributesError,
+            aws_sdk_sns::operation::delete_topic::DeleteTopicError,
+            aws_sdk_sns::operation::subscribe::SubscribeError,
         )
     };
-    (@try $err:expr; $($op:ident :: $error:ident),* $(,)?) => {{
+    (@try $err:expr; $($error:path),* $(,)?) => {{
         let err = $err;
         let mut found = None;
         $(
             if found.is_none() {
-                if let Some(e) = err.downcast_ref::<aws_sdk_sqs::operation::$op::$error>() {
+                if let Some(e) = err.downcast_ref::<$error>() {
                     found = Some((
                         e.code().unwrap_or("Unknown").to_owned(),
                         e.message().unwrap_or("").to_owned(),

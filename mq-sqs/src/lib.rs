@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! {batch, error, metadata} < {config, health} < {codec, core} < topology
-//!     < producer < settle < consumer < backend
+//!     < fanout < producer < settle < consumer < backend
 //! ```
 //!
 //! `error` (SDK errors to `mq` errors, the only place), `config` (the URL),
@@ -14,7 +14,8 @@
 //! back), `health` (health from every request's outcome), `batch`
 //! (coalescing calls into batches of 10), `core` (the connection's SDK
 //! clients, request budgets and queue cache), `topology` (queue names,
-//! resolution, creation, statistics), `producer`, `settle` (after the
+//! resolution, creation, statistics), `fanout` (SNS topics and the
+//! subscribed queues of `fanout=sns`, publishing to them), `producer`, `settle` (after the
 //! producer: a dead letter is a send), `consumer`, `backend`
 //! ([`SqsBackend`]), and here: [`DRIVER`], [`register`], [`connect`].
 #![deny(missing_docs)]
@@ -28,6 +29,7 @@ mod config;
 mod consumer;
 mod core;
 mod error;
+mod fanout;
 mod health;
 mod metadata;
 mod producer;
@@ -40,12 +42,13 @@ pub use crate::codec::{
     DEFAULT_GROUP_ID, MAX_ATTRIBUTES,
 };
 pub use crate::config::{
-    Endpoint, SqsConfig, StaticCredentials, DEFAULT_MAX_MESSAGE_SIZE, MAX_DELAY, MAX_VISIBILITY,
-    MAX_WAIT, MIN_MAX_MESSAGE_SIZE,
+    Endpoint, Fanout, SqsConfig, StaticCredentials, DEFAULT_MAX_MESSAGE_SIZE, MAX_DELAY,
+    MAX_VISIBILITY, MAX_WAIT, MIN_MAX_MESSAGE_SIZE,
 };
 pub use crate::consumer::SqsConsumer;
 pub use crate::core::{SdkClients, RESERVED_FOR_ATTRIBUTES};
 pub use crate::error::BACKEND;
+pub use crate::fanout::{GROUP_SEPARATOR, SNS_MAX_MESSAGE_SIZE};
 pub use crate::metadata::SqsMetadata;
 pub use crate::producer::SqsProducer;
 pub use crate::topology::MAX_QUEUE_NAME;

@@ -21,6 +21,7 @@ use crate::batch::{self, MAX_ENTRIES};
 use crate::codec::{self, Wire};
 use crate::core::{Budget, Core, QueueInfo, RESERVED_FOR_ATTRIBUTES};
 use crate::error::{self, BACKEND};
+use crate::fanout;
 use crate::topology;
 
 /// The most bytes (bodies and attributes) one `SendMessageBatch` carries.
@@ -35,8 +36,16 @@ pub struct SqsProducer {
 
 struct ProducerInner {
     core: Arc<Core>,
-    batchers: Mutex<HashMap<String, Batcher>>,
+    batchers: Mutex<HashMap<Route, Batcher>>,
     closed: AtomicBool,
+}
+
+/// Where a message goes: a queue (by name), or with `fanout=sns` the topic
+/// of a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Route {
+    Queue(String),
+    Topic(String),
 }
 
 /// The batching task of one destination and where to hand it messages.
@@ -75,10 +84,43 @@ impl SqsProducer {
         Ok(())
     }
 
-    /// The batching task of `destination`, started on first use.
-    fn batcher(&self, destination: &str) -> mpsc::UnboundedSender<Pending> {
+    /// Where `message` sent to `destination` goes: the queue of that name;
+    /// with `fanout=sns` its topic, except for a replayed dead letter, which
+    /// goes back to the queue it came from ([`fanout::replay_queue`]).
+    fn route(&self, destination: &str, message: &Message) -> Result<Route> {
+        let core = &self.inner.core;
+        if !fanout::enabled(core) {
+            return Ok(Route::Queue(destination.to_owned()));
+        }
+        match fanout::replay_queue(destination, message, core.config.fifo) {
+            Some(queue) => Ok(Route::Queue(queue?)),
+            None => Ok(Route::Topic(destination.to_owned())),
+        }
+    }
+
+    /// Checks and encodes `message` for `route`, making the queue or topic
+    /// (and its default subscription) on first use.
+    async fn prepare_for(&self, route: &Route, message: Message) -> Result<Wire> {
+        let core = &self.inner.core;
+        match route {
+            Route::Queue(queue) => prepare(&*topology::resolve(core, queue).await?, message),
+            Route::Topic(destination) => {
+                let topic = fanout::publish_target(core, destination).await?;
+                let limits = Limits {
+                    logical: destination,
+                    fifo: topic.fifo,
+                    max_size: fanout::max_size(core),
+                    limit: "SNS's 256 KiB per message (or max_message_size)",
+                };
+                encode_within(&limits, message)
+            }
+        }
+    }
+
+    /// The batching task of `route`, started on first use.
+    fn batcher(&self, route: &Route) -> mpsc::UnboundedSender<Pending> {
         let mut batchers = self.inner.batchers.lock();
-        if let Some((tx, _)) = batchers.get(destination) {
+        if let Some((tx, _)) = batchers.get(route) {
             return tx.clone();
         }
         let config = &self.inner.core.config;
@@ -89,16 +131,16 @@ impl SqsProducer {
             concurrency: config.send_concurrency,
         };
         let core = self.inner.core.clone();
-        let logical: Arc<str> = destination.into();
+        let target = Arc::new(route.clone());
         let (tx, task) = batch::spawn(
             settings,
             |p: &Pending| p.wire.size(),
             move |pending: Vec<Pending>| {
-                let (core, logical) = (core.clone(), logical.clone());
+                let (core, target) = (core.clone(), target.clone());
                 async move {
                     let (wires, replies): (Vec<Wire>, Vec<_>) =
                         pending.into_iter().map(|p| (p.wire, p.reply)).unzip();
-                    let results = send_to(&core, &logical, &wires).await;
+                    let results = deliver(&core, &target, &wires).await;
                     for (reply, result) in replies.into_iter().zip(results) {
                         // The caller may have stopped waiting; nothing to do then.
                         let _ = reply.send(result);
@@ -106,40 +148,118 @@ impl SqsProducer {
                 }
             },
         );
-        batchers.insert(destination.to_owned(), (tx.clone(), task));
+        batchers.insert(route.clone(), (tx.clone(), task));
         tx
+    }
+
+    /// Sends `messages` (with their index in the caller's batch) along
+    /// `route` in batch calls, and returns each one's outcome.
+    async fn send_route(
+        &self,
+        route: &Route,
+        messages: Vec<(usize, Message)>,
+    ) -> Vec<(usize, Result<()>)> {
+        let mut out = Vec::with_capacity(messages.len());
+        let mut ready = Vec::with_capacity(messages.len());
+        let mut fifo = false;
+        for (i, m) in messages {
+            match self.prepare_for(route, m).await {
+                Ok(wire) => {
+                    fifo |= wire.fifo.is_some();
+                    ready.push((i, wire));
+                }
+                Err(e) => out.push((i, Err(e))),
+            }
+        }
+        let core = &self.inner.core;
+        let calls = chunks(ready).into_iter().map(|chunk| async move {
+            let (indexes, wires): (Vec<usize>, Vec<Wire>) = chunk.into_iter().unzip();
+            let outcomes = deliver(core, route, &wires).await;
+            indexes.into_iter().zip(outcomes).collect::<Vec<_>>()
+        });
+        // FIFO order across chunks needs one call after the other.
+        let in_flight = if fifo {
+            1
+        } else {
+            core.config.send_concurrency
+        };
+        let done: Vec<Vec<(usize, Result<()>)>> = futures::stream::iter(calls)
+            .buffer_unordered(in_flight)
+            .collect()
+            .await;
+        out.extend(done.into_iter().flatten());
+        out
     }
 }
 
-/// Checks `message` against the queue's limits and encodes it.
-pub(crate) fn prepare(info: &QueueInfo, message: Message) -> Result<Wire> {
+/// Sends `wires` along `route` in one call: [`send_to`] a queue or
+/// [`fanout::publish`] to a topic.
+async fn deliver(core: &Core, route: &Route, wires: &[Wire]) -> Vec<Result<()>> {
+    match route {
+        Route::Queue(queue) => send_to(core, queue, wires).await,
+        Route::Topic(destination) => fanout::publish(core, destination, wires).await,
+    }
+}
+
+/// What a message is checked against before it is sent.
+struct Limits<'a> {
+    /// The destination, for errors.
+    logical: &'a str,
+    /// FIFO: a message group and deduplication id.
+    fifo: bool,
+    /// The largest wire size (body and attributes) accepted.
+    max_size: usize,
+    /// That limit's name, for errors.
+    limit: &'a str,
+}
+
+/// Checks `message` against `limits` (its encoded length within
+/// `max_size` less [`RESERVED_FOR_ATTRIBUTES`], then its wire size within
+/// `max_size`) and encodes it.
+fn encode_within(limits: &Limits<'_>, message: Message) -> Result<Wire> {
+    let logical = limits.logical;
     let size = message.encoded_len();
-    if size > info.limit() {
+    let allowed = limits.max_size.saturating_sub(RESERVED_FOR_ATTRIBUTES);
+    if size > allowed {
         return Err(Error::too_large(
             size,
-            info.limit(),
+            allowed,
             &format!(
-                "SQS MaximumMessageSize of queue `{}`, {} bytes, less {RESERVED_FOR_ATTRIBUTES} kept for mq's attributes",
-                info.logical, info.max_size
+                "{}, {} bytes, less {RESERVED_FOR_ATTRIBUTES} kept for mq's attributes",
+                limits.limit, limits.max_size
             ),
         )
         .with_backend(BACKEND)
         .with_operation("send")
-        .with_destination(info.logical.clone()));
+        .with_destination(logical));
     }
-    let wire =
-        codec::encode(message, info.fifo).map_err(|e| e.with_destination(info.logical.clone()))?;
-    if wire.size() > info.max_size {
+    let wire = codec::encode(message, limits.fifo).map_err(|e| e.with_destination(logical))?;
+    if wire.size() > limits.max_size {
         return Err(Error::too_large(
             wire.size(),
-            info.max_size,
-            "SQS MaximumMessageSize, counting body and attributes as sent (base64 makes a binary payload a third larger)",
+            limits.max_size,
+            &format!(
+                "{}, counting body and attributes as sent (base64 makes a binary payload a third larger)",
+                limits.limit
+            ),
         )
         .with_backend(BACKEND)
         .with_operation("send")
-        .with_destination(info.logical.clone()));
+        .with_destination(logical));
     }
     Ok(wire)
+}
+
+/// Checks `message` against the queue's limits and encodes it.
+pub(crate) fn prepare(info: &QueueInfo, message: Message) -> Result<Wire> {
+    let limit = format!("SQS MaximumMessageSize of queue `{}`", info.logical);
+    let limits = Limits {
+        logical: &info.logical,
+        fifo: info.fifo,
+        max_size: info.max_size,
+        limit: &limit,
+    };
+    encode_within(&limits, message)
 }
 
 /// Rounds of [`fit_copy`]: each measures the encoding's overhead again.
@@ -293,10 +413,10 @@ fn chunks(ready: Vec<(usize, Wire)>) -> Vec<Vec<(usize, Wire)>> {
 impl Producer for SqsProducer {
     async fn send(&self, destination: &str, message: Message) -> Result<()> {
         self.check_open(destination)?;
-        let info = topology::resolve(&self.inner.core, destination).await?;
-        let wire = prepare(&info, message)?;
+        let route = self.route(destination, &message)?;
+        let wire = self.prepare_for(&route, message).await?;
         let (reply, outcome) = oneshot::channel();
-        self.batcher(destination)
+        self.batcher(&route)
             .send(Pending { wire, reply })
             .map_err(|_| error::closed("the producer", "send", destination))?;
         outcome.await.unwrap_or_else(|_| {
@@ -310,48 +430,34 @@ impl Producer for SqsProducer {
         })
     }
 
+    /// Chunks into batch calls of up to 10 (one call after the other for
+    /// FIFO); with `fanout=sns`, `PublishBatch` calls to the topic (replayed
+    /// dead letters apart, to their queue).
     async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> BatchReport {
         let ids: Vec<String> = messages.iter().map(|m| m.id().to_owned()).collect();
-        let prepared = match self.check_open(destination) {
-            Ok(()) => topology::resolve(&self.inner.core, destination).await,
-            Err(e) => Err(e),
-        };
-        let info = match prepared {
-            Ok(info) => info,
-            Err(e) => {
-                return BatchReport::new(
-                    ids.into_iter()
-                        .map(|id| (id, Err(error::replicate(&e))))
-                        .collect(),
-                )
-            }
-        };
         let mut results: Vec<Option<Result<()>>> = ids.iter().map(|_| None).collect();
-        let mut ready = Vec::with_capacity(messages.len());
+        // Messages by route, in order (with fan-out, replays go apart).
+        let mut routes: Vec<(Route, Vec<(usize, Message)>)> = Vec::new();
         for (i, m) in messages.into_iter().enumerate() {
-            match prepare(&info, m) {
-                Ok(wire) => ready.push((i, wire)),
-                Err(e) => results[i] = Some(Err(e)),
+            let route = match self
+                .check_open(destination)
+                .and_then(|()| self.route(destination, &m))
+            {
+                Ok(route) => route,
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            match routes.iter_mut().find(|(r, _)| *r == route) {
+                Some((_, list)) => list.push((i, m)),
+                None => routes.push((route, vec![(i, m)])),
             }
         }
-        let core = &self.inner.core;
-        let calls = chunks(ready).into_iter().map(|chunk| async move {
-            let (indexes, wires): (Vec<usize>, Vec<Wire>) = chunk.into_iter().unzip();
-            let outcomes = send_to(core, destination, &wires).await;
-            indexes.into_iter().zip(outcomes).collect::<Vec<_>>()
-        });
-        // FIFO order across chunks needs one call after the other.
-        let in_flight = if info.fifo {
-            1
-        } else {
-            core.config.send_concurrency
-        };
-        let done: Vec<Vec<(usize, Result<()>)>> = futures::stream::iter(calls)
-            .buffer_unordered(in_flight)
-            .collect()
-            .await;
-        for (i, r) in done.into_iter().flatten() {
-            results[i] = Some(r);
+        for (route, list) in routes {
+            for (i, r) in self.send_route(&route, list).await {
+                results[i] = Some(r);
+            }
         }
         BatchReport::new(
             ids.into_iter()

@@ -142,8 +142,13 @@ struct Outstanding {
 /// Settles the deliveries of one consumer and keeps their leases.
 pub(crate) struct SqsSettler {
     pub(crate) core: Arc<Core>,
-    /// The source as the application named it.
+    /// The queue, as the application named it (with `fanout=sns` and a
+    /// group: the group's queue).
     pub(crate) logical: Arc<str>,
+    /// The source deliveries report: the destination the consumer asked for.
+    pub(crate) source: Arc<str>,
+    /// The consumer's group (`fanout=sns`), reported by deliveries too.
+    pub(crate) group: Option<Arc<str>>,
     /// Where dead letters go (the consumer's `dead_letter` option, or the
     /// queue's redrive target, or `<name>-dlq`).
     pub(crate) dead_letter: Arc<str>,
@@ -168,12 +173,13 @@ impl fmt::Debug for SqsSettler {
 }
 
 impl SqsSettler {
-    /// A settler for `logical`'s consumer holding at most `prefetch`
-    /// deliveries and dead-lettering to `dead_letter`; starts its batching
-    /// tasks and heartbeat.
+    /// A settler for the consumer of queue `logical` (`group` of `source`)
+    /// holding at most `prefetch` deliveries and dead-lettering to
+    /// `dead_letter`; starts its batching tasks and heartbeat.
     pub(crate) fn start(
         core: Arc<Core>,
         logical: &str,
+        (source, group): (&str, Option<&str>),
         prefetch: usize,
         dead_letter: &str,
     ) -> Arc<Self> {
@@ -208,6 +214,8 @@ impl SqsSettler {
         let settler = Arc::new(SqsSettler {
             core,
             logical,
+            source: source.into(),
+            group: group.map(Arc::from),
             dead_letter: dead_letter.into(),
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
             state: Mutex::new(Outstanding::default()),
