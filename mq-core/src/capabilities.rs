@@ -48,6 +48,11 @@ pub enum DeadLetterListing {
     /// idle time.
     #[default]
     Hold,
+    /// A queue that delivers nothing more of a message group while one of
+    /// its messages is held (SQS FIFO): a listing moves each message it
+    /// leaves in place to the back of the queue (a confirmed copy, then the
+    /// original removed), so every listing rewrites what it reads.
+    Rotate,
     /// A log: a listing reads by position without consuming, up to the end
     /// of the log when it started; removal is the backend's marker (Kafka:
     /// a record in `<dead-letter topic>-removed`), the record itself stays

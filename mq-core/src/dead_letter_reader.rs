@@ -19,6 +19,9 @@
 //!   twice within one scan; dropping the held deliveries releases them
 //!   (RabbitMQ nack with requeue, SQS visibility 0, memory requeue). A scan
 //!   ends when nothing arrives for the idle time.
+//! - [`DeadLetterListing::Rotate`]: a queue that blocks a message group
+//!   while one of its messages is held (SQS FIFO) uses [`RotatingReader`],
+//!   which moves what it leaves in place to the back of the queue.
 //! - [`DeadLetterListing::Log`]: a log (Kafka) is read by position without
 //!   consuming; the backend implements its own reader and defines removal
 //!   (see the backend's docs). A scan ends at the end of the log as it was
@@ -60,6 +63,12 @@ pub trait DeadLetterReader: Send + fmt::Debug {
     /// the end of the log was reached ([`DeadLetterListing::Log`]).
     async fn next_batch(&mut self, max: usize, idle: Duration) -> Result<Vec<Delivery>>;
 
+    /// Dead letters the caller read and leaves in place: they must not be
+    /// read again in this scan. [`HoldingReader`] holds them until
+    /// [`close`](DeadLetterReader::close); a log drops them (nothing to give
+    /// back); [`RotatingReader`] moves them to the back of the queue.
+    async fn release(&mut self, letters: Vec<Delivery>) -> Result<()>;
+
     /// Stops reading. Deliveries still held are released when dropped;
     /// callers drop them before closing.
     async fn close(&mut self) -> Result<()> {
@@ -74,12 +83,16 @@ pub trait DeadLetterReader: Send + fmt::Debug {
 #[derive(Debug)]
 pub struct HoldingReader {
     consumer: DynConsumer,
+    held: Vec<Delivery>,
 }
 
 impl HoldingReader {
     /// Reads through `consumer` (made with the prefetch the scan may hold).
     pub fn new(consumer: DynConsumer) -> Self {
-        HoldingReader { consumer }
+        HoldingReader {
+            consumer,
+            held: Vec::new(),
+        }
     }
 }
 
@@ -89,7 +102,87 @@ impl DeadLetterReader for HoldingReader {
         self.consumer.receive_batch(max, idle).await
     }
 
+    async fn release(&mut self, letters: Vec<Delivery>) -> Result<()> {
+        self.held.extend(letters);
+        Ok(())
+    }
+
+    /// Drops what it holds (each goes back to the broker), then closes.
     async fn close(&mut self) -> Result<()> {
+        self.held.clear();
+        self.consumer.close().await
+    }
+}
+
+/// A reader for queues that deliver nothing more of a message group while
+/// one of its messages is held (SQS FIFO): instead of holding what it
+/// leaves in place, it moves it to the back of the queue: it sends a copy
+/// ([`republish::relist_copy`](crate::republish::relist_copy): same id,
+/// payload and headers, fresh broker deduplication id, the scan's mark
+/// `mq-dlq-scan`), waits for the confirmation, then removes the original.
+/// A crash in between leaves a duplicate, never a loss. When a copy marked
+/// by this scan comes back, its group was read through: the copy is held
+/// (so the group stays blocked) and released at the end of the scan. Every
+/// listing therefore rewrites every message it reads (two requests per
+/// message), and a group's order is unchanged once the scan is through.
+#[derive(Debug)]
+pub struct RotatingReader {
+    consumer: DynConsumer,
+    producer: crate::producer::DynProducer,
+    destination: String,
+    scan: String,
+    wrapped: Vec<Delivery>,
+}
+
+impl RotatingReader {
+    /// Reads `destination` through `consumer`, moving what is left in place
+    /// to the back with `producer`.
+    pub fn new(
+        consumer: DynConsumer,
+        producer: crate::producer::DynProducer,
+        destination: impl Into<String>,
+    ) -> Self {
+        RotatingReader {
+            consumer,
+            producer,
+            destination: destination.into(),
+            scan: crate::message::new_message_id(),
+            wrapped: Vec::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl DeadLetterReader for RotatingReader {
+    async fn next_batch(&mut self, max: usize, idle: Duration) -> Result<Vec<Delivery>> {
+        loop {
+            let batch = self.consumer.receive_batch(max, idle).await?;
+            if batch.is_empty() {
+                return Ok(batch);
+            }
+            let (mine, fresh): (Vec<_>, Vec<_>) = batch.into_iter().partition(|d| {
+                d.headers().get(crate::message::headers::DLQ_SCAN) == Some(self.scan.as_str())
+            });
+            self.wrapped.extend(mine);
+            if !fresh.is_empty() {
+                return Ok(fresh);
+            }
+        }
+    }
+
+    async fn release(&mut self, letters: Vec<Delivery>) -> Result<()> {
+        use crate::producer::Producer as _;
+        for d in letters {
+            let copy = crate::republish::relist_copy(&d, &self.scan);
+            self.producer.send(&self.destination, copy).await?;
+            d.ack().await?;
+        }
+        Ok(())
+    }
+
+    /// Releases the held copies (visible again at once), then closes.
+    async fn close(&mut self) -> Result<()> {
+        self.wrapped.clear();
         self.consumer.close().await
     }
 }

@@ -90,6 +90,16 @@ pub fn replay_copy(received: &Received) -> Message {
     m
 }
 
+/// The copy that moves a dead letter to the back of its queue during a
+/// listing (SQS FIFO, see
+/// [`RotatingReader`](crate::dead_letter_reader::RotatingReader)): unchanged
+/// but for the fresh broker deduplication id and the scan's mark.
+pub fn relist_copy(received: &Received, scan: &str) -> Message {
+    let mut m = fresh_copy(received);
+    m.headers_mut().insert(headers::DLQ_SCAN, scan);
+    m
+}
+
 /// Where `received` was dead-lettered from, if it is a dead letter `mq` wrote.
 pub fn original_source(received: &Received) -> Option<&str> {
     received.headers().get(headers::ORIGINAL_SOURCE)

@@ -136,6 +136,12 @@ impl DeadLetterReader for LogReader {
         let n = max.min(pending.len());
         Ok(pending.drain(..n).collect())
     }
+
+    /// Nothing to give back: reading a log takes nothing away.
+    async fn release(&mut self, letters: Vec<Delivery>) -> Result<()> {
+        drop(letters);
+        Ok(())
+    }
 }
 
 /// The position a marker record names (`partition:offset`), if well formed.

@@ -134,16 +134,24 @@ impl DeadLetters {
 
     /// The dead letters `filter` selects; nothing is removed.
     pub async fn list(&self, filter: &Filter) -> Result<Listing> {
-        let scan = self.scan(filter).await?;
-        let letters = scan.selected.iter().map(|d| d.received().clone()).collect();
+        let mut scan = self.scan(filter).await?;
+        let mut letters = Vec::new();
+        loop {
+            let batch = scan.next().await?;
+            if batch.is_empty() {
+                break;
+            }
+            letters.extend(batch.iter().map(|d| d.received().clone()));
+            scan.release(batch).await?;
+        }
         let scanned = scan.scanned;
-        scan.release().await?;
+        scan.finish().await?;
         Ok(Listing { letters, scanned })
     }
 
     /// Replays what `filter` selects (see the module docs for the order of
-    /// send, confirm and remove); `progress(done, total)` is called after
-    /// each one.
+    /// send, confirm and remove); `progress(done, selected so far)` is
+    /// called after each one.
     pub async fn replay(
         &self,
         filter: &Filter,
@@ -153,44 +161,53 @@ impl DeadLetters {
         let mut pacer = options.rate.map(Pacer::new).transpose()?;
         let producer = self.client.producer().await?;
         let mut scan = self.scan(filter).await?;
-        let total = scan.selected.len();
         let mut report = ReplayReport {
-            scanned: scan.scanned,
-            selected: total,
             dry_run: options.dry_run,
             ..ReplayReport::default()
         };
-        let started = Instant::now();
-        let selected = std::mem::take(&mut scan.selected);
-        for (done, letter) in selected.into_iter().enumerate() {
-            let to = self.replay_destination(&letter, options);
-            if options.dry_run {
-                report.would_replay.push((letter.id().to_owned(), to));
-                scan.others.push(letter);
-                progress(done.saturating_add(1), total);
-                continue;
+        let mut started = None;
+        let mut done = 0usize;
+        loop {
+            let batch = scan.next().await?;
+            if batch.is_empty() {
+                break;
             }
-            if let Some(p) = pacer.as_mut() {
-                p.ready().await;
-            }
-            match producer.send(&to, replay_copy(&letter)).await {
-                Ok(()) => {
-                    report.replayed += 1;
-                    let id = letter.id().to_owned();
-                    // Confirmed at the destination: now remove the dead letter.
-                    if let Err(e) = letter.ack().await {
-                        report.not_removed.push((id, e.to_string()));
+            let mut keep = Vec::new();
+            for letter in batch {
+                let to = self.replay_destination(&letter, options);
+                done = done.saturating_add(1);
+                if options.dry_run {
+                    report.would_replay.push((letter.id().to_owned(), to));
+                    keep.push(letter);
+                    progress(done, scan.selected);
+                    continue;
+                }
+                if let Some(p) = pacer.as_mut() {
+                    p.ready().await;
+                }
+                started.get_or_insert_with(Instant::now);
+                match producer.send(&to, replay_copy(&letter)).await {
+                    Ok(()) => {
+                        report.replayed += 1;
+                        let id = letter.id().to_owned();
+                        // Confirmed at the destination: now remove the dead letter.
+                        if let Err(e) = letter.ack().await {
+                            report.not_removed.push((id, e.to_string()));
+                        }
+                    }
+                    Err(e) => {
+                        report.failed.push((letter.id().to_owned(), e.to_string()));
+                        keep.push(letter);
                     }
                 }
-                Err(e) => {
-                    report.failed.push((letter.id().to_owned(), e.to_string()));
-                    scan.others.push(letter);
-                }
+                progress(done, scan.selected);
             }
-            progress(done.saturating_add(1), total);
+            report.elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+            scan.release(keep).await?;
         }
-        report.elapsed = started.elapsed();
-        scan.release().await?;
+        report.scanned = scan.scanned;
+        report.selected = scan.selected;
+        scan.finish().await?;
         Ok(report)
     }
 
@@ -202,27 +219,35 @@ impl DeadLetters {
         progress: &mut (dyn FnMut(usize, usize) + Send),
     ) -> Result<PurgeReport> {
         let mut scan = self.scan(filter).await?;
-        let total = scan.selected.len();
         let mut report = PurgeReport {
-            scanned: scan.scanned,
-            selected: total,
             dry_run,
             ..PurgeReport::default()
         };
-        let selected = std::mem::take(&mut scan.selected);
-        for (done, letter) in selected.into_iter().enumerate() {
-            if dry_run {
-                scan.others.push(letter);
-            } else {
-                let id = letter.id().to_owned();
-                match letter.ack().await {
-                    Ok(()) => report.removed += 1,
-                    Err(e) => report.failed.push((id, e.to_string())),
-                }
+        let mut done = 0usize;
+        loop {
+            let batch = scan.next().await?;
+            if batch.is_empty() {
+                break;
             }
-            progress(done.saturating_add(1), total);
+            let mut keep = Vec::new();
+            for letter in batch {
+                done = done.saturating_add(1);
+                if dry_run {
+                    keep.push(letter);
+                } else {
+                    let id = letter.id().to_owned();
+                    match letter.ack().await {
+                        Ok(()) => report.removed += 1,
+                        Err(e) => report.failed.push((id, e.to_string())),
+                    }
+                }
+                progress(done, scan.selected);
+            }
+            scan.release(keep).await?;
         }
-        scan.release().await?;
+        report.scanned = scan.scanned;
+        report.selected = scan.selected;
+        scan.finish().await?;
         Ok(report)
     }
 
@@ -233,10 +258,18 @@ impl DeadLetters {
         filter: &Filter,
         out: &mut (dyn std::io::Write + Send),
     ) -> Result<usize> {
-        let scan = self.scan(filter).await?;
-        let written = write_records(&scan.selected, out);
-        scan.release().await?;
-        written
+        let mut scan = self.scan(filter).await?;
+        let mut written = 0usize;
+        loop {
+            let batch = scan.next().await?;
+            if batch.is_empty() {
+                break;
+            }
+            written = written.saturating_add(write_records(&batch, out)?);
+            scan.release(batch).await?;
+        }
+        scan.finish().await?;
+        Ok(written)
     }
 
     /// Sends `records` (from [`parse_lines`]) to `to`, by default back to
@@ -294,69 +327,82 @@ impl DeadLetters {
             .unwrap_or_else(|| self.source.clone())
     }
 
-    /// Reads until the end (idle, end of log, `hold` read or `limit`
-    /// selected), keeping every delivery so none is delivered twice.
-    async fn scan(&self, filter: &Filter) -> Result<Scan> {
-        let mut reader = self
+    async fn scan<'a>(&'a self, filter: &'a Filter) -> Result<Scan<'a>> {
+        let reader = self
             .client
             .backend()
             .dead_letter_reader(&self.destination, self.hold)
             .await?;
-        let mut scan = Scan {
-            selected: Vec::new(),
-            others: Vec::new(),
+        Ok(Scan {
+            dl: self,
+            filter,
+            reader,
             scanned: 0,
-            reader: None,
-        };
-        let limit = self.limit.unwrap_or(usize::MAX);
-        let read = async {
-            while scan.scanned < self.hold && scan.selected.len() < limit {
-                let want = BATCH.min(self.hold - scan.scanned);
-                let batch = reader.next_batch(want, self.idle).await?;
-                if batch.is_empty() {
-                    break;
-                }
-                for d in batch {
-                    scan.scanned += 1;
-                    if scan.selected.len() < limit && filter.matches(d.received()) {
-                        scan.selected.push(d);
-                    } else {
-                        scan.others.push(d);
-                    }
-                }
-            }
-            Ok::<_, Error>(())
-        };
-        let outcome = read.await;
-        scan.reader = Some(reader);
-        match outcome {
-            Ok(()) => Ok(scan),
-            Err(e) => {
-                // Release what was read before the error; report the error.
-                let _ = scan.release().await;
-                Err(e.with_destination(self.destination.clone()))
-            }
-        }
+            selected: 0,
+            done: false,
+        })
     }
 }
 
-/// What one scan read and holds. Dropping it releases everything held.
-struct Scan {
-    selected: Vec<Delivery>,
-    others: Vec<Delivery>,
+/// One pass over the dead letters: hands out the selected ones batch by
+/// batch and releases the rest through the reader (so none is read twice).
+/// Dropping it (an error, a cancelled future) drops the reader and with it
+/// every held dead letter: each goes back to the broker.
+struct Scan<'a> {
+    dl: &'a DeadLetters,
+    filter: &'a Filter,
+    reader: Box<dyn DeadLetterReader>,
     scanned: usize,
-    reader: Option<Box<dyn DeadLetterReader>>,
+    selected: usize,
+    done: bool,
 }
 
-impl Scan {
-    /// Releases every held dead letter, then closes the reader.
-    async fn release(mut self) -> Result<()> {
-        self.selected.clear();
-        self.others.clear();
-        match self.reader.take() {
-            Some(mut r) => r.close().await,
-            None => Ok(()),
+impl Scan<'_> {
+    /// The next selected dead letters; empty at the end (idle, end of log,
+    /// `hold` read or `limit` selected).
+    async fn next(&mut self) -> Result<Vec<Delivery>> {
+        let limit = self.dl.limit.unwrap_or(usize::MAX);
+        while !self.done {
+            if self.scanned >= self.dl.hold || self.selected >= limit {
+                self.done = true;
+                break;
+            }
+            let want = BATCH.min(self.dl.hold - self.scanned);
+            let batch = self
+                .reader
+                .next_batch(want, self.dl.idle)
+                .await
+                .map_err(|e| e.with_destination(self.dl.destination.clone()))?;
+            if batch.is_empty() {
+                self.done = true;
+                break;
+            }
+            let (mut selected, mut others) = (Vec::new(), Vec::new());
+            for d in batch {
+                self.scanned += 1;
+                if self.selected < limit && self.filter.matches(d.received()) {
+                    self.selected += 1;
+                    selected.push(d);
+                } else {
+                    others.push(d);
+                }
+            }
+            self.reader.release(others).await?;
+            if !selected.is_empty() {
+                return Ok(selected);
+            }
         }
+        Ok(Vec::new())
+    }
+
+    /// Leaves `letters` in place (see [`DeadLetterReader::release`]).
+    async fn release(&mut self, letters: Vec<Delivery>) -> Result<()> {
+        self.reader.release(letters).await
+    }
+
+    /// Releases everything held and closes the reader.
+    async fn finish(mut self) -> Result<()> {
+        self.reader.close().await
     }
 }
 
@@ -367,8 +413,9 @@ fn write_records(letters: &[Delivery], out: &mut (dyn std::io::Write + Send)) ->
             Error::new(crate::ErrorKind::Broker, "cannot write the export").with_source(e)
         })?;
     }
-    out.flush()
-        .map_err(|e| Error::new(crate::ErrorKind::Broker, "cannot write the export").with_source(e))?;
+    out.flush().map_err(|e| {
+        Error::new(crate::ErrorKind::Broker, "cannot write the export").with_source(e)
+    })?;
     Ok(letters.len())
 }
 
