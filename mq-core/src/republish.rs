@@ -87,6 +87,7 @@ pub fn replay_copy(received: &Received) -> Message {
     h.insert(headers::REPLAYED, replayed.to_string());
     h.remove(headers::ATTEMPT);
     h.remove(headers::NOT_BEFORE);
+    h.remove(headers::DLQ_SCAN);
     m
 }
 

@@ -7,7 +7,7 @@
 //!
 //! The payload is the text itself when it is UTF-8, else standard base64
 //! with `"payload_encoding": "base64"`. Every header is kept (the `mq-*`
-//! dead-letter headers too), and `source` records where the line was read
+//! dead-letter headers too, all but a listing's own mark `mq-dlq-scan`), and `source` records where the line was read
 //! from (informational; import ignores it). Unknown fields are an error, so
 //! a misspelt field in a hand-edited file is not silently dropped.
 
@@ -63,9 +63,12 @@ impl Record {
             id: letter.id().to_owned(),
             key: letter.key().map(str::to_owned),
             content_type: letter.content_type().map(str::to_owned),
+            // The mark of a listing that moved the letter (SQS FIFO) is
+            // bookkeeping of that listing, not part of the message.
             headers: letter
                 .headers()
                 .iter()
+                .filter(|(k, _)| *k != crate::message::headers::DLQ_SCAN)
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             payload,
