@@ -67,7 +67,10 @@ async fn dead_ids(client: &mq::Client, source: &str) -> Res<HashSet<String>> {
 
 async fn run(backend: &str, url: &str) -> Res<()> {
     let client = mq::connect(url).await.map_err(|e| e.to_string())?;
-    let source = format!("mqt-dlq-kill-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let source = format!(
+        "mqt-dlq-kill-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     let ids = dead_letter(&client, &source).await?;
     // The dead letters must be listable before the child starts.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -110,24 +113,40 @@ async fn run(backend: &str, url: &str) -> Res<()> {
     if !killed {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(format!("only {} arrived before the deadline; child not killed midway", arrived.len()));
+        return Err(format!(
+            "only {} arrived before the deadline; child not killed midway",
+            arrived.len()
+        ));
     }
     let _ = consumer.close().await;
     // Released dead letters may take a moment (SQS visibility) to show again.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut still = dead_ids(&client, &source).await?;
-    while ids.iter().any(|i| !arrived.contains(i) && !still.contains(i)) && Instant::now() < deadline {
+    while ids
+        .iter()
+        .any(|i| !arrived.contains(i) && !still.contains(i))
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_secs(1)).await;
         still = dead_ids(&client, &source).await?;
     }
-    let lost = ids.iter().filter(|i| !arrived.contains(*i) && !still.contains(*i)).count();
-    let dup = ids.iter().filter(|i| arrived.contains(*i) && still.contains(*i)).count();
+    let lost = ids
+        .iter()
+        .filter(|i| !arrived.contains(*i) && !still.contains(*i))
+        .count();
+    let dup = ids
+        .iter()
+        .filter(|i| arrived.contains(*i) && still.contains(*i))
+        .count();
     announce(&format!(
         "dlq kill {backend}: dead-lettered {TOTAL}, arrived {}, still dead {}, duplicates {dup}, lost {lost}",
         ids.intersection(&arrived).count(),
         ids.intersection(&still).count()
     ));
-    let _ = client.dead_letters(&source).purge(&Filter::new(), false, &mut |_, _| {}).await;
+    let _ = client
+        .dead_letters(&source)
+        .purge(&Filter::new(), false, &mut |_, _| {})
+        .await;
     if lost > 0 {
         return Err(format!("{lost} of {TOTAL} lost"));
     }
@@ -142,7 +161,10 @@ async fn replay_killed_with_sigkill_loses_nothing() {
     let mut failures = Vec::new();
     for known in mq::BACKENDS {
         let Some(driver) = known.driver else {
-            announce(&format!("dlq kill {}: skipped (feature off)", known.feature));
+            announce(&format!(
+                "dlq kill {}: skipped (feature off)",
+                known.feature
+            ));
             continue;
         };
         let Ok(url) = std::env::var(driver.test_url_var()) else {

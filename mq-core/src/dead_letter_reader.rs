@@ -1,5 +1,5 @@
 //! Reading a dead-letter destination without removing what is read: the
-//! backend primitive under [`mq_core::dlq`](crate) (tier 2, re-exported from
+//! backend primitive under [`dlq`](crate::dlq) (tier 2, re-exported from
 //! [`backend`](crate::backend)).
 //!
 //! A reader hands out dead letters as [`Delivery`] values with one meaning

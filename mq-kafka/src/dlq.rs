@@ -94,8 +94,11 @@ impl LogReader {
         })
         .await
         .map_err(|e| {
-            Error::new(ErrorKind::Broker, format!("dead-letter read task failed: {e}"))
-                .with_backend(BACKEND)
+            Error::new(
+                ErrorKind::Broker,
+                format!("dead-letter read task failed: {e}"),
+            )
+            .with_backend(BACKEND)
         })??;
         let removed: HashSet<LogPosition> = markers.iter().filter_map(marker_position).collect();
         let settler: Arc<dyn Settler> = Arc::new(MarkerSettler {
@@ -179,9 +182,11 @@ fn read_to_end(consumer: &BaseConsumer<HealthContext>, topic: &str) -> Result<Ve
         let code = RDKafkaErrorCode::from(err);
         return match kind_of(code) {
             ErrorKind::NotFound => Ok(Vec::new()),
-            kind => Err(Error::new(kind, format!("metadata of topic {topic}: {code}"))
-                .with_backend(BACKEND)
-                .with_destination(topic)),
+            kind => Err(
+                Error::new(kind, format!("metadata of topic {topic}: {code}"))
+                    .with_backend(BACKEND)
+                    .with_destination(topic),
+            ),
         };
     }
     let mut tpl = TopicPartitionList::new();
@@ -255,7 +260,9 @@ impl Settler for MarkerSettler {
         let marker = Message::new(delivery.id().to_owned())
             .with_key(pos.to_string())
             .with_header(REMOVES_HEADER, pos.to_string());
-        self.sender.send_unchecked(&self.ledger, &marker, true).await
+        self.sender
+            .send_unchecked(&self.ledger, &marker, true)
+            .await
     }
 
     /// Nothing to release: reading a log takes nothing away.
@@ -276,7 +283,15 @@ mod tests {
                 offset: 17
             })
         );
-        for bad in ["", "3", ":1", "3:", "x:1", "1:99999999999999999999", "1:2:3"] {
+        for bad in [
+            "",
+            "3",
+            ":1",
+            "3:",
+            "x:1",
+            "1:99999999999999999999",
+            "1:2:3",
+        ] {
             assert_eq!(parse_position(bad), None, "{bad}");
         }
     }

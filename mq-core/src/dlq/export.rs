@@ -166,7 +166,10 @@ mod tests {
         let r = Record::of(&received(vec![0, 0xff, 0xfe], vec![], None));
         assert_eq!(r.payload_encoding.as_deref(), Some(BASE64));
         let back = Record::from_line(&r.to_line().expect("line")).expect("parse");
-        assert_eq!(back.payload_bytes().expect("bytes").as_ref(), [0, 0xff, 0xfe]);
+        assert_eq!(
+            back.payload_bytes().expect("bytes").as_ref(),
+            [0, 0xff, 0xfe]
+        );
     }
 
     #[test]

@@ -145,8 +145,7 @@ impl Filter {
             let Some(pos) = letter.metadata::<LogPosition>() else {
                 return false;
             };
-            if !range.contains(&pos.offset) || self.partition.is_some_and(|p| p != pos.partition)
-            {
+            if !range.contains(&pos.offset) || self.partition.is_some_and(|p| p != pos.partition) {
                 return false;
             }
         }
@@ -197,10 +196,7 @@ mod tests {
             .reason_spec("/^5\\d\\d /")
             .expect("re")
             .matches(&l));
-        assert!(!Filter::new()
-            .reason_spec("/^4/")
-            .expect("re")
-            .matches(&l));
+        assert!(!Filter::new().reason_spec("/^4/").expect("re").matches(&l));
         assert!(Filter::new().header("tenant", "acme").matches(&l));
         assert!(!Filter::new().header("tenant", "other").matches(&l));
         assert!(Filter::new().id("a").id("b").matches(&l));

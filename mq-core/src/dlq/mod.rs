@@ -24,7 +24,7 @@
 //! backend's [`DeadLetterReader`]: what the scan selects is acted on, what
 //! it does not select is released unchanged when the operation ends (or is
 //! cancelled). How a backend lists without removing is its
-//! [`DeadLetterListing`](crate::capabilities::DeadLetterListing): queues hold
+//! [`DeadLetterListing`]: queues hold
 //! and release, logs are read by position.
 //!
 //! **Replay never loses a message**: for each selected dead letter it sends

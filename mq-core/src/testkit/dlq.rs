@@ -159,7 +159,9 @@ async fn steps(
         "an unfiltered list shows {} dead letters, not the {TOTAL} sent",
         all.len()
     );
-    let text = Filter::new().reason_spec("550").map_err(|e| e.to_string())?;
+    let text = Filter::new()
+        .reason_spec("550")
+        .map_err(|e| e.to_string())?;
     let listed = list_ids(dl, &text).await?;
     n.listed_matching = listed.len();
     ensure!(
@@ -292,7 +294,10 @@ async fn steps(
 }
 
 /// Sends 50 and dead-letters them; returns id -> reason.
-async fn dead_letter_fifty(client: &Client, source: &str) -> Result<HashMap<String, String>, String> {
+async fn dead_letter_fifty(
+    client: &Client,
+    source: &str,
+) -> Result<HashMap<String, String>, String> {
     let producer = client.producer().await.map_err(|e| e.to_string())?;
     let mut consumer = client
         .consumer(source)
@@ -313,7 +318,11 @@ async fn dead_letter_fifty(client: &Client, source: &str) -> Result<HashMap<Stri
                 .with_header("empty", "")
                 .with_key(format!("key-{i}"));
         }
-        let reason = if i < MATCHING { REASON_550 } else { REASON_TIMEOUT };
+        let reason = if i < MATCHING {
+            REASON_550
+        } else {
+            REASON_TIMEOUT
+        };
         reasons.insert(m.id().to_owned(), reason.to_owned());
         producer
             .send(source, m)
@@ -339,7 +348,10 @@ async fn dead_letter_fifty(client: &Client, source: &str) -> Result<HashMap<Stri
         done += 1;
     }
     let _ = consumer.close().await;
-    ensure!(done == TOTAL, "only {done} of {TOTAL} were received to dead-letter");
+    ensure!(
+        done == TOTAL,
+        "only {done} of {TOTAL} were received to dead-letter"
+    );
     Ok(reasons)
 }
 
@@ -461,7 +473,9 @@ async fn abort_midway(
         .collect();
     let deadline = Instant::now() + ARRIVAL;
     let mut still = list_ids(dl, &Filter::new()).await?;
-    while ids.iter().any(|id| !arrived.contains(id) && !still.contains(id))
+    while ids
+        .iter()
+        .any(|id| !arrived.contains(id) && !still.contains(id))
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_secs(1)).await;
