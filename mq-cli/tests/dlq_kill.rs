@@ -1,6 +1,7 @@
 //! `mq dlq replay` killed with SIGKILL midway loses nothing (issue 19).
 //!
-//! For each broker whose `MQ_TEST_<KEY>_URL` is set: 30 messages are
+//! For each broker whose `MQ_TEST_<KEY>_URL` is set (SQS also with
+//! `fifo=true`): 30 messages are
 //! dead-lettered through the library, the `mq` binary replays them at 10
 //! per second in a child process, the test consumes the source and kills
 //! the child (SIGKILL, `Child::kill`) once 10 have arrived, then accounts
@@ -175,9 +176,16 @@ async fn replay_killed_with_sigkill_loses_nothing() {
             ));
             continue;
         };
-        if let Err(e) = run(driver.name, &url).await {
-            announce(&format!("dlq kill {}: FAILED: {e}", driver.name));
-            failures.push(format!("{}: {e}", driver.name));
+        let mut targets = vec![(driver.name.to_owned(), url.clone())];
+        if driver.name == "sqs" {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            targets.push(("sqs fifo".to_owned(), format!("{url}{sep}fifo=true")));
+        }
+        for (name, url) in targets {
+            if let Err(e) = run(&name, &url).await {
+                announce(&format!("dlq kill {name}: FAILED: {e}"));
+                failures.push(format!("{name}: {e}"));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use mq_core::backend::{DeadLetterReader, LogPosition, Settlement, Settler};
 use mq_core::{Delivery, Error, ErrorKind, Message, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, Message as _, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -75,6 +75,9 @@ impl LogReader {
         let settings = {
             let mut s = config.consumer_config(&format!("mq-dlq-reader-{}", self.topic));
             s.set("allow.auto.create.topics", "false");
+            // The end of a partition is reported even when its last offsets
+            // are not records (transaction markers, compaction gaps).
+            s.set("enable.partition.eof", "true");
             s
         };
         let make = || -> Result<BaseConsumer<HealthContext>> {
@@ -87,10 +90,16 @@ impl LogReader {
         let (dlq_reader, ledger_reader) = (make()?, make()?);
         let topic = self.topic.clone();
         let ledger = removed_topic(&topic);
-        let (records, markers) = tokio::task::spawn_blocking(move || {
-            let markers = read_to_end(&ledger_reader, &ledger)?;
-            let records = read_to_end(&dlq_reader, &topic)?;
-            Ok::<_, Error>((records, markers))
+        let hold = self.hold;
+        let records = tokio::task::spawn_blocking(move || {
+            // The markers first (small), so the dead letters already
+            // removed are skipped while reading and never held in memory.
+            let removed: HashSet<LogPosition> =
+                read_to_end(&ledger_reader, &ledger, usize::MAX, |_| true)?
+                    .iter()
+                    .filter_map(marker_position)
+                    .collect();
+            read_to_end(&dlq_reader, &topic, hold, |pos| !removed.contains(&pos))
         })
         .await
         .map_err(|e| {
@@ -100,20 +109,12 @@ impl LogReader {
             )
             .with_backend(BACKEND)
         })??;
-        let removed: HashSet<LogPosition> = markers.iter().filter_map(marker_position).collect();
         let settler: Arc<dyn Settler> = Arc::new(MarkerSettler {
             sender: self.sender.clone(),
             ledger: removed_topic(&self.topic),
         });
         Ok(records
             .iter()
-            .filter(|r| {
-                !removed.contains(&LogPosition {
-                    partition: r.partition(),
-                    offset: r.offset(),
-                })
-            })
-            .take(self.hold)
             .map(|r| {
                 let received = codec::decode(r, &self.topic, "", 0, false, 0)
                     .received
@@ -168,9 +169,15 @@ fn parse_position(raw: &str) -> Option<LogPosition> {
     })
 }
 
-/// Every record of `topic` from the low to the high watermark of each
-/// partition as they are now; an absent topic is empty.
-fn read_to_end(consumer: &BaseConsumer<HealthContext>, topic: &str) -> Result<Vec<OwnedMessage>> {
+/// The records of `topic` that `keep` accepts, from the low to the high
+/// watermark of each partition as they are now, at most `max` of them; an
+/// absent topic is empty.
+fn read_to_end(
+    consumer: &BaseConsumer<HealthContext>,
+    topic: &str,
+    max: usize,
+    keep: impl Fn(LogPosition) -> bool,
+) -> Result<Vec<OwnedMessage>> {
     let fail = |e| convert(e, "dead-letter read", Some(topic));
     let metadata = consumer
         .fetch_metadata(Some(topic), READ_TIMEOUT)
@@ -207,7 +214,7 @@ fn read_to_end(consumer: &BaseConsumer<HealthContext>, topic: &str) -> Result<Ve
     }
     consumer.assign(&tpl).map_err(fail)?;
     let deadline = Instant::now() + READ_TIMEOUT;
-    while !remaining.is_empty() {
+    while !remaining.is_empty() && records.len() < max {
         if Instant::now() >= deadline {
             return Err(Error::new(
                 ErrorKind::Timeout,
@@ -219,7 +226,14 @@ fn read_to_end(consumer: &BaseConsumer<HealthContext>, topic: &str) -> Result<Ve
         let Some(polled) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
-        let m = polled.map_err(fail)?;
+        let m = match polled {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(p)) => {
+                remaining.remove(&p);
+                continue;
+            }
+            Err(e) => return Err(fail(e)),
+        };
         let Some(&high) = remaining.get(&m.partition()) else {
             continue;
         };
@@ -230,7 +244,13 @@ fn read_to_end(consumer: &BaseConsumer<HealthContext>, topic: &str) -> Result<Ve
         if m.offset().saturating_add(1) >= high {
             remaining.remove(&m.partition());
         }
-        records.push(m.detach());
+        let pos = LogPosition {
+            partition: m.partition(),
+            offset: m.offset(),
+        };
+        if keep(pos) {
+            records.push(m.detach());
+        }
     }
     Ok(records)
 }

@@ -7,7 +7,8 @@
 //!    dead-letter path: 30 with reason `timeout after 3 attempts`, 20 with
 //!    `550 mailbox full`.
 //! 2. A list filtered by `550` (text) and by `/^550 /` (regex) shows exactly
-//!    those 20; an unfiltered list shows 50.
+//!    those 20; an unfiltered list shows 50; on a log, an offset range of
+//!    one partition selects exactly the dead letters there.
 //! 3. A replay of those 20 at 10 per second takes 1.5 to 4 s; they arrive
 //!    at the source with their ids, `mq-replayed: 1` and their reason; the
 //!    other 30 stay dead letters.
@@ -23,8 +24,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::capabilities::DeadLetterListing;
 use crate::client::Client;
 use crate::consumer::Consumer;
+use crate::dead_letter_reader::LogPosition;
 use crate::dlq::{parse_lines, DeadLetters, Filter, Record, ReplayOptions};
 use crate::message::{headers, Message};
 use crate::producer::Producer;
@@ -177,6 +180,10 @@ async fn steps(
         "list --filter /^550 / differs from the {MATCHING} matching"
     );
 
+    if dl.listing() == DeadLetterListing::Log {
+        offsets_select_a_range(dl).await?;
+    }
+
     // 3. Replay at 10/s.
     let report = dl
         .replay(&text, &ReplayOptions::new().rate(RATE), &mut |_, _| {})
@@ -291,6 +298,46 @@ async fn steps(
 
     // 5. A replay aborted after 10 confirmations loses nothing.
     abort_midway(client, source, dl, &others, n).await
+}
+
+/// On a log: `Filter::offsets` selects exactly the dead letters of one
+/// partition within an offset range.
+async fn offsets_select_a_range(dl: &DeadLetters) -> Result<(), String> {
+    let all = dl
+        .list(&Filter::new())
+        .await
+        .map_err(|e| format!("list: {e}"))?;
+    let positions: Vec<(String, LogPosition)> = all
+        .letters
+        .iter()
+        .filter_map(|l| l.metadata::<LogPosition>().map(|p| (l.id().to_owned(), *p)))
+        .collect();
+    ensure!(
+        positions.len() == all.letters.len(),
+        "a log listing returned dead letters without a position"
+    );
+    let Some(first) = positions.iter().map(|(_, p)| *p).min() else {
+        return Err("no dead letters to select by offset".into());
+    };
+    let range = first.offset..=first.offset.saturating_add(2);
+    let expected: HashSet<String> = positions
+        .iter()
+        .filter(|(_, p)| p.partition == first.partition && range.contains(&p.offset))
+        .map(|(id, _)| id.clone())
+        .collect();
+    let got = list_ids(
+        dl,
+        &Filter::new().offsets(Some(first.partition), range.clone()),
+    )
+    .await?;
+    ensure!(
+        !expected.is_empty() && got == expected,
+        "offsets {}:{range:?} selected {} dead letters, expected {}",
+        first.partition,
+        got.len(),
+        expected.len()
+    );
+    Ok(())
 }
 
 /// Sends 50 and dead-letters them; returns id -> reason.
