@@ -44,9 +44,9 @@ enum Command {
     ///
     /// Example: mq check memory://
     Check(check::Args),
-    /// List dead-lettered messages of a source with their reasons, or move them back.
+    /// Dead letters: list, show, replay (rate-limited, never losing one), export, import, purge.
     ///
-    /// Example: mq dlq amqp://guest:guest@127.0.0.1:5672/%2f jobs --redrive
+    /// Example: mq dlq replay amqp://guest:guest@127.0.0.1:5672/%2f jobs --filter 550 --rate 10
     Dlq(dlq::Args),
     /// Queue depth, in-flight and delayed counts, consumer lag, connection health.
     ///

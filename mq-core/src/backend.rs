@@ -30,6 +30,9 @@
 
 pub use crate::checks::check_send;
 pub use crate::client::Backend;
+pub use crate::dead_letter_reader::{
+    DeadLetterListing, DeadLetterReader, HoldingReader, LogPosition, RotatingReader,
+};
 pub use crate::delivery::{Settlement, Settler};
 pub use crate::driver::{ConnectFn, ConnectFuture, ConnectStrFn, Connector, Driver, TestImage};
 pub use crate::message::MessageParts;

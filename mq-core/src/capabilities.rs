@@ -33,6 +33,31 @@ pub struct Capabilities {
     pub max_message_size: Option<usize>,
     /// The largest batch one broker call takes.
     pub max_batch: usize,
+    /// How dead letters are listed without being removed (see
+    /// [`dlq`](crate::dlq)): held and released (queues) or read from a log.
+    pub dead_letter_listing: DeadLetterListing,
+}
+
+/// How a backend lists dead letters without removing them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DeadLetterListing {
+    /// A queue: a listing receives and holds what it shows, then releases
+    /// it (it comes back with its receive count raised); one listing holds
+    /// at most its limit at once, and ends when nothing arrives for its
+    /// idle time.
+    #[default]
+    Hold,
+    /// A queue that delivers nothing more of a message group while one of
+    /// its messages is held (SQS FIFO): a listing moves each message it
+    /// leaves in place to the back of the queue (a confirmed copy, then the
+    /// original removed), so every listing rewrites what it reads.
+    Rotate,
+    /// A log: a listing reads by position without consuming, up to the end
+    /// of the log when it started; removal is the backend's marker (Kafka:
+    /// a record in `<dead-letter topic>-removed`), the record itself stays
+    /// until retention deletes it.
+    Log,
 }
 
 impl Default for Capabilities {
@@ -49,6 +74,7 @@ impl Default for Capabilities {
             persistent: false,
             max_message_size: None,
             max_batch: 1,
+            dead_letter_listing: DeadLetterListing::Hold,
         }
     }
 }

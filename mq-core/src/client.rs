@@ -46,6 +46,25 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         format!("{source}-dlq")
     }
 
+    /// A reader of the dead letters in `destination` that holds at most
+    /// `hold` of them at once (see [`dead_letter_reader`](crate::dead_letter_reader)).
+    /// The default receives and holds through [`consumer`](Backend::consumer)
+    /// ([`HoldingReader`](crate::dead_letter_reader::HoldingReader)); a log
+    /// backend overrides it and reports
+    /// [`DeadLetterListing::Log`](crate::capabilities::DeadLetterListing::Log).
+    async fn dead_letter_reader(
+        &self,
+        destination: &str,
+        hold: usize,
+    ) -> Result<Box<dyn crate::dead_letter_reader::DeadLetterReader>> {
+        let consumer = self
+            .consumer(ConsumerOptions::new(destination).prefetch(hold))
+            .await?;
+        Ok(Box::new(crate::dead_letter_reader::HoldingReader::new(
+            consumer,
+        )))
+    }
+
     /// A private destination for replies and a consumer on it, for
     /// [`Requester`](crate::rpc::Requester). The default makes an ordinary
     /// destination `mq-reply-<uuid>`; backends with a native mechanism

@@ -44,6 +44,9 @@ pub mod headers {
     /// Set on a dead-letter copy whose reason headers were cut to fit the
     /// destination's size limit: the number of bytes removed.
     pub const TRUNCATED: &str = "mq-truncated";
+    /// The scan that moved a dead letter to the back of its queue
+    /// ([`RotatingReader`](crate::dead_letter_reader::RotatingReader)).
+    pub const DLQ_SCAN: &str = "mq-dlq-scan";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.

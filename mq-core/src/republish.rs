@@ -87,6 +87,17 @@ pub fn replay_copy(received: &Received) -> Message {
     h.insert(headers::REPLAYED, replayed.to_string());
     h.remove(headers::ATTEMPT);
     h.remove(headers::NOT_BEFORE);
+    h.remove(headers::DLQ_SCAN);
+    m
+}
+
+/// The copy that moves a dead letter to the back of its queue during a
+/// listing (SQS FIFO, see
+/// [`RotatingReader`](crate::dead_letter_reader::RotatingReader)): unchanged
+/// but for the fresh broker deduplication id and the scan's mark.
+pub fn relist_copy(received: &Received, scan: &str) -> Message {
+    let mut m = fresh_copy(received);
+    m.headers_mut().insert(headers::DLQ_SCAN, scan);
     m
 }
 

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mq_core::backend::Backend;
+use mq_core::backend::{Backend, DeadLetterListing, DeadLetterReader};
 use mq_core::observe::{Health, QueueStats};
 use mq_core::rpc::ReplyChannel;
 use mq_core::{Capabilities, ConsumerOptions, DynConsumer, DynProducer, Error, Result};
@@ -114,6 +114,7 @@ impl Backend for KafkaBackend {
         c.persistent = self.config.persistent;
         c.max_message_size = Some(self.config.max_message_size());
         c.max_batch = 10_000;
+        c.dead_letter_listing = DeadLetterListing::Log;
         c
     }
 
@@ -135,6 +136,20 @@ impl Backend for KafkaBackend {
             .consumer(ConsumerOptions::new(reply_to.clone()))
             .await?;
         Ok(ReplyChannel { reply_to, consumer })
+    }
+
+    /// The dead-letter topic read as a log; removal is a marker record
+    /// (see the crate docs, "Dead letters").
+    async fn dead_letter_reader(
+        &self,
+        destination: &str,
+        hold: usize,
+    ) -> Result<Box<dyn DeadLetterReader>> {
+        Ok(Box::new(crate::dlq::LogReader::new(
+            self.sender.clone(),
+            destination,
+            hold,
+        )))
     }
 
     /// From librdkafka's error and statistics callbacks of every client of

@@ -21,6 +21,7 @@
 //! producer   KafkaProducer
 //! consumer   KafkaConsumer: the poll thread, receive, close
 //! stats      a group's lag, for Backend::stats
+//! dlq        the dead-letter topic read as a log, removal markers
 //! backend    KafkaBackend: capabilities, producers, consumers, replies,
 //!            health, stats
 //! lib        DRIVER, register, connect
@@ -38,6 +39,7 @@ mod codec;
 mod config;
 mod consumer;
 mod core;
+mod dlq;
 mod error;
 mod health;
 mod metadata;
@@ -52,6 +54,7 @@ pub use backend::KafkaBackend;
 pub use codec::NOT_BEFORE;
 pub use config::{KafkaConfig, PassThrough, Security, DEFAULT_PORT, RECORD_OVERHEAD};
 pub use consumer::KafkaConsumer;
+pub use dlq::{removed_topic, REMOVES_HEADER};
 pub use error::BACKEND;
 pub use metadata::KafkaMetadata;
 pub use mock::{is_mock_url, MockCluster, MOCK_SCHEME};

@@ -5,7 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mq_core::backend::Backend;
+use mq_core::backend::{
+    Backend, DeadLetterListing, DeadLetterReader, HoldingReader, RotatingReader,
+};
 use mq_core::observe::{Health, QueueStats};
 use mq_core::rpc::ReplyChannel;
 use mq_core::{Capabilities, ConsumerOptions, DynConsumer, DynProducer, Error, Result};
@@ -138,6 +140,13 @@ impl Backend for SqsBackend {
         };
         caps.max_message_size = Some(max.saturating_sub(RESERVED_FOR_ATTRIBUTES));
         caps.max_batch = MAX_ENTRIES;
+        // A FIFO queue delivers nothing more of a message group while one
+        // of its messages is held: listing moves messages to the back.
+        caps.dead_letter_listing = if self.core.config.fifo {
+            DeadLetterListing::Rotate
+        } else {
+            DeadLetterListing::Hold
+        };
         caps
     }
 
@@ -151,6 +160,28 @@ impl Backend for SqsBackend {
 
     fn dead_letter_destination(&self, source: &str) -> String {
         topology::dead_letter_destination(&self.core, source)
+    }
+
+    /// Standard queues hold and release (visibility back to 0); FIFO
+    /// queues move what a listing leaves to the back (see the crate docs,
+    /// "Dead letters").
+    async fn dead_letter_reader(
+        &self,
+        destination: &str,
+        hold: usize,
+    ) -> Result<Box<dyn DeadLetterReader>> {
+        let consumer = self
+            .consumer(ConsumerOptions::new(destination).prefetch(hold))
+            .await?;
+        if self.core.config.fifo {
+            let producer = self.producer().await?;
+            return Ok(Box::new(RotatingReader::new(
+                consumer,
+                producer,
+                destination,
+            )));
+        }
+        Ok(Box::new(HoldingReader::new(consumer)))
     }
 
     /// From the outcome of the latest requests (SQS is HTTP: see the crate

@@ -21,6 +21,7 @@
 
 pub mod config;
 pub mod delivery;
+pub mod dlq;
 pub mod failure;
 pub mod middleware;
 pub mod patterns;
