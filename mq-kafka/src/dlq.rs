@@ -280,9 +280,7 @@ impl Settler for MarkerSettler {
         let marker = Message::new(delivery.id().to_owned())
             .with_key(pos.to_string())
             .with_header(REMOVES_HEADER, pos.to_string());
-        self.sender
-            .send_unchecked(&self.ledger, &marker, true)
-            .await
+        self.sender.send(&self.ledger, &marker, true).await
     }
 
     /// Nothing to release: reading a log takes nothing away.
