@@ -11,13 +11,31 @@ function, as moto's SQS model sees it, with the same value computed from
 moto version no longer has the function, moto runs unpatched and this says
 so on stderr.
 
+It also makes moto's SQS queues safe for concurrent requests (moto's
+server runs each request on its own thread). moto 5.2 deletes a message
+by rebuilding the queue's message list without a lock, so two deletes at
+once can each write back the other's message: an acknowledged message
+came back to the queue (the conformance suite's rebalance scenario saw
+10-40 of 5,000 return under load), which real SQS never does. Receives
+and visibility changes mutate the same list and in-flight set unlocked
+("Set changed size during iteration" in moto's log). Receive, delete and
+change-visibility now hold the queue's own lock (the re-entrant lock of
+its `_messages_lock` condition, which a long poll releases while it
+waits), so they act on the queue one at a time, as SQS does. SNS topics
+get the same treatment: a publish iterates a topic's subscriptions while
+another thread subscribes or unsubscribes, and moto's PublishBatch then
+drops the entry from both its successful and failed lists (the SDK reports
+"no outcome"); topic and subscription changes and publishes hold one lock.
+
 Usage: python scripts/moto_server.py [moto_server arguments]
 """
 
 import datetime
 import sys
+import threading
 import time
 
+import moto.sns.models as sns_models
 import moto.sqs.models as sqs_models
 from moto.server import main
 
@@ -35,6 +53,57 @@ if hasattr(sqs_models, "unix_time_millis"):
     sqs_models.unix_time_millis = unix_time_millis
 else:
     print("moto_server.py: moto.sqs.models.unix_time_millis not found; running moto unpatched",
+          file=sys.stderr)
+
+
+
+def _one_at_a_time(method):
+    """`method(self, queue_name, ...)` of the SQS backend, run while holding
+    that queue's lock (a missing queue is left to moto's own error)."""
+
+    def locked(self, queue_name, *args, **kwargs):
+        try:
+            queue = self.get_queue(queue_name)
+        except Exception:  # moto's QueueDoesNotExist: let the call raise it
+            return method(self, queue_name, *args, **kwargs)
+        with queue._messages_lock:
+            return method(self, queue_name, *args, **kwargs)
+
+    locked.__doc__ = method.__doc__
+    return locked
+
+
+_LOCKED = ("receive_message", "delete_message", "change_message_visibility")
+if all(hasattr(sqs_models.SQSBackend, name) for name in _LOCKED) and hasattr(
+    sqs_models.Queue, "delete_message"
+):
+    for _name in _LOCKED:
+        setattr(sqs_models.SQSBackend, _name, _one_at_a_time(getattr(sqs_models.SQSBackend, _name)))
+else:
+    print("moto_server.py: moto's SQS backend changed; its queues are not locked",
+          file=sys.stderr)
+
+_SNS_LOCK = threading.RLock()
+
+
+def _under_sns_lock(method):
+    """`method` of the SNS backend, run while holding `_SNS_LOCK`."""
+
+    def locked(self, *args, **kwargs):
+        with _SNS_LOCK:
+            return method(self, *args, **kwargs)
+
+    locked.__doc__ = method.__doc__
+    return locked
+
+
+_SNS_LOCKED = ("create_topic", "delete_topic", "subscribe", "unsubscribe", "publish",
+               "set_subscription_attributes")
+if all(hasattr(sns_models.SNSBackend, name) for name in _SNS_LOCKED):
+    for _name in _SNS_LOCKED:
+        setattr(sns_models.SNSBackend, _name, _under_sns_lock(getattr(sns_models.SNSBackend, _name)))
+else:
+    print("moto_server.py: moto's SNS backend changed; its topics are not locked",
           file=sys.stderr)
 
 if __name__ == "__main__":

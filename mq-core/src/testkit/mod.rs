@@ -304,9 +304,23 @@ impl SuiteReport {
     }
 
     /// The closing line: `conformance <backend>: N passed, N failed, N skipped`.
+    ///
+    /// Failed scenarios are named in it, so a CI log cut down to its head
+    /// and tail still says which ones.
     pub fn summary(&self) -> String {
+        let failed: Vec<&str> = self
+            .results
+            .iter()
+            .filter(|(_, s, _)| matches!(s, Status::Failed(_)))
+            .map(|(n, _, _)| *n)
+            .collect();
+        let named = if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", failed.join(", "))
+        };
         format!(
-            "conformance {}: {} passed, {} failed, {} skipped",
+            "conformance {}: {} passed, {} failed{named}, {} skipped",
             self.backend,
             self.passed(),
             self.failed(),
