@@ -92,10 +92,13 @@ impl Received {
     /// A received message from `source` built from `message` (for backends and tests).
     ///
     /// `attempt` is 1 on the first delivery.
-    pub fn new(source: impl Into<String>, message: Message, attempt: u32) -> Self {
+    ///
+    /// `source` may be an `Arc<str>` the backend shares between all its
+    /// deliveries (no allocation per message).
+    pub fn new(source: impl Into<Arc<str>>, message: Message, attempt: u32) -> Self {
         Received {
             body: Arc::new(Body::from(message)),
-            source: Arc::from(source.into()),
+            source: source.into(),
             group: None,
             attempt: attempt.max(1),
             timestamp: None,
@@ -104,9 +107,10 @@ impl Received {
         }
     }
 
-    /// Sets the consumer group the message was received by.
-    pub fn with_group(mut self, group: Option<String>) -> Self {
-        self.group = group.map(Arc::from);
+    /// Sets the consumer group the message was received by (an `Arc<str>`
+    /// shared by a consumer's deliveries costs no allocation per message).
+    pub fn with_group<G: Into<Arc<str>>>(mut self, group: Option<G>) -> Self {
+        self.group = group.map(Into::into);
         self
     }
 

@@ -372,6 +372,23 @@ pub struct MessageParts {
     pub dedup_id: Option<String>,
 }
 
+impl MessageParts {
+    /// The parts of a message with `payload` and the given `id` and nothing
+    /// else, for a backend decoding a received message: unlike
+    /// [`Message::new`] no id is generated only to be replaced.
+    pub fn new(payload: Bytes, id: String) -> Self {
+        MessageParts {
+            payload,
+            headers: Headers::new(),
+            key: None,
+            id,
+            content_type: None,
+            delay: None,
+            dedup_id: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -185,7 +185,7 @@ mod tests {
                 .with_header("tenant", "acme"),
             attempt,
         )
-        .with_group(Some("billing".into()))
+        .with_group(Some("billing"))
     }
 
     #[test]

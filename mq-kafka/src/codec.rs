@@ -22,9 +22,11 @@
 //! attempt that does not parse, is 0 or exceeds `u32` counts as 1 or
 //! `u32::MAX`; a time that is not representable is ignored.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use mq_core::backend::time::from_unix_millis;
+use mq_core::backend::MessageParts;
 use mq_core::message::headers as h;
 use mq_core::{Headers, Message, Received};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
@@ -96,13 +98,16 @@ pub(crate) struct Decoded {
 }
 
 /// Decodes a fetched record; `source` is the topic reported to the handler
-/// (the original topic for records of a retry topic). `from_retry`: the
-/// record is from the group's retry topic, the only place `mq-attempt` and
+/// (the original topic for records of a retry topic), `topic` the record's
+/// own topic name; both, like `group`, are shared by every record of a
+/// consumer (no allocation per record for them). `from_retry`: the record
+/// is from the group's retry topic, the only place `mq-attempt` and
 /// `mq-not-before` are honoured. Never panics, whatever the record holds.
 pub(crate) fn decode<M: rdkafka::Message>(
     msg: &M,
-    source: &str,
-    group: &str,
+    topic: Arc<str>,
+    source: &Arc<str>,
+    group: Option<&Arc<str>>,
     generation: u64,
     from_retry: bool,
     extra_attempts: u32,
@@ -133,29 +138,25 @@ pub(crate) fn decode<M: rdkafka::Message>(
         }
     }
     let id = id.unwrap_or_else(|| format!("{}-{}-{}", msg.topic(), msg.partition(), msg.offset()));
-    let mut message = Message::new(bytes::Bytes::copy_from_slice(msg.payload().unwrap_or(&[])))
-        .with_headers(headers)
-        .with_id(id);
-    if let Some(k) = msg.key() {
-        message = message.with_key(String::from_utf8_lossy(k).into_owned());
-    }
-    if let Some(ct) = content_type {
-        message = message.with_content_type(ct);
-    }
+    let payload = bytes::Bytes::copy_from_slice(msg.payload().unwrap_or(&[]));
+    let mut parts = MessageParts::new(payload, id);
+    parts.headers = headers;
+    parts.key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned());
+    parts.content_type = content_type;
     let timestamp = msg
         .timestamp()
         .to_millis()
         .and_then(|ms| u64::try_from(ms).ok())
         .and_then(from_unix_millis);
     let received = Received::new(
-        source.to_owned(),
-        message,
+        source.clone(),
+        Message::from(parts),
         attempt.saturating_add(extra_attempts),
     )
-    .with_group(Some(group.to_owned()))
+    .with_group(group.cloned())
     .with_timestamp(timestamp)
     .with_metadata(KafkaMetadata {
-        topic: msg.topic().to_owned(),
+        topic,
         partition: msg.partition(),
         offset: msg.offset(),
         generation,
@@ -173,6 +174,28 @@ mod tests {
     use proptest::prelude::*;
     use rdkafka::message::OwnedMessage;
     use rdkafka::Timestamp;
+
+    /// `decode` of a record of topic `source` read by `group`.
+    fn decode_as(
+        msg: &OwnedMessage,
+        source: &str,
+        group: &str,
+        generation: u64,
+        from_retry: bool,
+        extra: u32,
+    ) -> Decoded {
+        let source: Arc<str> = source.into();
+        let group: Arc<str> = group.into();
+        decode(
+            msg,
+            source.clone(),
+            &source,
+            Some(&group),
+            generation,
+            from_retry,
+            extra,
+        )
+    }
 
     fn record(
         payload: Option<Vec<u8>>,
@@ -212,14 +235,14 @@ mod tests {
                 value: Some("5"),
             });
         let msg = record(Some(b"x".to_vec()), None, Timestamp::NotAvailable, headers);
-        let source = decode(&msg, "t", "g", 1, false, 0);
+        let source = decode_as(&msg, "t", "g", 1, false, 0);
         assert_eq!(source.not_before, None);
         assert_eq!(source.received.attempt(), 1);
         assert_eq!(
             source.received.headers().get(NOT_BEFORE),
             Some("99999999999999999")
         );
-        let retry = decode(&msg, "t", "g", 1, true, 0);
+        let retry = decode_as(&msg, "t", "g", 1, true, 0);
         assert!(retry.not_before.is_some() || !cfg!(unix));
         assert_eq!(retry.received.attempt(), 5);
         assert_eq!(retry.received.headers().get(NOT_BEFORE), None);
@@ -284,7 +307,7 @@ mod tests {
                 hs = hs.insert(Header { key: k.as_str(), value: v.as_deref() });
             }
             let msg = record(payload.clone(), key, ts, hs);
-            let d = decode(&msg, "src", "grp", 7, from_retry, extra);
+            let d = decode_as(&msg, "src", "grp", 7, from_retry, extra);
             prop_assert!(d.received.attempt() >= 1);
             if !from_retry {
                 prop_assert_eq!(d.received.attempt(), 1u32.saturating_add(extra));
@@ -337,7 +360,7 @@ mod tests {
                 Timestamp::CreateTime(1_700_000_000_000),
                 record_headers(&m),
             );
-            let d = decode(&msg, "src", "grp", 1, false, 0).received;
+            let d = decode_as(&msg, "src", "grp", 1, false, 0).received;
             prop_assert_eq!(d.payload(), m.payload());
             prop_assert_eq!(d.headers(), m.headers());
             prop_assert_eq!(d.key(), m.key());
@@ -348,7 +371,7 @@ mod tests {
             let original = Received::new("src", m, attempt);
             let copy = retry_copy(&original, Some(std::time::Duration::from_secs(60)));
             let msg = record(Some(copy.payload().to_vec()), None, Timestamp::NotAvailable, record_headers(&copy));
-            let again = decode(&msg, "src", "grp", 1, true, 0);
+            let again = decode_as(&msg, "src", "grp", 1, true, 0);
             prop_assert_eq!(again.received.attempt(), attempt.saturating_add(1));
             prop_assert!(again.not_before.is_some());
             prop_assert_eq!(again.received.id(), original.id());

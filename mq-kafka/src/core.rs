@@ -177,13 +177,16 @@ pub(crate) struct Shared {
     /// One permit per delivery the application may hold unsettled.
     pub(crate) permits: Semaphore,
     pub(crate) prefetch: usize,
-    pub(crate) source: String,
+    /// Shared by every delivery (no allocation per record).
+    pub(crate) source: Arc<str>,
     pub(crate) retry_topic: String,
     /// Where dead letters go (the consumer's options).
     pub(crate) dead_letter: String,
-    pub(crate) group: String,
+    pub(crate) group: Arc<str>,
     pub(crate) ordered: bool,
     pub(crate) commit_interval: Duration,
+    /// How long the read-ahead may stay full before the partitions pause.
+    pub(crate) pause_after: Duration,
 }
 
 #[derive(Default)]
@@ -297,12 +300,13 @@ impl Shared {
             idle: Notify::new(),
             permits: Semaphore::new(prefetch),
             prefetch,
-            source,
+            source: source.into(),
             retry_topic,
             dead_letter,
-            group,
+            group: group.into(),
             ordered: config.ordered,
             commit_interval: config.commit_interval,
+            pause_after: config.pause_after(),
         }
     }
 

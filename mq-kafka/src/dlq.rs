@@ -113,12 +113,12 @@ impl LogReader {
             sender: self.sender.clone(),
             ledger: removed_topic(&self.topic),
         });
+        let topic: Arc<str> = Arc::from(self.topic.as_str());
         Ok(records
             .iter()
             .map(|r| {
-                let received = codec::decode(r, &self.topic, "", 0, false, 0)
+                let received = codec::decode(r, topic.clone(), &topic, None, 0, false, 0)
                     .received
-                    .with_group(None)
                     .with_metadata(LogPosition {
                         partition: r.partition(),
                         offset: r.offset(),

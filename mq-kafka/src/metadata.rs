@@ -8,7 +8,7 @@
 pub struct KafkaMetadata {
     /// The topic the record was read from (the retry topic for a retried message;
     /// [`Received::source`](mq_core::Received::source) is always the original topic).
-    pub topic: String,
+    pub topic: std::sync::Arc<str>,
     /// Its partition.
     pub partition: i32,
     /// Its offset.

@@ -206,7 +206,7 @@ impl KafkaSettler {
         ))
         .with_backend(BACKEND)
         .with_operation("settle")
-        .with_destination(self.shared.source.clone())
+        .with_destination(self.shared.source.to_string())
     }
 
     /// Looks at the state and decides; takes the delivery out of the
@@ -342,7 +342,7 @@ impl KafkaSettler {
         match r.purpose {
             Purpose::DeadLetter => metrics::counter!(names::DEAD_LETTER_ERRORS,
                 "backend" => BACKEND,
-                "source" => self.shared.source.clone(),
+                "source" => self.shared.source.to_string(),
                 "destination" => r.topic.clone())
             .increment(1),
             Purpose::Retry | Purpose::Return => metrics::counter!(names::SEND_ERRORS,
@@ -413,7 +413,7 @@ mod tests {
         part.accept(offset);
         let received = Received::new("t", Message::new(format!("o{offset}")), 1).with_metadata(
             KafkaMetadata {
-                topic: tp.0.to_string(),
+                topic: tp.0.clone(),
                 partition: tp.1,
                 offset,
                 generation: part.generation,

@@ -44,6 +44,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
+use mq_core::backend::MessageParts;
 use mq_core::message::headers as names;
 use mq_core::{Headers, Message, Result};
 
@@ -345,13 +346,11 @@ pub(crate) fn decode(payload: Bytes, properties: &BasicProperties, redelivered: 
     };
     let attempt = recorded.saturating_add(redeliveries);
 
-    let mut message = Message::new(payload).with_headers(headers).with_id(id);
-    if let Some(k) = msg_key {
-        message = message.with_key(k);
-    }
-    if let Some(ct) = content_type {
-        message = message.with_content_type(ct);
-    }
+    let mut parts = MessageParts::new(payload, id);
+    parts.headers = headers;
+    parts.key = msg_key;
+    parts.content_type = content_type;
+    let message = Message::from(parts);
     // `None` when not representable (a peer's `2**64-1`), never a panic.
     let timestamp = properties
         .timestamp()

@@ -39,8 +39,9 @@ struct Subscription {
 /// Receives from one queue of a RabbitMQ destination.
 pub struct RabbitConsumer {
     shared: Arc<Shared>,
-    source: String,
-    group: Option<String>,
+    /// Shared by every delivery (no allocation per message).
+    source: Arc<str>,
+    group: Option<Arc<str>>,
     queue: String,
     prefetch: u16,
     settler: Arc<RabbitSettler>,
@@ -71,8 +72,8 @@ impl RabbitConsumer {
         });
         let mut consumer = RabbitConsumer {
             shared,
-            source: options.source,
-            group: options.group,
+            source: options.source.into(),
+            group: options.group.map(Arc::from),
             queue,
             prefetch,
             settler,
@@ -118,7 +119,7 @@ impl RabbitConsumer {
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| from_lapin(e, "receive").with_destination(self.source.clone()))?;
+                .map_err(|e| from_lapin(e, "receive").with_destination(self.source.to_string()))?;
             Ok((channel, consumer))
         };
         let (channel, consumer) = within(config.operation_timeout, "receive", subscribing).await?;
@@ -159,7 +160,7 @@ impl Consumer for RabbitConsumer {
     async fn receive(&mut self) -> Result<Delivery> {
         loop {
             if self.closed.load(Ordering::Acquire) {
-                return Err(closed("the consumer").with_destination(self.source.clone()));
+                return Err(closed("the consumer").with_destination(self.source.to_string()));
             }
             let Some(sub) = self.sub.as_mut() else {
                 if self.failures > 0 {

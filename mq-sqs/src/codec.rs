@@ -318,15 +318,11 @@ pub(crate) fn decode(msg: &SqsMessage) -> Decoded {
         None => Bytes::copy_from_slice(body.as_bytes()),
     };
 
-    let mut message = Message::new(payload)
-        .with_id(id)
-        .with_headers(fields.into_iter().collect());
-    if let Some(k) = key {
-        message = message.with_key(k);
-    }
-    if let Some(ct) = content_type {
-        message = message.with_content_type(ct);
-    }
+    let mut parts = MessageParts::new(payload, id);
+    parts.headers = fields.into_iter().collect();
+    parts.key = key;
+    parts.content_type = content_type;
+    let message = Message::from(parts);
     let attempt = system_attr(MessageSystemAttributeName::ApproximateReceiveCount)
         .map_or(1, |n| parse_count(n))
         .max(1);

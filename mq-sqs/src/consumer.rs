@@ -602,8 +602,8 @@ fn deliver(
         m.message_id().unwrap_or_default().to_owned(),
         url.to_owned(),
     );
-    let received = Received::new(settler.source.to_string(), decoded.message, decoded.attempt)
-        .with_group(settler.group.as_deref().map(str::to_owned))
+    let received = Received::new(settler.source.clone(), decoded.message, decoded.attempt)
+        .with_group(settler.group.clone())
         .with_timestamp(decoded.sent_at)
         .with_metadata(metadata);
     Delivery::new(received, settler.clone())

@@ -589,8 +589,8 @@ mod tests {
     fn only_replays_to_their_source_skip_the_topic() {
         let plain = Message::new("x");
         assert!(replay_queue("orders", &plain, false).is_none());
-        let dead = mq_core::Received::new("orders", Message::new("x"), 1)
-            .with_group(Some("billing".into()));
+        let dead =
+            mq_core::Received::new("orders", Message::new("x"), 1).with_group(Some("billing"));
         let copy = mq_core::backend::republish::dead_letter_copy(&dead, "boom");
         assert!(
             replay_queue("orders", &copy, false).is_none(),

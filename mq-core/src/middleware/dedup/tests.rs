@@ -36,12 +36,8 @@ async fn same_id_runs_once() {
 async fn groups_dedup_independently_and_key_fn_is_used() {
     let calls = Arc::new(AtomicU32::new(0));
     let h = DedupLayer::new(MemoryDedupStore::new()).layer(counting(calls.clone(), Duration::ZERO));
-    h.call(msg("a").with_group(Some("g1".into())))
-        .await
-        .expect("g1");
-    h.call(msg("a").with_group(Some("g2".into())))
-        .await
-        .expect("g2");
+    h.call(msg("a").with_group(Some("g1"))).await.expect("g1");
+    h.call(msg("a").with_group(Some("g2"))).await.expect("g2");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 
     let calls = Arc::new(AtomicU32::new(0));
