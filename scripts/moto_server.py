@@ -27,6 +27,14 @@ another thread subscribes or unsubscribes, and moto's PublishBatch then
 drops the entry from both its successful and failed lists (the SDK reports
 "no outcome"); topic and subscription changes and publishes hold one lock.
 
+Finally, a long poll sees a FIFO message group open up again. moto takes
+the set of blocked groups once per ReceiveMessage and keeps it for the
+whole wait, so a receive that arrives just before the delete of a group's
+last in-flight message waits out its full WaitTimeSeconds, where SQS
+answers as soon as the group is open. Here a long poll is a series of
+immediate receives, 50 ms apart or as soon as a message is added, until
+one returns something or the wait is over.
+
 Usage: python scripts/moto_server.py [moto_server arguments]
 """
 
@@ -73,12 +81,33 @@ def _one_at_a_time(method):
     return locked
 
 
+def _long_poll(receive):
+    """`receive(self, queue_name, count, wait, visibility, names)` as a series
+    of immediate receives (each with a fresh view of blocked FIFO groups)
+    until one returns messages or `wait` seconds have passed."""
+
+    def polling(self, queue_name, count, wait_seconds_timeout, *args, **kwargs):
+        deadline = time.time() + float(wait_seconds_timeout or 0)
+        while True:
+            result = receive(self, queue_name, count, 0, *args, **kwargs)
+            left = deadline - time.time()
+            if result or left <= 0:
+                return result
+            queue = self.get_queue(queue_name)
+            with queue._messages_lock:
+                queue._messages_lock.wait(timeout=min(0.05, left))
+
+    polling.__doc__ = receive.__doc__
+    return polling
+
+
 _LOCKED = ("receive_message", "delete_message", "change_message_visibility")
 if all(hasattr(sqs_models.SQSBackend, name) for name in _LOCKED) and hasattr(
     sqs_models.Queue, "delete_message"
 ):
     for _name in _LOCKED:
         setattr(sqs_models.SQSBackend, _name, _one_at_a_time(getattr(sqs_models.SQSBackend, _name)))
+    sqs_models.SQSBackend.receive_message = _long_poll(sqs_models.SQSBackend.receive_message)
 else:
     print("moto_server.py: moto's SQS backend changed; its queues are not locked",
           file=sys.stderr)

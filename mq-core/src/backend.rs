@@ -33,7 +33,7 @@ pub use crate::client::Backend;
 pub use crate::dead_letter_reader::{
     DeadLetterListing, DeadLetterReader, HoldingReader, LogPosition, RotatingReader,
 };
-pub use crate::delivery::{Settlement, Settler};
+pub use crate::delivery::{SettleNow, Settlement, Settler};
 pub use crate::driver::{ConnectFn, ConnectFuture, ConnectStrFn, Connector, Driver, TestImage};
 pub use crate::message::MessageParts;
 pub use crate::registry::Registry;

@@ -45,10 +45,30 @@ pub trait Settler: Send + Sync + 'static {
     /// Settles `delivery` as `settlement` says. Called at most once per delivery.
     async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()>;
 
+    /// Settles `delivery` without waiting when the backend can (an ack that
+    /// only marks an offset or drops a stored message), or hands the
+    /// settlement back for [`settle`](Settler::settle). Every settlement
+    /// tries this first: it spares the common ack the boxed future of an
+    /// async trait method (a fifth of the memory backend's consume path).
+    /// The default hands every settlement back.
+    fn settle_now(&self, delivery: &Delivery, settlement: Settlement) -> SettleNow {
+        let _ = delivery;
+        SettleNow::Later(settlement)
+    }
+
     /// The delivery was dropped without being settled. This must not block:
     /// return the message to the broker (or let the broker's lease expire) so
     /// that it is delivered again.
     fn abandon(&self, delivery: &Delivery);
+}
+
+/// What [`Settler::settle_now`] did.
+#[derive(Debug)]
+pub enum SettleNow {
+    /// Settled, or failed to, without waiting.
+    Done(Result<()>),
+    /// This settlement needs to wait: [`Settler::settle`] takes it.
+    Later(Settlement),
 }
 
 /// The content of a received message, shared by all clones of it.
@@ -367,7 +387,10 @@ impl Delivery {
             .counts
             .as_ref()
             .map(|c| c.for_settlement(&settlement).clone());
-        let result = settler.settle(&self, settlement).await;
+        let result = match settler.settle_now(&self, settlement) {
+            SettleNow::Done(result) => result,
+            SettleNow::Later(settlement) => settler.settle(&self, settlement).await,
+        };
         if let (Ok(()), Some(counter)) = (&result, counter) {
             counter.increment(1);
         }

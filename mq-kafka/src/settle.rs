@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mq_core::backend::republish::{dead_letter_copy, fit_to_size, retry_copy};
-use mq_core::backend::{Settlement, Settler};
+use mq_core::backend::{SettleNow, Settlement, Settler};
 use mq_core::message::headers as h;
 use mq_core::observe::names;
 use mq_core::{Delivery, Error, ErrorKind, Message, Received, Result};
@@ -385,6 +385,22 @@ impl Settler for KafkaSettler {
             (Step::Republish(r), Some(inflight)) => self.republish(received, *r, inflight).await,
             _ => Ok(()),
         }
+    }
+
+    /// An ack (and, in ordered mode, a nack) only marks the offset.
+    fn settle_now(&self, delivery: &Delivery, settlement: Settlement) -> SettleNow {
+        let marks_only = match settlement {
+            Settlement::Ack => true,
+            Settlement::Nack { .. } => self.shared.ordered,
+            _ => false,
+        };
+        if !marks_only {
+            return SettleNow::Later(settlement);
+        }
+        SettleNow::Done(
+            self.begin(delivery.received(), settlement, false)
+                .map(|_| ()),
+        )
     }
 
     fn abandon(&self, delivery: &Delivery) {

@@ -2,7 +2,7 @@
 //!
 //! | settlement | SQS call |
 //! |---|---|
-//! | ack | `DeleteMessageBatch`, queued: `ack` returns at once |
+//! | ack | `DeleteMessageBatch`, queued: `ack` returns at once (FIFO queues: awaited, see below) |
 //! | nack | `ChangeMessageVisibilityBatch` to 0 |
 //! | nack after `d` | `ChangeMessageVisibilityBatch` to `d` rounded up to seconds, clamped to what is left of SQS's 12 h from receipt |
 //! | dead-letter | `SendMessage` of a [`dead_letter_copy`](mq_core::backend::republish::dead_letter_copy), cut to fit, to the consumer's dead-letter queue, then delete (awaited) |
@@ -19,7 +19,9 @@
 //! Deletes and visibility changes of one consumer are coalesced into batch
 //! calls of up to 10 (see [`crate::batch`]); a failed entry fails only its
 //! own settlement. An ack does not wait for its delete, so even acks made one
-//! after the other share batch calls (as in the AWS SDKs' buffered clients);
+//! after the other share batch calls (as in the AWS SDKs' buffered clients;
+//! on a FIFO queue an ack waits for its delete, since the message's group
+//! stays blocked until then);
 //! a failed delete is logged and the message comes back after its
 //! visibility timeout, and closing the consumer waits for queued deletes. While a delivery is held, a heartbeat extends its
 //! visibility by the visibility timeout once half of it has passed, so a long
@@ -382,6 +384,11 @@ impl SqsSettler {
         Ok(())
     }
 
+    /// Whether the queue is a FIFO queue (message groups block).
+    fn is_fifo(&self) -> bool {
+        self.core.config.fifo || self.logical.ends_with(".fifo")
+    }
+
     fn is_closed(&self) -> bool {
         self.state.lock().closed
     }
@@ -510,6 +517,21 @@ impl Settler for SqsSettler {
         drop(entry.lease.lock().await);
         let receipt = entry.receipt;
         match settlement {
+            // A FIFO queue delivers nothing more of a message group while
+            // one of its messages is undeleted: the ack waits for its
+            // delete, so a receive right after it finds the group open (a
+            // dead-letter purge scanned 20 of 30 letters when the next
+            // receive overtook the queued deletes). A failed delete makes
+            // the message visible again and returns the error.
+            Settlement::Ack if self.is_fifo() => {
+                match self.run(Kind::Delete, receipt.clone(), 0).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        self.release(receipt).await;
+                        Err(e.with_operation(operation))
+                    }
+                }
+            }
             Settlement::Ack => self.delete_later(receipt),
             // If this fails the message stays hidden until its visibility
             // timeout (no longer extended): the error says so.

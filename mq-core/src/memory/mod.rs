@@ -38,7 +38,7 @@ use tokio::sync::Semaphore;
 use crate::capabilities::Capabilities;
 use crate::client::{Backend, Client};
 use crate::consumer::{Consumer, ConsumerOptions, DynConsumer, DEFAULT_PREFETCH};
-use crate::delivery::{Body, Delivery, Received, Settlement, Settler};
+use crate::delivery::{Body, Delivery, Received, SettleNow, Settlement, Settler};
 use crate::driver::{Connector, Driver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
@@ -585,9 +585,9 @@ impl MemorySettler {
     }
 }
 
-#[async_trait]
-impl Settler for MemorySettler {
-    async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()> {
+impl MemorySettler {
+    /// Every settlement of the memory backend completes without waiting.
+    fn settle_here(&self, delivery: &Delivery, settlement: Settlement) -> Result<()> {
         let Some(stored) = self.untrack(delivery) else {
             return Err(Error::closed(format!(
                 "consumer was closed; message {} went back to the queue",
@@ -612,6 +612,17 @@ impl Settler for MemorySettler {
             }
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Settler for MemorySettler {
+    async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()> {
+        self.settle_here(delivery, settlement)
+    }
+
+    fn settle_now(&self, delivery: &Delivery, settlement: Settlement) -> SettleNow {
+        SettleNow::Done(self.settle_here(delivery, settlement))
     }
 
     fn abandon(&self, delivery: &Delivery) {
