@@ -100,7 +100,8 @@ pub struct SqsConfig {
     pub max_connections: usize,
     /// The most `ReceiveMessage` requests in flight per consumer (one while
     /// a poll comes back empty, more while they come back full); 0 means
-    /// `prefetch / 10` rounded up, at most 4.
+    /// `prefetch / 10` rounded up, at most 4. Default: 0, and 1 on a
+    /// plain-HTTP endpoint (an emulator).
     pub receivers: usize,
     /// Whether the broker keeps messages across its restart (AWS: yes; an
     /// emulator usually not).
@@ -139,7 +140,10 @@ impl SqsConfig {
             linger: Duration::ZERO,
             send_concurrency: 16,
             max_connections: if emulator { 8 } else { 50 },
-            receivers: 0,
+            // Every long poll waiting on an emulator wakes and scans the
+            // queue for each message sent: four consumers with four polls
+            // each halved moto's end-to-end rate (`mq bench`, 4x4).
+            receivers: usize::from(emulator),
             persistent,
             fanout: Fanout::None,
         }
@@ -530,6 +534,9 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(10));
         assert_eq!(emulator.max_connections, 8);
         assert_eq!(c.max_connections, 50);
+        assert_eq!(emulator.receivers_for(100), 1);
+        let https = SqsConfig::new(Endpoint::Url("https://sqs.example:443".into()));
+        assert_eq!(https.receivers_for(100), 4);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! connection if one asks within 2 s, and made visible again otherwise.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,8 +43,11 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(2);
 /// How often a waiting consumer looks for such messages.
 const ORPHAN_CHECK: Duration = Duration::from_millis(50);
 
-/// How long `receive_batch` waits for more once deliveries stop being ready.
-const BATCH_SETTLE: Duration = Duration::from_millis(5);
+/// How long after a `receive` last asked the poller keeps reading ahead.
+const READ_AHEAD_WINDOW: Duration = Duration::from_secs(1);
+
+/// `Demand::last_asked` before any `receive`.
+const NEVER: u64 = u64::MAX;
 
 /// Receives from one SQS queue.
 pub struct SqsConsumer {
@@ -188,26 +191,26 @@ impl Consumer for SqsConsumer {
         let demand = self.demand.clone();
         let waiting = demand.wait();
         let first = tokio::time::timeout(wait, self.deliveries.recv()).await;
-        // Only the first delivery is asked for; the rest is what polls
-        // already in flight bring.
+        // Only the first delivery is waited for; the rest is what is buffered.
         drop(waiting);
         match first {
             Err(_) => return Ok(batch),
             Ok(None) => return Err(self.poller_gone()),
             Ok(Some(item)) => batch.push(self.take(item)?),
         }
+        let mut yielded = false;
         while batch.len() < max {
-            // What is ready, plus what polls in flight deliver within moments
-            // (concurrent polls answer together).
+            // What is ready: the poller reads ahead meanwhile, so waiting for
+            // more would only delay the application. One yield lets a poll
+            // that is handing over its messages finish first.
             let next = match self.deliveries.try_recv() {
                 Ok(item) => Ok(item),
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    match tokio::time::timeout(BATCH_SETTLE, self.deliveries.recv()).await {
-                        Ok(Some(item)) => Ok(item),
-                        _ => Err(()),
-                    }
+                Err(mpsc::error::TryRecvError::Empty) if !yielded => {
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    continue;
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
+                Err(_) => Err(()),
             };
             if next.is_ok() {
                 self.demand.taken();
@@ -259,17 +262,28 @@ impl Drop for SqsConsumer {
 }
 
 /// What the poller knows of the consumer: whether a `receive` is waiting,
-/// what is buffered, and how many long polls run.
+/// when one last asked, what is buffered, and how many long polls run.
 ///
-/// Polls start only while a `receive` waits and nothing is buffered, so a
-/// consumer never has polls in flight that nobody asked for: a long poll
+/// Polls start while a `receive` waits and nothing is buffered, and, to read
+/// ahead, while a `receive` asked within the last [`READ_AHEAD_WINDOW`]
+/// (bounded by the prefetch permits, as a push-based broker fills its
+/// prefetch). Without reading ahead every batch would wait for a whole
+/// round trip after the application asked: the bench measured 489 msg/s
+/// consume+ack against 612 for a raw client that keeps its polls going.
+/// A consumer nobody reads from stops polling after the window: a long poll
 /// cannot be cancelled on the server, and one still running after the
-/// consumer closed would take messages only to hand them back. Up to `max`
-/// polls run at once while they come back full; one once a poll comes back
-/// empty (idle long polls cost requests on AWS and CPU on emulators).
+/// consumer closed would take messages only to hand them back. One poll
+/// runs at first, one more (up to `max`) each time a poll comes back full,
+/// one less after a short answer and just one after an empty answer (idle
+/// long polls cost requests on AWS and CPU on emulators: 16 polls of four
+/// consumers on one queue halved moto's end-to-end rate).
 #[derive(Debug)]
 struct Demand {
     waiting: AtomicUsize,
+    /// When a `receive` last asked, in milliseconds since `epoch`
+    /// ([`NEVER`] before the first).
+    last_asked: AtomicU64,
+    epoch: Instant,
     buffered: AtomicUsize,
     max: usize,
     active: AtomicUsize,
@@ -281,10 +295,12 @@ impl Demand {
     fn new(max: usize) -> Self {
         Demand {
             waiting: AtomicUsize::new(0),
+            last_asked: AtomicU64::new(NEVER),
+            epoch: Instant::now(),
             buffered: AtomicUsize::new(0),
             max: max.max(1),
             active: AtomicUsize::new(0),
-            wanted: AtomicUsize::new(max.max(1)),
+            wanted: AtomicUsize::new(1),
             changed: Notify::new(),
         }
     }
@@ -292,6 +308,7 @@ impl Demand {
     /// Counts a waiting `receive` until the guard drops.
     fn wait(&self) -> Waiting<'_> {
         self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.last_asked.store(self.millis(), Ordering::Release);
         self.changed.notify_one();
         Waiting(self)
     }
@@ -308,8 +325,23 @@ impl Demand {
         self.waiting.load(Ordering::Acquire) > 0 && self.buffered.load(Ordering::Acquire) == 0
     }
 
+    /// Milliseconds since `epoch` (saturating: a `u64` of them lasts 584
+    /// million years).
+    fn millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A `receive` asked within [`READ_AHEAD_WINDOW`]: the consumer is in use.
+    fn in_use(&self) -> bool {
+        let window = u64::try_from(READ_AHEAD_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_asked.load(Ordering::Acquire);
+        self.waiting.load(Ordering::Acquire) > 0
+            || (last != NEVER && self.millis().saturating_sub(last) < window)
+    }
+
     fn may_start(&self) -> bool {
-        self.hungry() && self.active.load(Ordering::Acquire) < self.wanted.load(Ordering::Acquire)
+        (self.hungry() || self.in_use())
+            && self.active.load(Ordering::Acquire) < self.wanted.load(Ordering::Acquire)
     }
 
     /// A poll asked for `asked` and got `got` messages (`None`: it failed).
@@ -321,7 +353,14 @@ impl Demand {
                 self.wanted
                     .store((wanted + 1).min(self.max), Ordering::Release);
             }
-            _ => {}
+            // A short answer: the queue is nearly drained, so one poll less
+            // (each extra poll only splits the same messages).
+            Some(got) if got < asked => {
+                let wanted = self.wanted.load(Ordering::Acquire);
+                self.wanted
+                    .store(wanted.saturating_sub(1).max(1), Ordering::Release);
+            }
+            Some(_) | None => {}
         }
         self.active.fetch_sub(1, Ordering::AcqRel);
         self.changed.notify_one();

@@ -11,7 +11,7 @@
 //! | queue | created on first use with no attributes (a standard queue) | the same, on a fresh `mq-bench-raw-*` name |
 //! | send | `SendMessageBatch` of up to 10 entries (1 MiB), coalesced from concurrent sends; at most `send_concurrency` (16) calls in flight per producer and destination, `max_connections` (8 on a plain-HTTP endpoint, else 50) send calls per client | batches of 10 built directly; per producer at most `send_concurrency` calls and `--in-flight` messages in flight, `max_connections` send calls per client |
 //! | message | body = the payload (text), String attribute `mq-message-id` (a UUIDv7) | body only (plus the String attribute with the latency stamp in the end-to-end phase) |
-//! | receive | a poller per consumer, opened before the phase: `ReceiveMessage` of up to 10 (`MaxNumberOfMessages` = free prefetch), `WaitTimeSeconds` = `wait` (20), `VisibilityTimeout` = `visibility_timeout` (30), attributes `All` plus three system attributes; `receivers` long polls at once (1 on a plain-HTTP endpoint, else adaptive up to 4) | the same poller with a fixed `receivers` count (the same 1 on an emulator) and message attributes `All`, no system attributes |
+//! | receive | a poller per consumer, polling from its first `receive` on, reading ahead while a `receive` asked within the last second: `ReceiveMessage` of up to 10 (`MaxNumberOfMessages` = free prefetch), `WaitTimeSeconds` = `wait` (20), `VisibilityTimeout` = `visibility_timeout` (30), attributes `All` plus three system attributes; `receivers` long polls at once (1 on a plain-HTTP endpoint, else adaptive up to 4) | the same poller, started when its phase starts and reading ahead to the end, with a fixed `receivers` count (the same 1 on an emulator) and message attributes `All`, no system attributes |
 //! | prefetch | at most `--prefetch` deliveries received and not acked; their visibility is extended by `visibility_timeout` once half of it has passed | the same, with `ChangeMessageVisibilityBatch` |
 //! | ack | queued `DeleteMessageBatch` of up to 10, at most 8 calls in flight per consumer and `max_connections` per client; `close` waits for them | `DeleteMessageBatch` per 10 processed receipts, the same limits; the phase waits for them |
 //!
@@ -185,11 +185,42 @@ type Held = Arc<Mutex<HashMap<String, Instant>>>;
 
 struct RawConsumer {
     rx: mpsc::UnboundedReceiver<Got>,
+    /// Where the pollers hand over, until they start.
+    tx: Option<mpsc::UnboundedSender<Got>>,
     /// One permit per delivery the consumer may still take (prefetch).
     permits: Arc<Semaphore>,
     held: Held,
-    /// The pollers and the lease keeper.
+    /// Long polls at once.
+    receivers: usize,
+    /// The pollers and the lease keeper, once started.
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl RawConsumer {
+    /// Starts the pollers when the consumer is first asked for messages, as
+    /// `mq-sqs` does: SQS is pull-based, so a consumer opened before the
+    /// publish phase takes nothing until its phase (reading ahead during the
+    /// publish phase would move work from the consume phase into the
+    /// publish phase of one side only).
+    fn start(&mut self, ctx: &Arc<Ctx>, queue_url: &str) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        for _ in 0..self.receivers {
+            self.tasks.push(tokio::spawn(poller(
+                ctx.clone(),
+                queue_url.to_owned(),
+                self.permits.clone(),
+                self.held.clone(),
+                tx.clone(),
+            )));
+        }
+        self.tasks.push(tokio::spawn(keep_leases(
+            ctx.clone(),
+            queue_url.to_owned(),
+            self.held.clone(),
+        )));
+    }
 }
 
 /// Extends the visibility of held messages past half of it, as `mq-sqs`
@@ -303,7 +334,7 @@ async fn poller(
     }
 }
 
-fn open_consumers(ctx: &Arc<Ctx>, queue_url: &str, args: &Args) -> Vec<RawConsumer> {
+fn open_consumers(ctx: &Arc<Ctx>, args: &Args) -> Vec<RawConsumer> {
     let receivers = match ctx.config.receivers {
         0 if is_emulator(&ctx.config) => 1,
         0 => args.prefetch.div_ceil(MAX_ENTRIES).clamp(1, 4),
@@ -312,29 +343,13 @@ fn open_consumers(ctx: &Arc<Ctx>, queue_url: &str, args: &Args) -> Vec<RawConsum
     (0..args.consumers)
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
-            let permits = Arc::new(Semaphore::new(args.prefetch));
-            let held = Held::default();
-            let mut tasks: Vec<JoinHandle<()>> = (0..receivers)
-                .map(|_| {
-                    tokio::spawn(poller(
-                        ctx.clone(),
-                        queue_url.to_owned(),
-                        permits.clone(),
-                        held.clone(),
-                        tx.clone(),
-                    ))
-                })
-                .collect();
-            tasks.push(tokio::spawn(keep_leases(
-                ctx.clone(),
-                queue_url.to_owned(),
-                held.clone(),
-            )));
             RawConsumer {
                 rx,
-                permits,
-                held,
-                tasks,
+                tx: Some(tx),
+                permits: Arc::new(Semaphore::new(args.prefetch)),
+                held: Held::default(),
+                receivers,
+                tasks: Vec::new(),
             }
         })
         .collect()
@@ -377,15 +392,17 @@ async fn consume(
 ) -> CliResult<Histogram<u64>> {
     let tally = Tally::new(count);
     let mut tasks = JoinSet::new();
-    for RawConsumer {
-        mut rx,
-        permits,
-        held,
-        tasks: background,
-    } in consumers
-    {
+    for mut consumer in consumers {
         let (ctx, queue_url, tally) = (ctx.clone(), queue_url.to_owned(), tally.clone());
         tasks.spawn(async move {
+            consumer.start(&ctx, &queue_url);
+            let RawConsumer {
+                mut rx,
+                permits,
+                held,
+                tasks: background,
+                ..
+            } = consumer;
             let mut local = new_histogram()?;
             let slots = Arc::new(Semaphore::new(SETTLE_CONCURRENCY));
             let mut deletes: JoinSet<CliResult> = JoinSet::new();
@@ -460,7 +477,7 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
     let body = String::from_utf8(payload(args.size).to_vec())?;
 
     let dest = create_queue(&ctx, &fresh_name("raw-")).await?;
-    let consumers = open_consumers(&ctx, &dest, args);
+    let consumers = open_consumers(&ctx, args);
     let started = Instant::now();
     publish(&ctx, &dest, args, &body, None).await?;
     let publish_phase = Phase::new(args.count, args.size, started.elapsed());
@@ -469,7 +486,7 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
     let consume_phase = Phase::new(args.count, args.size, started.elapsed());
 
     let e2e_dest = create_queue(&ctx, &fresh_name("raw-e2e-")).await?;
-    let consumers = open_consumers(&ctx, &e2e_dest, args);
+    let consumers = open_consumers(&ctx, args);
     let started = Instant::now();
     let receiving = consume(&ctx, &e2e_dest, consumers, args.count, Some(base));
     let sending = publish(&ctx, &e2e_dest, args, &body, Some(base));
