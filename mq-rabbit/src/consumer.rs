@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
@@ -149,6 +149,25 @@ impl RabbitConsumer {
         Duration::from_millis(ms.min(5_000))
     }
 
+    /// The subscription failed (`error`) or ended (the broker cancelled it
+    /// because the queue was deleted, or the channel closed): the next
+    /// `receive` declares again and subscribes again.
+    fn lost(&mut self, error: Option<lapin::Error>) {
+        match error {
+            Some(e) => tracing::warn!(source = %self.source, error = %e,
+                "consumer channel failed; subscribing again"),
+            None => {
+                tracing::warn!(source = %self.source, queue = %self.queue,
+                    "subscription cancelled; subscribing again");
+                if let Some(sub) = &self.sub {
+                    forget_consumer_queue(&sub.conn, &self.source, &self.queue);
+                }
+            }
+        }
+        self.sub = None;
+        self.failures = self.failures.saturating_add(1);
+    }
+
     fn shut(&mut self) -> Option<Subscription> {
         self.closed.store(true, Ordering::Release);
         self.sub.take()
@@ -182,23 +201,37 @@ impl Consumer for RabbitConsumer {
                     self.failures = 0;
                     return Ok(self.wrap(d));
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(source = %self.source, error = %e,
-                        "consumer channel failed; subscribing again");
-                    self.sub = None;
-                    self.failures = self.failures.saturating_add(1);
-                }
-                None => {
-                    // The broker cancelled the subscription (queue deleted) or
-                    // the channel closed: declare again and resubscribe.
-                    tracing::warn!(source = %self.source, queue = %self.queue,
-                        "subscription cancelled; subscribing again");
-                    forget_consumer_queue(&sub.conn, &self.source, &self.queue);
-                    self.sub = None;
-                    self.failures = self.failures.saturating_add(1);
+                lost => self.lost(lost.and_then(|r| r.err())),
+            }
+        }
+    }
+
+    /// Waits for the first delivery through `receive` (which subscribes
+    /// again where needed), then takes what the subscription has ready
+    /// without waiting: no timer and no boxed future per delivery.
+    async fn receive_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let mut batch = Vec::new();
+        if max == 0 {
+            return Ok(batch);
+        }
+        match tokio::time::timeout(wait, self.receive()).await {
+            Ok(first) => batch.push(first?),
+            Err(_) => return Ok(batch),
+        }
+        while batch.len() < max {
+            let Some(sub) = self.sub.as_mut() else { break };
+            // `next` is cancel-safe: a pending poll loses nothing.
+            match sub.consumer.next().now_or_never() {
+                None => break,
+                Some(Some(Ok(d))) => batch.push(self.wrap(d)),
+                Some(lost) => {
+                    // Handled as `receive` does; the next call subscribes again.
+                    self.lost(lost.and_then(|r| r.err()));
+                    break;
                 }
             }
         }
+        Ok(batch)
     }
 
     fn health(&self) -> mq_core::observe::Health {
