@@ -67,6 +67,12 @@ pub(crate) struct Args {
     /// pairs with its spread, so that a noisy machine cannot decide it.
     #[arg(long, default_value_t = 1, requires = "baseline")]
     pairs: u32,
+    /// The raw client stamps every message with a fresh id, as the SDK
+    /// does (a UUIDv7: Kafka header and SQS attribute `mq-message-id`,
+    /// RabbitMQ's `message_id` property), so the pairs compare the client
+    /// path alone, without the cost of the SDK's message id on the wire.
+    #[arg(long)]
+    raw_ids: bool,
 }
 
 /// One measured phase.
@@ -240,7 +246,8 @@ fn args_json(args: &Args) -> serde_json::Value {
     json!({
         "url": mq::url::redact_str(&args.url), "count": args.count, "size": args.size,
         "producers": args.producers, "consumers": args.consumers,
-        "in_flight": args.in_flight, "prefetch": args.prefetch, "pairs": args.pairs})
+        "in_flight": args.in_flight, "prefetch": args.prefetch, "pairs": args.pairs,
+        "raw_ids": args.raw_ids})
 }
 
 fn print_header(args: &Args) {
@@ -248,6 +255,9 @@ fn print_header(args: &Args) {
         "{} messages of {} bytes, {} producer(s) x {} in flight, {} consumer(s) x prefetch {}",
         args.count, args.size, args.producers, args.in_flight, args.consumers, args.prefetch
     );
+    if args.raw_ids && (args.baseline || args.baseline_only) {
+        println!("the raw client gives every message an id, as the SDK does (--raw-ids)");
+    }
 }
 
 /// The phases an SDK/raw ratio is reported for.

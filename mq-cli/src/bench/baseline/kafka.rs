@@ -9,11 +9,11 @@
 //! |---|---|---|
 //! | every client | `bootstrap.servers`, `client.id`, security options, `message.max.bytes`, `log_level=3`, `statistics.interval.ms` (for health), `rdkafka.*` pass-through last | the same |
 //! | producer | one `FutureProducer` per client: `acks=all`, `enable.idempotence=true`, `linger.ms=5`, `message.timeout.ms=30000` (`send_timeout`), `batch.size`/`compression.type` if set | the same; one producer shared by the `--producers` tasks, each keeping `--in-flight` delivery futures outstanding (`send_result`, no timer per message) |
-//! | record | value, header `mq-message-id` (a UUIDv7), no key | value only (plus the latency header in the end-to-end phase), no key |
+//! | record | value, header `mq-message-id` (a UUIDv7), no key | value only (plus the latency header in the end-to-end phase), no key; with `--raw-ids` also the `mq-message-id` header (a UUIDv7) |
 //! | topic | created with `partitions` and `replication` when `auto_create_topics=true` | always created with `partitions` and `replication` |
 //! | `kafka+mock://` | librdkafka's mock cluster in the process, topics created through it (no Admin API there) | the same: a cluster of the same URL (the SDK's is gone by then, so a fresh one), topics created through it |
 //! | consumer | a `BaseConsumer` per consumer polled on its own thread (20 ms polls) in group `mq-<topic>`, subscribed to the topic and its retry topic; `enable.auto.commit=false`, `enable.auto.offset.store=false`, `auto.offset.reset=earliest`, `session.timeout.ms=10000`, `heartbeat.interval.ms=1000`, `enable.partition.eof=false`, `topic.metadata.refresh.interval.ms=10000` | the same settings and thread, subscribed to the topic only |
-//! | prefetch | at most `--prefetch` records fetched and not settled: beyond, the partitions are paused, records librdkafka had queued are dropped and fetched again after a seek on resume | before the phase, at most `--prefetch` records taken, then the partitions are paused until the phase starts; in the phase each record is acked as it is polled, so librdkafka's own fetch queue (`queued.min.messages`, `queued.max.messages.kbytes`, defaults) is the only read-ahead |
+//! | prefetch | at most `--prefetch` deliveries handed out unsettled, and a read-ahead of twice the prefetch (at least 500) behind them; when that is full the thread stops taking records (librdkafka's bounded fetch queue holds what it fetches) and pauses the partitions only after half the session timeout | before the phase, the same read-ahead taken, then no poll until the phase starts; in the phase each record is acked as it is polled, so librdkafka's own fetch queue (`queued.min.messages`, `queued.max.messages.kbytes`, defaults) is the only read-ahead |
 //! | ack | offset marked done; the lowest unsettled offset per partition committed (async) every `commit_interval` (200 ms) and on close (sync) | the next offset per partition committed (async) every `commit_interval` and at the end (sync) |
 //!
 //! Both the SDK run and the baseline wait until their consumer group is
@@ -189,17 +189,15 @@ fn consumer_thread(
             Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(acked.latency),
             Err(std::sync::mpsc::TryRecvError::Empty) => {}
         }
-        if early.len() >= job.prefetch {
-            // The prefetch is taken: stop fetching until the phase starts
-            // (as the SDK pauses its partitions), so that the client does
-            // not read the rest of the topic ahead during the publish phase.
-            // Nothing was discarded, so resuming needs no seek.
-            let assignment = consumer.assignment()?;
-            consumer.pause(&assignment)?;
+        if early.len() >= read_ahead(job.prefetch) {
+            // The read-ahead is full: stop polling until the phase starts,
+            // as mq-kafka does (it pauses its partitions only once the
+            // application stays behind for half the session timeout, far
+            // longer than a publish phase). librdkafka's bounded fetch queue
+            // holds what it fetches meanwhile, on both sides.
             if go.recv().is_err() {
                 return Ok(acked.latency);
             }
-            consumer.resume(&assignment)?;
             break;
         }
         if let Some(m) = consumer.poll(POLL) {
@@ -237,6 +235,13 @@ fn consumer_thread(
     consumer.unsubscribe();
     drop(consumer);
     Ok(acked.latency)
+}
+
+/// Records a consumer takes before its phase: what mq-kafka's read-ahead
+/// holds for a consumer that has not called `receive` yet (twice the
+/// prefetch, at least 500).
+fn read_ahead(prefetch: usize) -> usize {
+    prefetch.saturating_mul(2).max(500)
 }
 
 fn open_consumers(
@@ -430,7 +435,7 @@ async fn publish(
     let mut tasks = tokio::task::JoinSet::new();
     for share in shares(args.count, args.producers) {
         let (producer, body, topic) = (producer.clone(), body.clone(), topic.to_owned());
-        let in_flight = args.in_flight;
+        let (in_flight, raw_ids) = (args.in_flight, args.raw_ids);
         tasks.spawn(async move {
             let mut window: FuturesUnordered<DeliveryFuture> = FuturesUnordered::new();
             for _ in 0..share {
@@ -442,13 +447,24 @@ async fn publish(
                         delivered(d)?;
                     }
                 }
+                let id = raw_ids.then(mq::message::new_message_id);
                 let mut record: FutureRecord<'_, (), [u8]> =
                     FutureRecord::to(&topic).payload(&body[..]);
+                let mut headers = None;
+                if let Some(id) = &id {
+                    headers = Some(OwnedHeaders::new().insert(Header {
+                        key: mq::message::headers::MESSAGE_ID,
+                        value: Some(id.as_bytes()),
+                    }));
+                }
                 if let Some(stamp) = &stamp {
-                    record = record.headers(OwnedHeaders::new().insert(Header {
+                    headers = Some(headers.unwrap_or_default().insert(Header {
                         key: SENT_AT,
                         value: Some(stamp.as_bytes()),
                     }));
+                }
+                if let Some(headers) = headers {
+                    record = record.headers(headers);
                 }
                 loop {
                     match producer.send_result(record) {

@@ -6,7 +6,7 @@
 //! | connection | one per client, from `RabbitConfig::from_url` (heartbeat, frame_max, channel_max, connection_timeout, auth mechanism) | one, built from the same `RabbitConfig` fields |
 //! | topology | destination `D` = durable fanout exchange `D` + durable queue `D` bound to it (`queue_type`, `single_active_consumer` as configured) | the same declarations on a fresh `mq-bench-raw-*` name |
 //! | publish | one shared confirm-mode channel; `basic.publish` with `mandatory`; `delivery_mode` 2 when `persistent` | the same; each producer task keeps `--in-flight` confirms outstanding |
-//! | message | properties `message_id` (UUIDv7), `timestamp`, `delivery_mode`, an empty `headers` table | `delivery_mode` only (plus the latency header in the end-to-end phase) |
+//! | message | properties `message_id` (UUIDv7), `timestamp`, `delivery_mode`, an empty `headers` table | `delivery_mode` only (plus the latency header in the end-to-end phase); with `--raw-ids` also `message_id` (a UUIDv7) |
 //! | consume | one channel per consumer, `basic.qos(prefetch, global=false)`, `basic.consume` with manual acks, opened before the phase | the same |
 //! | ack | `basic.ack` per delivery (`multiple=false`) | the same: up to [`RECEIVE_BATCH`] ready deliveries, then one ack each |
 //! | close | `basic.cancel`, channel close | the same |
@@ -194,7 +194,7 @@ async fn publish(
     for share in shares(args.count, args.producers) {
         let (channel, body) = (channel.clone(), body.clone());
         let exchange = ShortString::from(dest);
-        let (in_flight, persistent) = (args.in_flight, config.persistent);
+        let (in_flight, persistent, raw_ids) = (args.in_flight, config.persistent, args.raw_ids);
         tasks.spawn(async move {
             let mut window = FuturesUnordered::new();
             for _ in 0..share {
@@ -209,6 +209,10 @@ async fn publish(
                 let mut properties = BasicProperties::default();
                 if persistent {
                     properties = properties.with_delivery_mode(2);
+                }
+                if raw_ids {
+                    properties = properties
+                        .with_message_id(ShortString::from(mq::message::new_message_id()));
                 }
                 if let Some(stamp) = stamp {
                     let mut headers = FieldTable::default();

@@ -10,7 +10,7 @@
 //! | client | hyper + rustls (ring); standard retries, `max_attempts` (3); `connect_timeout` (5 s); per-attempt `timeout` (10 s), receives `wait` + `timeout`; region, endpoint and static credentials from the URL | the same two clients |
 //! | queue | created on first use with no attributes (a standard queue) | the same, on a fresh `mq-bench-raw-*` name |
 //! | send | `SendMessageBatch` of up to 10 entries (1 MiB), coalesced from concurrent sends; at most `send_concurrency` (16) calls in flight per producer and destination, `max_connections` (8 on a plain-HTTP endpoint, else 50) send calls per client | batches of 10 built directly; per producer at most `send_concurrency` calls and `--in-flight` messages in flight, `max_connections` send calls per client |
-//! | message | body = the payload (text), String attribute `mq-message-id` (a UUIDv7) | body only (plus the String attribute with the latency stamp in the end-to-end phase) |
+//! | message | body = the payload (text), String attribute `mq-message-id` (a UUIDv7) | body only (plus the String attribute with the latency stamp in the end-to-end phase); with `--raw-ids` also the `mq-message-id` attribute (a UUIDv7) |
 //! | receive | a poller per consumer, polling from its first `receive` on, reading ahead while a `receive` asked within the last second: `ReceiveMessage` of up to 10 (`MaxNumberOfMessages` = free prefetch), `WaitTimeSeconds` = `wait` (20), `VisibilityTimeout` = `visibility_timeout` (30), attributes `All` plus three system attributes; `receivers` long polls at once (1 on a plain-HTTP endpoint, else adaptive up to 4) | the same poller, started when its phase starts and reading ahead to the end, with a fixed `receivers` count (the same 1 on an emulator) and message attributes `All`, no system attributes |
 //! | prefetch | at most `--prefetch` deliveries received and not acked; their visibility is extended by `visibility_timeout` once half of it has passed | the same, with `ChangeMessageVisibilityBatch` |
 //! | ack | queued `DeleteMessageBatch` of up to 10, at most 8 calls in flight per consumer and `max_connections` per client; `close` waits for them | `DeleteMessageBatch` per 10 processed receipts, the same limits; the phase waits for them |
@@ -108,6 +108,7 @@ async fn publish(
     let mut tasks = JoinSet::new();
     for share in shares(args.count, args.producers) {
         let (ctx, queue_url, body) = (ctx.clone(), queue_url.to_owned(), body.to_owned());
+        let raw_ids = args.raw_ids;
         // Calls in flight for this producer: `send_concurrency`, and no
         // more messages than `--in-flight`.
         let calls = ctx
@@ -130,9 +131,18 @@ async fn publish(
                 let slot = slots.clone().acquire_owned().await?;
                 let mut entries = Vec::with_capacity(n);
                 for (i, stamp) in stamps.into_iter().enumerate() {
-                    let mut attrs = None;
+                    let mut attrs: Option<HashMap<String, MessageAttributeValue>> = None;
+                    if raw_ids {
+                        let id = attribute(mq::message::new_message_id())?;
+                        attrs = Some(HashMap::from([(
+                            mq::message::headers::MESSAGE_ID.to_owned(),
+                            id,
+                        )]));
+                    }
                     if let Some(stamp) = stamp {
-                        attrs = Some(HashMap::from([(SENT_AT.to_owned(), attribute(stamp)?)]));
+                        attrs
+                            .get_or_insert_with(HashMap::new)
+                            .insert(SENT_AT.to_owned(), attribute(stamp)?);
                     }
                     entries.push(
                         SendMessageBatchRequestEntry::builder()
