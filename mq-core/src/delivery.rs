@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::message::{Headers, Message, JSON_CONTENT_TYPE};
+use crate::message::{Headers, Message, MessageId, JSON_CONTENT_TYPE};
 
 /// What to do with a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,19 +77,18 @@ pub(crate) struct Body {
     pub(crate) payload: Bytes,
     pub(crate) headers: Headers,
     pub(crate) key: Option<String>,
-    pub(crate) id: String,
+    pub(crate) id: MessageId,
     pub(crate) content_type: Option<String>,
 }
 
 impl From<Message> for Body {
     fn from(message: Message) -> Self {
-        let parts = message.into_parts();
         Body {
-            payload: parts.payload,
-            headers: parts.headers,
-            key: parts.key,
-            id: parts.id,
-            content_type: parts.content_type,
+            payload: message.payload,
+            headers: message.headers,
+            key: message.key,
+            id: message.id,
+            content_type: message.content_type,
         }
     }
 }
@@ -163,7 +162,7 @@ impl Received {
 
     /// The message id.
     pub fn id(&self) -> &str {
-        &self.body.id
+        self.body.id.as_str()
     }
 
     /// The content type.
@@ -245,16 +244,17 @@ impl Received {
     /// type (for republishing, e.g. to a retry or dead-letter destination).
     pub fn to_message(&self) -> Message {
         let b = &self.body;
-        let mut m = Message::new(b.payload.clone())
-            .with_headers(b.headers.clone())
-            .with_id(b.id.clone());
-        if let Some(k) = &b.key {
-            m = m.with_key(k.clone());
+        // Built field by field: `Message::new` would generate an id only
+        // to replace it.
+        Message {
+            payload: b.payload.clone(),
+            headers: b.headers.clone(),
+            key: b.key.clone(),
+            id: b.id.clone(),
+            content_type: b.content_type.clone(),
+            delay: None,
+            dedup_id: None,
         }
-        if let Some(ct) = &b.content_type {
-            m = m.with_content_type(ct.clone());
-        }
-        m
     }
 }
 

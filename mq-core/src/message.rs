@@ -155,15 +155,109 @@ impl<'a> IntoIterator for &'a Headers {
 /// per-thread `fastrand` generator: ids need uniqueness, not secrecy, and
 /// this costs no system call per message.
 pub fn new_message_id() -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let mut random = [0u8; 10];
-    fastrand::fill(&mut random);
-    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
-    // Encoding into a buffer skips the formatting machinery of `to_string`.
-    let mut buf = uuid::Uuid::encode_buffer();
-    id.hyphenated().encode_lower(&mut buf).to_owned()
+    MessageId::generate().into_string()
+}
+
+/// Bytes of an id kept inside the message instead of on the heap: a
+/// hyphenated UUID (36) fits, with room for a short prefix.
+const INLINE_ID: usize = 38;
+
+/// A message id, stored inline when it fits (every generated UUID does).
+/// A `String` id cost an allocation when a message was made, another for
+/// each copy a pipeline keeps for its report, and their frees, on every
+/// message (a quarter of the memory backend's per-message allocator work).
+#[derive(Clone)]
+pub(crate) enum MessageId {
+    /// Always valid UTF-8: only ever copied from a `&str`.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_ID],
+    },
+    Heap(String),
+}
+
+impl MessageId {
+    /// A fresh UUIDv7 (see [`new_message_id`]).
+    pub(crate) fn generate() -> Self {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut random = [0u8; 10];
+        fastrand::fill(&mut random);
+        let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+        // Encoding into a buffer skips the formatting machinery of `to_string`.
+        let mut buf = uuid::Uuid::encode_buffer();
+        MessageId::from(&*id.hyphenated().encode_lower(&mut buf))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Cannot fail (see the variant); "" would be the harmless answer.
+            MessageId::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            MessageId::Heap(s) => s,
+        }
+    }
+
+    /// Bytes of the id, without the UTF-8 check of `as_str` (every send's
+    /// size check asks).
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            MessageId::Inline { len, .. } => usize::from(*len),
+            MessageId::Heap(s) => s.len(),
+        }
+    }
+
+    pub(crate) fn into_string(self) -> String {
+        match self {
+            MessageId::Heap(s) => s,
+            inline => inline.as_str().to_owned(),
+        }
+    }
+}
+
+impl From<&str> for MessageId {
+    fn from(s: &str) -> Self {
+        match u8::try_from(s.len()) {
+            Ok(len) if s.len() <= INLINE_ID => {
+                let mut bytes = [0u8; INLINE_ID];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                MessageId::Inline { len, bytes }
+            }
+            _ => MessageId::Heap(s.to_owned()),
+        }
+    }
+}
+
+impl From<String> for MessageId {
+    fn from(s: String) -> Self {
+        if s.len() <= INLINE_ID {
+            MessageId::from(s.as_str())
+        } else {
+            MessageId::Heap(s)
+        }
+    }
+}
+
+impl PartialEq for MessageId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for MessageId {}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A message to send.
@@ -182,13 +276,13 @@ pub fn new_message_id() -> String {
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Message {
-    payload: Bytes,
-    headers: Headers,
-    key: Option<String>,
-    id: String,
-    content_type: Option<String>,
-    delay: Option<Duration>,
-    dedup_id: Option<String>,
+    pub(crate) payload: Bytes,
+    pub(crate) headers: Headers,
+    pub(crate) key: Option<String>,
+    pub(crate) id: MessageId,
+    pub(crate) content_type: Option<String>,
+    pub(crate) delay: Option<Duration>,
+    pub(crate) dedup_id: Option<String>,
 }
 
 impl Message {
@@ -198,7 +292,7 @@ impl Message {
             payload: payload.into(),
             headers: Headers::new(),
             key: None,
-            id: new_message_id(),
+            id: MessageId::generate(),
             content_type: None,
             delay: None,
             dedup_id: None,
@@ -232,7 +326,7 @@ impl Message {
 
     /// Sets the message id (used for deduplication); the default is a UUIDv7.
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
-        self.id = id.into();
+        self.id = MessageId::from(id.into());
         self
     }
 
@@ -266,7 +360,7 @@ impl Message {
     /// The broker deduplication id: the one set with
     /// [`Message::with_dedup_id`], else the message id.
     pub fn dedup_id(&self) -> &str {
-        self.dedup_id.as_deref().unwrap_or(&self.id)
+        self.dedup_id.as_deref().unwrap_or(self.id.as_str())
     }
 
     /// The headers.
@@ -286,7 +380,7 @@ impl Message {
 
     /// The message id.
     pub fn id(&self) -> &str {
-        &self.id
+        self.id.as_str()
     }
 
     /// The content type.
@@ -315,7 +409,7 @@ impl Message {
             payload: self.payload,
             headers: self.headers,
             key: self.key,
-            id: self.id,
+            id: self.id.into_string(),
             content_type: self.content_type,
             delay: self.delay,
             dedup_id: self.dedup_id,
@@ -343,7 +437,7 @@ impl From<MessageParts> for Message {
             payload: p.payload,
             headers: p.headers,
             key: p.key,
-            id: p.id,
+            id: MessageId::from(p.id),
             content_type: p.content_type,
             delay: p.delay,
             dedup_id: p.dedup_id,
@@ -414,6 +508,26 @@ mod tests {
         let h: Headers = [("b", "2"), ("A", "1"), ("a", "3")].into_iter().collect();
         let keys: Vec<_> = h.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["A", "a", "b"]);
+    }
+
+    #[test]
+    fn ids_inline_or_on_the_heap_read_back_the_same() {
+        for id in [
+            "",
+            "a",
+            &"x".repeat(INLINE_ID),
+            &"y".repeat(INLINE_ID + 1),
+            "é✓",
+        ] {
+            let m = Message::new("p").with_id(id);
+            assert_eq!(m.id(), id);
+            assert_eq!(m.clone().into_parts().id, id);
+            assert_eq!(Message::from(m.into_parts()).id(), id);
+        }
+        assert!(matches!(
+            MessageId::generate(),
+            MessageId::Inline { len: 36, .. }
+        ));
     }
 
     #[test]

@@ -42,7 +42,7 @@ use crate::delivery::{Body, Delivery, Received, SettleNow, Settlement, Settler};
 use crate::driver::{Connector, Driver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
-use crate::producer::{BatchReport, DynProducer, Producer};
+use crate::producer::{BatchReport, DynProducer, Producer, SendNow};
 use crate::queue_stats::QueueStats;
 use crate::url::{RedactedUrl, UrlOptions};
 
@@ -267,48 +267,43 @@ impl BrokerInner {
     /// core (`checks`) before a `Client`'s producer got here; the name rule
     /// is this broker's own.
     async fn send(&self, destination: &str, message: Message) -> Result<()> {
-        check_name(destination)?;
-        let delay = message.delay();
-        let stored = Stored::new(message);
-        let queues = self.queues(destination);
-        if delay.is_none() {
-            // Fast path: room everywhere, one lock per queue. A queue that is
-            // full makes this send wait for it (and the ones after it) below.
-            let mut pushed = 0;
-            while pushed < queues.len() && queues[pushed].try_push_back(&stored) {
-                pushed += 1;
+        match self.send_now(destination, message) {
+            SendNow::Done(result) => result,
+            SendNow::Started(sending) => sending.await,
+            SendNow::Later(message) => {
+                let delay = message.delay();
+                let stored = Stored::new(message);
+                send_waiting(&self.queues(destination), stored, delay).await
             }
-            if pushed == queues.len() {
-                return Ok(());
-            }
-            // Cancelling from here on leaves the message in the first
-            // `pushed` groups only: a cancelled send's outcome is unknown.
-            return self.send_waiting(&queues[pushed..], stored, None).await;
         }
-        self.send_waiting(&queues, stored, delay).await
     }
 
-    /// Sends to `queues`, waiting for room in each before delivering to any.
-    async fn send_waiting(
-        &self,
-        queues: &[Arc<Queue>],
-        stored: Stored,
-        delay: Option<Duration>,
-    ) -> Result<()> {
-        let mut reserved = Reservations(queues, 0);
-        for queue in queues {
-            queue.reserve().await;
-            reserved.1 += 1;
+    /// A send without a future while every group has room (one lock per
+    /// queue). A group that is full makes the send wait for it and the
+    /// groups after it ([`SendNow::Started`]). A delayed message is handed
+    /// back untouched ([`SendNow::Later`]): it waits for room in every group
+    /// before it is scheduled in any.
+    fn send_now(&self, destination: &str, message: Message) -> SendNow {
+        if let Err(e) = check_name(destination) {
+            return SendNow::Done(Err(e));
         }
-        // Every queue has room: hand the reservations over to the messages.
-        reserved.1 = 0;
-        for queue in queues {
-            match delay {
-                Some(d) => queue.push_after(stored.clone(), d),
-                None => queue.push_back(stored.clone()),
-            }
+        if message.delay().is_some() {
+            return SendNow::Later(message);
         }
-        Ok(())
+        let stored = Stored::new(message);
+        let queues = self.queues(destination);
+        let mut pushed = 0;
+        while pushed < queues.len() && queues[pushed].try_push_back(&stored) {
+            pushed += 1;
+        }
+        if pushed == queues.len() {
+            return SendNow::Done(Ok(()));
+        }
+        // Cancelling from here on leaves the message in the first `pushed`
+        // groups only: a cancelled send's outcome is unknown.
+        SendNow::Started(Box::pin(async move {
+            send_waiting(&queues[pushed..], stored, None).await
+        }))
     }
 
     /// Publishes to the default group of `destination` without waiting for
@@ -327,6 +322,28 @@ impl BrokerInner {
         }
         Ok(())
     }
+}
+
+/// Sends to `queues`, waiting for room in each before delivering to any.
+async fn send_waiting(
+    queues: &[Arc<Queue>],
+    stored: Stored,
+    delay: Option<Duration>,
+) -> Result<()> {
+    let mut reserved = Reservations(queues, 0);
+    for queue in queues {
+        queue.reserve().await;
+        reserved.1 += 1;
+    }
+    // Every queue has room: hand the reservations over to the messages.
+    reserved.1 = 0;
+    for queue in queues {
+        match delay {
+            Some(d) => queue.push_after(stored.clone(), d),
+            None => queue.push_back(stored.clone()),
+        }
+    }
+    Ok(())
 }
 
 /// The longest destination name the memory broker takes (RabbitMQ's limit,
@@ -419,6 +436,14 @@ pub struct MemoryProducer {
 impl Producer for MemoryProducer {
     async fn send(&self, destination: &str, message: Message) -> Result<()> {
         self.broker.send(destination, message).await
+    }
+
+    fn send_now(&self, destination: &str, message: Message) -> SendNow {
+        self.broker.send_now(destination, message)
+    }
+
+    fn can_send_now(&self) -> bool {
+        true
     }
 
     async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> BatchReport {
