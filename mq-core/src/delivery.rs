@@ -72,13 +72,17 @@ pub enum SettleNow {
 }
 
 /// The content of a received message, shared by all clones of it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Body {
     pub(crate) payload: Bytes,
     pub(crate) headers: Headers,
     pub(crate) key: Option<String>,
     pub(crate) id: MessageId,
     pub(crate) content_type: Option<String>,
+    /// When the message was first sent, if the broker tells. Here rather
+    /// than in `Received`: it belongs to the message, and every delivery
+    /// (moved a few times on its way to the handler) is 16 bytes smaller.
+    pub(crate) timestamp: Option<SystemTime>,
 }
 
 impl From<Message> for Body {
@@ -89,6 +93,7 @@ impl From<Message> for Body {
             key: message.key,
             id: message.id,
             content_type: message.content_type,
+            timestamp: None,
         }
     }
 }
@@ -101,7 +106,6 @@ pub struct Received {
     pub(crate) source: Arc<str>,
     pub(crate) group: Option<Arc<str>>,
     pub(crate) attempt: u32,
-    pub(crate) timestamp: Option<SystemTime>,
     pub(crate) metadata: Option<Arc<dyn Any + Send + Sync>>,
     /// The backend's name, set by the client's consumer wrapper.
     pub(crate) backend: &'static str,
@@ -120,7 +124,6 @@ impl Received {
             source: source.into(),
             group: None,
             attempt: attempt.max(1),
-            timestamp: None,
             metadata: None,
             backend: "",
         }
@@ -135,7 +138,15 @@ impl Received {
 
     /// Sets when the message was first sent.
     pub fn with_timestamp(mut self, timestamp: Option<SystemTime>) -> Self {
-        self.timestamp = timestamp;
+        match Arc::get_mut(&mut self.body) {
+            // A backend sets it right after `new`: the body is not shared yet.
+            Some(body) => body.timestamp = timestamp,
+            None => {
+                let mut body = Body::clone(&self.body);
+                body.timestamp = timestamp;
+                self.body = Arc::new(body);
+            }
+        }
         self
     }
 
@@ -194,7 +205,7 @@ impl Received {
 
     /// When the message was first sent, if the broker tells.
     pub fn timestamp(&self) -> Option<SystemTime> {
-        self.timestamp
+        self.body.timestamp
     }
 
     /// Backend-specific metadata of type `T` (for example a Kafka partition

@@ -17,15 +17,16 @@ use crate::message::Message;
 pub(crate) struct Stored {
     pub(crate) body: Arc<Body>,
     pub(crate) delivered: u32,
-    pub(crate) sent_at: SystemTime,
 }
 
 impl Stored {
+    /// The message as sent now (its timestamp).
     pub(crate) fn new(message: Message) -> Self {
+        let mut body = Body::from(message);
+        body.timestamp = Some(SystemTime::now());
         Stored {
-            body: Arc::new(Body::from(message)),
+            body: Arc::new(body),
             delivered: 0,
-            sent_at: SystemTime::now(),
         }
     }
 }
@@ -157,6 +158,8 @@ impl Queue {
     /// Takes up to `max` ready messages, marking them delivered.
     pub(crate) fn try_pop(&self, max: usize, out: &mut Vec<Stored>) {
         let mut s = self.state.lock();
+        // One allocation of the right size instead of doubling up to it.
+        out.reserve(max.saturating_sub(out.len()).min(s.ready.len()));
         while out.len() < max {
             match s.ready.pop_front() {
                 Some(mut m) => {

@@ -139,7 +139,13 @@ impl Producer for InstrumentedProducer {
         let metrics = self.metrics(destination);
         let started = Instant::now();
         let backend = self.backend;
-        let sending = match span.in_scope(|| self.inner.send_now(destination, message)) {
+        // Entering a span nobody records costs more than the send itself.
+        let now = if span.is_disabled() {
+            self.inner.send_now(destination, message)
+        } else {
+            span.in_scope(|| self.inner.send_now(destination, message))
+        };
+        let sending = match now {
             SendNow::Done(result) => {
                 metrics.record(backend, destination, started, &result);
                 return SendNow::Done(result);
