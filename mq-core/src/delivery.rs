@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::message::{Headers, Message, MessageId, JSON_CONTENT_TYPE};
+use crate::message::{Extras, Headers, Message, MessageId, JSON_CONTENT_TYPE};
 
 /// What to do with a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,9 +76,10 @@ pub enum SettleNow {
 pub(crate) struct Body {
     pub(crate) payload: Bytes,
     pub(crate) headers: Headers,
-    pub(crate) key: Option<String>,
     pub(crate) id: MessageId,
-    pub(crate) content_type: Option<String>,
+    /// Key and content type (the message's box; its delay and dedup id are
+    /// not read here).
+    pub(crate) extras: Option<Box<Extras>>,
     /// When the message was first sent, if the broker tells. Here rather
     /// than in `Received`: it belongs to the message, and every delivery
     /// (moved a few times on its way to the handler) is 16 bytes smaller.
@@ -90,11 +91,20 @@ impl From<Message> for Body {
         Body {
             payload: message.payload,
             headers: message.headers,
-            key: message.key,
             id: message.id,
-            content_type: message.content_type,
+            extras: message.extras,
             timestamp: None,
         }
+    }
+}
+
+impl Body {
+    fn key(&self) -> Option<&str> {
+        self.extras.as_ref()?.key.as_deref()
+    }
+
+    fn content_type(&self) -> Option<&str> {
+        self.extras.as_ref()?.content_type.as_deref()
     }
 }
 
@@ -168,7 +178,7 @@ impl Received {
 
     /// The ordering/partition key.
     pub fn key(&self) -> Option<&str> {
-        self.body.key.as_deref()
+        self.body.key()
     }
 
     /// The message id.
@@ -178,7 +188,7 @@ impl Received {
 
     /// The content type.
     pub fn content_type(&self) -> Option<&str> {
-        self.body.content_type.as_deref()
+        self.body.content_type()
     }
 
     /// The queue or topic the message was received from.
@@ -260,11 +270,14 @@ impl Received {
         Message {
             payload: b.payload.clone(),
             headers: b.headers.clone(),
-            key: b.key.clone(),
             id: b.id.clone(),
-            content_type: b.content_type.clone(),
-            delay: None,
-            dedup_id: None,
+            extras: Extras {
+                key: b.key().map(str::to_owned),
+                content_type: b.content_type().map(str::to_owned),
+                delay: None,
+                dedup_id: None,
+            }
+            .boxed(),
         }
     }
 }
@@ -287,10 +300,10 @@ impl fmt::Debug for Received {
             .field("source", &self.source)
             .field("group", &self.group)
             .field("attempt", &self.attempt)
-            .field("key", &self.body.key)
+            .field("key", &self.body.key())
             .field("payload_len", &self.body.payload.len())
             .field("headers", &self.body.headers)
-            .field("content_type", &self.body.content_type)
+            .field("content_type", &self.body.content_type())
             .finish()
     }
 }

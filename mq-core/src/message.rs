@@ -278,11 +278,29 @@ impl fmt::Display for MessageId {
 pub struct Message {
     pub(crate) payload: Bytes,
     pub(crate) headers: Headers,
-    pub(crate) key: Option<String>,
     pub(crate) id: MessageId,
+    /// `None` while every optional field is unset.
+    pub(crate) extras: Option<Box<Extras>>,
+}
+
+/// The fields most messages leave unset, behind one pointer. A message is
+/// moved several times on its way to a broker; at 192 bytes each move was a
+/// `memcpy` call (about ten per send on the memory backend), at 104 it is a
+/// few vector moves. The shared body of a received message keeps the same
+/// box, so it is smaller too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Extras {
+    pub(crate) key: Option<String>,
     pub(crate) content_type: Option<String>,
     pub(crate) delay: Option<Duration>,
     pub(crate) dedup_id: Option<String>,
+}
+
+impl Extras {
+    /// `None` when nothing is set, so equal messages compare equal.
+    pub(crate) fn boxed(self) -> Option<Box<Extras>> {
+        (self != Extras::default()).then(|| Box::new(self))
+    }
 }
 
 impl Message {
@@ -291,11 +309,8 @@ impl Message {
         Message {
             payload: payload.into(),
             headers: Headers::new(),
-            key: None,
             id: MessageId::generate(),
-            content_type: None,
-            delay: None,
-            dedup_id: None,
+            extras: None,
         }
     }
 
@@ -320,7 +335,7 @@ impl Message {
 
     /// Sets the ordering/partition key: messages with the same key keep their order.
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
-        self.key = Some(key.into());
+        self.extras_mut().key = Some(key.into());
         self
     }
 
@@ -332,13 +347,13 @@ impl Message {
 
     /// Sets the content type (MIME type) of the payload.
     pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
-        self.content_type = Some(content_type.into());
+        self.extras_mut().content_type = Some(content_type.into());
         self
     }
 
     /// Delays delivery: consumers do not see the message before `delay` has passed.
     pub fn with_delay(mut self, delay: Duration) -> Self {
-        self.delay = Some(delay);
+        self.extras_mut().delay = Some(delay);
         self
     }
 
@@ -348,7 +363,7 @@ impl Message {
     /// duplicates of the original, while the message id stays the same for
     /// application-level deduplication.
     pub fn with_dedup_id(mut self, dedup_id: impl Into<String>) -> Self {
-        self.dedup_id = Some(dedup_id.into());
+        self.extras_mut().dedup_id = Some(dedup_id.into());
         self
     }
 
@@ -360,7 +375,10 @@ impl Message {
     /// The broker deduplication id: the one set with
     /// [`Message::with_dedup_id`], else the message id.
     pub fn dedup_id(&self) -> &str {
-        self.dedup_id.as_deref().unwrap_or(self.id.as_str())
+        self.extras
+            .as_ref()
+            .and_then(|e| e.dedup_id.as_deref())
+            .unwrap_or(self.id.as_str())
     }
 
     /// The headers.
@@ -375,7 +393,7 @@ impl Message {
 
     /// The ordering/partition key.
     pub fn key(&self) -> Option<&str> {
-        self.key.as_deref()
+        self.extras.as_ref()?.key.as_deref()
     }
 
     /// The message id.
@@ -385,12 +403,16 @@ impl Message {
 
     /// The content type.
     pub fn content_type(&self) -> Option<&str> {
-        self.content_type.as_deref()
+        self.extras.as_ref()?.content_type.as_deref()
     }
 
     /// The delivery delay.
     pub fn delay(&self) -> Option<Duration> {
-        self.delay
+        self.extras.as_ref()?.delay
+    }
+
+    fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
     }
 
     /// Bytes this message occupies for size limits: payload plus headers, key,
@@ -398,21 +420,22 @@ impl Message {
     pub fn encoded_len(&self) -> usize {
         self.payload.len()
             + self.headers.encoded_len()
-            + self.key.as_ref().map_or(0, String::len)
+            + self.key().map_or(0, str::len)
             + self.id.len()
-            + self.content_type.as_ref().map_or(0, String::len)
+            + self.content_type().map_or(0, str::len)
     }
 
     /// Splits the message into its parts (for backends).
     pub fn into_parts(self) -> MessageParts {
+        let extras = self.extras.map(|e| *e).unwrap_or_default();
         MessageParts {
             payload: self.payload,
             headers: self.headers,
-            key: self.key,
+            key: extras.key,
             id: self.id.into_string(),
-            content_type: self.content_type,
-            delay: self.delay,
-            dedup_id: self.dedup_id,
+            content_type: extras.content_type,
+            delay: extras.delay,
+            dedup_id: extras.dedup_id,
         }
     }
 }
@@ -421,12 +444,15 @@ impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
             .field("id", &self.id)
-            .field("key", &self.key)
+            .field("key", &self.key())
             .field("payload_len", &self.payload.len())
             .field("headers", &self.headers)
-            .field("content_type", &self.content_type)
-            .field("delay", &self.delay)
-            .field("dedup_id", &self.dedup_id)
+            .field("content_type", &self.content_type())
+            .field("delay", &self.delay())
+            .field(
+                "dedup_id",
+                &self.extras.as_ref().and_then(|e| e.dedup_id.as_ref()),
+            )
             .finish()
     }
 }
@@ -436,11 +462,14 @@ impl From<MessageParts> for Message {
         Message {
             payload: p.payload,
             headers: p.headers,
-            key: p.key,
             id: MessageId::from(p.id),
-            content_type: p.content_type,
-            delay: p.delay,
-            dedup_id: p.dedup_id,
+            extras: Extras {
+                key: p.key,
+                content_type: p.content_type,
+                delay: p.delay,
+                dedup_id: p.dedup_id,
+            }
+            .boxed(),
         }
     }
 }
@@ -508,6 +537,29 @@ mod tests {
         let h: Headers = [("b", "2"), ("A", "1"), ("a", "3")].into_iter().collect();
         let keys: Vec<_> = h.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["A", "a", "b"]);
+    }
+
+    #[test]
+    fn optional_fields_round_trip_and_unset_ones_take_no_box() {
+        let m = Message::new("p");
+        assert!(m.extras.is_none());
+        assert_eq!(Message::from(m.clone().into_parts()), m);
+        let m = m
+            .with_key("k")
+            .with_content_type("text/plain")
+            .with_delay(Duration::from_secs(3))
+            .with_dedup_id("d");
+        assert_eq!(
+            (m.key(), m.content_type(), m.delay(), m.dedup_id()),
+            (
+                Some("k"),
+                Some("text/plain"),
+                Some(Duration::from_secs(3)),
+                "d"
+            )
+        );
+        assert_eq!(Message::from(m.clone().into_parts()), m);
+        assert!(std::mem::size_of::<Message>() <= 104);
     }
 
     #[test]
