@@ -41,8 +41,8 @@ pub trait Producer: Send + Sync + fmt::Debug {
     /// trait layers (pipeline, instrumentation, backend), which were most of
     /// the memory backend's publish cost.
     ///
-    /// Only called when [`can_send_now`](Producer::can_send_now) is true.
-    /// The default does nothing and hands the message back.
+    /// [`SendNow::Later`] means nothing was done: the caller sends the
+    /// message with [`send`](Producer::send). The default always says so.
     fn send_now(&self, destination: &str, message: Message) -> SendNow {
         let _ = destination;
         SendNow::Later(message)
