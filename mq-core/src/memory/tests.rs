@@ -307,6 +307,33 @@ async fn a_pipeline_waits_for_room_without_losing_anything() {
     assert_eq!(got, want);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_waiting_on_a_full_queue_are_all_woken_by_acks() {
+    let b = MemoryBroker::new(MemoryConfig {
+        capacity: 1,
+        ..MemoryConfig::default()
+    });
+    let mut producers = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let p = b.producer();
+        producers.spawn(async move {
+            for i in 0..50 {
+                p.send("q", Message::new(format!("{i}")))
+                    .await
+                    .expect("send");
+            }
+        });
+    }
+    let mut c = b.consumer(ConsumerOptions::new("q"));
+    for _ in 0..200 {
+        recv(&mut c).await.ack().await.expect("ack");
+    }
+    while let Some(done) = producers.join_next().await {
+        done.expect("producer task");
+    }
+    assert_eq!(b.held("q", None), 0);
+}
+
 #[tokio::test]
 async fn send_waits_when_queue_is_full() {
     let b = MemoryBroker::new(MemoryConfig {
