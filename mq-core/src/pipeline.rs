@@ -10,7 +10,9 @@
 //! message): each is started on the `send` call that adds it, and they make
 //! progress whenever `send` or `finish` runs. Every backend hands a message to
 //! its client library on that first poll, so the broker I/O goes on in the
-//! background in between.
+//! background in between. A send the producer can finish at once
+//! ([`Producer::send_now`], the in-memory broker with room) is no future
+//! at all and never takes a place in the window.
 
 use std::fmt;
 use std::future::Future;
