@@ -10,7 +10,9 @@
 //! message): each is started on the `send` call that adds it, and they make
 //! progress whenever `send` or `finish` runs. Every backend hands a message to
 //! its client library on that first poll, so the broker I/O goes on in the
-//! background in between.
+//! background in between. A send the producer can finish at once
+//! ([`Producer::send_now`], the in-memory broker with room) is no future
+//! at all and never takes a place in the window.
 
 use std::fmt;
 use std::future::Future;
@@ -21,8 +23,8 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 
 use crate::error::{Error, Result};
-use crate::message::Message;
-use crate::producer::Producer;
+use crate::message::{Message, MessageId};
+use crate::producer::{Producer, SendNow};
 
 /// Sends with up to `max_in_flight` confirmations outstanding. Call
 /// [`Pipeline::finish`] to wait for the rest and get the report; dropping a
@@ -36,7 +38,9 @@ pub struct Pipeline<P> {
     report: PipelineReport,
 }
 
-type InFlight = Pin<Box<dyn Future<Output = (String, Result<()>)> + Send>>;
+/// A send in flight and the id its failure is reported under (kept inline,
+/// not as a `String` copy per message).
+type InFlight = Pin<Box<dyn Future<Output = (MessageId, Result<()>)> + Send>>;
 
 impl<P: Producer + Clone + Send + 'static> Pipeline<P> {
     /// A pipeline over `producer` with at most `max_in_flight` (at least 1) sends outstanding.
@@ -55,6 +59,20 @@ impl<P: Producer + Clone + Send + 'static> Pipeline<P> {
         while self.in_flight.len() >= self.max_in_flight {
             self.reap_one().await;
         }
+        let id = message.id.clone();
+        let message = match self.producer.send_now(destination, message) {
+            SendNow::Done(result) => {
+                // Sent without a future: nothing joins the window.
+                self.record((id, result));
+                return self.collect_finished();
+            }
+            SendNow::Started(sending) => {
+                self.in_flight
+                    .push(Box::pin(async move { (id, sending.await) }));
+                return self.collect_finished();
+            }
+            SendNow::Later(message) => message,
+        };
         let producer = self.producer.clone();
         let destination = match &self.destination {
             Some(d) if **d == *destination => d.clone(),
@@ -64,14 +82,20 @@ impl<P: Producer + Clone + Send + 'static> Pipeline<P> {
                 d
             }
         };
-        let id = message.id().to_owned();
         self.in_flight.push(Box::pin(async move {
             let result = producer.send(&destination, message).await;
             (id, result)
         }));
-        // Start the new send (and collect finished ones) without waiting.
-        while let Some(Some(done)) = self.in_flight.next().now_or_never() {
-            self.record(done);
+        self.collect_finished();
+    }
+
+    /// Starts the newest send and records finished ones, without waiting.
+    fn collect_finished(&mut self) {
+        while !self.in_flight.is_empty() {
+            match self.in_flight.next().now_or_never() {
+                Some(Some(done)) => self.record(done),
+                _ => break,
+            }
         }
     }
 
@@ -99,10 +123,10 @@ impl<P: Producer + Clone + Send + 'static> Pipeline<P> {
         }
     }
 
-    fn record(&mut self, (id, result): (String, Result<()>)) {
+    fn record(&mut self, (id, result): (MessageId, Result<()>)) {
         match result {
             Ok(()) => self.report.sent += 1,
-            Err(e) => self.report.failures.push((id, e)),
+            Err(e) => self.report.failures.push((id.into_string(), e)),
         }
     }
 }

@@ -34,6 +34,27 @@ pub trait Producer: Send + Sync + fmt::Debug {
         BatchReport::new(ids.into_iter().zip(results).collect())
     }
 
+    /// Sends `message` without a future when the backend can hand it over
+    /// at once (the in-memory broker with room in every group), or says how
+    /// to finish. [`Pipeline`](crate::Pipeline) and the client's producer
+    /// try this first: it spares a send the boxed futures of three async
+    /// trait layers (pipeline, instrumentation, backend), which were most of
+    /// the memory backend's publish cost.
+    ///
+    /// [`SendNow::Later`] means nothing was done: the caller sends the
+    /// message with [`send`](Producer::send). The default always says so.
+    fn send_now(&self, destination: &str, message: Message) -> SendNow {
+        let _ = destination;
+        SendNow::Later(message)
+    }
+
+    /// Whether [`send_now`](Producer::send_now) may complete a send (false
+    /// by default). Wrappers ask it once, so a backend without a fast path
+    /// costs them nothing per send.
+    fn can_send_now(&self) -> bool {
+        false
+    }
+
     /// Flushes pending sends and releases the producer's resources. Sends
     /// after `close` fail with [`ErrorKind::Closed`](crate::ErrorKind::Closed).
     async fn close(&self) -> Result<()> {
@@ -44,6 +65,39 @@ pub trait Producer: Send + Sync + fmt::Debug {
     /// tracks its connection).
     fn health(&self) -> crate::health::Health {
         crate::health::Health::healthy()
+    }
+}
+
+/// What [`Producer::send_now`] did.
+pub enum SendNow {
+    /// Sent, or failed to, without waiting.
+    Done(Result<()>),
+    /// Nothing was done: send the message with [`Producer::send`].
+    Later(Message),
+    /// The send started and must wait (for room, a confirmation): the
+    /// future finishes it. Dropping it cancels the send, whose outcome is
+    /// then unknown, as with a dropped [`Producer::send`] future.
+    Started(Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>),
+}
+
+impl SendNow {
+    /// Finishes the send: `Later` goes through `producer.send`.
+    pub async fn finish<P: Producer + ?Sized>(self, producer: &P, destination: &str) -> Result<()> {
+        match self {
+            SendNow::Done(result) => result,
+            SendNow::Started(sending) => sending.await,
+            SendNow::Later(message) => producer.send(destination, message).await,
+        }
+    }
+}
+
+impl fmt::Debug for SendNow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendNow::Done(r) => f.debug_tuple("Done").field(r).finish(),
+            SendNow::Later(m) => f.debug_tuple("Later").field(m).finish(),
+            SendNow::Started(_) => f.write_str("Started(..)"),
+        }
     }
 }
 
@@ -90,6 +144,14 @@ macro_rules! forward_producer {
                 Self: 'async_trait,
             {
                 (**self).close()
+            }
+
+            fn send_now(&self, destination: &str, message: Message) -> SendNow {
+                (**self).send_now(destination, message)
+            }
+
+            fn can_send_now(&self) -> bool {
+                (**self).can_send_now()
             }
 
             fn health(&self) -> crate::health::Health {

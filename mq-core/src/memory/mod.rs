@@ -28,12 +28,13 @@ mod queue;
 use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 
 use crate::capabilities::Capabilities;
 use crate::client::{Backend, Client};
@@ -42,7 +43,7 @@ use crate::delivery::{Body, Delivery, Received, SettleNow, Settlement, Settler};
 use crate::driver::{Connector, Driver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
-use crate::producer::{BatchReport, DynProducer, Producer};
+use crate::producer::{BatchReport, DynProducer, Producer, SendNow};
 use crate::queue_stats::QueueStats;
 use crate::url::{RedactedUrl, UrlOptions};
 
@@ -200,12 +201,12 @@ impl MemoryBroker {
     /// A consumer of this broker.
     pub fn consumer(&self, options: ConsumerOptions) -> MemoryConsumer {
         let queue = self.inner.queue(&options.source, options.group.as_deref());
-        let permits = Arc::new(Semaphore::new(options.prefetch_or(DEFAULT_PREFETCH)));
+        let prefetch = Prefetch::new(options.prefetch_or(DEFAULT_PREFETCH));
         MemoryConsumer {
             settler: Arc::new(MemorySettler {
                 dead_letter: options.dead_letter_destination(),
                 queue,
-                permits,
+                prefetch,
                 broker: self.inner.clone(),
                 outstanding: Mutex::new(Outstanding::default()),
             }),
@@ -267,48 +268,43 @@ impl BrokerInner {
     /// core (`checks`) before a `Client`'s producer got here; the name rule
     /// is this broker's own.
     async fn send(&self, destination: &str, message: Message) -> Result<()> {
-        check_name(destination)?;
-        let delay = message.delay();
-        let stored = Stored::new(message);
-        let queues = self.queues(destination);
-        if delay.is_none() {
-            // Fast path: room everywhere, one lock per queue. A queue that is
-            // full makes this send wait for it (and the ones after it) below.
-            let mut pushed = 0;
-            while pushed < queues.len() && queues[pushed].try_push_back(&stored) {
-                pushed += 1;
+        match self.send_now(destination, message) {
+            SendNow::Done(result) => result,
+            SendNow::Started(sending) => sending.await,
+            SendNow::Later(message) => {
+                let delay = message.delay();
+                let stored = Stored::new(message);
+                send_waiting(&self.queues(destination), stored, delay).await
             }
-            if pushed == queues.len() {
-                return Ok(());
-            }
-            // Cancelling from here on leaves the message in the first
-            // `pushed` groups only: a cancelled send's outcome is unknown.
-            return self.send_waiting(&queues[pushed..], stored, None).await;
         }
-        self.send_waiting(&queues, stored, delay).await
     }
 
-    /// Sends to `queues`, waiting for room in each before delivering to any.
-    async fn send_waiting(
-        &self,
-        queues: &[Arc<Queue>],
-        stored: Stored,
-        delay: Option<Duration>,
-    ) -> Result<()> {
-        let mut reserved = Reservations(queues, 0);
-        for queue in queues {
-            queue.reserve().await;
-            reserved.1 += 1;
+    /// A send without a future while every group has room (one lock per
+    /// queue). A group that is full makes the send wait for it and the
+    /// groups after it ([`SendNow::Started`]). A delayed message is handed
+    /// back untouched ([`SendNow::Later`]): it waits for room in every group
+    /// before it is scheduled in any.
+    fn send_now(&self, destination: &str, message: Message) -> SendNow {
+        if let Err(e) = check_name(destination) {
+            return SendNow::Done(Err(e));
         }
-        // Every queue has room: hand the reservations over to the messages.
-        reserved.1 = 0;
-        for queue in queues {
-            match delay {
-                Some(d) => queue.push_after(stored.clone(), d),
-                None => queue.push_back(stored.clone()),
-            }
+        if message.delay().is_some() {
+            return SendNow::Later(message);
         }
-        Ok(())
+        let stored = Stored::new(message);
+        let queues = self.queues(destination);
+        let mut pushed = 0;
+        while pushed < queues.len() && queues[pushed].try_push_back(&stored) {
+            pushed += 1;
+        }
+        if pushed == queues.len() {
+            return SendNow::Done(Ok(()));
+        }
+        // Cancelling from here on leaves the message in the first `pushed`
+        // groups only: a cancelled send's outcome is unknown.
+        SendNow::Started(Box::pin(async move {
+            send_waiting(&queues[pushed..], stored, None).await
+        }))
     }
 
     /// Publishes to the default group of `destination` without waiting for
@@ -327,6 +323,28 @@ impl BrokerInner {
         }
         Ok(())
     }
+}
+
+/// Sends to `queues`, waiting for room in each before delivering to any.
+async fn send_waiting(
+    queues: &[Arc<Queue>],
+    stored: Stored,
+    delay: Option<Duration>,
+) -> Result<()> {
+    let mut reserved = Reservations(queues, 0);
+    for queue in queues {
+        queue.reserve().await;
+        reserved.1 += 1;
+    }
+    // Every queue has room: hand the reservations over to the messages.
+    reserved.1 = 0;
+    for queue in queues {
+        match delay {
+            Some(d) => queue.push_after(stored.clone(), d),
+            None => queue.push_back(stored.clone()),
+        }
+    }
+    Ok(())
 }
 
 /// The longest destination name the memory broker takes (RabbitMQ's limit,
@@ -421,6 +439,14 @@ impl Producer for MemoryProducer {
         self.broker.send(destination, message).await
     }
 
+    fn send_now(&self, destination: &str, message: Message) -> SendNow {
+        self.broker.send_now(destination, message)
+    }
+
+    fn can_send_now(&self) -> bool {
+        true
+    }
+
     async fn send_batch(&self, destination: &str, messages: Vec<Message>) -> BatchReport {
         let mut results = Vec::with_capacity(messages.len());
         for m in messages {
@@ -439,19 +465,28 @@ pub struct MemoryConsumer {
 }
 
 impl MemoryConsumer {
-    fn deliver(&self, stored: Stored) -> Delivery {
+    /// Hands out what the queue gave: counted against the prefetch and
+    /// tracked (one lock for the batch) before any delivery exists, so
+    /// none can be settled before it is accounted for.
+    fn deliver_all(&self, stored: Vec<Stored>) -> Vec<Delivery> {
+        self.settler.prefetch.take(stored.len());
+        self.settler.track_all(&stored);
         let q = &self.settler.queue;
-        self.settler.track(&stored);
-        let received = Received {
-            body: stored.body,
-            source: q.source.clone(),
-            group: q.group.clone(),
-            attempt: stored.delivered.max(1),
-            timestamp: Some(stored.sent_at),
-            metadata: None,
-            backend: BACKEND,
-        };
-        Delivery::new(received, self.settler.clone())
+        let settler: Arc<dyn Settler> = self.settler.clone();
+        stored
+            .into_iter()
+            .map(|stored| {
+                let received = Received {
+                    body: stored.body,
+                    source: q.source.clone(),
+                    group: q.group.clone(),
+                    attempt: stored.delivered.max(1),
+                    metadata: None,
+                    backend: BACKEND,
+                };
+                Delivery::new(received, settler.clone())
+            })
+            .collect()
     }
 
     fn check_open(&self) -> Result<()> {
@@ -469,16 +504,10 @@ impl MemoryConsumer {
 impl Consumer for MemoryConsumer {
     async fn receive(&mut self) -> Result<Delivery> {
         self.check_open()?;
-        let permit = self
-            .settler
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| Error::closed("consumer is closed").with_source(e))?;
-        let mut batch = self.settler.queue.pop(1).await;
-        permit.forget();
-        match batch.pop() {
-            Some(stored) => Ok(self.deliver(stored)),
+        self.settler.prefetch.wait_room().await;
+        let batch = self.settler.queue.pop(1).await;
+        match self.deliver_all(batch).pop() {
+            Some(delivery) => Ok(delivery),
             None => Err(Error::new(ErrorKind::Broker, "queue returned no message")),
         }
     }
@@ -488,25 +517,15 @@ impl Consumer for MemoryConsumer {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let settler = self.settler.clone();
+        let settler = &self.settler;
+        // Cancel-safe: nothing is taken from the queue or the prefetch
+        // until `pop` returns, in the step that also counts and tracks it.
         let take = async {
-            let first = settler.permits.acquire().await.ok()?;
-            let extra = (1..max)
-                .map_while(|_| settler.permits.try_acquire().ok())
-                .collect::<Vec<_>>();
-            let stored = settler.queue.pop(extra.len() + 1).await;
-            // Keep one permit per delivery; give back the ones not used.
-            let mut permits = std::iter::once(first).chain(extra);
-            for _ in 0..stored.len() {
-                if let Some(p) = permits.next() {
-                    p.forget();
-                }
-            }
-            Some(stored)
+            let room = settler.prefetch.wait_room().await;
+            settler.queue.pop(max.min(room)).await
         };
         match tokio::time::timeout(wait, take).await {
-            Ok(Some(stored)) => Ok(stored.into_iter().map(|s| self.deliver(s)).collect()),
-            Ok(None) => Err(Error::closed("consumer is closed").with_backend(BACKEND)),
+            Ok(stored) => Ok(self.deliver_all(stored)),
             Err(_) => Ok(Vec::new()),
         }
     }
@@ -529,8 +548,8 @@ struct MemorySettler {
     queue: Arc<Queue>,
     /// Where dead letters go (the consumer's options).
     dead_letter: String,
-    /// One permit per delivery the consumer may hold unsettled (prefetch).
-    permits: Arc<Semaphore>,
+    /// Deliveries the consumer may hold unsettled.
+    prefetch: Prefetch,
     broker: Arc<BrokerInner>,
     outstanding: Mutex<Outstanding>,
 }
@@ -552,13 +571,75 @@ fn body_key(body: &Arc<Body>) -> usize {
     Arc::as_ptr(body) as usize
 }
 
+/// The prefetch of one consumer: deliveries it holds unsettled, against
+/// its limit. Only the consumer takes (receiving needs `&mut`); any task
+/// gives back. A counter and a wake-up when the count leaves the limit
+/// replace a semaphore, whose `add_permits` took a lock on every settle.
+#[derive(Debug)]
+struct Prefetch {
+    limit: usize,
+    held: AtomicUsize,
+    room: Notify,
+}
+
+impl Prefetch {
+    fn new(limit: usize) -> Self {
+        Prefetch {
+            limit,
+            held: AtomicUsize::new(0),
+            room: Notify::new(),
+        }
+    }
+
+    fn room_now(&self) -> usize {
+        self.limit.saturating_sub(self.held.load(Ordering::Acquire))
+    }
+
+    /// Waits until the consumer may take more deliveries; how many.
+    /// Cancel-safe: it takes nothing.
+    async fn wait_room(&self) -> usize {
+        loop {
+            let room = self.room_now();
+            if room > 0 {
+                return room;
+            }
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let room = self.room_now();
+            if room > 0 {
+                return room;
+            }
+            notified.await;
+        }
+    }
+
+    /// `n` deliveries handed out (at most the room `wait_room` returned:
+    /// nobody else takes in between).
+    fn take(&self, n: usize) {
+        self.held.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// One delivery settled or returned. Wakes the consumer only when the
+    /// limit was reached (it may be waiting); otherwise one atomic.
+    fn give_back(&self) {
+        let before = self.held.fetch_sub(1, Ordering::AcqRel);
+        if before >= self.limit {
+            self.room.notify_one();
+        }
+    }
+}
+
 impl MemorySettler {
-    fn track(&self, stored: &Stored) {
+    fn track_all(&self, batch: &[Stored]) {
         let mut o = self.outstanding.lock();
-        o.sent += 1;
-        let sent = o.sent;
-        o.by_body
-            .insert(body_key(&stored.body), (sent, stored.clone()));
+        o.by_body.reserve(batch.len());
+        for stored in batch {
+            o.sent += 1;
+            let sent = o.sent;
+            o.by_body
+                .insert(body_key(&stored.body), (sent, stored.clone()));
+        }
     }
 
     /// Takes the delivery out of the outstanding set; `None` once the consumer
@@ -567,7 +648,7 @@ impl MemorySettler {
         let key = body_key(&delivery.received().body);
         let stored = self.outstanding.lock().by_body.remove(&key).map(|(_, s)| s);
         if stored.is_some() {
-            self.permits.add_permits(1);
+            self.prefetch.give_back();
         }
         stored
     }

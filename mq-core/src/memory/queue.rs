@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -17,15 +18,16 @@ use crate::message::Message;
 pub(crate) struct Stored {
     pub(crate) body: Arc<Body>,
     pub(crate) delivered: u32,
-    pub(crate) sent_at: SystemTime,
 }
 
 impl Stored {
+    /// The message as sent now (its timestamp).
     pub(crate) fn new(message: Message) -> Self {
+        let mut body = Body::from(message);
+        body.timestamp = Some(SystemTime::now());
         Stored {
-            body: Arc::new(Body::from(message)),
+            body: Arc::new(body),
             delivered: 0,
-            sent_at: SystemTime::now(),
         }
     }
 }
@@ -34,9 +36,10 @@ impl Stored {
 struct State {
     /// Messages ready to deliver, in delivery order.
     ready: VecDeque<Stored>,
-    /// Every message this queue is responsible for: ready, delayed and
-    /// delivered-but-unsettled. Bounded by the capacity.
-    held: usize,
+    /// Responsibilities ever taken (wrapping). Minus `Queue::released`, the
+    /// messages this queue holds: ready, delayed and delivered-but-unsettled,
+    /// bounded by the capacity.
+    taken: usize,
     /// Messages waiting for their delay before they become ready.
     delayed: usize,
 }
@@ -48,6 +51,11 @@ pub(crate) struct Queue {
     pub(crate) group: Option<Arc<str>>,
     capacity: usize,
     state: Mutex<State>,
+    /// Responsibilities ever given up (wrapping), counted without the lock:
+    /// an ack is one atomic add instead of a lock and a wake-up.
+    released: AtomicUsize,
+    /// Producers waiting for room; a release wakes one only if there are any.
+    waiting: AtomicUsize,
     readable: Notify,
     writable: Notify,
 }
@@ -59,16 +67,25 @@ impl Queue {
             group: group.map(Arc::from),
             capacity,
             state: Mutex::new(State::default()),
+            released: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             readable: Notify::new(),
             writable: Notify::new(),
         }
     }
 
+    /// Messages held. Exact under the lock: only lock holders take, and
+    /// everything released was taken before (a stale `released` only
+    /// undercounts the room).
+    fn held_locked(&self, s: &State) -> usize {
+        s.taken.wrapping_sub(self.released.load(Ordering::SeqCst))
+    }
+
     /// Takes responsibility for one more message if there is room.
     fn try_reserve(&self) -> bool {
         let mut s = self.state.lock();
-        if s.held < self.capacity {
-            s.held += 1;
+        if self.held_locked(&s) < self.capacity {
+            s.taken = s.taken.wrapping_add(1);
             true
         } else {
             false
@@ -79,10 +96,10 @@ impl Queue {
     /// in one step, if there is room (the common case of a send).
     pub(crate) fn try_push_back(&self, stored: &Stored) -> bool {
         let mut s = self.state.lock();
-        if s.held >= self.capacity {
+        if self.held_locked(&s) >= self.capacity {
             return false;
         }
-        s.held += 1;
+        s.taken = s.taken.wrapping_add(1);
         s.ready.push_back(stored.clone());
         drop(s);
         self.readable.notify_one();
@@ -95,6 +112,7 @@ impl Queue {
         if self.try_reserve() {
             return;
         }
+        let _waiting = Waiting::new(&self.waiting);
         loop {
             let notified = self.writable.notified();
             tokio::pin!(notified);
@@ -111,15 +129,20 @@ impl Queue {
     /// Takes responsibility for a message without waiting (dead-letters must
     /// never block settlement).
     pub(crate) fn reserve_now(&self) {
-        self.state.lock().held += 1;
+        let mut s = self.state.lock();
+        s.taken = s.taken.wrapping_add(1);
     }
 
     /// Gives up responsibility for one message (acked or moved away).
+    /// Every caller took it first (a send reserved it), so the count never
+    /// goes below zero. A producer registers as waiting before its last
+    /// look at the room, and this adds before it looks for waiters (both
+    /// sequentially consistent): one of the two sees the other.
     pub(crate) fn release(&self) {
-        let mut s = self.state.lock();
-        s.held = s.held.saturating_sub(1);
-        drop(s);
-        self.writable.notify_one();
+        self.released.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.writable.notify_one();
+        }
     }
 
     /// Makes a reserved message deliverable, at the back.
@@ -157,6 +180,8 @@ impl Queue {
     /// Takes up to `max` ready messages, marking them delivered.
     pub(crate) fn try_pop(&self, max: usize, out: &mut Vec<Stored>) {
         let mut s = self.state.lock();
+        // One allocation of the right size instead of doubling up to it.
+        out.reserve(max.saturating_sub(out.len()).min(s.ready.len()));
         while out.len() < max {
             match s.ready.pop_front() {
                 Some(mut m) => {
@@ -201,13 +226,33 @@ impl Queue {
 
     /// Messages held in total (ready, delayed and unsettled).
     pub(crate) fn held(&self) -> usize {
-        self.state.lock().held
+        let s = self.state.lock();
+        self.held_locked(&s)
     }
 
     /// (ready, delayed, delivered and unsettled) right now.
     pub(crate) fn counts(&self) -> (usize, usize, usize) {
         let s = self.state.lock();
-        let unsettled = s.held.saturating_sub(s.ready.len() + s.delayed);
+        let unsettled = self
+            .held_locked(&s)
+            .saturating_sub(s.ready.len() + s.delayed);
         (s.ready.len(), s.delayed, unsettled)
+    }
+}
+
+/// A producer waiting in [`Queue::reserve`], counted while it waits
+/// (dropped on return or cancellation).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

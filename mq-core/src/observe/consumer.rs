@@ -45,8 +45,8 @@ impl InstrumentedConsumer {
         })
     }
 
-    fn wrap_delivery(&mut self, mut delivery: Delivery) -> Delivery {
-        self.received.increment(1);
+    /// Stamps and traces one delivery; the caller counts it.
+    fn wrap_delivery(&self, mut delivery: Delivery) -> Delivery {
         let received = delivery.instrument(&self.counts);
         received.backend = self.backend;
         drop(trace::receive_span(self.backend, received));
@@ -58,11 +58,14 @@ impl InstrumentedConsumer {
 impl Consumer for InstrumentedConsumer {
     async fn receive(&mut self) -> Result<Delivery> {
         let d = self.inner.receive().await?;
+        self.received.increment(1);
         Ok(self.wrap_delivery(d))
     }
 
     async fn receive_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         let batch = self.inner.receive_batch(max, wait).await?;
+        // One count per batch, not per delivery.
+        self.received.increment(batch.len() as u64);
         Ok(batch.into_iter().map(|d| self.wrap_delivery(d)).collect())
     }
 

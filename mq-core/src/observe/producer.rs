@@ -15,7 +15,7 @@ use crate::checks::{check_send, send_batch_checked};
 use crate::error::Result;
 use crate::health::Health;
 use crate::message::Message;
-use crate::producer::{BatchReport, DynProducer, Producer};
+use crate::producer::{BatchReport, DynProducer, Producer, SendNow};
 
 /// The metric handles of one destination, made once and reused.
 #[derive(Clone)]
@@ -30,6 +30,8 @@ pub(crate) struct InstrumentedProducer {
     /// For the checks every send passes first (`crate::checks`).
     caps: Capabilities,
     by_destination: RwLock<FxHashMap<Box<str>, SendMetrics>>,
+    /// The backend's `can_send_now`, asked once.
+    sends_now: bool,
 }
 
 impl InstrumentedProducer {
@@ -39,6 +41,7 @@ impl InstrumentedProducer {
         caps: Capabilities,
     ) -> DynProducer {
         Arc::new(InstrumentedProducer {
+            sends_now: inner.can_send_now(),
             inner,
             backend,
             caps,
@@ -65,15 +68,12 @@ impl InstrumentedProducer {
     }
 
     fn count_error(&self, destination: &str, e: &crate::Error) {
-        metrics::counter!(names::SEND_ERRORS,
-            "backend" => self.backend, "destination" => destination.to_owned(), "kind" => format!("{:?}", e.kind()))
-        .increment(1);
+        count_error(self.backend, destination, e);
     }
-}
 
-#[async_trait]
-impl Producer for InstrumentedProducer {
-    async fn send(&self, destination: &str, mut message: Message) -> Result<()> {
+    /// The send through the backend's future (no fast path, or a delayed
+    /// message): checks, span, trace context, metrics.
+    async fn send_later(&self, destination: &str, mut message: Message) -> Result<()> {
         if let Err(e) = check_send(&self.caps, self.backend, destination, &message) {
             self.count_error(destination, &e);
             return Err(e);
@@ -83,14 +83,89 @@ impl Producer for InstrumentedProducer {
         let metrics = self.metrics(destination);
         let started = Instant::now();
         let result = self.inner.send(destination, message).instrument(span).await;
-        match &result {
-            Ok(()) => {
-                metrics.sent.increment(1);
-                metrics.duration.record(started.elapsed());
-            }
-            Err(e) => self.count_error(destination, e),
-        }
+        metrics.record(self.backend, destination, started, &result);
         result
+    }
+}
+
+fn count_error(backend: &'static str, destination: &str, e: &crate::Error) {
+    metrics::counter!(names::SEND_ERRORS,
+        "backend" => backend, "destination" => destination.to_owned(), "kind" => format!("{:?}", e.kind()))
+    .increment(1);
+}
+
+impl SendMetrics {
+    fn record(
+        &self,
+        backend: &'static str,
+        destination: &str,
+        started: Instant,
+        result: &Result<()>,
+    ) {
+        match result {
+            Ok(()) => {
+                self.sent.increment(1);
+                self.duration.record(started.elapsed());
+            }
+            Err(e) => count_error(backend, destination, e),
+        }
+    }
+}
+
+#[async_trait]
+impl Producer for InstrumentedProducer {
+    async fn send(&self, destination: &str, message: Message) -> Result<()> {
+        match self.send_now(destination, message) {
+            SendNow::Done(result) => result,
+            SendNow::Started(sending) => sending.await,
+            SendNow::Later(message) => self.send_later(destination, message).await,
+        }
+    }
+
+    /// The backend's fast path with the same checks, span, trace context
+    /// and metrics as `send`. Once the span exists the send is never handed
+    /// back as `Later` (that would make a second span for one message): a
+    /// backend that cannot finish now continues in the returned future.
+    fn send_now(&self, destination: &str, mut message: Message) -> SendNow {
+        if !self.sends_now {
+            return SendNow::Later(message);
+        }
+        if let Err(e) = check_send(&self.caps, self.backend, destination, &message) {
+            self.count_error(destination, &e);
+            return SendNow::Done(Err(e));
+        }
+        let span = trace::send_span(self.backend, destination, &message);
+        trace::inject(&span, message.headers_mut());
+        let metrics = self.metrics(destination);
+        let started = Instant::now();
+        let backend = self.backend;
+        // Entering a span nobody records costs more than the send itself.
+        let now = if span.is_disabled() {
+            self.inner.send_now(destination, message)
+        } else {
+            span.in_scope(|| self.inner.send_now(destination, message))
+        };
+        let sending = match now {
+            SendNow::Done(result) => {
+                metrics.record(backend, destination, started, &result);
+                return SendNow::Done(result);
+            }
+            SendNow::Started(sending) => sending,
+            SendNow::Later(message) => {
+                let (inner, dest) = (self.inner.clone(), destination.to_owned());
+                Box::pin(async move { inner.send(&dest, message).await })
+            }
+        };
+        let destination = destination.to_owned();
+        SendNow::Started(Box::pin(async move {
+            let result = sending.instrument(span).await;
+            metrics.record(backend, &destination, started, &result);
+            result
+        }))
+    }
+
+    fn can_send_now(&self) -> bool {
+        self.sends_now
     }
 
     async fn send_batch(&self, destination: &str, mut messages: Vec<Message>) -> BatchReport {
