@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{channel, cleanup, next, raw, unique, url, with};
+use common::{channel, cleanup, close_raw, next, raw, unique, url, with};
 use mq_core::message::headers;
 use mq_core::{ErrorKind, Message};
 use mq_rabbit::lapin::options::{
@@ -38,7 +38,7 @@ async fn declare_foreign(url: &str, queue: &str) {
     )
     .await
     .expect("declare the foreign queue");
-    let _ = conn.close(200, "done".into()).await;
+    close_raw(conn).await;
 }
 
 /// Receives until every id of `expected` came (acking each), for at most `wait`.
@@ -321,7 +321,7 @@ async fn defect6a_timestamp_u64_max_does_not_panic() {
     assert_eq!(d.timestamp(), None);
     assert_eq!(d.payload().as_ref(), b"from the future");
     d.ack().await.expect("ack");
-    let _ = conn.close(200, "done".into()).await;
+    close_raw(conn).await;
     client.close().await.expect("close client");
     cleanup(&url, &[&q], &[&q]).await;
 }
@@ -366,7 +366,7 @@ async fn defect10_deleted_queue_is_declared_again() {
             .map(|s| s.as_str()),
         Some("after")
     );
-    let _ = conn.close(200, "done".into()).await;
+    close_raw(conn).await;
     client.close().await.expect("close client");
     cleanup(&url, &[&q], &[&q]).await;
 }
@@ -406,7 +406,7 @@ async fn defect10_deleted_exchange_is_declared_again() {
             .map(|s| s.as_str()),
         Some("after")
     );
-    let _ = conn.close(200, "done".into()).await;
+    close_raw(conn).await;
     client.close().await.expect("close client");
     cleanup(&url, &[&q], &[&q]).await;
 }

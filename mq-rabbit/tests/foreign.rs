@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{channel, cleanup, next, raw, unique, url};
+use common::{channel, cleanup, close_raw, next, raw, unique, url};
 use mq_core::message::headers;
 use mq_core::Delivery;
 use mq_rabbit::lapin::options::BasicPublishOptions;
@@ -246,7 +246,7 @@ async fn defect6_foreign_extreme_properties_from_lapin() {
         .await
         .expect("published");
     }
-    let _ = conn.close(200, "done".into()).await;
+    close_raw(conn).await;
     let ids: Vec<&str> = cases.iter().map(|(id, _)| *id).collect();
     receive_and_settle(&url, &q, &ids).await;
 }

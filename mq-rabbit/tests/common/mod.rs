@@ -54,20 +54,45 @@ pub async fn channel(conn: &Connection) -> Channel {
 
 /// Deletes `queues` and `exchanges` (those that exist), each on a channel of its own.
 pub async fn cleanup(url: &str, queues: &[&str], exchanges: &[&str]) {
-    let conn = raw(url).await;
-    for q in queues {
-        let ch = channel(&conn).await;
-        let _ = ch
-            .queue_delete((*q).into(), QueueDeleteOptions::default())
-            .await;
+    let deleting = async {
+        let conn = raw(url).await;
+        for q in queues {
+            let ch = channel(&conn).await;
+            let _ = ch
+                .queue_delete((*q).into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in exchanges {
+            let ch = channel(&conn).await;
+            let _ = ch
+                .exchange_delete((*x).into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        close_raw(conn).await;
+    };
+    if tokio::time::timeout(RAW_LIMIT * 4, deleting).await.is_err() {
+        eprintln!(
+            "cleanup of {queues:?} did not finish within {:?}; left to the broker",
+            RAW_LIMIT * 4
+        );
     }
-    for x in exchanges {
-        let ch = channel(&conn).await;
-        let _ = ch
-            .exchange_delete((*x).into(), ExchangeDeleteOptions::default())
-            .await;
+}
+
+/// How long a raw connection's close may take before the test goes on.
+const RAW_LIMIT: Duration = Duration::from_secs(5);
+
+/// Closes a raw lapin connection, waiting at most [`RAW_LIMIT`]. lapin's
+/// `close` can wait forever once its I/O loop has ended: a CI run hung
+/// after every assertion of a test had passed, awaiting the close of its
+/// cleanup connection, whose socket was already gone (the broker logged
+/// "client unexpectedly closed TCP connection").
+pub async fn close_raw(conn: Connection) {
+    if tokio::time::timeout(RAW_LIMIT, conn.close(200, "done".into()))
+        .await
+        .is_err()
+    {
+        eprintln!("closing a raw RabbitMQ connection took over {RAW_LIMIT:?}; dropped it");
     }
-    let _ = conn.close(200, "cleanup".into()).await;
 }
 
 /// The next delivery, or `None` if none comes within `wait`.
