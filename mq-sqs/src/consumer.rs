@@ -1,6 +1,7 @@
 //! Receiving: a background poller per consumer long-polls `ReceiveMessage`
-//! (up to 10 messages a call) when a `receive` waits with nothing buffered
-//! and the consumer has prefetch room, and hands deliveries over through a
+//! (up to 10 messages a call) when a `receive` waits with nothing buffered,
+//! and reads ahead while a `receive` asked within the last second, as far
+//! as the consumer has prefetch room; it hands deliveries over through a
 //! channel. So `receive` is cancel-safe: dropping its future loses nothing,
 //! because the HTTP call belongs to the poller, not to the caller; what it
 //! brings waits for the next `receive`.
