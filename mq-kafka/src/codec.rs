@@ -97,24 +97,21 @@ pub(crate) struct Decoded {
     pub(crate) not_before: Option<SystemTime>,
 }
 
-/// What a fetched record says, read without any consumer state: the poll
-/// thread parses a burst of records this way before it takes the
-/// consumer's lock once for all of them.
-pub(crate) struct Parsed {
-    pub(crate) message: Message,
-    /// `mq-attempt` (records of the retry topic only), else 1.
-    pub(crate) attempt: u32,
-    pub(crate) timestamp: Option<SystemTime>,
-    /// `mq-not-before` (records of the retry topic only).
-    pub(crate) not_before: Option<SystemTime>,
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
-}
-
-/// Parses a fetched record. `from_retry`: the record is from the group's
-/// retry topic, the only place `mq-attempt` and `mq-not-before` are
-/// honoured. Never panics, whatever the record holds.
-pub(crate) fn parse<M: rdkafka::Message>(msg: &M, from_retry: bool) -> Parsed {
+/// Decodes a fetched record; `source` is the topic reported to the handler
+/// (the original topic for records of a retry topic), `topic` the record's
+/// own topic name; both, like `group`, are shared by every record of a
+/// consumer (no allocation per record for them). `from_retry`: the record
+/// is from the group's retry topic, the only place `mq-attempt` and
+/// `mq-not-before` are honoured. Never panics, whatever the record holds.
+pub(crate) fn decode<M: rdkafka::Message>(
+    msg: &M,
+    topic: Arc<str>,
+    source: &Arc<str>,
+    group: Option<&Arc<str>>,
+    generation: u64,
+    from_retry: bool,
+    extra_attempts: u32,
+) -> Decoded {
     let mut headers = Headers::new();
     let mut id = None;
     let mut content_type = None;
@@ -151,63 +148,23 @@ pub(crate) fn parse<M: rdkafka::Message>(msg: &M, from_retry: bool) -> Parsed {
         .to_millis()
         .and_then(|ms| u64::try_from(ms).ok())
         .and_then(from_unix_millis);
-    Parsed {
-        message: Message::from(parts),
-        attempt,
-        timestamp,
-        not_before,
+    let received = Received::new(
+        source.clone(),
+        Message::from(parts),
+        attempt.saturating_add(extra_attempts),
+    )
+    .with_group(group.cloned())
+    .with_timestamp(timestamp)
+    .with_metadata(KafkaMetadata {
+        topic,
         partition: msg.partition(),
         offset: msg.offset(),
+        generation,
+    });
+    Decoded {
+        received,
+        not_before,
     }
-}
-
-impl Parsed {
-    /// The delivery of the record: `source` is the topic reported to the
-    /// handler (the original topic for records of a retry topic), `topic`
-    /// the record's own topic name; both, like `group`, are shared by every
-    /// record of a consumer (no allocation per record for them).
-    /// `extra_attempts`: deliveries of this offset the broker cannot count
-    /// (handed back by a rebalance or a close).
-    pub(crate) fn into_decoded(
-        self,
-        topic: Arc<str>,
-        source: &Arc<str>,
-        group: Option<&Arc<str>>,
-        generation: u64,
-        extra_attempts: u32,
-    ) -> Decoded {
-        let received = Received::new(
-            source.clone(),
-            self.message,
-            self.attempt.saturating_add(extra_attempts),
-        )
-        .with_group(group.cloned())
-        .with_timestamp(self.timestamp)
-        .with_metadata(KafkaMetadata {
-            topic,
-            partition: self.partition,
-            offset: self.offset,
-            generation,
-        });
-        Decoded {
-            received,
-            not_before: self.not_before,
-        }
-    }
-}
-
-/// Parses a fetched record and makes its delivery in one step (see
-/// [`parse`] and [`Parsed::into_decoded`]).
-pub(crate) fn decode<M: rdkafka::Message>(
-    msg: &M,
-    topic: Arc<str>,
-    source: &Arc<str>,
-    group: Option<&Arc<str>>,
-    generation: u64,
-    from_retry: bool,
-    extra_attempts: u32,
-) -> Decoded {
-    parse(msg, from_retry).into_decoded(topic, source, group, generation, extra_attempts)
 }
 
 #[cfg(test)]

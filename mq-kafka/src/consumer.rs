@@ -40,10 +40,11 @@ use mq_core::backend::time::{instant_after, tokio_instant_after, until};
 use mq_core::{Consumer, Delivery, Error, ErrorKind, Received, Result};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
-use crate::codec::{parse, Parsed};
+use crate::codec::decode;
 use crate::config::KafkaConfig;
 use crate::core::{Held, Pending, Sender, Shared, Tp};
 use crate::error::{convert, convert_create, BACKEND};
@@ -75,15 +76,14 @@ const FULL_RECHECK: Duration = Duration::from_millis(5);
 /// samples at 200k records/s.
 const BURST: usize = 256;
 
-/// Most payload bytes parsed in one burst: bounds how far past its limit
-/// a full read-ahead grows (a burst is handed over whole).
-const BURST_BYTES: usize = 1024 * 1024;
-
-/// A record of the current burst, parsed before the consumer's lock is
-/// taken (the application's `receive` takes the same lock).
-struct Fetched {
-    topic: Arc<str>,
-    parsed: Parsed,
+/// What [`Shared::accept`] asks of the poll thread.
+enum Next {
+    /// Take the next record.
+    More,
+    /// The read-ahead is full: do housekeeping before taking more.
+    Full,
+    /// Pause this partition at once: its record is not due yet.
+    Pause(Tp),
 }
 
 /// The poll thread's side of [`Shared`] (what a settlement changes is in `core.rs`).
@@ -93,74 +93,69 @@ impl Shared {
         (self.prefetch * 2).max(READ_AHEAD_MIN)
     }
 
-    /// Hands a burst of fetched records, in fetch order, to the read-ahead
-    /// under one lock and wakes `receive` once. Returns the partitions to
-    /// pause at once: a record of theirs is not due yet (it and every later
-    /// record of its partition are read again when due).
-    fn accept(&self, burst: &mut Vec<Fetched>) -> Vec<Tp> {
-        let mut pause = Vec::new();
-        if burst.is_empty() {
-            return pause;
-        }
-        let mut taken = 0usize;
+    /// Called by the poll thread for each fetched record.
+    fn accept(&self, msg: &BorrowedMessage<'_>) -> Next {
+        let offset = msg.offset();
         let mut guard = self.state.lock();
         let state = &mut *guard;
-        for Fetched { topic, parsed } in burst.drain(..) {
-            let offset = parsed.offset;
-            let tp: Tp = (topic, parsed.partition);
-            let Some(part) = state.parts.get_mut(&tp) else {
-                continue;
-            };
-            if part.rewind.is_some() || part.hold_until.is_some() {
-                // Fetched before a rewind or a hold took effect: read again
-                // later. (A pause for backpressure alone needs nothing: the
-                // pause makes librdkafka drop what it fetched beyond this
-                // record and resume after it.)
+        let tp = state.tp(msg.topic(), msg.partition());
+        let Some(part) = state.parts.get_mut(&tp) else {
+            return Next::More;
+        };
+        if part.rewind.is_some() || part.hold_until.is_some() {
+            // Fetched before a rewind or a hold took effect: read again
+            // later. (A pause for backpressure alone needs nothing: the
+            // pause makes librdkafka drop what it fetched beyond this
+            // record and resume after it.)
+            part.rewind_to(offset);
+            return Next::More;
+        }
+        let from_retry = *tp.0 == *self.retry_topic;
+        let extra = if state.redeliveries.is_empty() {
+            0
+        } else {
+            state
+                .redeliveries
+                .get(&(tp.clone(), offset))
+                .copied()
+                .unwrap_or(0)
+        };
+        let decoded = decode(
+            msg,
+            tp.0.clone(),
+            &self.source,
+            Some(&self.group),
+            part.generation,
+            from_retry,
+            extra,
+        );
+        if let Some(nb) = decoded.not_before {
+            let wait = until(nb);
+            if !wait.is_zero() {
+                part.hold_until = Some(instant_after(wait));
                 part.rewind_to(offset);
-                continue;
+                part.paused = true;
+                return Next::Pause(tp);
             }
-            let extra = if state.redeliveries.is_empty() {
-                0
-            } else {
-                state
-                    .redeliveries
-                    .get(&(tp.clone(), offset))
-                    .copied()
-                    .unwrap_or(0)
-            };
-            let decoded = parsed.into_decoded(
-                tp.0.clone(),
-                &self.source,
-                Some(&self.group),
-                part.generation,
-                extra,
-            );
-            if let Some(nb) = decoded.not_before {
-                let wait = until(nb);
-                if !wait.is_zero() {
-                    part.hold_until = Some(instant_after(wait));
-                    part.rewind_to(offset);
-                    part.paused = true;
-                    pause.push(tp);
-                    continue;
-                }
-            }
-            part.accept(offset);
-            state.ready_bytes += decoded.received.payload().len();
-            let generation = part.generation;
-            state.ready.push_back(Pending {
-                tp,
-                generation,
-                offset,
-                received: decoded.received,
-            });
-            taken += 1;
         }
+        part.accept(offset);
+        state.ready_bytes += decoded.received.payload().len();
+        let generation = part.generation;
+        state.ready.push_back(Pending {
+            tp,
+            generation,
+            offset,
+            received: decoded.received,
+        });
+        let full =
+            state.ready.len() >= self.read_ahead_limit() || state.ready_bytes >= READ_AHEAD_BYTES;
         drop(guard);
-        if taken > 0 {
-            self.readable.notify_one();
+        self.readable.notify_one();
+        if full {
+            Next::Full
+        } else {
+            Next::More
         }
-        pause
     }
 }
 
@@ -339,8 +334,6 @@ impl ConsumerContext for Context {
 
 fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
     let mut last_commit = Instant::now();
-    let mut burst = Vec::with_capacity(BURST);
-    let mut topics = Vec::new();
     // Since when the read-ahead has been full without a pause.
     let mut full_since: Option<Instant> = None;
     loop {
@@ -365,7 +358,7 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
             std::thread::sleep(FULL_RECHECK);
             continue;
         }
-        take_burst(&consumer, &shared, &mut burst, &mut topics);
+        take_burst(&consumer, &shared);
     }
     // Leave the group; the revoke this triggers finds nothing left to commit.
     shared.state.lock().parts.clear();
@@ -374,64 +367,35 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
     tracing::debug!(group = %shared.group, source = %shared.source, "consumer left the group");
 }
 
-/// Takes up to [`BURST`] records (at most [`BURST_BYTES`] of payload): the
-/// first poll waits up to [`POLL`], the rest only take what librdkafka has
-/// queued. Records are parsed as they come, then handed over together.
-/// `topics` keeps the names seen, so records share them.
-fn take_burst(
-    consumer: &BaseConsumer<Context>,
-    shared: &Shared,
-    burst: &mut Vec<Fetched>,
-    topics: &mut Vec<Arc<str>>,
-) {
+/// Takes up to [`BURST`] records: the first poll waits up to [`POLL`], the
+/// rest only take what librdkafka has queued.
+fn take_burst(consumer: &BaseConsumer<Context>, shared: &Shared) {
     let mut wait = POLL;
-    let mut bytes = 0usize;
-    let mut failed = None;
     for _ in 0..BURST {
         match consumer.poll(wait) {
-            None => break,
-            Some(Ok(msg)) => {
-                let topic = interned(topics, msg.topic());
-                let parsed = parse(&msg, *topic == *shared.retry_topic);
-                bytes = bytes.saturating_add(parsed.message.payload().len());
-                burst.push(Fetched { topic, parsed });
-                if bytes >= BURST_BYTES {
-                    break;
+            None => return,
+            Some(Ok(msg)) => match shared.accept(&msg) {
+                Next::More => {}
+                Next::Full => return,
+                Next::Pause(tp) => {
+                    if let Err(e) = consumer.pause(&tpl(&[tp])) {
+                        tracing::warn!(error = %e, "pausing a partition until its retry is due failed");
+                    }
+                    return;
                 }
-            }
+            },
             Some(Err(e)) => {
-                failed = Some(e);
-                break;
+                let e = convert(e, "consume", Some(&shared.source));
+                tracing::debug!(error = %e, "kafka consumer poll error");
+                if matches!(e.kind(), ErrorKind::Permission) {
+                    shared.state.lock().error = Some(e);
+                    shared.readable.notify_one();
+                }
+                return;
             }
         }
         wait = Duration::ZERO;
     }
-    let pause = shared.accept(burst);
-    if !pause.is_empty() {
-        if let Err(e) = consumer.pause(&tpl(&pause)) {
-            tracing::warn!(error = %e, "pausing a partition until its retry is due failed");
-        }
-    }
-    if let Some(e) = failed {
-        let e = convert(e, "consume", Some(&shared.source));
-        tracing::debug!(error = %e, "kafka consumer poll error");
-        if matches!(e.kind(), ErrorKind::Permission) {
-            shared.state.lock().error = Some(e);
-            shared.readable.notify_one();
-        }
-    }
-}
-
-/// The shared copy of topic name `name` (a consumer reads one or two topics).
-fn interned(topics: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
-    if let Some(t) = topics.iter().find(|t| ***t == *name) {
-        return t.clone();
-    }
-    let t: Arc<str> = Arc::from(name);
-    if topics.len() < 16 {
-        topics.push(t.clone());
-    }
-    t
 }
 
 fn apply(consumer: &BaseConsumer<Context>, shared: &Shared, a: &Actions) {
@@ -596,24 +560,6 @@ impl KafkaConsumer {
         }
     }
 
-    /// Takes up to `n` ready records (their permits are taken already)
-    /// into `batch` under one lock; returns how many.
-    fn take_ready_many(&self, n: usize, batch: &mut Vec<Delivery>) -> usize {
-        let mut state = self.shared.state.lock();
-        batch.reserve(n.min(state.ready.len()));
-        let mut took = 0;
-        while took < n {
-            let Some(p) = state.ready.pop_front() else {
-                break;
-            };
-            state.ready_bytes = state.ready_bytes.saturating_sub(p.received.payload().len());
-            state.hand_out(p.tp, p.generation, p.offset, p.received.clone());
-            batch.push(Delivery::new(p.received, self.settler.clone()));
-            took += 1;
-        }
-        took
-    }
-
     fn signal_stop(&self) {
         let mut state = self.shared.state.lock();
         state.closed = true;
@@ -656,23 +602,15 @@ impl Consumer for KafkaConsumer {
             Ok(first) => batch.push(first?),
             Err(_) => return Ok(batch),
         }
-        // The rest under one lock, as many as there are permits for. An
-        // error stays queued for the next call: this one has deliveries.
-        let want = self
-            .shared
-            .permits
-            .available_permits()
-            .min(max - batch.len());
-        let Ok(permits) = self
-            .shared
-            .permits
-            .try_acquire_many(u32::try_from(want).unwrap_or(u32::MAX))
-        else {
-            return Ok(batch);
-        };
-        permits.forget();
-        let took = self.take_ready_many(want, &mut batch);
-        self.shared.permits.add_permits(want - took);
+        while batch.len() < max {
+            let Ok(permit) = self.shared.permits.try_acquire() else {
+                break;
+            };
+            match self.take_ready(permit) {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
         Ok(batch)
     }
 
