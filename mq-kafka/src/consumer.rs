@@ -46,7 +46,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use crate::codec::decode;
 use crate::config::KafkaConfig;
-use crate::core::{Held, Pending, Sender, Shared, Tp};
+use crate::core::{Held, Pending, Sender, Shared, State, Tp};
 use crate::error::{convert, convert_create, BACKEND};
 use crate::health::KafkaHealth;
 use crate::settle::KafkaSettler;
@@ -65,7 +65,9 @@ const READ_AHEAD_MIN: usize = 500;
 /// Bytes of payload fetched ahead before fetching pauses.
 const READ_AHEAD_BYTES: usize = 32 * 1024 * 1024;
 
-/// How often the thread looks again while the read-ahead is full.
+/// How long the thread waits for room in a full read-ahead before it
+/// does its housekeeping (commits, resumes) again; a `receive` that makes
+/// room wakes it sooner.
 const FULL_RECHECK: Duration = Duration::from_millis(5);
 
 /// Records taken per round of housekeeping: after the first (which waits
@@ -91,6 +93,39 @@ impl Shared {
     /// The most records waiting in the read-ahead before it counts as full.
     fn read_ahead_limit(&self) -> usize {
         (self.prefetch * 2).max(READ_AHEAD_MIN)
+    }
+
+    /// The read-ahead is used up: take no more records.
+    fn full(&self, state: &State) -> bool {
+        state.ready.len() >= self.read_ahead_limit() || state.ready_bytes >= READ_AHEAD_BYTES
+    }
+
+    /// The read-ahead is at most half full: a full one may take records
+    /// again (not at once, so that a busy consumer does not flap).
+    fn roomy(&self, state: &State) -> bool {
+        state.ready.len() <= self.read_ahead_limit() / 2
+            && state.ready_bytes <= READ_AHEAD_BYTES / 2
+    }
+
+    /// Blocks the poll thread until the read-ahead is roomy again, the
+    /// consumer stops, or `at_most` passed (housekeeping is due).
+    fn wait_for_room(&self, at_most: Duration) {
+        let mut state = self.state.lock();
+        if state.stop || self.roomy(&state) {
+            return;
+        }
+        state.waiting_for_room = true;
+        let _ = self.room.wait_for(&mut state, at_most);
+        state.waiting_for_room = false;
+    }
+
+    /// Records left the read-ahead: wakes the poll thread if it waits for
+    /// room and there is room now.
+    pub(crate) fn taken(&self, state: &mut State) {
+        if state.waiting_for_room && (state.stop || self.roomy(state)) {
+            state.waiting_for_room = false;
+            self.room.notify_one();
+        }
     }
 
     /// Called by the poll thread for each fetched record.
@@ -147,8 +182,7 @@ impl Shared {
             offset,
             received: decoded.received,
         });
-        let full =
-            state.ready.len() >= self.read_ahead_limit() || state.ready_bytes >= READ_AHEAD_BYTES;
+        let full = self.full(state);
         drop(guard);
         self.readable.notify_one();
         if full {
@@ -199,10 +233,8 @@ impl Shared {
         let state = &mut *state;
         // Full when the read-ahead is used up; room again once it is half
         // empty, so a busy consumer does not flap.
-        let limit = self.read_ahead_limit();
-        let waiting = state.ready.len();
-        let full = waiting >= limit || state.ready_bytes >= READ_AHEAD_BYTES;
-        let roomy = waiting <= limit / 2 && state.ready_bytes <= READ_AHEAD_BYTES / 2;
+        let full = self.full(state);
+        let roomy = self.roomy(state);
         a.full = full;
         let now = Instant::now();
         if state.delayed.iter().any(|(due, _)| *due <= now) {
@@ -355,7 +387,7 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
         } else if !pause_when_full {
             // Take nothing more for now; librdkafka keeps what it fetched.
             full_since.get_or_insert_with(Instant::now);
-            std::thread::sleep(FULL_RECHECK);
+            shared.wait_for_room(FULL_RECHECK);
             continue;
         }
         take_burst(&consumer, &shared);
@@ -551,6 +583,7 @@ impl KafkaConsumer {
         match state.ready.pop_front() {
             Some(p) => {
                 state.ready_bytes = state.ready_bytes.saturating_sub(p.received.payload().len());
+                self.shared.taken(&mut state);
                 state.hand_out(p.tp, p.generation, p.offset, p.received.clone());
                 drop(state);
                 permit.forget();
@@ -566,6 +599,7 @@ impl KafkaConsumer {
         state.stop = true;
         state.ready.clear();
         state.ready_bytes = 0;
+        self.shared.taken(&mut state);
     }
 }
 
