@@ -14,6 +14,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator. The SDK hands every delivery
+/// from a backend's thread to the application's task, so its memory is
+/// freed on another thread than it was allocated on; glibc's malloc takes
+/// the allocating arena's lock for each such free, and the thread that
+/// allocates next waits for it (perf sched on `mq bench kafka+mock://`:
+/// most of the Kafka poll thread's blocking). The raw baselines of
+/// `mq bench` run in the same process, with the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Talk to RabbitMQ, Kafka, SQS or the in-memory broker through one URL.
 ///
 /// URLs: memory://[name], amqp://user:pass@host:5672/vhost,
