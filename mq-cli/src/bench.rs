@@ -472,29 +472,56 @@ impl Tally {
     }
 }
 
-/// Waits for the consumer tasks of a phase, at most ten minutes.
+/// How long a consume phase may go without a single message before the
+/// bench gives up: a broker that dropped messages (`kafka+mock://` past its
+/// retention of 5 MiB per partition) or a stalled consumer would otherwise
+/// keep it waiting for ever. A slow broker that still delivers is waited for.
+const STALL: Duration = Duration::from_secs(60);
+
+/// Waits for the consumer tasks of a phase, as long as messages keep
+/// arriving (see [`STALL`]).
 pub(crate) async fn join_consumers(
-    mut tasks: tokio::task::JoinSet<CliResult<Histogram<u64>>>,
+    tasks: tokio::task::JoinSet<CliResult<Histogram<u64>>>,
     tally: &Tally,
     count: u64,
 ) -> CliResult<Histogram<u64>> {
-    let deadline = Duration::from_secs(600);
-    let all = tokio::time::timeout(deadline, async {
+    join_consumers_within(tasks, tally, count, STALL).await
+}
+
+async fn join_consumers_within(
+    mut tasks: tokio::task::JoinSet<CliResult<Histogram<u64>>>,
+    tally: &Tally,
+    count: u64,
+    stall: Duration,
+) -> CliResult<Histogram<u64>> {
+    let all = async {
         let mut latency = new_histogram()?;
         while let Some(done) = tasks.join_next().await {
             let local = done.map_err(|e| format!("consumer task: {e}"))??;
             let _ = latency.add(&local);
         }
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(latency)
-    })
-    .await;
-    match all {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "only {} of {count} messages arrived within {deadline:?}",
-            tally.received()
-        )
-        .into()),
+    };
+    tokio::pin!(all);
+    let check = (stall / 10).max(Duration::from_millis(10));
+    let (mut seen, mut since) = (tally.received(), Instant::now());
+    loop {
+        tokio::select! {
+            r = &mut all => return r,
+            () = tokio::time::sleep(check) => {
+                let now = tally.received();
+                if now != seen {
+                    (seen, since) = (now, Instant::now());
+                } else if since.elapsed() >= stall {
+                    return Err(format!(
+                        "no message arrived for {stall:?}: {now} of {count} consumed (did the \
+                         broker drop messages? kafka+mock:// keeps at most 5 MiB per \
+                         partition: use more partitions or fewer messages)"
+                    )
+                    .into());
+                }
+            }
+        }
     }
 }
 
@@ -652,6 +679,43 @@ fn reset_peak_rss() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_consume_phase_without_progress_fails_instead_of_waiting_for_ever() {
+        let tally = Tally::new(10);
+        let mut tasks = tokio::task::JoinSet::new();
+        let t = tally.clone();
+        tasks.spawn(async move {
+            t.add(3);
+            std::future::pending::<()>().await;
+            new_histogram()
+        });
+        let started = Instant::now();
+        let r = join_consumers_within(tasks, &tally, 10, Duration::from_millis(200)).await;
+        let e = r.expect_err("a stalled phase is an error").to_string();
+        assert!(e.contains("3 of 10"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_slow_phase_that_keeps_delivering_is_waited_for() {
+        let tally = Tally::new(4);
+        let mut tasks = tokio::task::JoinSet::new();
+        let t = tally.clone();
+        tasks.spawn(async move {
+            // The phase takes longer than the stall window, each message
+            // comes within it.
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                t.add(1);
+            }
+            new_histogram()
+        });
+        join_consumers_within(tasks, &tally, 4, Duration::from_secs(1))
+            .await
+            .expect("progress keeps the phase alive");
+        assert!(tally.is_done());
+    }
 
     #[test]
     fn median_of_odd_even_and_unsorted_pairs() {
