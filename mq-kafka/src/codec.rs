@@ -479,4 +479,46 @@ mod tests {
             prop_assert_eq!(again.received.id(), original.id());
         }
     }
+
+    #[test]
+    fn payloads_of_a_burst_share_chunks() {
+        let mut chunks = PayloadChunks::new(64);
+        let a = chunks.copy(b"first payload");
+        let b = chunks.copy(&[7u8; 40]);
+        assert_eq!(b.as_ptr(), a[a.len()..].as_ptr(), "a and b share a chunk");
+        // Does not fit the rest of the chunk: a new one.
+        let c = chunks.copy(&[9u8; 40]);
+        assert_ne!(c.as_ptr(), b[b.len()..].as_ptr());
+        // Larger than a chunk: its own allocation.
+        assert_eq!(&chunks.copy(&[1u8; 100])[..], &[1u8; 100]);
+        assert!(chunks.copy(b"").is_empty());
+        assert_eq!(&PayloadChunks::new(0).copy(b"x")[..], b"x");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Every copy equals its payload, whatever the sizes and whichever
+        /// earlier copies are dropped (a chunk lives while any copy in it does).
+        #[test]
+        fn payload_chunks_copy_exactly(
+            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..1500), 0..64),
+            keep in proptest::collection::vec(any::<bool>(), 64),
+            size in prop_oneof![Just(0usize), Just(64usize), Just(PAYLOAD_CHUNK)],
+        ) {
+            let mut chunks = PayloadChunks::new(size);
+            let mut kept = Vec::new();
+            for (i, p) in payloads.iter().enumerate() {
+                let copy = chunks.copy(p);
+                prop_assert_eq!(&copy[..], &p[..]);
+                if keep[i] {
+                    kept.push((i, copy));
+                }
+            }
+            drop(chunks);
+            for (i, copy) in kept {
+                prop_assert_eq!(&copy[..], &payloads[i][..]);
+            }
+        }
+    }
 }

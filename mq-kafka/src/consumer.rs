@@ -937,25 +937,4 @@ mod tests {
         ctx.accept_burst();
         assert_eq!(ready(&ctx), [(2, 7)]);
     }
-
-    #[test]
-    fn payloads_of_a_burst_share_chunks_and_stay_intact() {
-        let mut chunks = PayloadChunks::new(64);
-        let a = chunks.copy(b"first payload");
-        let b = chunks.copy(&[7u8; 40]);
-        // Does not fit the rest of the chunk: a new chunk.
-        let c = chunks.copy(&[9u8; 40]);
-        // Larger than a chunk: its own allocation.
-        let d = chunks.copy(&[1u8; 100]);
-        assert_eq!(&a[..], b"first payload");
-        assert_eq!(&b[..], &[7u8; 40]);
-        assert_eq!(&c[..], &[9u8; 40]);
-        assert_eq!(&d[..], &[1u8; 100]);
-        assert_eq!(b.as_ptr(), a[a.len()..].as_ptr(), "a and b share a chunk");
-        assert!(chunks.copy(b"").is_empty());
-        drop((a, b));
-        assert_eq!(&c[..], &[9u8; 40]);
-        let mut own = PayloadChunks::new(0);
-        assert_eq!(&own.copy(b"x")[..], b"x");
-    }
 }
