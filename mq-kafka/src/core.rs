@@ -22,7 +22,7 @@ use mq_core::{Error, ErrorKind, Message, Received, Result};
 use parking_lot::{Mutex, RwLock};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::codec::record_headers;
@@ -199,6 +199,11 @@ pub(crate) struct State {
     /// Payload bytes in `ready`.
     pub(crate) ready_bytes: usize,
     pub(crate) parts: FxHashMap<Tp, PartitionState>,
+    /// Partitions revoked while we had them paused. librdkafka keeps an
+    /// application's pause across a revoke and a later assignment of the
+    /// same partition to this member (only its own pauses are reset), so
+    /// such a partition comes back paused and must be resumed by us.
+    paused_at_revoke: FxHashSet<Tp>,
     /// The topic names of `parts` (the source and its retry topic), shared
     /// by every key that names them: no allocation per record or settle.
     topics: Vec<Arc<str>>,
@@ -220,8 +225,6 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// `tp` was assigned to this member: a new generation of it starts
-    /// (unless it is still assigned).
     /// The key of `topic`'s `partition`, with the topic's shared name.
     pub(crate) fn tp(&self, topic: &str, partition: i32) -> Tp {
         let name = match self.topics.iter().find(|t| ***t == *topic) {
@@ -231,14 +234,19 @@ impl State {
         (name, partition)
     }
 
+    /// `tp` was assigned to this member: a new generation of it starts
+    /// (unless it is still assigned). It starts paused if librdkafka still
+    /// has it paused from before a revoke; the poll thread resumes it when
+    /// there is room, as any partition paused for backpressure.
     pub(crate) fn assign(&mut self, tp: Tp) {
         if !self.topics.contains(&tp.0) {
             self.topics.push(tp.0.clone());
         }
         if !self.parts.contains_key(&tp) {
             self.next_generation += 1;
-            let g = self.next_generation;
-            self.parts.insert(tp, PartitionState::new(g));
+            let mut part = PartitionState::new(self.next_generation);
+            part.paused = self.paused_at_revoke.remove(&tp);
+            self.parts.insert(tp, part);
         }
     }
 
@@ -248,7 +256,11 @@ impl State {
     /// that commit may yet fail (a broker refuses commits while the group
     /// rebalances), and nobody would commit it again once the partition is gone.
     pub(crate) fn revoke(&mut self, tp: &Tp) -> Option<i64> {
-        let commit = self.parts.remove(tp).and_then(|p| p.commit_point());
+        let part = self.parts.remove(tp);
+        if part.as_ref().is_some_and(|p| p.paused) {
+            self.paused_at_revoke.insert(tp.clone());
+        }
+        let commit = part.and_then(|p| p.commit_point());
         // Their deliveries belong to the next owner now: it reads them
         // again from the committed offset.
         self.ready.retain(|p| p.tp != *tp);

@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{mock_config, wait_until, Cluster};
+use common::{mock_config, receive_within, wait_until, Cluster};
 
 use mq_core::backend::Backend;
 use mq_core::{Consumer, ConsumerOptions, Message, Producer};
@@ -538,4 +538,83 @@ async fn rebalance_with_held_deliveries_keeps_committing() {
         duplicates < 2 * TOTAL,
         "{duplicates} duplicates: a redelivery loop"
     );
+}
+
+/// librdkafka keeps an application's pause of a partition across a revoke
+/// and a later assignment of the same partition to the same member. A
+/// consumer whose read-ahead stayed full long enough to pause its
+/// partitions, that loses them in a rebalance and gets them back, must
+/// fetch from them again once the application catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_paused_for_backpressure_flow_again_after_a_rebalance() {
+    const TOTAL: usize = 2_000;
+    let topic = "paused-rebalance";
+    let group = "paused-rebalance-group";
+    let c = cluster(1, topic, 2);
+    // A 4 s session: the read-ahead pauses after 2 s full, and the mock
+    // coordinator rebalances 3 s after a member joins or leaves. (With 2 s
+    // the first join never completes: the mock's initial rebalance delay is
+    // 3 s, longer than the session.)
+    let mut config = mock_config(&c, "60s", "");
+    config.session_timeout = Duration::from_secs(4);
+    config.heartbeat = Duration::from_millis(300);
+    let b = KafkaBackend::new(config).expect("backend");
+    let (acked, failed) = send_all(&b, topic, TOTAL).await.expect("send");
+    assert_eq!(failed, 0);
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut a = b
+        .kafka_consumer(ConsumerOptions::new(topic).group(group).prefetch(5))
+        .await
+        .expect("consumer a");
+    // A holds its prefetch: its read-ahead fills, stays full and pauses.
+    let mut held = Vec::new();
+    while held.len() < 5 {
+        let d = receive_within(&mut a, Duration::from_secs(20), "a's prefetch").await;
+        seen.insert(d.id().to_owned());
+        held.push(d);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // B joins (both partitions are revoked from A, one comes back), takes
+    // what it is given for a while, and leaves (A gets both back).
+    let mut b_member = b
+        .kafka_consumer(ConsumerOptions::new(topic).group(group).prefetch(500))
+        .await
+        .expect("consumer b");
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        for d in b_member
+            .receive_batch(100, Duration::from_millis(200))
+            .await
+            .expect("b receives")
+        {
+            seen.insert(d.id().to_owned());
+            d.ack().await.expect("b acks");
+        }
+    }
+    b_member.close().await.expect("b closes");
+    // A's held deliveries belong to the next owner now (settling them may
+    // fail); A catches up and must get every record B did not take.
+    for d in held {
+        let _ = d.ack().await;
+    }
+    wait_until(Duration::from_secs(30), Duration::ZERO, async || {
+        for d in a
+            .receive_batch(200, Duration::from_millis(200))
+            .await
+            .expect("a receives")
+        {
+            seen.insert(d.id().to_owned());
+            d.ack().await.expect("a acks");
+        }
+        let missing = acked.iter().filter(|id| !seen.contains(*id)).count();
+        if missing == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{missing} of {TOTAL} never arrived after the rebalance"
+            ))
+        }
+    })
+    .await;
+    a.close().await.expect("a closes");
 }
