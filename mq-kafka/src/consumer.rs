@@ -147,6 +147,13 @@ impl Shared {
             return pause;
         }
         let mut taken = 0usize;
+        // The names every delivery carries, copied once per burst: a name
+        // shared by all deliveries has its reference count changed by this
+        // thread for every record and by the application's thread for every
+        // delivery it drops, and that cache line then moves between the
+        // two cores for every record.
+        let source: Arc<str> = Arc::from(&*self.source);
+        let group: Arc<str> = Arc::from(&*self.group);
         let mut guard = self.state.lock();
         let state = &mut *guard;
         for Fetched { topic, parsed } in burst.drain(..) {
@@ -172,13 +179,8 @@ impl Shared {
                     .copied()
                     .unwrap_or(0)
             };
-            let decoded = parsed.into_decoded(
-                tp.0.clone(),
-                &self.source,
-                Some(&self.group),
-                part.generation,
-                extra,
-            );
+            let decoded =
+                parsed.into_decoded(tp.0.clone(), &source, Some(&group), part.generation, extra);
             if let Some(nb) = decoded.not_before {
                 let wait = until(nb);
                 if !wait.is_zero() {
@@ -448,8 +450,8 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
 /// Takes up to [`BURST`] records (at most [`BURST_BYTES`] of payload): the
 /// first poll waits up to [`POLL`], the rest only take what librdkafka has
 /// queued. Records are parsed as they come into the context's burst, then
-/// handed over together ([`hand_over`]). `topics` keeps the names seen, so
-/// records share them.
+/// handed over together ([`hand_over`]). `topics` keeps the names seen in
+/// this burst, so its records share them.
 fn take_burst(
     consumer: &BaseConsumer<Context>,
     shared: &Shared,
@@ -459,6 +461,8 @@ fn take_burst(
     let mut wait = POLL;
     let mut bytes = 0usize;
     let mut failed = None;
+    // Topic names are shared within a burst only (see `Shared::accept`).
+    topics.clear();
     for _ in 0..BURST {
         // A poll may run a rebalance callback; it hands the records parsed
         // so far over first (see `hand_over`), so the burst is not borrowed
@@ -513,7 +517,8 @@ fn pause_for_retry(consumer: &BaseConsumer<Context>, partitions: &[Tp]) {
     }
 }
 
-/// The shared copy of topic name `name` (a consumer reads one or two topics).
+/// The copy of topic name `name` the records of a burst share (a consumer
+/// reads one or two topics).
 fn interned(topics: &mut Vec<Arc<str>>, name: &str) -> Arc<str> {
     if let Some(t) = topics.iter().find(|t| ***t == *name) {
         return t.clone();
