@@ -788,8 +788,16 @@ pub async fn foreign_values_do_not_crash(ctx: Ctx) -> Outcome {
 pub async fn nack_after_max_is_safe(ctx: Ctx) -> Outcome {
     let dest = ctx.unique("q");
     let producer = ctx.client().producer().await?;
-    let first = Message::new("forever").with_id(format!("forever-{}", uuid()));
-    let next = Message::new("next").with_id(format!("next-{}", uuid()));
+    // One key: order is promised per key only. Without one, Kafka's
+    // partitioner may put the two on different partitions (it did when a
+    // slow broker confirmed the first after the sticky partition's linger).
+    let key = format!("k-{}", uuid());
+    let first = Message::new("forever")
+        .with_id(format!("forever-{}", uuid()))
+        .with_key(key.clone());
+    let next = Message::new("next")
+        .with_id(format!("next-{}", uuid()))
+        .with_key(key);
     producer.send(&dest, first.clone()).await?;
     producer.send(&dest, next.clone()).await?;
     let mut consumer = ctx.client().consumer(&dest).prefetch(1).await?;
