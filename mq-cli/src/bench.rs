@@ -81,23 +81,50 @@ pub(crate) struct Phase {
     pub(crate) messages: u64,
     pub(crate) bytes: u64,
     pub(crate) elapsed: Duration,
+    /// CPU time of the whole process during the phase (every thread: the
+    /// client's, the application's and, for `memory://` and
+    /// `kafka+mock://`, the broker's), if the platform reports it. Less
+    /// noisy than a rate on a shared machine, and what a user pays for.
+    pub(crate) cpu: Option<Duration>,
 }
 
 impl Phase {
-    pub(crate) fn new(messages: u64, size: usize, elapsed: Duration) -> Self {
-        Phase {
-            messages,
-            bytes: messages * size as u64,
-            elapsed,
-        }
-    }
-
     pub(crate) fn rate(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     fn mb_per_s(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Microseconds of CPU per message.
+    fn cpu_us_per_msg(&self) -> Option<f64> {
+        Some(self.cpu?.as_secs_f64() * 1e6 / (self.messages.max(1) as f64))
+    }
+}
+
+/// When a phase started, by the wall clock and by the process's CPU clock.
+pub(crate) struct PhaseClock {
+    wall: Instant,
+    cpu: Option<cpu_time::ProcessTime>,
+}
+
+impl PhaseClock {
+    pub(crate) fn start() -> Self {
+        PhaseClock {
+            wall: Instant::now(),
+            cpu: cpu_time::ProcessTime::try_now().ok(),
+        }
+    }
+
+    /// The phase that started here and ends now, `messages` of `size` bytes.
+    pub(crate) fn phase(&self, messages: u64, size: usize) -> Phase {
+        Phase {
+            messages,
+            bytes: messages.saturating_mul(size as u64),
+            elapsed: self.wall.elapsed(),
+            cpu: self.cpu.and_then(|c| c.try_elapsed().ok()),
+        }
     }
 }
 
@@ -119,14 +146,21 @@ impl Results {
         self.publish.messages as f64 / total.as_secs_f64().max(1e-9)
     }
 
+    /// CPU microseconds per message of send + receive + ack.
+    fn send_receive_ack_cpu(&self) -> Option<f64> {
+        let cpu = self.publish.cpu? + self.consume.cpu?;
+        Some(cpu.as_secs_f64() * 1e6 / (self.publish.messages.max(1) as f64))
+    }
+
     fn to_json(&self) -> serde_json::Value {
-        let phase = |p: &Phase| json!({"messages": p.messages, "seconds": p.elapsed.as_secs_f64(), "msg_per_s": p.rate(), "mb_per_s": p.mb_per_s()});
+        let phase = |p: &Phase| json!({"messages": p.messages, "seconds": p.elapsed.as_secs_f64(), "msg_per_s": p.rate(), "mb_per_s": p.mb_per_s(), "cpu_us_per_msg": p.cpu_us_per_msg()});
         json!({
             "label": self.label,
             "publish": phase(&self.publish),
             "consume": phase(&self.consume),
             "end_to_end": phase(&self.end_to_end),
             "send_receive_ack_msg_per_s": self.send_receive_ack(),
+            "send_receive_ack_cpu_us_per_msg": self.send_receive_ack_cpu(),
             "latency_us": {"p50": self.latency_us.value_at_quantile(0.5), "p99": self.latency_us.value_at_quantile(0.99), "p999": self.latency_us.value_at_quantile(0.999)},
             "peak_rss_bytes": self.peak_rss_bytes,
         })
@@ -140,17 +174,19 @@ impl Results {
             ("end-to-end", &self.end_to_end),
         ] {
             println!(
-                "  {name:<12} {:>10.0} msg/s {:>9.2} MB/s  ({} msgs in {:.2}s)",
+                "  {name:<12} {:>10.0} msg/s {:>9.2} MB/s  ({} msgs in {:.2}s){}",
                 p.rate(),
                 p.mb_per_s(),
                 p.messages,
-                p.elapsed.as_secs_f64()
+                p.elapsed.as_secs_f64(),
+                cpu_note(p.cpu_us_per_msg())
             );
         }
         println!(
-            "  {:<12} {:>10.0} msg/s",
+            "  {:<12} {:>10.0} msg/s{}",
             "send+recv+ack",
-            self.send_receive_ack()
+            self.send_receive_ack(),
+            cpu_note(self.send_receive_ack_cpu())
         );
         println!(
             "  latency      p50 {} us, p99 {} us, p99.9 {} us",
@@ -162,6 +198,12 @@ impl Results {
             println!("  peak RSS     {:.1} MiB", rss as f64 / 1048576.0);
         }
     }
+}
+
+/// ", 1.23 us CPU/msg" when the CPU time is known.
+fn cpu_note(us: Option<f64>) -> String {
+    us.map(|us| format!(", {us:.2} us CPU/msg"))
+        .unwrap_or_default()
 }
 
 pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
@@ -202,6 +244,15 @@ pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
             .map(|p| (p.label(), p.ratio(&sdk, &raw)))
         {
             println!("  {name:<14} {:>6.1}%", 100.0 * ratio);
+        }
+        for phase in PhaseName::ALL {
+            if let Some(r) = phase.cpu_ratio(&sdk, &raw) {
+                println!(
+                    "  {:<14} {:>6.1}% (raw CPU/msg over SDK CPU/msg)",
+                    format!("{} CPU", phase.label()),
+                    100.0 * r
+                );
+            }
         }
     }
     Ok(())
@@ -299,6 +350,22 @@ impl PhaseName {
     fn ratio(self, sdk: &Results, raw: &Results) -> f64 {
         self.rate(sdk) / self.rate(raw).max(1e-9)
     }
+
+    /// CPU microseconds per message of the whole process.
+    fn cpu(self, r: &Results) -> Option<f64> {
+        match self {
+            PhaseName::Publish => r.publish.cpu_us_per_msg(),
+            PhaseName::Consume => r.consume.cpu_us_per_msg(),
+            PhaseName::EndToEnd => r.end_to_end.cpu_us_per_msg(),
+            PhaseName::SendReceiveAck => r.send_receive_ack_cpu(),
+        }
+    }
+
+    /// Raw CPU per message over SDK CPU per message: like the rate ratio,
+    /// 100% is parity and less means the SDK costs more.
+    fn cpu_ratio(self, sdk: &Results, raw: &Results) -> Option<f64> {
+        Some(self.cpu(raw)? / self.cpu(sdk)?.max(1e-9))
+    }
 }
 
 /// The median of `values` (the mean of the middle two for an even count).
@@ -324,6 +391,7 @@ fn report_pairs(
         .filter_map(|(s, r)| Some((s.as_ref()?, r.as_ref()?)))
         .collect();
     let mut summary = Vec::new();
+    let mut cpu_summary = Vec::new();
     for phase in PhaseName::ALL {
         let mut ratios: Vec<f64> = both.iter().map(|(s, r)| phase.ratio(s, r)).collect();
         let mut sdk: Vec<f64> = both.iter().map(|(s, _)| phase.rate(s)).collect();
@@ -341,15 +409,20 @@ fn report_pairs(
             median(&mut sdk),
             median(&mut raw),
         ));
+        cpu_summary.push(CpuSummary::of(phase, &both));
     }
     if json_out {
         let phases: serde_json::Map<String, serde_json::Value> = summary
             .iter()
-            .map(|(p, med, low, high, sdk, raw)| {
+            .zip(&cpu_summary)
+            .map(|((p, med, low, high, sdk, raw), cpu)| {
                 (
                     p.label().to_owned(),
                     json!({"median_ratio": med, "min_ratio": low, "max_ratio": high,
-                    "median_sdk_msg_per_s": sdk, "median_raw_msg_per_s": raw}),
+                    "median_sdk_msg_per_s": sdk, "median_raw_msg_per_s": raw,
+                    "median_cpu_ratio": cpu.as_ref().map(|c| c.ratio),
+                    "median_sdk_cpu_us_per_msg": cpu.as_ref().map(|c| c.sdk_us),
+                    "median_raw_cpu_us_per_msg": cpu.as_ref().map(|c| c.raw_us)}),
                 )
             })
             .collect();
@@ -387,7 +460,59 @@ fn report_pairs(
             100.0 * high
         );
     }
+    if cpu_summary.iter().any(Option::is_some) {
+        println!(
+            "{:<14} {:>14} {:>14} {:>8} {:>16}",
+            "CPU per msg", "SDK us", "raw us", "raw/SDK", "spread"
+        );
+        for (phase, cpu) in PhaseName::ALL.iter().zip(&cpu_summary) {
+            if let Some(c) = cpu {
+                println!(
+                    "  {:<12} {:>14.2} {:>14.2} {:>7.1}% {:>7.1}-{:.1}%",
+                    phase.label(),
+                    c.sdk_us,
+                    c.raw_us,
+                    100.0 * c.ratio,
+                    100.0 * c.low,
+                    100.0 * c.high
+                );
+            }
+        }
+    }
     Ok(())
+}
+
+/// Per phase, over the pairs: the median CPU per message of each side and
+/// the median raw/SDK ratio with its spread.
+struct CpuSummary {
+    sdk_us: f64,
+    raw_us: f64,
+    ratio: f64,
+    low: f64,
+    high: f64,
+}
+
+impl CpuSummary {
+    /// `None` unless every pair has both sides' CPU time.
+    fn of(phase: PhaseName, pairs: &[(&Results, &Results)]) -> Option<Self> {
+        let mut sdk = Vec::new();
+        let mut raw = Vec::new();
+        let mut ratios = Vec::new();
+        for (s, r) in pairs {
+            sdk.push(phase.cpu(s)?);
+            raw.push(phase.cpu(r)?);
+            ratios.push(phase.cpu_ratio(s, r)?);
+        }
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some(CpuSummary {
+            sdk_us: median(&mut sdk),
+            raw_us: median(&mut raw),
+            ratio: median(&mut ratios),
+            low,
+            high,
+        })
+    }
 }
 
 /// The payload every message carries.
@@ -534,28 +659,28 @@ async fn sdk_workload(client: &Client, args: &Args) -> CliResult<(Results, Vec<S
     baseline::ready(&args.url, &dest, &mut consumers).await?;
 
     let bar = progress(args.count, "publish");
-    let started = Instant::now();
+    let started = PhaseClock::start();
     publish(client, &dest, args, &body, None, &bar).await?;
-    let publish_phase = Phase::new(args.count, args.size, started.elapsed());
+    let publish_phase = started.phase(args.count, args.size);
     bar.finish_and_clear();
 
     let bar = progress(args.count, "consume");
-    let started = Instant::now();
+    let started = PhaseClock::start();
     consume(consumers, args.count, None, &bar).await?;
-    let consume_phase = Phase::new(args.count, args.size, started.elapsed());
+    let consume_phase = started.phase(args.count, args.size);
     bar.finish_and_clear();
 
     let e2e_dest = fresh_name("e2e-");
     let mut consumers = open_consumers(client, &e2e_dest, args).await?;
     baseline::ready(&args.url, &e2e_dest, &mut consumers).await?;
     let bar = progress(args.count, "end-to-end");
-    let started = Instant::now();
+    let started = PhaseClock::start();
     let receiving = consume(consumers, args.count, Some(base), &bar);
     let sending = publish(client, &e2e_dest, args, &body, Some(base), &bar);
     let (r, s) = tokio::join!(receiving, sending);
     let latency_us = r?;
     s?;
-    let e2e = Phase::new(args.count, args.size, started.elapsed());
+    let e2e = started.phase(args.count, args.size);
     bar.finish_and_clear();
     let results = Results {
         label: format!("SDK ({})", client.backend_name()),
@@ -679,6 +804,50 @@ fn reset_peak_rss() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A phase that keeps a core busy reports about that much CPU time.
+    #[test]
+    fn a_phase_reports_the_cpu_time_it_used() {
+        let clock = PhaseClock::start();
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let phase = clock.phase(1000, 10);
+        let cpu = phase.cpu.expect("Linux reports process CPU time");
+        assert!(cpu >= Duration::from_millis(40), "{cpu:?}");
+        let per_msg = phase.cpu_us_per_msg().expect("cpu known");
+        assert!((40.0..1_000.0).contains(&per_msg), "{per_msg}");
+    }
+
+    /// The CPU ratio reads like the rate ratio: an SDK that needs twice the
+    /// raw client's CPU per message is at 50%.
+    #[test]
+    fn the_cpu_ratio_is_raw_over_sdk() {
+        let phase = |cpu_ms: u64| Phase {
+            messages: 1000,
+            bytes: 0,
+            elapsed: Duration::from_secs(1),
+            cpu: Some(Duration::from_millis(cpu_ms)),
+        };
+        let results = |cpu_ms: u64| Results {
+            label: String::new(),
+            publish: phase(cpu_ms),
+            consume: phase(cpu_ms),
+            end_to_end: phase(cpu_ms),
+            latency_us: new_histogram().expect("histogram"),
+            peak_rss_bytes: None,
+        };
+        let (sdk, raw) = (results(2), results(1));
+        let ratio = PhaseName::Consume
+            .cpu_ratio(&sdk, &raw)
+            .expect("both known");
+        assert!((ratio - 0.5).abs() < 1e-9, "{ratio}");
+        let summary = CpuSummary::of(PhaseName::SendReceiveAck, &[(&sdk, &raw)]).expect("known");
+        assert!((summary.sdk_us - 4.0).abs() < 1e-9, "{}", summary.sdk_us);
+        assert!((summary.raw_us - 2.0).abs() < 1e-9, "{}", summary.raw_us);
+    }
 
     #[tokio::test]
     async fn a_consume_phase_without_progress_fails_instead_of_waiting_for_ever() {

@@ -30,7 +30,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{new_histogram, payload, shares, Args, Phase, Results};
+use super::{new_histogram, payload, shares, Args, PhaseClock, Results};
 use crate::CliResult;
 
 /// A future of the baselines (boxed: they are kept as function pointers).
@@ -148,11 +148,11 @@ async fn memory(args: &Args) -> CliResult<Results> {
     let capacity = usize::try_from(args.count).unwrap_or(usize::MAX);
     let (tx, mut rx) = mpsc::channel::<(Bytes, u128)>(capacity);
 
-    let started = Instant::now();
+    let started = PhaseClock::start();
     channel_publish(&tx, args, &body, None).await?;
-    let publish = Phase::new(args.count, args.size, started.elapsed());
+    let publish = started.phase(args.count, args.size);
 
-    let started = Instant::now();
+    let started = PhaseClock::start();
     let mut buf = Vec::with_capacity(1000);
     let mut got = 0u64;
     while got < args.count {
@@ -162,11 +162,11 @@ async fn memory(args: &Args) -> CliResult<Results> {
         }
         got += buf.len() as u64;
     }
-    let consume = Phase::new(args.count, args.size, started.elapsed());
+    let consume = started.phase(args.count, args.size);
 
     let base = Instant::now();
     let mut latency = new_histogram()?;
-    let started = Instant::now();
+    let started = PhaseClock::start();
     let receiving = async {
         let mut got = 0u64;
         let mut buf = Vec::with_capacity(1000);
@@ -189,7 +189,7 @@ async fn memory(args: &Args) -> CliResult<Results> {
     let (r, s) = tokio::join!(receiving, channel_publish(&tx, args, &body, Some(base)));
     r?;
     s?;
-    let end_to_end = Phase::new(args.count, args.size, started.elapsed());
+    let end_to_end = started.phase(args.count, args.size);
     Ok(Results {
         label: "raw (tokio mpsc channel)".to_owned(),
         publish,

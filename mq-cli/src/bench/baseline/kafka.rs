@@ -42,7 +42,7 @@ use tokio::sync::oneshot;
 
 use super::super::{
     fresh_name, join_consumers, new_histogram, payload, peak_rss, record_latency, shares, Args,
-    Phase, Results, Tally, SENT_AT,
+    PhaseClock, Results, Tally, SENT_AT,
 };
 use crate::CliResult;
 
@@ -509,25 +509,25 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
     let tally = Tally::new(args.count);
     let consumers = open_consumers(&config, &dest, args, &tally, None)?;
     raw_ready(&probes, &config, &dest, &consumers).await?;
-    let started = Instant::now();
+    let started = PhaseClock::start();
     publish(&producer, &dest, args, &body, None).await?;
-    let publish_phase = Phase::new(args.count, args.size, started.elapsed());
-    let started = Instant::now();
+    let publish_phase = started.phase(args.count, args.size);
+    let started = PhaseClock::start();
     consume(consumers, tally, args.count).await?;
-    let consume_phase = Phase::new(args.count, args.size, started.elapsed());
+    let consume_phase = started.phase(args.count, args.size);
 
     let e2e_dest = fresh_name("raw-e2e-");
     create_topic(&admin, mock.as_ref(), &config, &e2e_dest).await?;
     let tally = Tally::new(args.count);
     let consumers = open_consumers(&config, &e2e_dest, args, &tally, Some(base))?;
     raw_ready(&probes, &config, &e2e_dest, &consumers).await?;
-    let started = Instant::now();
+    let started = PhaseClock::start();
     let receiving = consume(consumers, tally, args.count);
     let sending = publish(&producer, &e2e_dest, args, &body, Some(base));
     let (r, s) = tokio::join!(receiving, sending);
     let latency_us = r?;
     s?;
-    let end_to_end = Phase::new(args.count, args.size, started.elapsed());
+    let end_to_end = started.phase(args.count, args.size);
     let peak_rss_bytes = peak_rss();
     drop(producer);
     if mock.is_none() {

@@ -39,7 +39,7 @@ use mq_rabbit::{AuthMechanism, QueueType, RabbitConfig, Topology};
 
 use super::super::{
     fresh_name, join_consumers, new_histogram, payload, peak_rss, record_latency, shares, Args,
-    Phase, Results, Tally, RECEIVE_BATCH, RECEIVE_WAIT, SENT_AT,
+    PhaseClock, Results, Tally, RECEIVE_BATCH, RECEIVE_WAIT, SENT_AT,
 };
 use crate::CliResult;
 
@@ -324,17 +324,17 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
     let dest = fresh_name("raw-");
     declare(&conn, &config, &dest).await?;
     let consumers = open_consumers(&conn, &dest, args).await?;
-    let started = Instant::now();
+    let started = PhaseClock::start();
     publish(&publish_channel, &config, &dest, args, &body, None).await?;
-    let publish_phase = Phase::new(args.count, args.size, started.elapsed());
-    let started = Instant::now();
+    let publish_phase = started.phase(args.count, args.size);
+    let started = PhaseClock::start();
     consume(consumers, args.count, None).await?;
-    let consume_phase = Phase::new(args.count, args.size, started.elapsed());
+    let consume_phase = started.phase(args.count, args.size);
 
     let e2e_dest = fresh_name("raw-e2e-");
     declare(&conn, &config, &e2e_dest).await?;
     let consumers = open_consumers(&conn, &e2e_dest, args).await?;
-    let started = Instant::now();
+    let started = PhaseClock::start();
     let receiving = consume(consumers, args.count, Some(base));
     let sending = publish(
         &publish_channel,
@@ -347,7 +347,7 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
     let (r, s) = tokio::join!(receiving, sending);
     let latency_us = r?;
     s?;
-    let end_to_end = Phase::new(args.count, args.size, started.elapsed());
+    let end_to_end = started.phase(args.count, args.size);
     let peak_rss_bytes = peak_rss();
     delete(&conn, &[dest, e2e_dest]).await?;
     let _ = conn.close(200, "done".into()).await;

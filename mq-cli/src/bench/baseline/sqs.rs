@@ -34,7 +34,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::super::{
     fresh_name, join_consumers, new_histogram, payload, peak_rss, record_latency, shares, Args,
-    Phase, Results, Tally, RECEIVE_BATCH, RECEIVE_WAIT, SENT_AT,
+    PhaseClock, Results, Tally, RECEIVE_BATCH, RECEIVE_WAIT, SENT_AT,
 };
 use crate::CliResult;
 
@@ -488,22 +488,22 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
 
     let dest = create_queue(&ctx, &fresh_name("raw-")).await?;
     let consumers = open_consumers(&ctx, args);
-    let started = Instant::now();
+    let started = PhaseClock::start();
     publish(&ctx, &dest, args, &body, None).await?;
-    let publish_phase = Phase::new(args.count, args.size, started.elapsed());
-    let started = Instant::now();
+    let publish_phase = started.phase(args.count, args.size);
+    let started = PhaseClock::start();
     consume(&ctx, &dest, consumers, args.count, None).await?;
-    let consume_phase = Phase::new(args.count, args.size, started.elapsed());
+    let consume_phase = started.phase(args.count, args.size);
 
     let e2e_dest = create_queue(&ctx, &fresh_name("raw-e2e-")).await?;
     let consumers = open_consumers(&ctx, args);
-    let started = Instant::now();
+    let started = PhaseClock::start();
     let receiving = consume(&ctx, &e2e_dest, consumers, args.count, Some(base));
     let sending = publish(&ctx, &e2e_dest, args, &body, Some(base));
     let (r, s) = tokio::join!(receiving, sending);
     let latency_us = r?;
     s?;
-    let end_to_end = Phase::new(args.count, args.size, started.elapsed());
+    let end_to_end = started.phase(args.count, args.size);
     let peak_rss_bytes = peak_rss();
     for url in [&dest, &e2e_dest] {
         ctx.clients
