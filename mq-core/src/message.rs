@@ -158,6 +158,19 @@ pub fn new_message_id() -> String {
     MessageId::generate().into_string()
 }
 
+/// The eight lower-case hex digits of `x`, most significant first, without
+/// a loop: each nibble is moved into a byte of its own, then every byte
+/// becomes its ASCII digit at once (`+ '0'`, and `+ 39` more for `a`-`f`).
+fn hex8(x: u32) -> [u8; 8] {
+    let x = u64::from(x);
+    let x = (x | (x << 16)) & 0x0000_FFFF_0000_FFFF;
+    let x = (x | (x << 8)) & 0x00FF_00FF_00FF_00FF;
+    let nibbles = (x | (x << 4)) & 0x0F0F_0F0F_0F0F_0F0F;
+    // Bit 4 of `nibble + 6` is set exactly for the nibbles 10-15.
+    let letters = ((nibbles + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (nibbles + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
+}
+
 /// Bytes of an id kept inside the message instead of on the heap: a
 /// hyphenated UUID (36) fits, with room for a short prefix.
 const INLINE_ID: usize = 38;
@@ -177,17 +190,37 @@ pub(crate) enum MessageId {
 }
 
 impl MessageId {
-    /// A fresh UUIDv7 (see [`new_message_id`]).
+    /// A fresh UUIDv7 (see [`new_message_id`]), laid out as RFC 9562
+    /// section 5.7 says: 48 bits of Unix milliseconds, the version (7), 12
+    /// random bits, the variant (`10`), 62 random bits. Built from two
+    /// random words and hex-encoded eight digits at a time, about half the
+    /// instructions of `uuid`'s builder and byte-wise encoder: an id is made
+    /// for every message sent.
     pub(crate) fn generate() -> Self {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let mut random = [0u8; 10];
-        fastrand::fill(&mut random);
-        let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
-        // Encoding into a buffer skips the formatting machinery of `to_string`.
-        let mut buf = uuid::Uuid::encode_buffer();
-        MessageId::from(&*id.hyphenated().encode_lower(&mut buf))
+        let high = ((millis & 0xFFFF_FFFF_FFFF) << 16) | 0x7000 | (fastrand::u64(..) & 0x0FFF);
+        let low = (fastrand::u64(..) & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000;
+        MessageId::hyphenated(high, low)
+    }
+
+    /// The 8-4-4-4-12 lower-case hex form of the UUID `high`, `low`.
+    fn hyphenated(high: u64, low: u64) -> Self {
+        const LEN: usize = 36;
+        let (h0, h1) = (hex8((high >> 32) as u32), hex8(high as u32));
+        let (l0, l1) = (hex8((low >> 32) as u32), hex8(low as u32));
+        let mut bytes = [b'-'; INLINE_ID];
+        bytes[0..8].copy_from_slice(&h0);
+        bytes[9..13].copy_from_slice(&h1[..4]);
+        bytes[14..18].copy_from_slice(&h1[4..]);
+        bytes[19..23].copy_from_slice(&l0[..4]);
+        bytes[24..28].copy_from_slice(&l0[4..]);
+        bytes[28..36].copy_from_slice(&l1);
+        MessageId::Inline {
+            len: LEN as u8,
+            bytes,
+        }
     }
 
     pub(crate) fn as_str(&self) -> &str {
@@ -523,6 +556,33 @@ mod tests {
         assert_ne!(a.id(), b.id());
         let parsed = uuid::Uuid::parse_str(a.id()).expect("uuid");
         assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(a.id(), parsed.hyphenated().to_string(), "canonical form");
+        // The timestamp is now, to the millisecond.
+        let (secs, _) = parsed.get_timestamp().expect("v7 has one").to_unix();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        assert!(now.abs_diff(secs) <= 2, "{secs} vs {now}");
+    }
+
+    #[test]
+    fn hex_digits_of_every_nibble() {
+        assert_eq!(&hex8(0x0123_4567), b"01234567");
+        assert_eq!(&hex8(0x89ab_cdef), b"89abcdef");
+        assert_eq!(&hex8(0), b"00000000");
+        assert_eq!(&hex8(u32::MAX), b"ffffffff");
+    }
+
+    proptest::proptest! {
+        /// The hyphenated form is exactly `uuid`'s for any bits.
+        #[test]
+        fn hyphenated_matches_uuid(high: u64, low: u64) {
+            let ours = MessageId::hyphenated(high, low);
+            let theirs = uuid::Uuid::from_u64_pair(high, low).hyphenated().to_string();
+            proptest::prop_assert_eq!(ours.as_str(), theirs.as_str());
+        }
     }
 
     #[test]
