@@ -245,13 +245,14 @@ pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
         {
             println!("  {name:<14} {:>6.1}%", 100.0 * ratio);
         }
-        for phase in PhaseName::ALL {
-            if let Some(r) = phase.cpu_ratio(&sdk, &raw) {
-                println!(
-                    "  {:<14} {:>6.1}% (raw CPU/msg over SDK CPU/msg)",
-                    format!("{} CPU", phase.label()),
-                    100.0 * r
-                );
+        let cpu: Vec<_> = PhaseName::ALL
+            .iter()
+            .filter_map(|p| Some((p.label(), p.cpu_ratio(&sdk, &raw)?)))
+            .collect();
+        if !cpu.is_empty() {
+            println!("raw CPU per message / SDK CPU per message");
+            for (name, ratio) in cpu {
+                println!("  {name:<14} {:>6.1}%", 100.0 * ratio);
             }
         }
     }
