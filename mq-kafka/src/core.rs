@@ -335,10 +335,16 @@ impl Shared {
         if let Some(part) = state.parts.get_mut(tp) {
             if part.generation == meta.generation {
                 part.settle(meta.offset);
-                state.redeliveries.remove(&(tp.clone(), meta.offset));
-                state
-                    .failing
-                    .remove(&(tp.clone(), meta.generation, meta.offset));
+                // Both are empty unless something failed or was nacked in
+                // place; a lookup still hashes the topic's name.
+                if !state.redeliveries.is_empty() {
+                    state.redeliveries.remove(&(tp.clone(), meta.offset));
+                }
+                if !state.failing.is_empty() {
+                    state
+                        .failing
+                        .remove(&(tp.clone(), meta.generation, meta.offset));
+                }
             }
         }
     }
