@@ -386,7 +386,11 @@ impl ConsumerContext for Context {
                 for e in assigned.elements() {
                     state.assign((Arc::from(e.topic()), e.partition()));
                 }
-                tracing::debug!(group = %self.shared.group, partitions = state.parts.len(), "partitions assigned");
+                tracing::debug!(
+                    group = %self.shared.group,
+                    partitions = ?assigned.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect::<Vec<_>>(),
+                    "partitions assigned"
+                );
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),

@@ -264,6 +264,18 @@ impl State {
     /// rebalances), and nobody would commit it again once the partition is gone.
     pub(crate) fn revoke(&mut self, tp: &Tp) -> Option<i64> {
         let part = self.parts.remove(tp);
+        if let Some(p) = &part {
+            // What the next owner will read again: from the commit point on,
+            // including what was settled behind an unsettled delivery.
+            tracing::debug!(
+                topic = %tp.0,
+                partition = tp.1,
+                commit_point = ?p.commit_point(),
+                fetched_up_to = ?p.fetched_up_to(),
+                handed_out = self.outstanding.keys().filter(|(t, _, _)| t == tp).count(),
+                "partition revoked"
+            );
+        }
         if part.as_ref().is_some_and(|p| p.paused) {
             self.paused_at_revoke.insert(tp.clone());
         }

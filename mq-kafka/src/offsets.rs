@@ -97,6 +97,11 @@ impl PartitionState {
         self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
     }
 
+    /// The offset after the last record fetched in this assignment.
+    pub(crate) fn fetched_up_to(&self) -> Option<i64> {
+        self.next
+    }
+
     /// The record at `offset` is settled.
     pub(crate) fn settle(&mut self, offset: i64) {
         self.unsettled.remove(offset, false);
