@@ -14,7 +14,7 @@
 //!   turns it back to true and counts one reconnect, even on an idle client;
 //!   a delivered record (send) or a committed offset says the same sooner.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -33,6 +33,10 @@ use crate::error::kind_of;
 pub(crate) struct KafkaHealth {
     state: Mutex<State>,
     reconnects: AtomicU64,
+    /// `state.down`, readable without the lock: every delivered record
+    /// reports `up`, from whichever thread completes it, and taking the
+    /// lock for that moved its cache line between the cores per send.
+    down: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -57,9 +61,15 @@ impl KafkaHealth {
 
     /// A broker answered: back up if we were down.
     pub(crate) fn up(&self) {
+        // Set under the lock together with `state.down`; a `down` that
+        // races with this read happened after the answer that called us.
+        if !self.down.load(Ordering::Acquire) {
+            return;
+        }
         let mut state = self.state.lock();
         if state.down {
             state.down = false;
+            self.down.store(false, Ordering::Release);
             self.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::info!("Kafka brokers reachable again");
         }
@@ -82,6 +92,9 @@ impl KafkaHealth {
         };
         let mut state = self.state.lock();
         state.down |= down;
+        if down {
+            self.down.store(true, Ordering::Release);
+        }
         state.last_error = Some((format!("{code}: {reason}"), SystemTime::now()));
     }
 
