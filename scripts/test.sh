@@ -51,6 +51,12 @@ python3 scripts/module_cycles.py
 step "cargo test --workspace --all-features"
 cargo test --workspace --all-features
 
+# Issue 17: the in-process Kafka benchmark, SDK against raw rdkafka. This is
+# the debug build the tests made, so it shows that the command works and
+# what it prints, not the ratios: BENCHMARKS.md has the release numbers.
+step "mq bench 'kafka+mock://?partitions=4' --baseline (debug build: a smoke run; BENCHMARKS.md has release numbers)"
+"$CARGO_TARGET_DIR/debug/mq" bench 'kafka+mock://?partitions=4' --baseline --count 20000
+
 step "examples (scripts/examples.sh): memory://, then every broker started above"
 bash scripts/examples.sh
 
