@@ -193,9 +193,10 @@ impl MessageId {
     /// A fresh UUIDv7 (see [`new_message_id`]), laid out as RFC 9562
     /// section 5.7 says: 48 bits of Unix milliseconds, the version (7), 12
     /// random bits, the variant (`10`), 62 random bits. Built from two
-    /// random words and hex-encoded eight digits at a time, about half the
-    /// instructions of `uuid`'s builder and byte-wise encoder: an id is made
-    /// for every message sent.
+    /// random words and hex-encoded eight digits at a time, since an id is
+    /// made for every message sent (callgrind: 256 instructions per id, 84
+    /// of them the clock read, against 290 with `uuid`'s builder and
+    /// encoder).
     pub(crate) fn generate() -> Self {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
