@@ -39,6 +39,7 @@
 //!   committed instead, so the next owner reads them again in place.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -62,6 +63,11 @@ use crate::settle::KafkaSettler;
 /// How long one poll of librdkafka waits; bounds how late a pause, resume
 /// or commit happens.
 const POLL: Duration = Duration::from_millis(20);
+
+/// Numbers the consumers of this process for the poll thread's logs: every
+/// member of one topic's group has a thread of the same name, and telling
+/// them apart is how one sees two members holding a partition at once.
+static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 
 /// Records fetched ahead of `receive` (beyond the prefetch of handed-out
 /// deliveries) before fetching pauses: pausing costs a fetch round trip
@@ -414,7 +420,10 @@ impl ConsumerContext for Context {
     }
 }
 
-fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>) {
+fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>, member: u64) {
+    // Everything logged on this thread (rebalances, revokes, commits) says
+    // which member it is.
+    let _member = tracing::debug_span!("kafka consumer", member).entered();
     let mut last_commit = Instant::now();
     let mut topics = Vec::new();
     let mut chunks = PayloadChunks::new(PAYLOAD_CHUNK);
@@ -645,12 +654,13 @@ impl KafkaConsumer {
         })?;
         let thread = {
             let shared = shared.clone();
+            let member = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
             std::thread::Builder::new()
                 .name(format!(
                     "mq-kafka-{}",
                     source.chars().take(20).collect::<String>()
                 ))
-                .spawn(move || poll_loop(consumer, shared))
+                .spawn(move || poll_loop(consumer, shared, member))
                 .map_err(|e| {
                     Error::new(ErrorKind::Broker, "cannot start the consumer thread")
                         .with_backend(BACKEND)
