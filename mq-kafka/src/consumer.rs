@@ -596,7 +596,7 @@ pub struct KafkaConsumer {
     shared: Arc<Shared>,
     health: Arc<KafkaHealth>,
     settler: Arc<KafkaSettler>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<PollThread>,
     closed: bool,
     close_timeout: Duration,
 }
@@ -655,17 +655,12 @@ impl KafkaConsumer {
         let thread = {
             let shared = shared.clone();
             let member = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
-            std::thread::Builder::new()
-                .name(format!(
-                    "mq-kafka-{}",
-                    source.chars().take(20).collect::<String>()
-                ))
-                .spawn(move || poll_loop(consumer, shared, member))
-                .map_err(|e| {
-                    Error::new(ErrorKind::Broker, "cannot start the consumer thread")
-                        .with_backend(BACKEND)
-                        .with_source(e)
-                })?
+            let name = format!("mq-kafka-{}", source.chars().take(20).collect::<String>());
+            PollThread::spawn(name, move || poll_loop(consumer, shared, member)).map_err(|e| {
+                Error::new(ErrorKind::Broker, "cannot start the consumer thread")
+                    .with_backend(BACKEND)
+                    .with_source(e)
+            })?
         };
         let health = sender.health.clone();
         let settler = Arc::new(KafkaSettler::new(shared.clone(), sender, runtime));
@@ -847,14 +842,59 @@ impl Consumer for KafkaConsumer {
         }
         self.signal_stop();
         if let Some(thread) = self.thread.take() {
-            let joined = tokio::task::spawn_blocking(move || thread.join());
-            match tokio::time::timeout(self.close_timeout, joined).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(_) => tracing::warn!("the consumer thread panicked"),
-                Err(_) => tracing::warn!("the consumer did not leave its group in time"),
+            match thread.wait(self.close_timeout).await {
+                Ending::Left => {}
+                Ending::Panicked => tracing::warn!("the consumer thread panicked"),
+                Ending::StillRunning => tracing::warn!(
+                    "the consumer did not leave its group in time; its thread is left behind"
+                ),
             }
         }
         Ok(())
+    }
+}
+
+/// The consumer's poll thread, and word of its end.
+struct PollThread {
+    /// Dropped, not joined: the thread is detached once nobody waits.
+    _handle: JoinHandle<()>,
+    /// Sent when the thread's work returned; dropped unsent if it panicked.
+    left: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// How waiting for a [`PollThread`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    Left,
+    Panicked,
+    StillRunning,
+}
+
+impl PollThread {
+    fn spawn(name: String, work: impl FnOnce() + Send + 'static) -> std::io::Result<Self> {
+        let (done, left) = tokio::sync::oneshot::channel();
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            work();
+            let _ = done.send(());
+        })?;
+        Ok(PollThread {
+            _handle: handle,
+            left,
+        })
+    }
+
+    /// Waits up to `at_most` for the thread to end. No task of the runtime
+    /// blocks on it: a thread stuck inside librdkafka is left behind,
+    /// detached. (Seen under load against tansu: dropping the consumer at
+    /// the end of the poll loop ran a last rebalance callback whose
+    /// `rd_kafka_assign` waited for ever. A blocking task that joined the
+    /// thread then held up the runtime's shutdown, and so the process's exit.)
+    async fn wait(self, at_most: Duration) -> Ending {
+        match tokio::time::timeout(at_most, self.left).await {
+            Ok(Ok(())) => Ending::Left,
+            Ok(Err(_)) => Ending::Panicked,
+            Err(_) => Ending::StillRunning,
+        }
     }
 }
 
@@ -872,6 +912,54 @@ mod tests {
     use rdkafka::Timestamp;
 
     use super::*;
+
+    /// A poll thread stuck for good (as inside librdkafka) is given up on
+    /// after the timeout, and the runtime shuts down at once instead of
+    /// waiting for it; a thread that ends or panics is told apart.
+    #[test]
+    fn a_stuck_poll_thread_holds_up_neither_close_nor_the_runtime() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        // Lets the stuck thread go after 3 s, so that a wait that does block
+        // the runtime makes this test fail instead of hang.
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            drop(release);
+        });
+        let endings = rt.block_on(async {
+            let stuck = PollThread::spawn("stuck".into(), move || {
+                let _ = stuck.recv();
+            })
+            .expect("spawn");
+            let ends = PollThread::spawn("ends".into(), || {}).expect("spawn");
+            let panics =
+                PollThread::spawn("panics".into(), || panic!("deliberate")).expect("spawn");
+            let started = Instant::now();
+            let stuck = stuck.wait(Duration::from_millis(200)).await;
+            assert!(started.elapsed() < Duration::from_secs(2));
+            (
+                stuck,
+                ends.wait(Duration::from_secs(5)).await,
+                panics.wait(Duration::from_secs(5)).await,
+            )
+        });
+        assert_eq!(
+            endings,
+            (Ending::StillRunning, Ending::Left, Ending::Panicked)
+        );
+        let shutdown = Instant::now();
+        drop(rt);
+        assert!(
+            shutdown.elapsed() < Duration::from_secs(2),
+            "the runtime waited {:?} for the stuck thread",
+            shutdown.elapsed()
+        );
+        let _ = releaser.join();
+    }
 
     fn context() -> Context {
         let config = KafkaConfig::from_url("kafka://127.0.0.1:9092").expect("url");
