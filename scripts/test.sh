@@ -11,6 +11,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mq-target}"
+# Every CI run builds the workspace from a fresh checkout (a new path), so
+# incremental state is never reused, only piled up (20 GB of it filled this
+# machine's disk once and the linker died with SIGBUS). Set it to 1 to keep
+# it for local edit-test loops.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
