@@ -14,12 +14,17 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use mq_core::backend::time::instant_after;
 use mq_core::{Error, ErrorKind, Message, Received, Result};
 use parking_lot::{Condvar, Mutex, RwLock};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -38,12 +43,27 @@ pub(crate) struct Sender {
     /// Replaced when librdkafka reports a fatal error (an idempotent
     /// producer fenced after the broker lost its producer state): such a
     /// producer never sends again.
-    producer: RwLock<FutureProducer<HealthContext>>,
+    current: RwLock<Current>,
+    /// The producer replaced last, kept alive so that the records still in
+    /// flight through it get their delivery reports (dropping a producer
+    /// purges them); dropped at the next replacement.
+    retired: Mutex<Option<FutureProducer<HealthContext>>>,
     pub(crate) topology: Arc<Topology>,
     /// What this backend's librdkafka clients reported lately.
     pub(crate) health: Arc<KafkaHealth>,
     pub(crate) config: Arc<KafkaConfig>,
 }
+
+/// The producer in use and how many were replaced before it: a failed
+/// send names the producer it went through by that number, so a failure
+/// replaces that producer only, not a fresh one another send put in.
+struct Current {
+    producer: FutureProducer<HealthContext>,
+    generation: u64,
+}
+
+/// A record handed to librdkafka, resolving on its delivery report.
+pub(crate) type Sending = Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>;
 
 impl fmt::Debug for Sender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -61,7 +81,11 @@ impl Sender {
     ) -> Result<Self> {
         let producer = Self::create(&config, &health)?;
         Ok(Sender {
-            producer: RwLock::new(producer),
+            current: RwLock::new(Current {
+                producer,
+                generation: 0,
+            }),
+            retired: Mutex::new(None),
             topology,
             health,
             config,
@@ -83,63 +107,145 @@ impl Sender {
     /// works again (the failed one is reported, and retryable). A broker
     /// that lost its state in a restart fences the idempotent producer or
     /// answers `UnknownProducerId` for good; a fresh producer gets a new id.
-    fn recover(&self, failed: &FutureProducer<HealthContext>, error: &Error) {
-        let reason = match failed.client().fatal_error() {
-            Some((code, reason)) => format!("fatal error {code}: {reason}"),
-            None if error.kind() == ErrorKind::Timeout => "a send timed out".to_owned(),
-            None => return,
+    /// `generation` names the producer the send went through.
+    fn recover(&self, generation: u64, error: &Error) {
+        let reason = {
+            let current = self.current.read();
+            if current.generation != generation {
+                return; // Already replaced by another send.
+            }
+            match current.producer.client().fatal_error() {
+                Some((code, reason)) => format!("fatal error {code}: {reason}"),
+                None if error.kind() == ErrorKind::Timeout => "a send timed out".to_owned(),
+                None => return,
+            }
         };
-        let mut current = self.producer.write();
-        if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
-            return; // Already replaced by another send.
+        let mut current = self.current.write();
+        if current.generation != generation {
+            return;
         }
         match Self::create(&self.config, &self.health) {
             Ok(fresh) => {
                 tracing::warn!(reason, "replaced the Kafka producer");
-                *current = fresh;
+                let failed = std::mem::replace(&mut current.producer, fresh);
+                current.generation += 1;
+                drop(current);
+                *self.retired.lock() = Some(failed);
             }
             Err(e) => tracing::warn!(error = %e, "replacing the failed Kafka producer failed"),
         }
     }
 
-    /// Sends `message` to `topic`. The destination, size and delay checks
+    /// Hands `message` to librdkafka without waiting when its topic is
+    /// known and librdkafka's queue has room (the common case); `None`
+    /// when the send must wait (a topic not looked up yet, a full queue):
+    /// [`send`](Sender::send) does that. The future resolves on the
+    /// delivery report. No clock read, no retry loop and no producer clone
+    /// per record: this is every send of a busy producer.
+    pub(crate) fn try_send(self: &Arc<Self>, topic: &str, message: &Message) -> Option<Sending> {
+        if !self.topology.is_known(topic) {
+            return None;
+        }
+        let (generation, queued) = {
+            let current = self.current.read();
+            (
+                current.generation,
+                current.producer.send_result(record(topic, message)),
+            )
+        };
+        match queued {
+            Ok(report) => {
+                let sender = self.clone();
+                Some(Box::pin(async move {
+                    match report.await {
+                        Ok(report) => sender.reported(generation, report),
+                        // The producer went away without a report (two
+                        // replacements while this record was in flight).
+                        Err(_) => Err(convert(KafkaError::Canceled, "send", None)),
+                    }
+                }))
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => None,
+            Err((e, _)) => {
+                let e = convert(e, "send", Some(topic));
+                self.failed(generation, topic, &e);
+                Some(Box::pin(std::future::ready(Err(e))))
+            }
+        }
+    }
+
+    /// Sends `message` to `topic`, waiting (up to `send_timeout`) while
+    /// librdkafka's queue is full. The destination, size and delay checks
     /// ran before, once, in core (`mq_core::checks`, from `capabilities()`);
     /// settlement copies are cut to fit by `republish::fit_to_size`.
     /// `create` makes the topic even with auto-creation off (mq's own retry
     /// and dead-letter topics).
     pub(crate) async fn send(&self, topic: &str, message: &Message, create: bool) -> Result<()> {
         self.topology.ensure(topic, create).await?;
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
-            .payload(message.payload().as_ref())
-            .headers(record_headers(message));
-        if let Some(k) = message.key() {
-            record = record.key(k);
-        }
-        let producer = self.producer.read().clone();
-        let sent = producer
-            .send(record, Timeout::After(self.config.send_timeout))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| convert(e, "send", Some(topic)));
-        if sent.is_ok() {
-            self.health.up();
-        }
-        if let Err(e) = &sent {
-            self.recover(&producer, e);
-            if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Timeout) {
-                self.topology.forget(topic);
+        let (producer, generation) = {
+            let current = self.current.read();
+            (current.producer.clone(), current.generation)
+        };
+        let report = producer
+            .send(
+                record(topic, message),
+                Timeout::After(self.config.send_timeout),
+            )
+            .await;
+        self.reported(generation, report)
+    }
+
+    /// The outcome of a record's delivery report.
+    fn reported(&self, generation: u64, report: OwnedDeliveryResult) -> Result<()> {
+        match report {
+            Ok(_) => {
+                self.health.up();
+                Ok(())
+            }
+            Err((e, record)) => {
+                let e = convert(e, "send", Some(record.topic()));
+                self.failed(generation, record.topic(), &e);
+                Err(e)
             }
         }
-        sent
+    }
+
+    /// After a failed send: replace a broken producer, and look the topic
+    /// up again if it may be gone.
+    fn failed(&self, generation: u64, topic: &str, e: &Error) {
+        self.recover(generation, e);
+        if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Timeout) {
+            self.topology.forget(topic);
+        }
     }
 
     pub(crate) async fn flush(&self) -> Result<()> {
-        let producer = self.producer.read().clone();
+        let producers = {
+            let current = self.current.read();
+            let retired = self.retired.lock().clone();
+            [Some(current.producer.clone()), retired]
+        };
         let timeout = self.config.send_timeout;
-        tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout)))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Broker, format!("flush task failed: {e}")))?
-            .map_err(|e| convert(e, "flush", None))
+        tokio::task::spawn_blocking(move || {
+            producers
+                .iter()
+                .flatten()
+                .try_for_each(|p| p.flush(Timeout::After(timeout)))
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Broker, format!("flush task failed: {e}")))?
+        .map_err(|e| convert(e, "flush", None))
+    }
+}
+
+/// The record of `message` for `topic`.
+fn record<'a>(topic: &'a str, message: &'a Message) -> FutureRecord<'a, str, [u8]> {
+    let record = FutureRecord::to(topic)
+        .payload(message.payload().as_ref())
+        .headers(record_headers(message));
+    match message.key() {
+        Some(k) => record.key(k),
+        None => record,
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mq_core::{Error, Message, Producer, Result};
+use mq_core::{Error, Message, Producer, Result, SendNow};
 
 use crate::core::Sender;
 use crate::error::BACKEND;
@@ -43,16 +43,38 @@ impl fmt::Debug for KafkaProducer {
     }
 }
 
+fn closed_error(destination: &str) -> Error {
+    Error::closed("producer is closed")
+        .with_backend(BACKEND)
+        .with_operation("send")
+        .with_destination(destination)
+}
+
 #[async_trait]
 impl Producer for KafkaProducer {
     async fn send(&self, destination: &str, message: Message) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(Error::closed("producer is closed")
-                .with_backend(BACKEND)
-                .with_operation("send")
-                .with_destination(destination));
+            return Err(closed_error(destination));
         }
         self.sender.send(destination, &message, false).await
+    }
+
+    /// Hands the record to librdkafka at once when its topic is known and
+    /// librdkafka's queue has room; the returned future waits for the
+    /// delivery report only. Otherwise (the first send to a topic, a full
+    /// queue) the message comes back for [`send`](Producer::send).
+    fn send_now(&self, destination: &str, message: Message) -> SendNow {
+        if self.closed.load(Ordering::Acquire) {
+            return SendNow::Done(Err(closed_error(destination)));
+        }
+        match self.sender.try_send(destination, &message) {
+            Some(sending) => SendNow::Started(sending),
+            None => SendNow::Later(message),
+        }
+    }
+
+    fn can_send_now(&self) -> bool {
+        true
     }
 
     fn health(&self) -> mq_core::observe::Health {

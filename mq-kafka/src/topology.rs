@@ -15,7 +15,7 @@
 //! Admin `CreateTopics`, topics are created through the cluster itself
 //! ([`MockCluster::create_topic`]).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,7 +121,7 @@ pub fn default_group(topic: &str) -> String {
 pub(crate) struct Topology {
     admin: Arc<AdminClient<HealthContext>>,
     config: Arc<KafkaConfig>,
-    known: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+    known: Mutex<FxHashMap<String, Arc<OnceCell<()>>>>,
     /// The in-process cluster this connection uses (`kafka+mock://`): it
     /// creates the topics, and lives as long as this connection.
     mock: Option<MockCluster>,
@@ -148,7 +148,7 @@ impl Topology {
         Ok(Topology {
             admin: Arc::new(admin),
             config,
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(FxHashMap::default()),
             mock,
         })
     }
@@ -189,6 +189,15 @@ impl Topology {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Whether `topic` was looked up (or created) already: a send to it
+    /// needs no wait (the hot path of every send, one lookup).
+    pub(crate) fn is_known(&self, topic: &str) -> bool {
+        self.known
+            .lock()
+            .get(topic)
+            .is_some_and(|cell| cell.initialized())
     }
 
     /// Forgets that `topic` exists (a send to it failed as if it were gone:

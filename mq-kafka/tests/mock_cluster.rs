@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{mock_config, receive_within, wait_until, Cluster};
 
 use mq_core::backend::Backend;
-use mq_core::{Consumer, ConsumerOptions, Message, Producer};
+use mq_core::{Consumer, ConsumerOptions, ErrorKind, Message, Producer, SendNow};
 use mq_kafka::KafkaBackend;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -30,7 +30,7 @@ fn backend(c: &Cluster, extra: &str) -> KafkaBackend {
 }
 
 /// Sends `n` messages, 25 at a time every 20 ms, so that a fault injected
-/// meanwhile hits sends in flight; returns the ids the producer reported
+/// meanwhile hits sends in flight (every other one through `send_now`); returns the ids the producer reported
 /// acknowledged and the number of failed sends.
 fn send_all(
     backend: &KafkaBackend,
@@ -48,7 +48,15 @@ fn send_all(
                 async move {
                     let m = Message::new(format!("m-{i}")).with_key(format!("k{}", i % 7));
                     let id = m.id().to_owned();
-                    producer.send(&topic, m).await.map(|()| id)
+                    // Both ways a record goes out: the fast path a client's
+                    // producer takes (`send_now`, the delivery report
+                    // awaited) and the waiting one (`send`).
+                    let sent = if i % 2 == 0 {
+                        producer.send_now(&topic, m).finish(&producer, &topic).await
+                    } else {
+                        producer.send(&topic, m).await
+                    };
+                    sent.map(|()| id)
                 }
             });
             waves.push(tokio::spawn(futures::future::join_all(sends)));
@@ -95,6 +103,53 @@ async fn consume_all(backend: &KafkaBackend, topic: &str, expected: &[String], w
     })
     .await;
     consumer.close().await.expect("close");
+}
+
+/// `send_now` hands a record to librdkafka only when it can at once: a
+/// full librdkafka queue gives the message back, `send` then waits for
+/// room, and every record arrives. A closed producer refuses at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_send_queue_hands_the_message_back_and_loses_nothing() {
+    let topic = "queue-full";
+    let c = cluster(1, topic, 1);
+    // One record in librdkafka's queue at a time, held there for a second.
+    let b = backend(
+        &c,
+        "&rdkafka.queue.buffering.max.messages=1&rdkafka.linger.ms=1000",
+    );
+    let producer = b.kafka_producer();
+    let first = Message::new("first");
+    let mut ids = vec![first.id().to_owned()];
+    // The topic is unknown before the first send: that one waits.
+    assert!(matches!(
+        producer.send_now(topic, first.clone()),
+        SendNow::Later(_)
+    ));
+    producer.send(topic, first).await.expect("first send");
+
+    let (second, third) = (Message::new("second"), Message::new("third"));
+    ids.extend([second.id().to_owned(), third.id().to_owned()]);
+    let SendNow::Started(sending) = producer.send_now(topic, second) else {
+        panic!("a known topic with room is sent at once");
+    };
+    let SendNow::Later(third) = producer.send_now(topic, third) else {
+        panic!("a full queue hands the message back");
+    };
+    let started = Instant::now();
+    let (a, b3) = tokio::join!(sending, producer.send(topic, third));
+    a.expect("second send");
+    b3.expect("third send waited for room");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the third waited"
+    );
+
+    producer.close().await.expect("close");
+    match producer.send_now(topic, Message::new("late")) {
+        SendNow::Done(Err(e)) => assert_eq!(e.kind(), ErrorKind::Closed, "{e}"),
+        _ => panic!("a closed producer refuses at once"),
+    }
+    consume_all(&b, topic, &ids, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
