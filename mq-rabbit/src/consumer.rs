@@ -5,9 +5,11 @@
 //! it. When the channel or connection drops, `receive` waits for the
 //! connection to come back, declares the topology again and subscribes
 //! again; deliveries of the old channel are requeued by the broker.
-//! `close` (or dropping the consumer) cancels the subscription and closes
-//! the channel, which also requeues every unsettled delivery; settling one
-//! of those afterwards fails with `Closed`.
+//! `close` sends the acks queued so far (acks leave together, see
+//! `acks.rs`), cancels the subscription and closes the channel, which
+//! requeues every unsettled delivery; settling one of those afterwards
+//! fails with `Closed`. Dropping the consumer closes the channel without
+//! waiting for queued acks: their messages may be delivered again.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +22,9 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
 use mq_core::{Consumer, ConsumerOptions, Delivery, ErrorKind, Received, Result};
+use tokio::task::JoinHandle;
 
+use crate::acks::{finish, Acks};
 use crate::codec::decode;
 use crate::connection::Conn;
 use crate::core::Shared;
@@ -34,6 +38,44 @@ struct Subscription {
     conn: Arc<Conn>,
     channel: Channel,
     consumer: lapin::Consumer,
+    /// Its channel's acks, and the task that sends them (`acks.rs`).
+    acks: Arc<Acks>,
+    ack_sender: Option<JoinHandle<()>>,
+}
+
+impl Subscription {
+    /// Sends the acks queued so far (up to `limit`), then closes the channel.
+    async fn close(mut self, limit: Duration) {
+        if let Some(sender) = self.ack_sender.take() {
+            finish(&self.acks, sender, limit).await;
+        }
+        let tag = self.consumer.tag();
+        let closing = async {
+            if let Err(e) = self
+                .channel
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await
+            {
+                tracing::debug!(error = %e, "basic.cancel failed while closing a consumer");
+            }
+            self.channel
+                .close(200, "consumer closed".into())
+                .await
+                .map_err(|e| from_lapin(e, "close"))
+        };
+        // A broker that does not answer requeues the deliveries when the
+        // channel or connection goes; closing does not wait for it.
+        if let Err(e) = within(limit, "close", closing).await {
+            tracing::debug!(error = %e, "closing a consumer channel failed");
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Lost or dropped: the task sends what it can and ends.
+        self.acks.close();
+    }
 }
 
 /// Receives from one queue of a RabbitMQ destination.
@@ -123,20 +165,24 @@ impl RabbitConsumer {
             Ok((channel, consumer))
         };
         let (channel, consumer) = within(config.operation_timeout, "receive", subscribing).await?;
+        let (acks, ack_sender) = Acks::start(config.operation_timeout, self.source.to_string());
         self.sub = Some(Subscription {
             conn,
             channel,
             consumer,
+            acks,
+            ack_sender: Some(ack_sender),
         });
         Ok(())
     }
 
-    fn wrap(&self, d: lapin::message::Delivery) -> Delivery {
+    fn wrap(&self, d: lapin::message::Delivery, acks: &Arc<Acks>) -> Delivery {
         let mut d = d;
+        acks.opened(d.delivery_tag);
         let data = std::mem::take(&mut d.data);
         let properties = std::mem::take(&mut d.properties);
         let decoded = decode(bytes::Bytes::from(data), &properties, d.redelivered);
-        let info = RabbitMetadata::new(&d, self.queue.clone(), properties);
+        let info = RabbitMetadata::new(&d, self.queue.clone(), properties, acks.clone());
         let received = Received::new(self.source.clone(), decoded.message, decoded.attempt)
             .with_group(self.group.clone())
             .with_timestamp(decoded.timestamp)
@@ -199,7 +245,8 @@ impl Consumer for RabbitConsumer {
             match sub.consumer.next().await {
                 Some(Ok(d)) => {
                     self.failures = 0;
-                    return Ok(self.wrap(d));
+                    let acks = sub.acks.clone();
+                    return Ok(self.wrap(d, &acks));
                 }
                 lost => self.lost(lost.and_then(|r| r.err())),
             }
@@ -218,12 +265,15 @@ impl Consumer for RabbitConsumer {
             Ok(first) => batch.push(first?),
             Err(_) => return Ok(batch),
         }
+        let Some(acks) = self.sub.as_ref().map(|s| s.acks.clone()) else {
+            return Ok(batch);
+        };
         while batch.len() < max {
             let Some(sub) = self.sub.as_mut() else { break };
             // `next` is cancel-safe: a pending poll loses nothing.
             match sub.consumer.next().now_or_never() {
                 None => break,
-                Some(Some(Ok(d))) => batch.push(self.wrap(d)),
+                Some(Some(Ok(d))) => batch.push(self.wrap(d, &acks)),
                 Some(lost) => {
                     // Handled as `receive` does; the next call subscribes again.
                     self.lost(lost.and_then(|r| r.err()));
@@ -238,27 +288,11 @@ impl Consumer for RabbitConsumer {
         self.shared.connector.health()
     }
 
+    /// Sends the acks queued so far, cancels the subscription and closes
+    /// its channel: the broker requeues every delivery not acked.
     async fn close(&mut self) -> Result<()> {
         if let Some(sub) = self.shut() {
-            let tag = sub.consumer.tag();
-            let closing = async {
-                if let Err(e) = sub
-                    .channel
-                    .basic_cancel(tag, BasicCancelOptions::default())
-                    .await
-                {
-                    tracing::debug!(error = %e, "basic.cancel failed while closing a consumer");
-                }
-                sub.channel
-                    .close(200, "consumer closed".into())
-                    .await
-                    .map_err(|e| from_lapin(e, "close"))
-            };
-            // A broker that does not answer requeues the deliveries when the
-            // channel or connection goes; closing does not wait for it.
-            if let Err(e) = within(self.shared.config.operation_timeout, "close", closing).await {
-                tracing::debug!(error = %e, "closing a consumer channel failed");
-            }
+            sub.close(self.shared.config.operation_timeout).await;
         }
         Ok(())
     }

@@ -29,6 +29,7 @@
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod acks;
 mod backend;
 mod codec;
 mod config;

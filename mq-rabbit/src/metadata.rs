@@ -2,8 +2,11 @@
 //! delivery, plus the acker settling needs.
 
 use std::fmt;
+use std::sync::Arc;
 
 use lapin::{Acker, BasicProperties};
+
+use crate::acks::Acks;
 
 /// RabbitMQ details of a delivery, from
 /// [`Received::metadata`](mq_core::Received::metadata):
@@ -23,6 +26,8 @@ pub struct RabbitMetadata {
     queue: String,
     properties: BasicProperties,
     acker: Option<Acker>,
+    /// Where its channel's acks are sent together (none without acks).
+    acks: Option<Arc<Acks>>,
 }
 
 impl RabbitMetadata {
@@ -30,6 +35,7 @@ impl RabbitMetadata {
         delivery: &lapin::message::Delivery,
         queue: String,
         properties: BasicProperties,
+        acks: Arc<Acks>,
     ) -> Self {
         RabbitMetadata {
             delivery_tag: delivery.delivery_tag,
@@ -39,6 +45,7 @@ impl RabbitMetadata {
             queue,
             properties,
             acker: Some(delivery.acker.clone()),
+            acks: Some(acks),
         }
     }
 
@@ -59,6 +66,7 @@ impl RabbitMetadata {
             queue,
             properties,
             acker: None,
+            acks: None,
         }
     }
 
@@ -96,6 +104,11 @@ impl RabbitMetadata {
     /// consumed without acknowledgements.
     pub(crate) fn acker(&self) -> Option<&Acker> {
         self.acker.as_ref()
+    }
+
+    /// Where the acks of its channel are sent together.
+    pub(crate) fn acks(&self) -> Option<&Arc<Acks>> {
+        self.acks.as_ref()
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! | settlement | what happens |
 //! |---|---|
-//! | ack | `basic.ack` |
+//! | ack | `basic.ack`, queued and sent with the channel's other acks (`multiple` for a run settled in delivery order, alone otherwise; `acks.rs`) |
 //! | nack | classic queues: republish to the same queue with `mq-attempt` + 1, confirmed, then `basic.ack` (the message goes to the back of the queue); quorum queues: `basic.nack` with requeue (the broker counts `x-delivery-count`) |
 //! | nack after a delay | republish to `<queue>.retry.<ms>` with `mq-attempt` + 1, confirmed, then `basic.ack`; the retry queue's TTL dead-letters it back to `<queue>` only |
 //! | dead-letter | publish to the consumer's dead-letter destination (`ConsumerOptions::dead_letter`, default `<source>-dlq`) with the reason headers, cut to fit `max_message_size`, confirmed, then `basic.ack` |
@@ -30,7 +30,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Acker;
-use mq_core::backend::{republish, Settlement, Settler};
+use mq_core::backend::{republish, SettleNow, Settlement, Settler};
 use mq_core::{Delivery, Error, Result};
 
 use crate::codec::{encode, for_retry, Wire};
@@ -162,35 +162,15 @@ impl RabbitSettler {
         error
     }
 
-    /// Acks the original of a message republished already: if its channel
-    /// died in between, the broker redelivers it too (a duplicate, never a loss).
-    async fn ack_after_republish(&self, acker: &Acker, id: &str) -> Result<()> {
-        match self.ack(acker, id).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::debug!(%id, error = %e,
-                    "message republished but its original could not be acked; it will be delivered twice");
-                Ok(())
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl Settler for RabbitSettler {
-    async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()> {
-        let Some(info) = delivery.metadata::<RabbitMetadata>() else {
-            return Err(
-                Error::new(mq_core::ErrorKind::Broker, "not a RabbitMQ delivery")
-                    .with_backend(BACKEND),
-            );
-        };
-        let Some(acker) = info.acker() else {
-            return Ok(());
-        };
-        if self.closed.load(Ordering::Acquire) || !acker.usable() {
-            return Err(self.gone("settle", delivery.id()));
-        }
+    /// A settlement that sends its own frames: an ack that cannot be
+    /// queued, a nack, a dead letter.
+    async fn settle_alone(
+        &self,
+        delivery: &Delivery,
+        info: &RabbitMetadata,
+        acker: &Acker,
+        settlement: Settlement,
+    ) -> Result<()> {
         let id = delivery.id();
         match settlement {
             Settlement::Ack => self.ack(acker, id).await,
@@ -215,6 +195,76 @@ impl Settler for RabbitSettler {
         }
     }
 
+    /// Acks the original of a message republished already: if its channel
+    /// died in between, the broker redelivers it too (a duplicate, never a loss).
+    async fn ack_after_republish(&self, acker: &Acker, id: &str) -> Result<()> {
+        match self.ack(acker, id).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::debug!(%id, error = %e,
+                    "message republished but its original could not be acked; it will be delivered twice");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Queues the ack of the delivery `info` describes to be sent with its
+/// channel's other acks (`acks.rs`); `false` when it must be sent alone.
+fn queue_ack(info: &RabbitMetadata, acker: &Acker) -> bool {
+    info.acks()
+        .is_some_and(|acks| acks.ack(info.delivery_tag(), acker))
+}
+
+#[async_trait]
+impl Settler for RabbitSettler {
+    async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()> {
+        let Some(info) = delivery.metadata::<RabbitMetadata>() else {
+            return Err(
+                Error::new(mq_core::ErrorKind::Broker, "not a RabbitMQ delivery")
+                    .with_backend(BACKEND),
+            );
+        };
+        let Some(acker) = info.acker() else {
+            return Ok(());
+        };
+        if self.closed.load(Ordering::Acquire) || !acker.usable() {
+            return Err(self.gone("settle", delivery.id()));
+        }
+        if matches!(settlement, Settlement::Ack) && queue_ack(info, acker) {
+            return Ok(());
+        }
+        let settled = self.settle_alone(delivery, info, acker, settlement).await;
+        // Sent with a frame of its own (or never): the batched acks may
+        // pass its tag now.
+        if let Some(acks) = info.acks() {
+            acks.done(info.delivery_tag());
+        }
+        settled
+    }
+
+    /// An ack is queued with its channel's other acks (`acks.rs`): no
+    /// frame and no boxed future per delivery.
+    fn settle_now(&self, delivery: &Delivery, settlement: Settlement) -> SettleNow {
+        if !matches!(settlement, Settlement::Ack) {
+            return SettleNow::Later(settlement);
+        }
+        let Some(info) = delivery.metadata::<RabbitMetadata>() else {
+            return SettleNow::Later(settlement);
+        };
+        let Some(acker) = info.acker() else {
+            return SettleNow::Done(Ok(()));
+        };
+        if self.closed.load(Ordering::Acquire) || !acker.usable() {
+            return SettleNow::Done(Err(self.gone("settle", delivery.id())));
+        }
+        if queue_ack(info, acker) {
+            SettleNow::Done(Ok(()))
+        } else {
+            SettleNow::Later(settlement)
+        }
+    }
+
     fn abandon(&self, delivery: &Delivery) {
         if self.closed.load(Ordering::Acquire) {
             // The channel closed with the consumer: the broker requeued it.
@@ -235,6 +285,9 @@ impl Settler for RabbitSettler {
         };
         let id = delivery.id().to_owned();
         let limit = self.shared.config.operation_timeout;
+        let done = delivery
+            .metadata::<RabbitMetadata>()
+            .and_then(|i| Some((i.acks()?.clone(), i.delivery_tag())));
         rt.spawn(async move {
             let requeue = BasicNackOptions {
                 multiple: false,
@@ -243,6 +296,9 @@ impl Settler for RabbitSettler {
             let nacking = async { acker.nack(requeue).await.map_err(|e| from_lapin(e, "nack")) };
             if let Err(e) = within(limit, "nack", nacking).await {
                 tracing::debug!(%id, error = %e, "returning a dropped delivery failed; the broker requeues it when the channel closes");
+            }
+            if let Some((acks, tag)) = done {
+                acks.done(tag);
             }
         });
     }
