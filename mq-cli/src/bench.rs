@@ -67,6 +67,13 @@ pub(crate) struct Args {
     /// pairs with its spread, so that a noisy machine cannot decide it.
     #[arg(long, default_value_t = 1, requires = "baseline")]
     pairs: u32,
+    /// With --pairs: run this many pairs first and discard them (default:
+    /// 1 when --pairs is 2 or more). The first run of a process pays for
+    /// fresh memory (page faults, allocator growth) and cold caches, and it
+    /// is always the SDK's: without a warm-up the first pair is biased
+    /// against it.
+    #[arg(long, requires = "baseline")]
+    warmup: Option<u32>,
     /// The raw client stamps every message with a fresh id, as the SDK
     /// does (a UUIDv7: Kafka header and SQS attribute `mq-message-id`,
     /// RabbitMQ's `message_id` property), so the pairs compare the client
@@ -213,6 +220,9 @@ pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
     if args.in_flight == 0 || args.prefetch == 0 {
         return Err("--in-flight and --prefetch must be at least 1".into());
     }
+    for _ in 0..warmup_pairs(&args) {
+        one_pair(&args).await?;
+    }
     let mut pairs = Vec::new();
     for _ in 0..args.pairs.max(1) {
         pairs.push(one_pair(&args).await?);
@@ -260,6 +270,11 @@ pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
 }
 
 /// One SDK run and one raw run (each when asked for), in that order.
+/// Pairs run and discarded before the measured ones.
+fn warmup_pairs(args: &Args) -> u32 {
+    args.warmup.unwrap_or(if args.pairs > 1 { 1 } else { 0 })
+}
+
 async fn one_pair(args: &Args) -> CliResult<(Option<Results>, Option<Results>)> {
     let sdk = if args.baseline_only {
         None
@@ -298,7 +313,7 @@ fn args_json(args: &Args) -> serde_json::Value {
     json!({
         "url": mq::url::redact_str(&args.url), "count": args.count, "size": args.size,
         "producers": args.producers, "consumers": args.consumers,
-        "in_flight": args.in_flight, "prefetch": args.prefetch, "pairs": args.pairs,
+        "in_flight": args.in_flight, "prefetch": args.prefetch, "pairs": args.pairs, "warmup_pairs": warmup_pairs(args),
         "raw_ids": args.raw_ids})
 }
 
@@ -438,7 +453,11 @@ fn report_pairs(
         return Ok(());
     }
     print_header(args);
-    println!("{} interleaved pairs (SDK, raw, SDK, raw, ...)", both.len());
+    println!(
+        "{} interleaved pairs (SDK, raw, SDK, raw, ...) after {} warm-up pair(s), not counted",
+        both.len(),
+        warmup_pairs(args)
+    );
     for (i, (s, r)) in both.iter().enumerate() {
         let ratios: Vec<String> = PhaseName::ALL
             .iter()
@@ -805,6 +824,31 @@ fn reset_peak_rss() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn args(line: &[&str]) -> Args {
+        use clap::Parser;
+        let argv = ["bench", "memory://"].iter().chain(line);
+        Cli::try_parse_from(argv).expect("arguments").args
+    }
+
+    /// Several pairs get one warm-up pair unless told otherwise; a single
+    /// run (the CI smoke run) gets none.
+    #[test]
+    fn warm_up_pairs_come_with_pairs() {
+        assert_eq!(warmup_pairs(&args(&["--baseline"])), 0);
+        assert_eq!(warmup_pairs(&args(&["--baseline", "--pairs", "3"])), 1);
+        assert_eq!(
+            warmup_pairs(&args(&["--baseline", "--pairs", "3", "--warmup", "0"])),
+            0
+        );
+        assert_eq!(warmup_pairs(&args(&["--baseline", "--warmup", "2"])), 2);
+    }
 
     /// A phase that keeps a core busy reports about that much CPU time.
     #[test]
