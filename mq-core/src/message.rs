@@ -348,6 +348,19 @@ impl Message {
         }
     }
 
+    /// A received message as a backend decodes it: `payload` and the `id`
+    /// its wire format carried (none is generated). An id of up to 40 bytes
+    /// (a UUID) is stored in the message, so this allocates nothing for it;
+    /// set the rest with the `with_*` methods.
+    pub fn from_wire(payload: Bytes, id: &str) -> Self {
+        Message {
+            payload,
+            headers: Headers::new(),
+            id: MessageId::from(id),
+            extras: None,
+        }
+    }
+
     /// A message whose payload is `value` as JSON, with content type `application/json`.
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
         let payload = serde_json::to_vec(value)

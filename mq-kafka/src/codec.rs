@@ -22,11 +22,11 @@
 //! attempt that does not parse, is 0 or exceeds `u32` counts as 1 or
 //! `u32::MAX`; a time that is not representable is ignored.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use mq_core::backend::time::from_unix_millis;
-use mq_core::backend::MessageParts;
 use mq_core::message::headers as h;
 use mq_core::{Headers, Message, Received};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
@@ -158,6 +158,15 @@ impl PayloadChunks {
     }
 }
 
+/// `bytes` as text: borrowed when they are UTF-8 (checked at full speed),
+/// else with U+FFFD for each invalid sequence.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// Parses a fetched record, its payload copied through `chunks`.
 /// `from_retry`: the record is from the group's retry topic, the only
 /// place `mq-attempt` and `mq-not-before` are honoured. Never panics,
@@ -174,12 +183,15 @@ pub(crate) fn parse<M: rdkafka::Message>(
     let mut not_before = None;
     if let Some(hs) = msg.headers() {
         for hd in hs.iter() {
-            let value = hd
-                .value
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
+            let raw = hd.value.unwrap_or_default();
+            if hd.key == h::MESSAGE_ID {
+                // Borrowed when valid UTF-8: the id goes into the message
+                // without an allocation of its own.
+                id = Some(text(raw));
+                continue;
+            }
+            let value = text(raw).into_owned();
             match hd.key {
-                h::MESSAGE_ID => id = Some(value),
                 h::CONTENT_TYPE => content_type = Some(value),
                 h::ATTEMPT if from_retry => {
                     attempt = parse_attempt(&value);
@@ -192,19 +204,29 @@ pub(crate) fn parse<M: rdkafka::Message>(
             }
         }
     }
-    let id = id.unwrap_or_else(|| format!("{}-{}-{}", msg.topic(), msg.partition(), msg.offset()));
+    let id = id.unwrap_or_else(|| {
+        Cow::Owned(format!(
+            "{}-{}-{}",
+            msg.topic(),
+            msg.partition(),
+            msg.offset()
+        ))
+    });
     let payload = chunks.copy(msg.payload().unwrap_or(&[]));
-    let mut parts = MessageParts::new(payload, id);
-    parts.headers = headers;
-    parts.key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned());
-    parts.content_type = content_type;
+    let mut message = Message::from_wire(payload, &id).with_headers(headers);
+    if let Some(key) = msg.key() {
+        message = message.with_key(text(key));
+    }
+    if let Some(ct) = content_type {
+        message = message.with_content_type(ct);
+    }
     let timestamp = msg
         .timestamp()
         .to_millis()
         .and_then(|ms| u64::try_from(ms).ok())
         .and_then(from_unix_millis);
     Parsed {
-        message: Message::from(parts),
+        message,
         attempt,
         timestamp,
         not_before,
