@@ -36,6 +36,7 @@ pub use crate::dead_letter_reader::{
 pub use crate::delivery::{SettleNow, Settlement, Settler};
 pub use crate::driver::{ConnectFn, ConnectFuture, ConnectStrFn, Connector, Driver, TestImage};
 pub use crate::message::MessageParts;
+pub use crate::prefetch::Prefetch;
 pub use crate::registry::Registry;
 pub use crate::republish;
 pub use crate::time;

@@ -25,6 +25,7 @@ pub mod message;
 pub mod middleware;
 pub mod observe;
 pub mod pipeline;
+pub mod prefetch;
 pub mod producer;
 pub mod queue_stats;
 pub mod registry;

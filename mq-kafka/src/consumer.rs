@@ -681,11 +681,8 @@ impl KafkaConsumer {
             .with_destination(self.shared.source.to_string())
     }
 
-    /// Takes a ready record if there is one (and a permit for it).
-    fn take_ready(
-        &self,
-        permit: tokio::sync::SemaphorePermit<'_>,
-    ) -> std::result::Result<Delivery, Option<Error>> {
+    /// Takes a ready record if there is one (the prefetch has room for it).
+    fn take_ready(&self) -> std::result::Result<Delivery, Option<Error>> {
         let mut state = self.shared.state.lock();
         if let Some(e) = state.error.take() {
             return Err(Some(e));
@@ -696,15 +693,15 @@ impl KafkaConsumer {
                 self.shared.taken(&mut state);
                 state.hand_out(p.tp, p.generation, p.offset, p.received.clone());
                 drop(state);
-                permit.forget();
+                self.shared.slots.take(1);
                 Ok(Delivery::new(p.received, self.settler.clone()))
             }
             None => Err(None),
         }
     }
 
-    /// Takes up to `n` ready records (their permits are taken already)
-    /// into `batch` under one lock; returns how many.
+    /// Takes up to `n` ready records (the prefetch has room for them) into
+    /// `batch` under one lock; returns how many.
     fn take_ready_many(&self, n: usize, batch: &mut Vec<Delivery>) -> usize {
         let mut state = self.shared.state.lock();
         batch.reserve(n.min(state.ready.len()));
@@ -719,6 +716,8 @@ impl KafkaConsumer {
             batch.push(Delivery::new(p.received, self.settler.clone()));
             took += 1;
         }
+        drop(state);
+        self.shared.slots.take(took);
         took
     }
 
@@ -740,15 +739,11 @@ impl Consumer for KafkaConsumer {
         }
         let shared = self.shared.clone();
         loop {
-            let permit = shared
-                .permits
-                .acquire()
-                .await
-                .map_err(|_| self.closed_error())?;
+            shared.slots.wait_room().await;
             let notified = shared.readable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.take_ready(permit) {
+            match self.take_ready() {
                 Ok(d) => return Ok(d),
                 Err(Some(e)) => return Err(e),
                 Err(None) => notified.await,
@@ -765,23 +760,12 @@ impl Consumer for KafkaConsumer {
             Ok(first) => batch.push(first?),
             Err(_) => return Ok(batch),
         }
-        // The rest under one lock, as many as there are permits for. An
-        // error stays queued for the next call: this one has deliveries.
-        let want = self
-            .shared
-            .permits
-            .available_permits()
-            .min(max - batch.len());
-        let Ok(permits) = self
-            .shared
-            .permits
-            .try_acquire_many(u32::try_from(want).unwrap_or(u32::MAX))
-        else {
-            return Ok(batch);
-        };
-        permits.forget();
-        let took = self.take_ready_many(want, &mut batch);
-        self.shared.permits.add_permits(want - took);
+        // The rest under one lock, as many as the prefetch has room for.
+        // An error stays queued for the next call: this one has deliveries.
+        let want = self.shared.slots.room_now().min(max - batch.len());
+        if want > 0 {
+            self.take_ready_many(want, &mut batch);
+        }
         Ok(batch)
     }
 

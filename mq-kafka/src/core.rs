@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use mq_core::backend::time::instant_after;
+use mq_core::backend::Prefetch;
 use mq_core::{Error, ErrorKind, Message, Received, Result};
 use parking_lot::{Condvar, Mutex, RwLock};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -28,7 +29,7 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use rustc_hash::{FxHashMap, FxHashSet};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use crate::codec::record_headers;
 use crate::config::KafkaConfig;
@@ -285,8 +286,8 @@ pub(crate) struct Shared {
     /// after a fixed sleep: the application drains a full read-ahead of
     /// local records in a few milliseconds.
     pub(crate) room: Condvar,
-    /// One permit per delivery the application may hold unsettled.
-    pub(crate) permits: Semaphore,
+    /// Deliveries the application holds unsettled, against its prefetch.
+    pub(crate) slots: Prefetch,
     pub(crate) prefetch: usize,
     /// Shared by every delivery (no allocation per record).
     pub(crate) source: Arc<str>,
@@ -436,7 +437,7 @@ impl Shared {
             readable: Notify::new(),
             idle: Notify::new(),
             room: Condvar::new(),
-            permits: Semaphore::new(prefetch),
+            slots: Prefetch::new(prefetch),
             prefetch,
             source: source.into(),
             retry_topic,

@@ -221,7 +221,7 @@ impl KafkaSettler {
         let mut guard = self.shared.state.lock();
         let state = &mut *guard;
         let (meta, tp) = meta_of(state, received)?;
-        self.shared.permits.add_permits(1);
+        self.shared.slots.give_back();
         let known = state.claim(meta, &tp);
         if state.closed {
             return Err(self.closed_error(received.id()));

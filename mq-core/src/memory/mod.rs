@@ -28,13 +28,11 @@ mod queue;
 use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::capabilities::Capabilities;
 use crate::client::{Backend, Client};
@@ -43,6 +41,7 @@ use crate::delivery::{Body, Delivery, Received, SettleNow, Settlement, Settler};
 use crate::driver::{Connector, Driver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
+use crate::prefetch::Prefetch;
 use crate::producer::{BatchReport, DynProducer, Producer, SendNow};
 use crate::queue_stats::QueueStats;
 use crate::url::{RedactedUrl, UrlOptions};
@@ -569,65 +568,6 @@ struct Outstanding {
 /// The key of a delivery in [`Outstanding`]: its body's address.
 fn body_key(body: &Arc<Body>) -> usize {
     Arc::as_ptr(body) as usize
-}
-
-/// The prefetch of one consumer: deliveries it holds unsettled, against
-/// its limit. Only the consumer takes (receiving needs `&mut`); any task
-/// gives back. A counter and a wake-up when the count leaves the limit
-/// replace a semaphore, whose `add_permits` took a lock on every settle.
-#[derive(Debug)]
-struct Prefetch {
-    limit: usize,
-    held: AtomicUsize,
-    room: Notify,
-}
-
-impl Prefetch {
-    fn new(limit: usize) -> Self {
-        Prefetch {
-            limit,
-            held: AtomicUsize::new(0),
-            room: Notify::new(),
-        }
-    }
-
-    fn room_now(&self) -> usize {
-        self.limit.saturating_sub(self.held.load(Ordering::Acquire))
-    }
-
-    /// Waits until the consumer may take more deliveries; how many.
-    /// Cancel-safe: it takes nothing.
-    async fn wait_room(&self) -> usize {
-        loop {
-            let room = self.room_now();
-            if room > 0 {
-                return room;
-            }
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let room = self.room_now();
-            if room > 0 {
-                return room;
-            }
-            notified.await;
-        }
-    }
-
-    /// `n` deliveries handed out (at most the room `wait_room` returned:
-    /// nobody else takes in between).
-    fn take(&self, n: usize) {
-        self.held.fetch_add(n, Ordering::AcqRel);
-    }
-
-    /// One delivery settled or returned. Wakes the consumer only when the
-    /// limit was reached (it may be waiting); otherwise one atomic.
-    fn give_back(&self) {
-        let before = self.held.fetch_sub(1, Ordering::AcqRel);
-        if before >= self.limit {
-            self.room.notify_one();
-        }
-    }
 }
 
 impl MemorySettler {
