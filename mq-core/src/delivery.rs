@@ -116,6 +116,9 @@ pub struct Received {
     pub(crate) source: Arc<str>,
     pub(crate) group: Option<Arc<str>>,
     pub(crate) attempt: u32,
+    /// Where the memory backend tracks this delivery (its outstanding
+    /// slab); 0 elsewhere. Beside `attempt`, it takes no room of its own.
+    pub(crate) slot: u32,
     pub(crate) metadata: Option<Arc<dyn Any + Send + Sync>>,
     /// The backend's name, set by the client's consumer wrapper.
     pub(crate) backend: &'static str,
@@ -134,6 +137,7 @@ impl Received {
             source: source.into(),
             group: None,
             attempt: attempt.max(1),
+            slot: 0,
             metadata: None,
             backend: "",
         }

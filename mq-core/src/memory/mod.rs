@@ -28,6 +28,7 @@ mod queue;
 use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -138,6 +139,9 @@ struct BrokerInner {
     config: MemoryConfig,
     /// destination -> its queues, one per group (`None` is the default group).
     destinations: Mutex<FxHashMap<String, Queues>>,
+    /// Changes of `destinations`, so a producer can keep the queues of the
+    /// destination it sent to last until one happens.
+    version: AtomicU64,
 }
 
 impl MemoryBroker {
@@ -148,6 +152,7 @@ impl MemoryBroker {
                 name: String::new(),
                 config,
                 destinations: Mutex::new(FxHashMap::default()),
+                version: AtomicU64::new(0),
             }),
         }
     }
@@ -192,9 +197,7 @@ impl MemoryBroker {
 
     /// A producer of this broker.
     pub fn producer(&self) -> MemoryProducer {
-        MemoryProducer {
-            broker: self.inner.clone(),
-        }
+        MemoryProducer::new(self.inner.clone())
     }
 
     /// A consumer of this broker.
@@ -237,14 +240,16 @@ impl BrokerInner {
     /// The queue of (`source`, `group`), created on first use.
     fn queue(&self, source: &str, group: Option<&str>) -> Arc<Queue> {
         let mut dests = self.destinations.lock();
-        let queues = dests
-            .entry(source.to_owned())
-            .or_insert_with(|| self.default_queues(source));
+        let queues = dests.entry(source.to_owned()).or_insert_with(|| {
+            self.version.fetch_add(1, Ordering::Release);
+            self.default_queues(source)
+        });
         if let Some(q) = queues.iter().find(|q| q.group.as_deref() == group) {
             return q.clone();
         }
         let q = Arc::new(Queue::new(source, group, self.config.capacity));
         *queues = queues.iter().cloned().chain([q.clone()]).collect();
+        self.version.fetch_add(1, Ordering::Release);
         q
     }
 
@@ -260,6 +265,7 @@ impl BrokerInner {
         }
         let queues = self.default_queues(destination);
         dests.insert(destination.to_owned(), queues.clone());
+        self.version.fetch_add(1, Ordering::Release);
         queues
     }
 
@@ -284,6 +290,17 @@ impl BrokerInner {
     /// back untouched ([`SendNow::Later`]): it waits for room in every group
     /// before it is scheduled in any.
     fn send_now(&self, destination: &str, message: Message) -> SendNow {
+        self.send_now_to(destination, message, || self.queues(destination))
+    }
+
+    /// [`send_now`](Self::send_now) with the destination's queues from
+    /// `queues` (a producer's cached ones), asked only for a valid name.
+    fn send_now_to(
+        &self,
+        destination: &str,
+        message: Message,
+        queues: impl FnOnce() -> Queues,
+    ) -> SendNow {
         if let Err(e) = check_name(destination) {
             return SendNow::Done(Err(e));
         }
@@ -291,7 +308,7 @@ impl BrokerInner {
             return SendNow::Later(message);
         }
         let stored = Stored::new(message);
-        let queues = self.queues(destination);
+        let queues = queues();
         let mut pushed = 0;
         while pushed < queues.len() && queues[pushed].try_push_back(&stored) {
             pushed += 1;
@@ -427,9 +444,42 @@ impl Backend for MemoryBroker {
 }
 
 /// Sends to an in-memory broker. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MemoryProducer {
     broker: Arc<BrokerInner>,
+    /// The destination sent to last, its queues and the broker's
+    /// `version` they are of: a send to it skips the broker's map (its
+    /// lock and hashing) until a destination or group appears.
+    last: Mutex<Option<(u64, Box<str>, Queues)>>,
+}
+
+impl MemoryProducer {
+    fn new(broker: Arc<BrokerInner>) -> Self {
+        MemoryProducer {
+            broker,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The queues of `destination`, from the cache while it is current.
+    fn queues(&self, destination: &str) -> Queues {
+        let version = self.broker.version.load(Ordering::Acquire);
+        let mut last = self.last.lock();
+        if let Some((v, name, queues)) = &*last {
+            if *v == version && **name == *destination {
+                return queues.clone();
+            }
+        }
+        let queues = self.broker.queues(destination);
+        *last = Some((version, destination.into(), queues.clone()));
+        queues
+    }
+}
+
+impl Clone for MemoryProducer {
+    fn clone(&self) -> Self {
+        MemoryProducer::new(self.broker.clone())
+    }
 }
 
 #[async_trait]
@@ -439,7 +489,8 @@ impl Producer for MemoryProducer {
     }
 
     fn send_now(&self, destination: &str, message: Message) -> SendNow {
-        self.broker.send_now(destination, message)
+        self.broker
+            .send_now_to(destination, message, || self.queues(destination))
     }
 
     fn can_send_now(&self) -> bool {
@@ -469,13 +520,14 @@ impl MemoryConsumer {
     /// none can be settled before it is accounted for.
     fn deliver_all(&self, stored: Vec<Stored>) -> Vec<Delivery> {
         self.settler.prefetch.take(stored.len());
-        self.settler.track_all(&stored);
         let q = &self.settler.queue;
         let settler: Arc<dyn Settler> = self.settler.clone();
+        let mut outstanding = self.settler.outstanding.lock();
         stored
             .into_iter()
             .map(|stored| {
                 let received = Received {
+                    slot: outstanding.track(&stored),
                     body: stored.body,
                     source: q.source.clone(),
                     group: q.group.clone(),
@@ -553,40 +605,61 @@ struct MemorySettler {
     outstanding: Mutex<Outstanding>,
 }
 
-/// Deliveries handed out and not settled yet, so `close` can return them.
-/// Keyed by the address of the message's shared body: the entry holds a
-/// clone of that `Arc`, so no other live delivery has the same address, and
-/// a delivery needs no tag of its own. The sequence number keeps the order
-/// they went out in.
+/// Deliveries handed out and not settled yet, so `close` can return them:
+/// a slab whose index each delivery carries (`Received::slot`), so taking
+/// one out is an index, not a hash lookup. The entry holds a clone of the
+/// message's shared body: a stale index (the slot reused after `close`
+/// returned its delivery) is told apart by the body's address. The
+/// sequence number keeps the order they went out in.
 #[derive(Debug, Default)]
 struct Outstanding {
     sent: u64,
     closed: bool,
-    by_body: FxHashMap<usize, (u64, Stored)>,
+    slots: Vec<Option<(u64, Stored)>>,
+    /// Empty slots, reused before the slab grows (it never grows beyond the
+    /// prefetch).
+    free: Vec<u32>,
 }
 
-/// The key of a delivery in [`Outstanding`]: its body's address.
-fn body_key(body: &Arc<Body>) -> usize {
-    Arc::as_ptr(body) as usize
+impl Outstanding {
+    /// Tracks `stored`; its slot.
+    fn track(&mut self, stored: &Stored) -> u32 {
+        self.sent += 1;
+        let entry = Some((self.sent, stored.clone()));
+        if let Some(slot) = self.free.pop() {
+            if let Some(free) = self.slots.get_mut(slot as usize) {
+                *free = entry;
+                return slot;
+            }
+        }
+        self.slots.push(entry);
+        u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+    }
+
+    /// Takes the delivery of `body` out of `slot`, if it is still there.
+    fn untrack(&mut self, slot: u32, body: &Arc<Body>) -> Option<Stored> {
+        let entry = self.slots.get_mut(slot as usize)?;
+        if !entry
+            .as_ref()
+            .is_some_and(|(_, s)| Arc::ptr_eq(&s.body, body))
+        {
+            return None;
+        }
+        let (_, stored) = entry.take()?;
+        self.free.push(slot);
+        Some(stored)
+    }
 }
 
 impl MemorySettler {
-    fn track_all(&self, batch: &[Stored]) {
-        let mut o = self.outstanding.lock();
-        o.by_body.reserve(batch.len());
-        for stored in batch {
-            o.sent += 1;
-            let sent = o.sent;
-            o.by_body
-                .insert(body_key(&stored.body), (sent, stored.clone()));
-        }
-    }
-
     /// Takes the delivery out of the outstanding set; `None` once the consumer
     /// closed and returned it to the queue already.
     fn untrack(&self, delivery: &Delivery) -> Option<Stored> {
-        let key = body_key(&delivery.received().body);
-        let stored = self.outstanding.lock().by_body.remove(&key).map(|(_, s)| s);
+        let received = delivery.received();
+        let stored = self
+            .outstanding
+            .lock()
+            .untrack(received.slot, &received.body);
         if stored.is_some() {
             self.prefetch.give_back();
         }
@@ -596,7 +669,8 @@ impl MemorySettler {
     fn return_outstanding(&self) {
         let mut o = self.outstanding.lock();
         o.closed = true;
-        let mut returned: Vec<(u64, Stored)> = o.by_body.drain().map(|(_, v)| v).collect();
+        o.free.clear();
+        let mut returned: Vec<(u64, Stored)> = o.slots.drain(..).flatten().collect();
         drop(o);
         // Oldest first at the front, as they were delivered.
         returned.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));

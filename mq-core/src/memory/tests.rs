@@ -450,3 +450,41 @@ async fn close_returns_unsettled_deliveries_and_acking_later_ones_settles_nothin
         .collect();
     assert_eq!(ids, [("a".to_owned(), 2), ("b".to_owned(), 2)]);
 }
+
+/// A producer keeps the queues of the destination it sent to last; a group
+/// that appears afterwards still gets its next messages, and so does a
+/// second destination in between.
+#[tokio::test]
+async fn a_group_added_after_a_send_gets_the_producers_next_messages() {
+    let b = broker();
+    let p = b.producer();
+    let mut default = b.consumer(ConsumerOptions::new("t"));
+    assert!(matches!(
+        p.send_now("t", Message::new("first")),
+        SendNow::Done(Ok(()))
+    ));
+    let mut late = b.consumer(ConsumerOptions::new("t").group("late"));
+    assert!(matches!(
+        p.send_now("t", Message::new("second")),
+        SendNow::Done(Ok(()))
+    ));
+    assert!(matches!(
+        p.send_now("other", Message::new("elsewhere")),
+        SendNow::Done(Ok(()))
+    ));
+    assert!(matches!(
+        p.send_now("t", Message::new("third")),
+        SendNow::Done(Ok(()))
+    ));
+    for expected in ["first", "second", "third"] {
+        let d = recv(&mut default).await;
+        assert_eq!(d.payload().as_ref(), expected.as_bytes());
+        d.ack().await.expect("ack");
+    }
+    for expected in ["second", "third"] {
+        let d = recv(&mut late).await;
+        assert_eq!(d.payload().as_ref(), expected.as_bytes());
+        d.ack().await.expect("ack");
+    }
+    nothing_within(&mut late, Duration::from_millis(50)).await;
+}

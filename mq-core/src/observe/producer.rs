@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use metrics::{Counter, Histogram};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use tracing::Instrument;
 
@@ -30,6 +30,10 @@ pub(crate) struct InstrumentedProducer {
     /// For the checks every send passes first (`crate::checks`).
     caps: Capabilities,
     by_destination: RwLock<FxHashMap<Box<str>, SendMetrics>>,
+    /// The destination sent to last and its handles: a producer mostly
+    /// sends to one destination, and this spares each send the map's
+    /// hashing.
+    last: Mutex<Option<(Box<str>, SendMetrics)>>,
     /// The backend's `can_send_now`, asked once.
     sends_now: bool,
 }
@@ -46,10 +50,22 @@ impl InstrumentedProducer {
             backend,
             caps,
             by_destination: RwLock::new(FxHashMap::default()),
+            last: Mutex::new(None),
         })
     }
 
     fn metrics(&self, destination: &str) -> SendMetrics {
+        if let Some((name, m)) = &*self.last.lock() {
+            if **name == *destination {
+                return m.clone();
+            }
+        }
+        let m = self.metrics_of(destination);
+        *self.last.lock() = Some((destination.into(), m.clone()));
+        m
+    }
+
+    fn metrics_of(&self, destination: &str) -> SendMetrics {
         if let Some(m) = self.by_destination.read().get(destination) {
             return m.clone();
         }
