@@ -144,6 +144,9 @@ pub(crate) struct Results {
     pub(crate) end_to_end: Phase,
     pub(crate) latency_us: Histogram<u64>,
     pub(crate) peak_rss_bytes: Option<u64>,
+    /// The peak during the consume phase alone (SDK runs): what holding a
+    /// queue's worth of deliveries costs, without the publish phase's.
+    pub(crate) consume_peak_rss_bytes: Option<u64>,
 }
 
 impl Results {
@@ -170,6 +173,7 @@ impl Results {
             "send_receive_ack_cpu_us_per_msg": self.send_receive_ack_cpu(),
             "latency_us": {"p50": self.latency_us.value_at_quantile(0.5), "p99": self.latency_us.value_at_quantile(0.99), "p999": self.latency_us.value_at_quantile(0.999)},
             "peak_rss_bytes": self.peak_rss_bytes,
+            "consume_peak_rss_bytes": self.consume_peak_rss_bytes,
         })
     }
 
@@ -202,7 +206,11 @@ impl Results {
             self.latency_us.value_at_quantile(0.999)
         );
         if let Some(rss) = self.peak_rss_bytes {
-            println!("  peak RSS     {:.1} MiB", rss as f64 / 1048576.0);
+            let consume = self
+                .consume_peak_rss_bytes
+                .map(|c| format!(" (consume phase {:.1} MiB)", c as f64 / 1048576.0))
+                .unwrap_or_default();
+            println!("  peak RSS     {:.1} MiB{consume}", rss as f64 / 1048576.0);
         }
     }
 }
@@ -684,10 +692,14 @@ async fn sdk_workload(client: &Client, args: &Args) -> CliResult<(Results, Vec<S
     let publish_phase = started.phase(args.count, args.size);
     bar.finish_and_clear();
 
+    // The peak so far, then the consume phase's own.
+    let publish_peak = peak_rss();
+    reset_peak_rss();
     let bar = progress(args.count, "consume");
     let started = PhaseClock::start();
     consume(consumers, args.count, None, &bar).await?;
     let consume_phase = started.phase(args.count, args.size);
+    let consume_peak = peak_rss();
     bar.finish_and_clear();
 
     let e2e_dest = fresh_name("e2e-");
@@ -708,7 +720,8 @@ async fn sdk_workload(client: &Client, args: &Args) -> CliResult<(Results, Vec<S
         consume: consume_phase,
         end_to_end: e2e,
         latency_us,
-        peak_rss_bytes: peak_rss(),
+        peak_rss_bytes: peak_rss().max(publish_peak),
+        consume_peak_rss_bytes: consume_peak,
     };
     Ok((results, vec![dest, e2e_dest]))
 }
@@ -883,6 +896,7 @@ mod tests {
             end_to_end: phase(cpu_ms),
             latency_us: new_histogram().expect("histogram"),
             peak_rss_bytes: None,
+            consume_peak_rss_bytes: None,
         };
         let (sdk, raw) = (results(2), results(1));
         let ratio = PhaseName::Consume

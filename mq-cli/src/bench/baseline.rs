@@ -197,5 +197,6 @@ async fn memory(args: &Args) -> CliResult<Results> {
         end_to_end,
         latency_us: latency,
         peak_rss_bytes: super::peak_rss(),
+        consume_peak_rss_bytes: None,
     })
 }

@@ -361,6 +361,7 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
         end_to_end,
         latency_us,
         peak_rss_bytes,
+        consume_peak_rss_bytes: None,
     })
 }
 
