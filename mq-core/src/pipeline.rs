@@ -18,6 +18,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -39,8 +40,27 @@ pub struct Pipeline<P> {
 }
 
 /// A send in flight and the id its failure is reported under (kept inline,
-/// not as a `String` copy per message).
-type InFlight = Pin<Box<dyn Future<Output = (MessageId, Result<()>)> + Send>>;
+/// not as a `String` copy per message): the backend's future as it came,
+/// without a box of the pipeline's own around it.
+struct InFlight {
+    id: MessageId,
+    sending: Pin<Box<dyn Future<Output = Result<()>> + Send>>,
+}
+
+impl Future for InFlight {
+    type Output = (MessageId, Result<()>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        match this.sending.as_mut().poll(cx) {
+            Poll::Ready(result) => {
+                let id = std::mem::replace(&mut this.id, MessageId::from(""));
+                Poll::Ready((id, result))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 impl<P: Producer + Clone + Send + 'static> Pipeline<P> {
     /// A pipeline over `producer` with at most `max_in_flight` (at least 1) sends outstanding.
@@ -67,8 +87,7 @@ impl<P: Producer + Clone + Send + 'static> Pipeline<P> {
                 return self.collect_finished();
             }
             SendNow::Started(sending) => {
-                self.in_flight
-                    .push(Box::pin(async move { (id, sending.await) }));
+                self.in_flight.push(InFlight { id, sending });
                 return self.collect_finished();
             }
             SendNow::Later(message) => message,
@@ -82,10 +101,10 @@ impl<P: Producer + Clone + Send + 'static> Pipeline<P> {
                 d
             }
         };
-        self.in_flight.push(Box::pin(async move {
-            let result = producer.send(&destination, message).await;
-            (id, result)
-        }));
+        self.in_flight.push(InFlight {
+            id,
+            sending: Box::pin(async move { producer.send(&destination, message).await }),
+        });
         self.collect_finished();
     }
 
@@ -157,5 +176,59 @@ impl PipelineReport {
             Some((_, e)) => Err(e),
             None => Ok(self.sent),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+
+    /// Starts every send; a payload of "fail" fails after a yield.
+    #[derive(Clone, Debug)]
+    struct Started;
+
+    #[async_trait]
+    impl Producer for Started {
+        async fn send(&self, _: &str, _: Message) -> Result<()> {
+            unreachable!("every send starts through send_now")
+        }
+
+        fn send_now(&self, _: &str, message: Message) -> SendNow {
+            let fail = message.payload().as_ref() == b"fail";
+            SendNow::Started(Box::pin(async move {
+                tokio::task::yield_now().await;
+                if fail {
+                    Err(Error::new(crate::ErrorKind::Broker, "refused"))
+                } else {
+                    Ok(())
+                }
+            }))
+        }
+
+        fn can_send_now(&self) -> bool {
+            true
+        }
+    }
+
+    /// A started send that fails is reported under its own message's id,
+    /// whichever order the sends finish in.
+    #[tokio::test]
+    async fn a_failed_started_send_is_reported_under_its_id() {
+        let mut pipeline = Pipeline::new(Started, 3);
+        let mut failing = Vec::new();
+        for i in 0..10 {
+            let m = Message::new(if i % 4 == 1 { "fail" } else { "ok" });
+            if i % 4 == 1 {
+                failing.push(m.id().to_owned());
+            }
+            pipeline.send("d", m).await;
+        }
+        let report = pipeline.finish().await;
+        assert_eq!(report.sent, 7);
+        let mut reported: Vec<String> = report.failures.into_iter().map(|(id, _)| id).collect();
+        reported.sort();
+        failing.sort();
+        assert_eq!(reported, failing);
     }
 }
