@@ -64,7 +64,14 @@ impl ErrorKind {
 /// `Display` prints the kind, the message, the context and the chain of
 /// sources. No constructor puts credentials into an error: URLs are always
 /// redacted before they reach a message.
-pub struct Error {
+///
+/// One pointer wide (the details are boxed), so every `Result<T>` of the
+/// SDK stays small: a send's `Result<()>` is passed up through several
+/// futures per message, and a wide error was copied at each of them.
+pub struct Error(Box<Details>);
+
+/// What an [`Error`] says.
+struct Details {
     kind: ErrorKind,
     retryable: bool,
     message: String,
@@ -77,7 +84,7 @@ pub struct Error {
 impl Error {
     /// A new error of `kind`; retryable according to [`ErrorKind::default_retryable`].
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
+        Error(Box::new(Details {
             kind,
             retryable: kind.default_retryable(),
             message: message.into(),
@@ -85,7 +92,7 @@ impl Error {
             operation: None,
             destination: None,
             source: None,
-        }
+        }))
     }
 
     /// A configuration error (bad URL, unknown option, invalid value).
@@ -118,82 +125,82 @@ impl Error {
 
     /// Overrides whether the error is worth retrying.
     pub fn with_retryable(mut self, retryable: bool) -> Self {
-        self.retryable = retryable;
+        self.0.retryable = retryable;
         self
     }
 
     /// Attaches the underlying error.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
+        self.0.source = Some(Box::new(source));
         self
     }
 
     /// Attaches the backend name (`"memory"`, `"rabbitmq"`, ...).
     pub fn with_backend(mut self, backend: &'static str) -> Self {
-        self.backend = Some(backend);
+        self.0.backend = Some(backend);
         self
     }
 
     /// Attaches the operation (`"send"`, `"receive"`, `"ack"`, ...).
     pub fn with_operation(mut self, operation: &'static str) -> Self {
-        self.operation = Some(operation);
+        self.0.operation = Some(operation);
         self
     }
 
     /// Attaches the queue or topic concerned.
     pub fn with_destination(mut self, destination: impl Into<String>) -> Self {
-        self.destination = Some(destination.into());
+        self.0.destination = Some(destination.into());
         self
     }
 
     /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// Whether trying the same operation again may succeed.
     pub fn is_retryable(&self) -> bool {
-        self.retryable
+        self.0.retryable
     }
 
     /// The human-readable message, without context.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// The backend that produced the error, if known.
     pub fn backend(&self) -> Option<&'static str> {
-        self.backend
+        self.0.backend
     }
 
     /// The operation that failed, if known.
     pub fn operation(&self) -> Option<&'static str> {
-        self.operation
+        self.0.operation
     }
 
     /// The queue or topic concerned, if known.
     pub fn destination(&self) -> Option<&str> {
-        self.destination.as_deref()
+        self.0.destination.as_deref()
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)?;
+        write!(f, "{}: {}", self.0.kind, self.0.message)?;
         let mut context = Vec::new();
-        if let Some(b) = self.backend {
+        if let Some(b) = self.0.backend {
             context.push(format!("backend={b}"));
         }
-        if let Some(o) = self.operation {
+        if let Some(o) = self.0.operation {
             context.push(format!("operation={o}"));
         }
-        if let Some(d) = &self.destination {
+        if let Some(d) = &self.0.destination {
             context.push(format!("destination={d}"));
         }
         if !context.is_empty() {
             write!(f, " [{}]", context.join(", "))?;
         }
-        if let Some(source) = &self.source {
+        if let Some(source) = &self.0.source {
             write!(f, ": {source}")?;
         }
         Ok(())
@@ -203,20 +210,21 @@ impl fmt::Display for Error {
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Error")
-            .field("kind", &self.kind)
-            .field("retryable", &self.retryable)
-            .field("message", &self.message)
-            .field("backend", &self.backend)
-            .field("operation", &self.operation)
-            .field("destination", &self.destination)
-            .field("source", &self.source)
+            .field("kind", &self.0.kind)
+            .field("retryable", &self.0.retryable)
+            .field("message", &self.0.message)
+            .field("backend", &self.0.backend)
+            .field("operation", &self.0.operation)
+            .field("destination", &self.0.destination)
+            .field("source", &self.0.source)
             .finish()
     }
 }
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
+        self.0
+            .source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
@@ -225,6 +233,15 @@ impl std::error::Error for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_is_one_pointer_wide() {
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Result<(), Error>>(),
+            std::mem::size_of::<usize>()
+        );
+    }
 
     #[test]
     fn display_includes_context_and_source() {
