@@ -4,7 +4,9 @@
 pub const SENT: &str = "mq_messages_sent_total";
 /// Sends that failed. Labels: backend, destination, kind.
 pub const SEND_ERRORS: &str = "mq_send_errors_total";
-/// Time from `send` to the broker's confirmation. Labels: backend, destination.
+/// Time from `send` to the broker's confirmation (0 for a send that
+/// finished without waiting, as `memory://` sends do). Labels: backend,
+/// destination.
 pub const SEND_DURATION: &str = "mq_send_duration_seconds";
 /// Deliveries received. Labels: backend, source, group.
 pub const RECEIVED: &str = "mq_messages_received_total";
