@@ -11,6 +11,7 @@ pub mod backend;
 pub mod capabilities;
 pub mod checks;
 pub mod client;
+mod clock;
 pub mod codec;
 pub mod consumer;
 pub mod dead_letter_reader;

@@ -1,7 +1,7 @@
 //! One in-memory queue: the messages of one (destination, group).
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,10 +21,11 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
-    /// The message as sent now (its timestamp).
+    /// The message as sent now (its timestamp, to the millisecond as
+    /// brokers keep it, from the coarse clock).
     pub(crate) fn new(message: Message) -> Self {
         let mut body = Body::from(message);
-        body.timestamp = Some(SystemTime::now());
+        body.timestamp = Some(crate::clock::now_coarse());
         Stored {
             body: Arc::new(body),
             delivered: 0,
