@@ -433,7 +433,18 @@ impl Shared {
         prefetch: usize,
     ) -> Self {
         Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                // Room for twice the prefetch (up to 16 Ki entries): handing
+                // out and settling leave tombstones, and with this room they
+                // are cleared in place instead of the table being
+                // reallocated (perf: 1% of the application's thread at full
+                // speed).
+                outstanding: FxHashMap::with_capacity_and_hasher(
+                    prefetch.saturating_mul(2).min(16 * 1024),
+                    Default::default(),
+                ),
+                ..State::default()
+            }),
             readable: Notify::new(),
             idle: Notify::new(),
             room: Condvar::new(),
