@@ -91,12 +91,6 @@ pub(crate) fn parse_millis(value: &str) -> Option<SystemTime> {
     value.trim().parse::<u64>().ok().and_then(from_unix_millis)
 }
 
-/// What the consumer needs of a fetched record before handing it out.
-pub(crate) struct Decoded {
-    pub(crate) received: Received,
-    pub(crate) not_before: Option<SystemTime>,
-}
-
 /// What a fetched record says, read without any consumer state: the poll
 /// thread parses a burst of records this way before it takes the
 /// consumer's lock once for all of them.
@@ -242,15 +236,15 @@ impl Parsed {
     /// record of a consumer (no allocation per record for them).
     /// `extra_attempts`: deliveries of this offset the broker cannot count
     /// (handed back by a rebalance or a close).
-    pub(crate) fn into_decoded(
+    pub(crate) fn into_received(
         self,
         topic: Arc<str>,
         source: &Arc<str>,
         group: Option<&Arc<str>>,
         generation: u64,
         extra_attempts: u32,
-    ) -> Decoded {
-        let received = Received::new(
+    ) -> Received {
+        Received::new(
             source.clone(),
             self.message,
             self.attempt.saturating_add(extra_attempts),
@@ -262,16 +256,12 @@ impl Parsed {
             partition: self.partition,
             offset: self.offset,
             generation,
-        });
-        Decoded {
-            received,
-            not_before: self.not_before,
-        }
+        })
     }
 }
 
 /// Parses a fetched record and makes its delivery in one step (see
-/// [`parse`] and [`Parsed::into_decoded`]).
+/// [`parse`] and [`Parsed::into_received`]).
 pub(crate) fn decode<M: rdkafka::Message>(
     msg: &M,
     topic: Arc<str>,
@@ -280,9 +270,9 @@ pub(crate) fn decode<M: rdkafka::Message>(
     generation: u64,
     from_retry: bool,
     extra_attempts: u32,
-) -> Decoded {
+) -> Received {
     // One record: a shared chunk would only hold it alone.
-    parse(msg, from_retry, &mut PayloadChunks::new(0)).into_decoded(
+    parse(msg, from_retry, &mut PayloadChunks::new(0)).into_received(
         topic,
         source,
         group,
@@ -299,7 +289,14 @@ mod tests {
     use rdkafka::message::OwnedMessage;
     use rdkafka::Timestamp;
 
-    /// `decode` of a record of topic `source` read by `group`.
+    /// A record's delivery and the `mq-not-before` it carries.
+    struct Decoded {
+        received: Received,
+        not_before: Option<SystemTime>,
+    }
+
+    /// A record of topic `source` read by `group`, parsed and made into a
+    /// delivery as the consumer does.
     fn decode_as(
         msg: &OwnedMessage,
         source: &str,
@@ -310,15 +307,18 @@ mod tests {
     ) -> Decoded {
         let source: Arc<str> = source.into();
         let group: Arc<str> = group.into();
-        decode(
-            msg,
-            source.clone(),
-            &source,
-            Some(&group),
-            generation,
-            from_retry,
-            extra,
-        )
+        let parsed = parse(msg, from_retry, &mut PayloadChunks::new(0));
+        let not_before = parsed.not_before;
+        Decoded {
+            received: parsed.into_received(
+                source.clone(),
+                &source,
+                Some(&group),
+                generation,
+                extra,
+            ),
+            not_before,
+        }
     }
 
     fn record(

@@ -10,7 +10,10 @@
 //!   1 MiB of payload) without the consumer's lock, then hands them over
 //!   under one lock with one wake-up; `receive_batch` takes what is ready
 //!   under one lock too. Small payloads of a burst share 16 KiB chunks
-//!   (`PayloadChunks`). A rebalance callback, which runs inside a poll in
+//!   (`PayloadChunks`). `receive` makes each delivery from its parsed
+//!   record, on the application's thread: the poll thread is the busier
+//!   of the two, and a delivery's allocations are then freed on the
+//!   thread that made them. A rebalance callback, which runs inside a poll in
 //!   the middle of a burst, hands the burst over before it revokes, so no
 //!   record fetched in one assignment of a partition is handed out in the next.
 //! * Backpressure: at most `prefetch` deliveries are handed out unsettled
@@ -55,7 +58,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use crate::codec::{parse, Parsed, PayloadChunks, PAYLOAD_CHUNK};
 use crate::config::KafkaConfig;
-use crate::core::{Held, Pending, Sender, Shared, State, Tp};
+use crate::core::{Pending, Record, Sender, Shared, State, Tp};
 use crate::error::{convert, convert_create, BACKEND};
 use crate::health::KafkaHealth;
 use crate::settle::KafkaSettler;
@@ -153,13 +156,6 @@ impl Shared {
             return pause;
         }
         let mut taken = 0usize;
-        // The names every delivery carries, copied once per burst: a name
-        // shared by all deliveries has its reference count changed by this
-        // thread for every record and by the application's thread for every
-        // delivery it drops, and that cache line then moves between the
-        // two cores for every record.
-        let source: Arc<str> = Arc::from(&*self.source);
-        let group: Arc<str> = Arc::from(&*self.group);
         let mut guard = self.state.lock();
         let state = &mut *guard;
         for Fetched { topic, parsed } in burst.drain(..) {
@@ -176,18 +172,7 @@ impl Shared {
                 part.rewind_to(offset);
                 continue;
             }
-            let extra = if state.redeliveries.is_empty() {
-                0
-            } else {
-                state
-                    .redeliveries
-                    .get(&(tp.clone(), offset))
-                    .copied()
-                    .unwrap_or(0)
-            };
-            let decoded =
-                parsed.into_decoded(tp.0.clone(), &source, Some(&group), part.generation, extra);
-            if let Some(nb) = decoded.not_before {
+            if let Some(nb) = parsed.not_before {
                 let wait = until(nb);
                 if !wait.is_zero() {
                     part.hold_until = Some(instant_after(wait));
@@ -198,13 +183,13 @@ impl Shared {
                 }
             }
             part.accept(offset);
-            state.ready_bytes += decoded.received.payload().len();
+            state.ready_bytes += parsed.message.payload().len();
             let generation = part.generation;
             state.ready.push_back(Pending {
                 tp,
                 generation,
                 offset,
-                received: decoded.received,
+                record: Record::Fetched(parsed),
             });
             taken += 1;
         }
@@ -266,7 +251,7 @@ impl Shared {
                 .partition(|(d, _)| *d <= now);
             state.delayed = later;
             for (_, p) in due {
-                state.ready_bytes += p.received.payload().len();
+                state.ready_bytes += p.payload_len();
                 state.ready.push_back(p);
             }
             a.wake = true;
@@ -689,12 +674,12 @@ impl KafkaConsumer {
         }
         match state.ready.pop_front() {
             Some(p) => {
-                state.ready_bytes = state.ready_bytes.saturating_sub(p.received.payload().len());
+                state.ready_bytes = state.ready_bytes.saturating_sub(p.payload_len());
                 self.shared.taken(&mut state);
-                state.hand_out(p.tp, p.generation, p.offset, p.received.clone());
+                let received = state.hand_out(p, &self.shared.source, &self.shared.group);
                 drop(state);
                 self.shared.slots.take(1);
-                Ok(Delivery::new(p.received, self.settler.clone()))
+                Ok(Delivery::new(received, self.settler.clone()))
             }
             None => Err(None),
         }
@@ -710,10 +695,10 @@ impl KafkaConsumer {
             let Some(p) = state.ready.pop_front() else {
                 break;
             };
-            state.ready_bytes = state.ready_bytes.saturating_sub(p.received.payload().len());
+            state.ready_bytes = state.ready_bytes.saturating_sub(p.payload_len());
             self.shared.taken(&mut state);
-            state.hand_out(p.tp, p.generation, p.offset, p.received.clone());
-            batch.push(Delivery::new(p.received, self.settler.clone()));
+            let received = state.hand_out(p, &self.shared.source, &self.shared.group);
+            batch.push(Delivery::new(received, self.settler.clone()));
             took += 1;
         }
         drop(state);
@@ -797,13 +782,13 @@ impl Consumer for KafkaConsumer {
             return Ok(());
         }
         self.closed = true;
-        let returned: Vec<(Held, Received)> = {
+        let returned: Vec<Received> = {
             let mut state = self.shared.state.lock();
             state.closed = true;
             state.ready.clear();
             state.ready_bytes = 0;
             state.delayed.clear();
-            state.outstanding.drain().collect()
+            state.take_held()
         };
         if !returned.is_empty() && !self.shared.ordered {
             self.settler.return_all(returned).await;

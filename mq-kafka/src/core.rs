@@ -31,7 +31,7 @@ use rdkafka::util::Timeout;
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::Notify;
 
-use crate::codec::record_headers;
+use crate::codec::{record_headers, Parsed};
 use crate::config::KafkaConfig;
 use crate::error::{convert, convert_create};
 use crate::health::{HealthContext, KafkaHealth};
@@ -259,12 +259,35 @@ pub(crate) type Tp = (Arc<str>, i32);
 /// of `o` fetched again after the partition came back to this member.
 pub(crate) type Held = (Tp, u64, i64);
 
-/// A fetched record waiting to be handed out.
+/// A record waiting to be handed out.
 pub(crate) struct Pending {
     pub(crate) tp: Tp,
     pub(crate) generation: u64,
     pub(crate) offset: i64,
-    pub(crate) received: Received,
+    pub(crate) record: Record,
+}
+
+/// What a waiting record holds.
+pub(crate) enum Record {
+    /// As the poll thread parsed it: made into a delivery when handed out,
+    /// on the application's thread. The poll thread is the busier of the
+    /// two (perf at full speed: the application's thread waited for it),
+    /// and a delivery's allocations are then made and freed on one thread
+    /// (an allocation freed on another thread costs the allocating thread
+    /// a collection pass and fresh pages).
+    Fetched(Parsed),
+    /// A delivery given back after its republish failed or was cancelled.
+    Delivery(Received),
+}
+
+impl Pending {
+    /// Payload bytes, counted against the read-ahead.
+    pub(crate) fn payload_len(&self) -> usize {
+        match &self.record {
+            Record::Fetched(parsed) => parsed.message.payload().len(),
+            Record::Delivery(received) => received.payload().len(),
+        }
+    }
 }
 
 /// A record whose republish failed.
@@ -320,8 +343,6 @@ pub(crate) struct State {
     /// by every key that names them: no allocation per record or settle.
     topics: Vec<Arc<str>>,
     next_generation: u64,
-    /// Deliveries handed out and not settled, for `close`.
-    pub(crate) outstanding: FxHashMap<Held, Received>,
     /// Republishes (nack, dead letter) in flight.
     pub(crate) inflight: usize,
     /// Ordered mode: redeliveries in place per record, added to its attempt.
@@ -379,7 +400,7 @@ impl State {
                 partition = tp.1,
                 commit_point = ?p.commit_point(),
                 fetched_up_to = ?p.fetched_up_to(),
-                handed_out = self.outstanding.keys().filter(|(t, _, _)| t == tp).count(),
+                handed_out = p.held.len(),
                 "partition revoked"
             );
         }
@@ -390,18 +411,49 @@ impl State {
         // Their deliveries belong to the next owner now: it reads them
         // again from the committed offset.
         self.ready.retain(|p| p.tp != *tp);
-        self.ready_bytes = self.ready.iter().map(|p| p.received.payload().len()).sum();
-        self.outstanding.retain(|(t, _, _), _| t != tp);
+        self.ready_bytes = self.ready.iter().map(Pending::payload_len).sum();
         self.redeliveries.retain(|(t, _), _| t != tp);
         self.failing.retain(|(t, _, _), _| t != tp);
         self.delayed.retain(|(_, p)| p.tp != *tp);
         commit
     }
 
-    /// A delivery of `tp` (fetched in `generation`) at `offset` is handed
-    /// out to the application.
-    pub(crate) fn hand_out(&mut self, tp: Tp, generation: u64, offset: i64, received: Received) {
-        self.outstanding.insert((tp, generation, offset), received);
+    /// The waiting record `pending` is handed out to the application: its
+    /// delivery (made now if it was fetched), a copy kept for `close`.
+    pub(crate) fn hand_out(
+        &mut self,
+        pending: Pending,
+        source: &Arc<str>,
+        group: &Arc<str>,
+    ) -> Received {
+        let Pending {
+            tp,
+            generation,
+            offset,
+            record,
+        } = pending;
+        let received = match record {
+            Record::Delivery(received) => received,
+            Record::Fetched(parsed) => {
+                // Deliveries of this offset the broker cannot count (ordered
+                // mode: redelivered in place).
+                let extra = if self.redeliveries.is_empty() {
+                    0
+                } else {
+                    self.redeliveries
+                        .get(&(tp.clone(), offset))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                parsed.into_received(tp.0.clone(), source, Some(group), generation, extra)
+            }
+        };
+        if let Some(part) = self.parts.get_mut(&tp) {
+            if part.generation == generation {
+                part.held.insert(offset, received.clone());
+            }
+        }
+        received
     }
 
     /// A delivery is being settled: takes it out of the outstanding set.
@@ -409,15 +461,17 @@ impl State {
     /// handed back since, with a new copy of the same offset out), and
     /// settling it must not touch any state.
     pub(crate) fn claim(&mut self, meta: &KafkaMetadata, tp: &Tp) -> bool {
-        let current = self
-            .parts
-            .get(tp)
-            .is_some_and(|p| p.generation == meta.generation);
-        current
-            && self
-                .outstanding
-                .remove(&(tp.clone(), meta.generation, meta.offset))
-                .is_some()
+        self.parts.get_mut(tp).is_some_and(|p| {
+            p.generation == meta.generation && p.held.remove(&meta.offset).is_some()
+        })
+    }
+
+    /// Takes every delivery handed out and not settled (for `close`).
+    pub(crate) fn take_held(&mut self) -> Vec<Received> {
+        self.parts
+            .values_mut()
+            .flat_map(|p| p.held.drain().map(|(_, r)| r))
+            .collect()
     }
 }
 
@@ -433,18 +487,7 @@ impl Shared {
         prefetch: usize,
     ) -> Self {
         Shared {
-            state: Mutex::new(State {
-                // Room for twice the prefetch (up to 16 Ki entries): handing
-                // out and settling leave tombstones, and with this room they
-                // are cleared in place instead of the table being
-                // reallocated (perf: 1% of the application's thread at full
-                // speed).
-                outstanding: FxHashMap::with_capacity_and_hasher(
-                    prefetch.saturating_mul(2).min(16 * 1024),
-                    Default::default(),
-                ),
-                ..State::default()
-            }),
+            state: Mutex::new(State::default()),
             readable: Notify::new(),
             idle: Notify::new(),
             room: Condvar::new(),
@@ -532,10 +575,10 @@ impl Shared {
             tp: tp.clone(),
             generation: meta.generation,
             offset: meta.offset,
-            received,
+            record: Record::Delivery(received),
         };
         if delay.is_zero() {
-            state.ready_bytes += pending.received.payload().len();
+            state.ready_bytes += pending.payload_len();
             state.ready.push_back(pending);
             shared.readable.notify_one();
         } else {
@@ -580,7 +623,7 @@ impl Shared {
             }
             !drop
         });
-        state.ready_bytes = state.ready.iter().map(|p| p.received.payload().len()).sum();
+        state.ready_bytes = state.ready.iter().map(Pending::payload_len).sum();
         if let Some(part) = state.parts.get_mut(tp) {
             for o in forgotten {
                 part.forget(o);

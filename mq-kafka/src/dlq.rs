@@ -118,7 +118,6 @@ impl LogReader {
             .iter()
             .map(|r| {
                 let received = codec::decode(r, topic.clone(), &topic, None, 0, false, 0)
-                    .received
                     .with_metadata(LogPosition {
                         partition: r.partition(),
                         offset: r.offset(),

@@ -9,6 +9,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use mq_core::Received;
+use rustc_hash::FxHashMap;
+
 /// Offsets accepted and not settled yet, in increasing order. Records of a
 /// partition arrive in offset order, so accepting appends and settling in
 /// order pops from the front: no allocation per record (a `BTreeSet` here
@@ -64,6 +67,12 @@ pub(crate) struct PartitionState {
     pub(crate) generation: u64,
     /// Offsets fetched and not settled yet (handed out or waiting).
     unsettled: Unsettled,
+    /// Deliveries of this assignment handed out and not settled yet, by
+    /// offset, kept for `close` (which returns them to the retry topic).
+    /// Kept here rather than in one table of the consumer: a revoke drops
+    /// them with the partition, and handing out and settling a record key
+    /// on its offset alone (no topic name hashed per record).
+    pub(crate) held: FxHashMap<i64, Received>,
     /// One past the highest offset accepted.
     next: Option<i64>,
     /// The last offset committed (or being committed).
@@ -83,6 +92,7 @@ impl PartitionState {
         PartitionState {
             generation,
             unsettled: Unsettled::default(),
+            held: FxHashMap::default(),
             next: None,
             committed: None,
             paused: false,

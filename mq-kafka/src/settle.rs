@@ -42,7 +42,7 @@ use mq_core::observe::names;
 use mq_core::{Delivery, Error, ErrorKind, Message, Received, Result};
 
 use crate::codec::record_overhead;
-use crate::core::{Held, Sender, Shared, State, Tp};
+use crate::core::{Sender, Shared, State, Tp};
 use crate::error::BACKEND;
 use crate::metadata::KafkaMetadata;
 
@@ -356,8 +356,8 @@ impl KafkaSettler {
     /// `close`: republishes every delivery still held to the retry topic
     /// (attempt unchanged: no handler failed), concurrently, and marks the
     /// originals done.
-    pub(crate) async fn return_all(&self, held: Vec<(Held, Received)>) {
-        let sends = held.into_iter().map(|(_, received)| {
+    pub(crate) async fn return_all(&self, held: Vec<Received>) {
+        let sends = held.into_iter().map(|received| {
             let inflight = {
                 let mut state = self.shared.state.lock();
                 InFlight::start(&self.shared, &mut state, &received)
@@ -423,6 +423,7 @@ impl Settler for KafkaSettler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::{Pending, Record};
 
     fn delivery(state: &mut State, tp: &Tp, offset: i64) -> Received {
         let part = state.parts.get_mut(tp).expect("assigned");
@@ -435,9 +436,14 @@ mod tests {
                 generation: part.generation,
             },
         );
-        let generation = part.generation;
-        state.hand_out(tp.clone(), generation, offset, received.clone());
-        received
+        let pending = Pending {
+            tp: tp.clone(),
+            generation: part.generation,
+            offset,
+            record: Record::Delivery(received),
+        };
+        let source: Arc<str> = Arc::from("t");
+        state.hand_out(pending, &source, &source)
     }
 
     /// What `begin` + `settle` do for an ack.
@@ -482,7 +488,7 @@ mod tests {
             Some(7),
             "the new generation's settles move the commit point"
         );
-        assert!(state.outstanding.is_empty());
+        assert!(state.take_held().is_empty());
     }
 
     /// Found with `kafka+mock://` (mock_url_group_rebalances_and_commits):
