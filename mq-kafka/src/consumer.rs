@@ -61,6 +61,7 @@ use crate::config::KafkaConfig;
 use crate::core::{Pending, Record, Sender, Shared, State, Tp};
 use crate::error::{convert, convert_create, BACKEND};
 use crate::health::KafkaHealth;
+use crate::offsets::PartitionState;
 use crate::settle::KafkaSettler;
 
 /// How long one poll of librdkafka waits; bounds how late a pause, resume
@@ -157,11 +158,27 @@ impl Shared {
         }
         let mut taken = 0usize;
         let mut guard = self.state.lock();
-        let state = &mut *guard;
+        let State {
+            parts,
+            ready,
+            ready_bytes,
+            ..
+        } = &mut *guard;
+        // A burst holds runs of records of one partition (librdkafka hands
+        // out a fetch partition by partition): the partition's state is
+        // looked up once per run, not per record (perf: the lookup was the
+        // poll thread's largest item of its own at full speed).
+        let mut run: Option<(Tp, &mut PartitionState)> = None;
         for Fetched { topic, parsed } in burst.drain(..) {
             let offset = parsed.offset;
-            let tp: Tp = (topic, parsed.partition);
-            let Some(part) = state.parts.get_mut(&tp) else {
+            let same_run = run
+                .as_ref()
+                .is_some_and(|(tp, _)| tp.1 == parsed.partition && Arc::ptr_eq(&tp.0, &topic));
+            if !same_run {
+                let tp: Tp = (topic, parsed.partition);
+                run = parts.get_mut(&tp).map(|part| (tp, part));
+            }
+            let Some((tp, part)) = run.as_mut() else {
                 continue;
             };
             if part.rewind.is_some() || part.hold_until.is_some() {
@@ -178,16 +195,15 @@ impl Shared {
                     part.hold_until = Some(instant_after(wait));
                     part.rewind_to(offset);
                     part.paused = true;
-                    pause.push(tp);
+                    pause.push(tp.clone());
                     continue;
                 }
             }
             part.accept(offset);
-            state.ready_bytes += parsed.message.payload().len();
-            let generation = part.generation;
-            state.ready.push_back(Pending {
-                tp,
-                generation,
+            *ready_bytes += parsed.message.payload().len();
+            ready.push_back(Pending {
+                tp: tp.clone(),
+                generation: part.generation,
                 offset,
                 record: Record::Fetched(parsed),
             });
@@ -949,18 +965,24 @@ mod tests {
 
     /// A record of partition 0 of `t` at `offset`, parsed into the burst.
     fn fetch(ctx: &Context, offset: i64) {
+        fetch_from(ctx, &"t".into(), 0, offset);
+    }
+
+    /// A record of `topic`'s `partition` at `offset`, parsed into the burst
+    /// with the topic name the burst shares.
+    fn fetch_from(ctx: &Context, topic: &Arc<str>, partition: i32, offset: i64) {
         let msg = OwnedMessage::new(
             Some(b"p".to_vec()),
             None,
-            "t".into(),
+            topic.to_string(),
             Timestamp::NotAvailable,
-            0,
+            partition,
             offset,
             Some(OwnedHeaders::new()),
         );
         let parsed = parse(&msg, false, &mut PayloadChunks::new(PAYLOAD_CHUNK));
         ctx.burst.lock().push(Fetched {
-            topic: "t".into(),
+            topic: topic.clone(),
             parsed,
         });
     }
@@ -983,6 +1005,45 @@ mod tests {
         assert!(ctx.accept_burst().is_empty());
         assert_eq!(ready(&ctx), [(1, 7)]);
         assert!(ctx.burst.lock().is_empty());
+    }
+
+    /// A burst of runs from several partitions (its state looked up once
+    /// per run): every record lands in its own partition's assignment, a
+    /// partition being rewound drops its records (to be read again), and
+    /// a record of a partition not assigned is dropped.
+    #[test]
+    fn a_burst_of_several_partitions_is_accepted_run_by_run() {
+        let ctx = context();
+        let topic: Arc<str> = "t".into();
+        let (p0, p1, p2): (Tp, Tp, Tp) =
+            ((topic.clone(), 0), (topic.clone(), 1), (topic.clone(), 2));
+        {
+            let mut state = ctx.shared.state.lock();
+            state.assign(p0.clone());
+            state.assign(p1.clone());
+            state.assign(p2.clone());
+            state.parts.get_mut(&p2).expect("assigned").rewind_to(4);
+        }
+        for (p, o) in [(0, 1), (0, 2), (1, 5), (2, 4), (3, 9), (0, 3), (1, 6)] {
+            fetch_from(&ctx, &topic, p, o);
+        }
+        assert!(ctx.accept_burst().is_empty());
+        let state = ctx.shared.state.lock();
+        let got: Vec<(i32, u64, i64)> = state
+            .ready
+            .iter()
+            .map(|p| (p.tp.1, p.generation, p.offset))
+            .collect();
+        let (g0, g1) = (state.parts[&p0].generation, state.parts[&p1].generation);
+        assert_eq!(
+            got,
+            [(0, g0, 1), (0, g0, 2), (1, g1, 5), (0, g0, 3), (1, g1, 6)]
+        );
+        assert_eq!(state.ready_bytes, 5);
+        // The rewound partition will fetch 4 again; nothing of it is tracked.
+        assert_eq!(state.parts[&p2].rewind, Some(4));
+        assert_eq!(state.parts[&p2].fetched_up_to(), None);
+        assert_eq!(state.parts[&p0].fetched_up_to(), Some(4));
     }
 
     /// A poll that runs a rebalance callback in the middle of a burst: the

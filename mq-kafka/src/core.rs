@@ -456,14 +456,37 @@ impl State {
         received
     }
 
-    /// A delivery is being settled: takes it out of the outstanding set.
+    /// A delivery is being settled: takes it out of the held set.
     /// `false`: it is stale (its partition was revoked meanwhile, perhaps
     /// handed back since, with a new copy of the same offset out), and
-    /// settling it must not touch any state.
-    pub(crate) fn claim(&mut self, meta: &KafkaMetadata, tp: &Tp) -> bool {
-        self.parts.get_mut(tp).is_some_and(|p| {
-            p.generation == meta.generation && p.held.remove(&meta.offset).is_some()
-        })
+    /// settling it must not touch any state. `ack`: its offset is marked
+    /// settled too, in the same lookup (an ack has nothing to wait for).
+    pub(crate) fn claim(&mut self, meta: &KafkaMetadata, tp: &Tp, ack: bool) -> bool {
+        let Some(part) = self.parts.get_mut(tp) else {
+            return false;
+        };
+        if part.generation != meta.generation || part.held.remove(&meta.offset).is_none() {
+            return false;
+        }
+        if ack {
+            part.settle(meta.offset);
+            self.settled(tp, meta);
+        }
+        true
+    }
+
+    /// `meta`'s record is settled: forgets its redeliveries in place and
+    /// its failed republishes.
+    fn settled(&mut self, tp: &Tp, meta: &KafkaMetadata) {
+        // Both are empty unless something failed or was nacked in place;
+        // a lookup still hashes the topic's name.
+        if !self.redeliveries.is_empty() {
+            self.redeliveries.remove(&(tp.clone(), meta.offset));
+        }
+        if !self.failing.is_empty() {
+            self.failing
+                .remove(&(tp.clone(), meta.generation, meta.offset));
+        }
     }
 
     /// Takes every delivery handed out and not settled (for `close`).
@@ -508,16 +531,7 @@ impl Shared {
         if let Some(part) = state.parts.get_mut(tp) {
             if part.generation == meta.generation {
                 part.settle(meta.offset);
-                // Both are empty unless something failed or was nacked in
-                // place; a lookup still hashes the topic's name.
-                if !state.redeliveries.is_empty() {
-                    state.redeliveries.remove(&(tp.clone(), meta.offset));
-                }
-                if !state.failing.is_empty() {
-                    state
-                        .failing
-                        .remove(&(tp.clone(), meta.generation, meta.offset));
-                }
+                state.settled(tp, meta);
             }
         }
     }

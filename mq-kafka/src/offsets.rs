@@ -43,7 +43,12 @@ impl Unsettled {
 
     /// Marks `offset` settled; `forget` removes its entry instead.
     fn remove(&mut self, offset: i64, forget: bool) {
-        if let Ok(i) = self.find(offset) {
+        // Most settlements are of the lowest offset: no search for those.
+        let at = match self.entries.front() {
+            Some((first, _)) if *first == offset => Ok(0),
+            _ => self.find(offset),
+        };
+        if let Ok(i) = at {
             if forget {
                 self.entries.remove(i);
             } else {

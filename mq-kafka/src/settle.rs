@@ -142,7 +142,7 @@ impl Drop for InFlight {
             return;
         };
         let mut state = self.shared.state.lock();
-        if let Ok((meta, tp)) = meta_of(&state, &received).map(|(m, tp)| (m.clone(), tp)) {
+        if let Ok((meta, tp)) = meta_of(&received).map(|(m, tp)| (m.clone(), tp)) {
             tracing::debug!(
                 id = received.id(),
                 "a republish was cancelled; the record is delivered again"
@@ -161,13 +161,12 @@ impl Drop for InFlight {
 }
 
 /// The delivery's Kafka metadata and its partition's key (with the topic
-/// name `state` shares: no allocation per settle).
-fn meta_of<'r>(state: &State, received: &'r Received) -> Result<(&'r KafkaMetadata, Tp)> {
+/// name the metadata holds: no allocation, no search per settle).
+fn meta_of(received: &Received) -> Result<(&KafkaMetadata, Tp)> {
     let meta = received.metadata::<KafkaMetadata>().ok_or_else(|| {
         Error::new(ErrorKind::Broker, "delivery carries no Kafka metadata").with_backend(BACKEND)
     })?;
-    let tp = state.tp(&meta.topic, meta.partition);
-    Ok((meta, tp))
+    Ok((meta, (meta.topic.clone(), meta.partition)))
 }
 
 /// The copy that gives a delivery back without a handler failure (dropped
@@ -220,9 +219,9 @@ impl KafkaSettler {
     ) -> Result<(Step, Option<InFlight>)> {
         let mut guard = self.shared.state.lock();
         let state = &mut *guard;
-        let (meta, tp) = meta_of(state, received)?;
+        let (meta, tp) = meta_of(received)?;
         self.shared.slots.give_back();
-        let known = state.claim(meta, &tp);
+        let known = state.claim(meta, &tp, matches!(settlement, Settlement::Ack));
         if state.closed {
             return Err(self.closed_error(received.id()));
         }
@@ -235,10 +234,8 @@ impl KafkaSettler {
             return Ok((Step::Done, None));
         }
         let (purpose, topic, message) = match settlement {
-            Settlement::Ack => {
-                Shared::settle_offset(state, meta, &tp);
-                return Ok((Step::Done, None));
-            }
+            // Settled by the claim.
+            Settlement::Ack => return Ok((Step::Done, None)),
             Settlement::Nack { delay } if self.shared.ordered => {
                 Shared::rewind(state, meta, &tp, delay, !abandon);
                 return Ok((Step::Done, None));
@@ -322,7 +319,7 @@ impl KafkaSettler {
     async fn republish(&self, received: &Received, r: Republish, inflight: InFlight) -> Result<()> {
         let result = self.send(&r).await;
         let mut state = self.shared.state.lock();
-        let (meta, tp) = meta_of(&state, received)?;
+        let (meta, tp) = meta_of(received)?;
         match &result {
             Ok(()) => Shared::settle_offset(&mut state, meta, &tp),
             Err(e) => {
@@ -448,10 +445,8 @@ mod tests {
 
     /// What `begin` + `settle` do for an ack.
     fn ack(state: &mut State, received: &Received) {
-        let (meta, tp) = meta_of(state, received).expect("metadata");
-        if state.claim(meta, &tp) {
-            Shared::settle_offset(state, meta, &tp);
-        }
+        let (meta, tp) = meta_of(received).expect("metadata");
+        state.claim(meta, &tp, true);
     }
 
     /// Defect 1 of issue 14: a partition revoked and handed back to the
