@@ -61,6 +61,8 @@ cargo test --workspace --all-features
 # what it prints, not the ratios: BENCHMARKS.md has the release numbers.
 step "mq bench 'kafka+mock://?partitions=4' --baseline (debug build: a smoke run; BENCHMARKS.md has release numbers)"
 "$CARGO_TARGET_DIR/debug/mq" bench 'kafka+mock://?partitions=4' --baseline --count 20000
+step "mq bench 'kafka+mock://?partitions=4' --baseline --raw-owned --raw-ids (the raw consumer hands owned records to a task)"
+"$CARGO_TARGET_DIR/debug/mq" bench 'kafka+mock://?partitions=4' --baseline --raw-owned --raw-ids --count 20000
 
 step "examples (scripts/examples.sh): memory://, then every broker started above"
 bash scripts/examples.sh

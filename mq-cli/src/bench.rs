@@ -80,6 +80,15 @@ pub(crate) struct Args {
     /// path alone, without the cost of the SDK's message id on the wire.
     #[arg(long)]
     raw_ids: bool,
+    /// Kafka: the raw consumer copies each record out of librdkafka
+    /// (`detach`) and hands it to a task of the runtime, which acks it (the
+    /// next offset of its partition, committed by the polling thread), as
+    /// an application must to process records off the polling thread. An
+    /// SDK delivery is such an owned record (the handler may hold it, move
+    /// it to another task and settle it out of order); without this flag
+    /// the raw consumer acks each record in place on its polling thread.
+    #[arg(long)]
+    raw_owned: bool,
 }
 
 /// One measured phase.
@@ -322,7 +331,7 @@ fn args_json(args: &Args) -> serde_json::Value {
         "url": mq::url::redact_str(&args.url), "count": args.count, "size": args.size,
         "producers": args.producers, "consumers": args.consumers,
         "in_flight": args.in_flight, "prefetch": args.prefetch, "pairs": args.pairs, "warmup_pairs": warmup_pairs(args),
-        "raw_ids": args.raw_ids})
+        "raw_ids": args.raw_ids, "raw_owned": args.raw_owned})
 }
 
 fn print_header(args: &Args) {
@@ -332,6 +341,11 @@ fn print_header(args: &Args) {
     );
     if args.raw_ids && (args.baseline || args.baseline_only) {
         println!("the raw client gives every message an id, as the SDK does (--raw-ids)");
+    }
+    if args.raw_owned && (args.baseline || args.baseline_only) {
+        println!(
+            "the raw Kafka consumer hands owned records to a task, which acks them (--raw-owned)"
+        );
     }
 }
 

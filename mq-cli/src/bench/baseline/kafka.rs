@@ -15,6 +15,7 @@
 //! | consumer | a `BaseConsumer` per consumer polled on its own thread (20 ms polls) in group `mq-<topic>`, subscribed to the topic and its retry topic; `enable.auto.commit=false`, `enable.auto.offset.store=false`, `auto.offset.reset=earliest`, `session.timeout.ms=10000`, `heartbeat.interval.ms=1000`, `enable.partition.eof=false`, `topic.metadata.refresh.interval.ms=10000` | the same settings and thread, subscribed to the topic only |
 //! | prefetch | at most `--prefetch` deliveries handed out unsettled, and a read-ahead of twice the prefetch (at least 500) behind them; when that is full the thread stops taking records (librdkafka's bounded fetch queue holds what it fetches) and pauses the partitions only after half the session timeout | before the phase, the same read-ahead taken, then no poll until the phase starts; in the phase each record is acked as it is polled, so librdkafka's own fetch queue (`queued.min.messages`, `queued.max.messages.kbytes`, defaults) is the only read-ahead |
 //! | ack | offset marked done; the lowest unsettled offset per partition committed (async) every `commit_interval` (200 ms) and on close (sync) | the next offset per partition committed (async) every `commit_interval` and at the end (sync) |
+//! | where records are processed | the application's task, owning each delivery (it may hold it, move it and settle it out of order) | on the polling thread, in place (the record is never copied); with `--raw-owned` each record is copied out (`detach`) and sent on in bursts of up to 256 (what librdkafka has queued) to a task of the runtime over a channel bounded by `--prefetch` records, which acks each (its partition's next offset, one lock per burst), as an application processing records off the polling thread must |
 //!
 //! Both the SDK run and the baseline wait until their consumer group is
 //! ready before they start a phase ([`sdk_ready`], [`raw_ready`]: a probe
@@ -35,7 +36,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
@@ -116,6 +117,74 @@ struct Job {
     tally: Arc<Tally>,
     stamp_base: Option<Instant>,
     probes: Arc<AtomicUsize>,
+    /// `--raw-owned`: where the records go instead of being acked in place.
+    owned: Option<Owned>,
+}
+
+/// `--raw-owned`: the polling thread's side of an application task that
+/// processes owned records.
+struct Owned {
+    /// Bursts of detached records to the task, at most a prefetch of
+    /// records in all: a full channel stops the polling thread, as a full
+    /// read-ahead stops mq-kafka's.
+    records: tokio::sync::mpsc::Sender<Vec<OwnedMessage>>,
+    /// The next offset to commit per partition, as the task acked them.
+    acked: Arc<parking_lot::Mutex<HashMap<i32, i64>>>,
+    /// The task's latency histogram, when it ends.
+    task: tokio::task::JoinHandle<CliResult<Histogram<u64>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// `--raw-owned`: records the polling thread detaches before it sends them
+/// on together (what librdkafka has queued, up to this many), so the
+/// channel costs one hand-over per burst, not per record (mq-kafka's poll
+/// thread hands over bursts of the same size).
+const OWNED_BURST: usize = 256;
+
+impl Owned {
+    fn start(prefetch: usize, tally: &Arc<Tally>, stamp_base: Option<Instant>) -> Self {
+        let bursts = prefetch.div_ceil(OWNED_BURST).max(1);
+        let (records, received) = tokio::sync::mpsc::channel(bursts);
+        let acked = Arc::new(parking_lot::Mutex::new(HashMap::new()));
+        let task = tokio::spawn(process_owned(
+            received,
+            acked.clone(),
+            tally.clone(),
+            stamp_base,
+        ));
+        Owned {
+            records,
+            acked,
+            task,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+/// `--raw-owned`: the application task. Acks every record of each burst
+/// the polling thread sent (its partition's next offset, under one lock
+/// per burst).
+async fn process_owned(
+    mut records: tokio::sync::mpsc::Receiver<Vec<OwnedMessage>>,
+    acked: Arc<parking_lot::Mutex<HashMap<i32, i64>>>,
+    tally: Arc<Tally>,
+    stamp_base: Option<Instant>,
+) -> CliResult<Histogram<u64>> {
+    let mut latency = new_histogram()?;
+    while let Some(burst) = records.recv().await {
+        let now = stamp_base.map(|base| base.elapsed().as_nanos());
+        {
+            let mut acked = acked.lock();
+            for m in &burst {
+                if let (Some(now), Some(sent)) = (now, stamp_of(m)) {
+                    record_latency(&mut latency, now, &sent);
+                }
+                acked.insert(m.partition(), m.offset() + 1);
+            }
+        }
+        tally.add(burst.len() as u64);
+    }
+    Ok(latency)
 }
 
 /// A record taken before the phase started: (partition, offset, stamp).
@@ -216,6 +285,9 @@ fn consumer_thread(
     for (p, o, stamp) in early.drain(..) {
         acked.ack(p, o, stamp.as_deref());
     }
+    if let Some(owned) = job.owned {
+        return owned_phase(consumer, acked, owned, job.commit_interval);
+    }
     let mut last_commit = Instant::now();
     while !acked.tally.is_done() {
         if let Some(m) = consumer.poll(POLL) {
@@ -235,6 +307,60 @@ fn consumer_thread(
     consumer.unsubscribe();
     drop(consumer);
     Ok(acked.latency)
+}
+
+/// `--raw-owned`, in the phase: polls, detaches each record and sends it
+/// to the application task; commits what the task acked.
+fn owned_phase(
+    consumer: BaseConsumer,
+    mut acked: Acked,
+    owned: Owned,
+    commit_interval: Duration,
+) -> CliResult<Histogram<u64>> {
+    let Owned {
+        records,
+        acked: from_task,
+        task,
+        runtime,
+    } = owned;
+    let take_acks = |acked: &mut Acked| {
+        for (&p, &o) in from_task.lock().iter() {
+            acked.next.insert(p, o);
+        }
+    };
+    let mut last_commit = Instant::now();
+    while !acked.tally.is_done() {
+        let mut burst = Vec::with_capacity(OWNED_BURST);
+        let mut wait = POLL;
+        while burst.len() < OWNED_BURST {
+            match consumer.poll(wait) {
+                Some(m) => burst.push(m?.detach()),
+                None => break,
+            }
+            wait = Duration::ZERO;
+        }
+        // Waits while the task has a prefetch of records to process.
+        if !burst.is_empty() && records.blocking_send(burst).is_err() {
+            break;
+        }
+        if last_commit.elapsed() >= commit_interval {
+            last_commit = Instant::now();
+            take_acks(&mut acked);
+            acked.commit(&consumer, CommitMode::Async)?;
+        }
+    }
+    drop(records);
+    let latency = runtime
+        .block_on(task)
+        .map_err(|e| format!("the application task failed: {e}"))??;
+    take_acks(&mut acked);
+    acked.commit(&consumer, CommitMode::Sync)?;
+    consumer.unsubscribe();
+    drop(consumer);
+    let mut all = acked.latency;
+    all.add(&latency)
+        .map_err(|e| format!("latency histogram: {e}"))?;
+    Ok(all)
 }
 
 /// Records a consumer takes before its phase: what mq-kafka's read-ahead
@@ -262,6 +388,9 @@ fn open_consumers(
         let (go_tx, go_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let probes = Arc::new(AtomicUsize::new(0));
+        let owned = args
+            .raw_owned
+            .then(|| Owned::start(args.prefetch, tally, stamp_base));
         let job = Job {
             probes: probes.clone(),
             topic: topic.to_owned(),
@@ -269,6 +398,7 @@ fn open_consumers(
             commit_interval: config.commit_interval,
             tally: tally.clone(),
             stamp_base,
+            owned,
         };
         std::thread::Builder::new()
             .name(format!("bench-raw-kafka-{i}"))
@@ -536,8 +666,16 @@ pub(crate) async fn run(args: &Args) -> CliResult<Results> {
     }
     Ok(Results {
         label: format!(
-            "raw (rdkafka: acks={} idempotence={} linger={:?}, {} partition(s), BaseConsumer thread per consumer)",
-            config.acks, config.idempotence, config.linger, config.partitions
+            "raw (rdkafka: acks={} idempotence={} linger={:?}, {} partition(s), BaseConsumer thread per consumer{})",
+            config.acks,
+            config.idempotence,
+            config.linger,
+            config.partitions,
+            if args.raw_owned {
+                ", records detached and acked by a task"
+            } else {
+                ""
+            }
         ),
         publish: publish_phase,
         consume: consume_phase,
