@@ -411,10 +411,10 @@ impl Delivery {
                 format!("delivery {} was already settled", self.received.id()),
             ));
         };
-        let counter = self
-            .counts
-            .as_ref()
-            .map(|c| c.for_settlement(&settlement).clone());
+        // Taken, not cloned: the delivery is settled from here on, and a
+        // counter handle clone is a reference count up and down per settle.
+        let counts = self.counts.take();
+        let counter = counts.as_ref().map(|c| c.for_settlement(&settlement));
         let result = match settler.settle_now(&self, settlement) {
             SettleNow::Done(result) => result,
             SettleNow::Later(settlement) => settler.settle(&self, settlement).await,
