@@ -565,7 +565,7 @@ impl Shared {
         f.failures
     }
 
-    /// Gives a delivery that was taken out of the outstanding set but not
+    /// Gives a delivery that was taken out of the held set but not
     /// settled (its republish failed or was cancelled) back: it stays
     /// unsettled (its offset is not committed) and is delivered again,
     /// alone, after `delay`. Records after it are not replayed. Nothing

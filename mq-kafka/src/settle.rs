@@ -209,7 +209,7 @@ impl KafkaSettler {
     }
 
     /// Looks at the state and decides; takes the delivery out of the
-    /// outstanding set and gives its prefetch permit back. `abandon`: the
+    /// held set and gives its prefetch permit back. `abandon`: the
     /// delivery was dropped unsettled (no handler failure).
     fn begin(
         &self,
