@@ -13,7 +13,10 @@
 //!   (`PayloadChunks`). `receive` makes each delivery from its parsed
 //!   record, on the application's thread: the poll thread is the busier
 //!   of the two, and a delivery's allocations are then freed on the
-//!   thread that made them. A rebalance callback, which runs inside a poll in
+//!   thread that made them. It takes the records under the lock and makes
+//!   the deliveries without it, and an ack only queues its offset
+//!   ([`acks`](crate::acks)), so the two threads seldom wait for each
+//!   other's lock. A rebalance callback, which runs inside a poll in
 //!   the middle of a burst, hands the burst over before it revokes, so no
 //!   record fetched in one assignment of a partition is handed out in the next.
 //! * Backpressure: at most `prefetch` deliveries are handed out unsettled
@@ -58,7 +61,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use crate::codec::{parse, Parsed, PayloadChunks, PAYLOAD_CHUNK};
 use crate::config::KafkaConfig;
-use crate::core::{Pending, Record, Sender, Shared, State, Tp};
+use crate::core::{Held, Pending, Record, Sender, Shared, State, Taken, Tp};
 use crate::error::{convert, convert_create, BACKEND};
 use crate::health::KafkaHealth;
 use crate::offsets::PartitionState;
@@ -251,10 +254,20 @@ fn tpl_offsets(list: &[(Tp, i64)]) -> TopicPartitionList {
 impl Shared {
     /// What the poll thread must do now. `pause_when_full`: the read-ahead
     /// has been full for [`KafkaConfig::pause_after`], pause rather than stop polling.
-    fn housekeeping(&self, commit_due: bool, pause_when_full: bool) -> Actions {
+    /// The acked deliveries' copies kept for `close` go to `released`, to
+    /// be dropped without the lock.
+    fn housekeeping(
+        &self,
+        commit_due: bool,
+        pause_when_full: bool,
+        released: &mut Vec<Received>,
+    ) -> Actions {
         let mut a = Actions::default();
         let mut state = self.state.lock();
         let state = &mut *state;
+        if commit_due || state.stop {
+            self.apply_acks(state, released);
+        }
         // Full when the read-ahead is used up; room again once it is half
         // empty, so a busy consumer does not flap.
         let full = self.full(state);
@@ -342,14 +355,13 @@ impl Context {
     /// they go.
     fn revoke(&self, revoked: &TopicPartitionList) -> (Vec<Tp>, Vec<(Tp, i64)>) {
         let pause = self.accept_burst();
-        let mut commit = Vec::new();
         let mut state = self.shared.state.lock();
-        for e in revoked.elements() {
-            let tp = state.tp(e.topic(), e.partition());
-            if let Some(o) = state.revoke(&tp) {
-                commit.push((tp, o));
-            }
-        }
+        let tps: Vec<Tp> = revoked
+            .elements()
+            .iter()
+            .map(|e| state.tp(e.topic(), e.partition()))
+            .collect();
+        let commit = self.shared.revoke(&mut state, tps);
         (pause, commit)
     }
 }
@@ -430,10 +442,12 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>, member: u64) 
     let mut chunks = PayloadChunks::new(PAYLOAD_CHUNK);
     // Since when the read-ahead has been full without a pause.
     let mut full_since: Option<Instant> = None;
+    let mut released = Vec::new();
     loop {
         let commit_due = last_commit.elapsed() >= shared.commit_interval;
         let pause_when_full = full_since.is_some_and(|t| t.elapsed() >= shared.pause_after);
-        let a = shared.housekeeping(commit_due, pause_when_full);
+        let a = shared.housekeeping(commit_due, pause_when_full, &mut released);
+        released.clear();
         if commit_due {
             last_commit = Instant::now();
         }
@@ -598,6 +612,11 @@ pub struct KafkaConsumer {
     health: Arc<KafkaHealth>,
     settler: Arc<KafkaSettler>,
     thread: Option<PollThread>,
+    /// Buffers of [`KafkaConsumer::hand_out`], kept between calls.
+    taken: Vec<Taken>,
+    held: Vec<(Held, Received)>,
+    single: Vec<Delivery>,
+    released: Vec<Received>,
     closed: bool,
     close_timeout: Duration,
 }
@@ -670,6 +689,10 @@ impl KafkaConsumer {
             health,
             settler,
             thread: Some(thread),
+            taken: Vec::new(),
+            held: Vec::new(),
+            single: Vec::with_capacity(1),
+            released: Vec::new(),
             closed: false,
             close_timeout: config.send_timeout.saturating_add(Duration::from_secs(5)),
         })
@@ -683,46 +706,62 @@ impl KafkaConsumer {
     }
 
     /// Takes a ready record if there is one (the prefetch has room for it).
-    fn take_ready(&self) -> std::result::Result<Delivery, Option<Error>> {
-        let mut state = self.shared.state.lock();
-        if let Some(e) = state.error.take() {
-            return Err(Some(e));
-        }
-        match state.ready.pop_front() {
-            Some(p) => {
-                state.ready_bytes = state.ready_bytes.saturating_sub(p.payload_len());
-                self.shared.taken(&mut state);
-                let received = state.hand_out(p, &self.shared.source, &self.shared.group);
-                drop(state);
-                self.shared.slots.take(1);
-                Ok(Delivery::new(received, self.settler.clone()))
+    /// Hands out up to `n` waiting records into `batch`; returns how many.
+    /// They are taken under the consumer's lock, made into deliveries
+    /// without it, and their copies for `close` are kept under it again
+    /// (see [`State::take_next`]). `report`: an error waiting for
+    /// `receive` comes first.
+    fn hand_out(&mut self, n: usize, batch: &mut Vec<Delivery>, report: bool) -> Result<usize> {
+        let mut taken = std::mem::take(&mut self.taken);
+        {
+            let mut state = self.shared.state.lock();
+            self.shared.apply_acks(&mut state, &mut self.released);
+            if report {
+                if let Some(e) = state.error.take() {
+                    return Err(e);
+                }
             }
-            None => Err(None),
+            while taken.len() < n {
+                match state.take_next() {
+                    Some(t) => taken.push(t),
+                    None => break,
+                }
+            }
+            if !taken.is_empty() {
+                self.shared.taken(&mut state);
+            }
         }
-    }
-
-    /// Takes up to `n` ready records (the prefetch has room for them) into
-    /// `batch` under one lock; returns how many.
-    fn take_ready_many(&self, n: usize, batch: &mut Vec<Delivery>) -> usize {
-        let mut state = self.shared.state.lock();
-        batch.reserve(n.min(state.ready.len()));
-        let mut took = 0;
-        while took < n {
-            let Some(p) = state.ready.pop_front() else {
-                break;
-            };
-            state.ready_bytes = state.ready_bytes.saturating_sub(p.payload_len());
-            self.shared.taken(&mut state);
-            let received = state.hand_out(p, &self.shared.source, &self.shared.group);
+        // Dropped without the lock.
+        self.released.clear();
+        let took = taken.len();
+        if took == 0 {
+            self.taken = taken;
+            return Ok(0);
+        }
+        let mut held = std::mem::take(&mut self.held);
+        batch.reserve(took);
+        for t in taken.drain(..) {
+            let key = t.key();
+            let received = t.into_received(&self.shared.source, &self.shared.group);
+            held.push((key, received.clone()));
             batch.push(Delivery::new(received, self.settler.clone()));
-            took += 1;
         }
-        drop(state);
+        {
+            let mut state = self.shared.state.lock();
+            for ((tp, generation, offset), received) in held.drain(..) {
+                state.hold(&tp, generation, offset, received);
+            }
+        }
         self.shared.slots.take(took);
-        took
+        self.taken = taken;
+        self.held = held;
+        Ok(took)
     }
 
     fn signal_stop(&self) {
+        // Acks are refused from here on; the poll thread's last round
+        // applies the queued ones before its last commit.
+        self.shared.acks.close();
         let mut state = self.shared.state.lock();
         state.closed = true;
         state.stop = true;
@@ -744,11 +783,15 @@ impl Consumer for KafkaConsumer {
             let notified = shared.readable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.take_ready() {
-                Ok(d) => return Ok(d),
-                Err(Some(e)) => return Err(e),
-                Err(None) => notified.await,
+            let mut single = std::mem::take(&mut self.single);
+            let took = self.hand_out(1, &mut single, true);
+            let delivery = single.pop();
+            self.single = single;
+            if let Some(d) = delivery {
+                return Ok(d);
             }
+            took?;
+            notified.await;
         }
     }
 
@@ -765,7 +808,7 @@ impl Consumer for KafkaConsumer {
         // An error stays queued for the next call: this one has deliveries.
         let want = self.shared.slots.room_now().min(max - batch.len());
         if want > 0 {
-            self.take_ready_many(want, &mut batch);
+            self.hand_out(want, &mut batch, false)?;
         }
         Ok(batch)
     }
@@ -779,7 +822,9 @@ impl Consumer for KafkaConsumer {
     /// record is not settled yet): then disconnected, with that error.
     fn health(&self) -> mq_core::observe::Health {
         let mut health = self.health.health();
-        let state = self.shared.state.lock();
+        let mut state = self.shared.state.lock();
+        // An ack settles a record whose republish had failed.
+        self.shared.apply_acks(&mut state, &mut Vec::new());
         if let Some(f) = state.failing.values().max_by_key(|f| f.at) {
             health.connected = false;
             health.last_error = Some(format!(
@@ -798,8 +843,11 @@ impl Consumer for KafkaConsumer {
             return Ok(());
         }
         self.closed = true;
+        self.shared.acks.close();
         let returned: Vec<Received> = {
             let mut state = self.shared.state.lock();
+            // Acked deliveries are not returned.
+            self.shared.apply_acks(&mut state, &mut Vec::new());
             state.closed = true;
             state.ready.clear();
             state.ready_bytes = 0;

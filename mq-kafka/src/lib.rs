@@ -11,6 +11,7 @@
 //! config     kafka:// URL and options -> KafkaConfig -> librdkafka settings
 //! metadata   KafkaMetadata: topic, partition and offset of a delivery
 //! offsets    PartitionState: settled offsets of a partition, what to commit
+//! acks       acks queued by settle, applied to the state together
 //! codec      Message <-> Kafka record (headers, id, attempt, not-before)
 //! health     health from librdkafka's error and statistics callbacks
 //! mock       kafka+mock://: librdkafka's mock cluster on its own thread
@@ -28,12 +29,13 @@
 //! ```
 //!
 //! `python3 scripts/module_cycles.py mq-kafka/src` checks it and prints the
-//! layers: `{error, metadata, offsets} < {codec, config, health} < mock <
+//! layers: `{acks, error, metadata, offsets} < {codec, config, health} < mock <
 //! topology < {core, stats} < {producer, settle} < consumer < backend`.
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod acks;
 mod backend;
 mod codec;
 mod config;

@@ -41,8 +41,9 @@ use mq_core::message::headers as h;
 use mq_core::observe::names;
 use mq_core::{Delivery, Error, ErrorKind, Message, Received, Result};
 
+use crate::acks::Closed;
 use crate::codec::record_overhead;
-use crate::core::{Sender, Shared, State, Tp};
+use crate::core::{Held, Sender, Shared, State, Tp};
 use crate::error::BACKEND;
 use crate::metadata::KafkaMetadata;
 
@@ -163,10 +164,24 @@ impl Drop for InFlight {
 /// The delivery's Kafka metadata and its partition's key (with the topic
 /// name the metadata holds: no allocation, no search per settle).
 fn meta_of(received: &Received) -> Result<(&KafkaMetadata, Tp)> {
-    let meta = received.metadata::<KafkaMetadata>().ok_or_else(|| {
-        Error::new(ErrorKind::Broker, "delivery carries no Kafka metadata").with_backend(BACKEND)
-    })?;
+    let meta = metadata(received)?;
     Ok((meta, (meta.topic.clone(), meta.partition)))
+}
+
+/// The delivery's Kafka metadata.
+fn metadata(received: &Received) -> Result<&KafkaMetadata> {
+    received.metadata::<KafkaMetadata>().ok_or_else(|| {
+        Error::new(ErrorKind::Broker, "delivery carries no Kafka metadata").with_backend(BACKEND)
+    })
+}
+
+/// Names a delivery among the consumer's: partition, assignment, offset.
+fn key_of(meta: &KafkaMetadata) -> Held {
+    (
+        (meta.topic.clone(), meta.partition),
+        meta.generation,
+        meta.offset,
+    )
 }
 
 /// The copy that gives a delivery back without a handler failure (dropped
@@ -208,6 +223,17 @@ impl KafkaSettler {
         .with_destination(self.shared.source.to_string())
     }
 
+    /// Queues the ack of `received` (applied with the next lock of the
+    /// state, see `acks.rs`) and gives its prefetch slot back.
+    fn queue_ack(&self, received: &Received) -> Result<()> {
+        let key = key_of(metadata(received)?);
+        self.shared.slots.give_back();
+        self.shared
+            .acks
+            .push(key)
+            .map_err(|Closed| self.closed_error(received.id()))
+    }
+
     /// Looks at the state and decides; takes the delivery out of the
     /// held set and gives its prefetch permit back. `abandon`: the
     /// delivery was dropped unsettled (no handler failure).
@@ -217,11 +243,14 @@ impl KafkaSettler {
         settlement: Settlement,
         abandon: bool,
     ) -> Result<(Step, Option<InFlight>)> {
+        let mut released = Vec::new();
         let mut guard = self.shared.state.lock();
         let state = &mut *guard;
+        // Settlements apply in the order they were made.
+        self.shared.apply_acks(state, &mut released);
         let (meta, tp) = meta_of(received)?;
         self.shared.slots.give_back();
-        let known = state.claim(meta, &tp, matches!(settlement, Settlement::Ack));
+        let known = state.claim(&key_of(meta), matches!(settlement, Settlement::Ack));
         if state.closed {
             return Err(self.closed_error(received.id()));
         }
@@ -384,10 +413,11 @@ impl Settler for KafkaSettler {
         }
     }
 
-    /// An ack (and, in ordered mode, a nack) only marks the offset.
+    /// An ack is queued (`acks.rs`); in ordered mode a nack only marks the
+    /// offset.
     fn settle_now(&self, delivery: &Delivery, settlement: Settlement) -> SettleNow {
         let marks_only = match settlement {
-            Settlement::Ack => true,
+            Settlement::Ack => return SettleNow::Done(self.queue_ack(delivery.received())),
             Settlement::Nack { .. } => self.shared.ordered,
             _ => false,
         };
@@ -440,13 +470,85 @@ mod tests {
             record: Record::Delivery(received),
         };
         let source: Arc<str> = Arc::from("t");
-        state.hand_out(pending, &source, &source)
+        state.ready.push_front(pending);
+        state.hand_out(&source, &source).expect("just pushed")
     }
 
     /// What `begin` + `settle` do for an ack.
     fn ack(state: &mut State, received: &Received) {
-        let (meta, tp) = meta_of(received).expect("metadata");
-        state.claim(meta, &tp, true);
+        let (meta, _) = meta_of(received).expect("metadata");
+        state.claim(&key_of(meta), true);
+    }
+
+    fn shared() -> Shared {
+        let config =
+            crate::config::KafkaConfig::from_url("kafka://127.0.0.1:9092").expect("a valid URL");
+        Shared::new(
+            &config,
+            "t".into(),
+            "g".into(),
+            "t-retry".into(),
+            "t-dlq".into(),
+            10,
+        )
+    }
+
+    /// Queued acks move the commit point once applied, in any order, and
+    /// release the copies kept for `close`; a revoke applies them first,
+    /// so the offsets acked before it are committed with it; an ack of the
+    /// revoked assignment applied after the partition came back touches
+    /// nothing; an ack after close is refused.
+    #[test]
+    fn queued_acks_count_once_applied_and_are_committed_by_a_revoke() {
+        let shared = shared();
+        let tp: Tp = (Arc::from("t"), 0);
+        let mut guard = shared.state.lock();
+        let state = &mut *guard;
+        state.assign(tp.clone());
+        let d: Vec<Received> = (0..4).map(|o| delivery(state, &tp, o)).collect();
+        let queue = |r: &Received| {
+            let meta = metadata(r).expect("metadata");
+            shared.acks.push(key_of(meta)).expect("open");
+        };
+        queue(&d[1]);
+        queue(&d[0]);
+        assert_eq!(state.parts[&tp].commit_point(), Some(0), "queued only");
+        let mut released = Vec::new();
+        shared.apply_acks(state, &mut released);
+        assert_eq!(state.parts[&tp].commit_point(), Some(2));
+        assert_eq!(released.len(), 2, "the copies of 0 and 1 are released");
+        assert_eq!(state.parts[&tp].held.len(), 2, "2 and 3 are still out");
+        queue(&d[2]);
+        assert_eq!(
+            shared.revoke(state, vec![tp.clone()]),
+            vec![(tp.clone(), 3)],
+            "the ack queued before the revoke is committed with it"
+        );
+        state.assign(tp.clone());
+        let again = delivery(state, &tp, 3);
+        queue(&d[3]);
+        shared.apply_acks(state, &mut released);
+        assert_eq!(
+            state.parts[&tp].commit_point(),
+            Some(3),
+            "the stale ack of 3 does not settle the copy fetched again"
+        );
+        queue(&again);
+        shared.acks.close();
+        assert!(
+            shared
+                .acks
+                .push(key_of(metadata(&d[0]).expect("metadata")))
+                .is_err(),
+            "an ack after close is refused"
+        );
+        shared.apply_acks(state, &mut released);
+        assert_eq!(
+            state.parts[&tp].commit_point(),
+            Some(4),
+            "an ack queued before close still counts"
+        );
+        assert!(state.take_held().is_empty());
     }
 
     /// Defect 1 of issue 14: a partition revoked and handed back to the
