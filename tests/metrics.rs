@@ -156,3 +156,65 @@ fn metrics_count_sends_settlements_retries_and_dead_letters() {
         "no URL in labels"
     );
 }
+
+/// A send that must wait (a full memory:// queue: `SendNow::Started`) is
+/// counted when it ends, with its wait in the duration histogram; the count
+/// rides on the backend's future (`mq::Sending`), with no subscriber
+/// recording spans.
+#[test]
+fn a_send_that_waits_is_counted_when_it_ends() {
+    use mq::ProducerExt;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let queue = unique("waits");
+    metrics::with_local_recorder(&recorder, || {
+        on_one_thread(async {
+            let client = mq::connect(&format!("memory://{}?capacity=1", unique("metrics")))
+                .await
+                .expect("connect");
+            let producer = client.producer().await.expect("producer");
+            let mut consumer = client.consumer(&queue).await.expect("consumer");
+            let mut pipeline = producer.pipeline(4);
+            pipeline.send(&queue, Message::new("first")).await;
+            pipeline.send(&queue, Message::new("second")).await;
+            assert_eq!(pipeline.in_flight(), 1, "the second send waits for room");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let first = consumer.receive().await.expect("receive");
+            first.ack().await.expect("ack");
+            let report = pipeline.finish().await;
+            assert!(report.failures.is_empty(), "{report:?}");
+            assert_eq!(report.sent, 2);
+            let second = consumer.receive().await.expect("receive");
+            assert_eq!(second.text().expect("text"), "second");
+            second.ack().await.expect("ack");
+        })
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let of = |name: &str| {
+        snapshot
+            .iter()
+            .filter(|(key, _, _, _)| {
+                key.key().name() == name
+                    && key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == "destination" && l.value() == queue)
+            })
+            .map(|(_, _, _, v)| v)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        matches!(of(names::SENT).as_slice(), [DebugValue::Counter(2)]),
+        "both sends counted: {:?}",
+        of(names::SENT)
+    );
+    let durations = of(names::SEND_DURATION);
+    let [DebugValue::Histogram(d)] = durations.as_slice() else {
+        panic!("one histogram: {durations:?}");
+    };
+    assert_eq!(d.len(), 2, "two durations: {d:?}");
+    assert!(
+        d.iter().any(|s| s.into_inner() >= 0.015),
+        "the waiting send's duration shows its wait: {d:?}"
+    );
+}

@@ -54,7 +54,7 @@ pub use message::{headers, Headers, Message};
 #[cfg(feature = "redis")]
 pub use middleware::dedup::RedisDedupStore;
 pub use pipeline::{Pipeline, PipelineReport};
-pub use producer::{BatchReport, DynProducer, Producer, ProducerExt, SendNow};
+pub use producer::{BatchReport, DynProducer, Producer, ProducerExt, SendNow, Sending};
 pub use queue_stats::QueueStats;
 pub use registry::Registry;
 pub use router::{Router, RouterReport};

@@ -25,7 +25,7 @@ use futures_util::{FutureExt, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId};
-use crate::producer::{Producer, SendNow};
+use crate::producer::{Producer, SendNow, Sending};
 
 /// Sends with up to `max_in_flight` confirmations outstanding. Call
 /// [`Pipeline::finish`] to wait for the rest and get the report; dropping a
@@ -44,7 +44,7 @@ pub struct Pipeline<P> {
 /// without a box of the pipeline's own around it.
 struct InFlight {
     id: MessageId,
-    sending: Pin<Box<dyn Future<Output = Result<()>> + Send>>,
+    sending: Sending,
 }
 
 impl Future for InFlight {
@@ -52,7 +52,7 @@ impl Future for InFlight {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        match this.sending.as_mut().poll(cx) {
+        match Pin::new(&mut this.sending).poll(cx) {
             Poll::Ready(result) => {
                 let id = std::mem::replace(&mut this.id, MessageId::from(""));
                 Poll::Ready((id, result))
@@ -103,7 +103,7 @@ impl<P: Producer + Clone + Send + 'static> Pipeline<P> {
         };
         self.in_flight.push(InFlight {
             id,
-            sending: Box::pin(async move { producer.send(&destination, message).await }),
+            sending: Sending::new(async move { producer.send(&destination, message).await }),
         });
         self.collect_finished();
     }
@@ -196,7 +196,7 @@ mod tests {
 
         fn send_now(&self, _: &str, message: Message) -> SendNow {
             let fail = message.payload().as_ref() == b"fail";
-            SendNow::Started(Box::pin(async move {
+            SendNow::Started(Sending::new(async move {
                 tokio::task::yield_now().await;
                 if fail {
                     Err(Error::new(crate::ErrorKind::Broker, "refused"))

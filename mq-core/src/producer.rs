@@ -77,7 +77,55 @@ pub enum SendNow {
     /// The send started and must wait (for room, a confirmation): the
     /// future finishes it. Dropping it cancels the send, whose outcome is
     /// then unknown, as with a dropped [`Producer::send`] future.
-    Started(Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>),
+    Started(Sending),
+}
+
+/// A started send ([`SendNow::Started`]): the backend's future, and what
+/// the client's instrumentation counts when it ends. The count rides along
+/// with the backend's future instead of wrapping it in a second boxed
+/// future: a busy producer makes one of these per message.
+pub struct Sending {
+    future: Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>,
+    done: Option<crate::observe::SendDone>,
+}
+
+impl Sending {
+    /// The send that `future` finishes.
+    pub fn new(future: impl Future<Output = Result<()>> + Send + 'static) -> Self {
+        Sending {
+            future: Box::pin(future),
+            done: None,
+        }
+    }
+
+    /// Counts the outcome with `done` when the send ends (the client's
+    /// instrumentation).
+    pub(crate) fn on_done(mut self, done: crate::observe::SendDone) -> Self {
+        self.done = Some(done);
+        self
+    }
+}
+
+impl Future for Sending {
+    type Output = Result<()>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        let this = &mut *self;
+        let result = std::task::ready!(this.future.as_mut().poll(cx));
+        if let Some(done) = this.done.take() {
+            done.record(&result);
+        }
+        std::task::Poll::Ready(result)
+    }
+}
+
+impl fmt::Debug for Sending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sending").finish_non_exhaustive()
+    }
 }
 
 impl SendNow {

@@ -14,14 +14,12 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use mq_core::backend::time::instant_after;
 use mq_core::backend::Prefetch;
-use mq_core::{Error, ErrorKind, Message, Received, Result};
+use mq_core::{Error, ErrorKind, Message, Received, Result, Sending};
 use parking_lot::{Condvar, Mutex, RwLock};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
@@ -63,9 +61,6 @@ struct Current {
     producer: FutureProducer<HealthContext>,
     generation: u64,
 }
-
-/// A record handed to librdkafka, resolving on its delivery report.
-pub(crate) type Sending = Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>;
 
 impl fmt::Debug for Sender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -158,7 +153,7 @@ impl Sender {
         match queued {
             Ok(report) => {
                 let sender = self.clone();
-                Some(Box::pin(async move {
+                Some(Sending::new(async move {
                     match report.await {
                         Ok(report) => sender.reported(generation, report),
                         // The producer went away without a report (two
@@ -171,7 +166,7 @@ impl Sender {
             Err((e, _)) => {
                 let e = convert(e, "send", Some(topic));
                 self.failed(generation, topic, &e);
-                Some(Box::pin(std::future::ready(Err(e))))
+                Some(Sending::new(std::future::ready(Err(e))))
             }
         }
     }

@@ -43,7 +43,7 @@ use crate::driver::{Connector, Driver};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
 use crate::prefetch::Prefetch;
-use crate::producer::{BatchReport, DynProducer, Producer, SendNow};
+use crate::producer::{BatchReport, DynProducer, Producer, SendNow, Sending};
 use crate::queue_stats::QueueStats;
 use crate::url::{RedactedUrl, UrlOptions};
 
@@ -318,7 +318,7 @@ impl BrokerInner {
         }
         // Cancelling from here on leaves the message in the first `pushed`
         // groups only: a cancelled send's outcome is unknown.
-        SendNow::Started(Box::pin(async move {
+        SendNow::Started(Sending::new(async move {
             send_waiting(&queues[pushed..], stored, None).await
         }))
     }

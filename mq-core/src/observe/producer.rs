@@ -15,11 +15,10 @@ use crate::checks::{check_send, send_batch_checked};
 use crate::error::Result;
 use crate::health::Health;
 use crate::message::Message;
-use crate::producer::{BatchReport, DynProducer, Producer, SendNow};
+use crate::producer::{BatchReport, DynProducer, Producer, SendNow, Sending};
 
 /// The metric handles of one destination, made once and reused, and its
 /// name (shared: a send in flight needs it only if it fails).
-#[derive(Clone)]
 struct SendMetrics {
     sent: Counter,
     duration: Histogram,
@@ -31,11 +30,11 @@ pub(crate) struct InstrumentedProducer {
     backend: &'static str,
     /// For the checks every send passes first (`crate::checks`).
     caps: Capabilities,
-    by_destination: RwLock<FxHashMap<Box<str>, SendMetrics>>,
+    by_destination: RwLock<FxHashMap<Box<str>, Arc<SendMetrics>>>,
     /// The destination sent to last and its handles: a producer mostly
     /// sends to one destination, and this spares each send the map's
     /// hashing.
-    last: Mutex<Option<(Box<str>, SendMetrics)>>,
+    last: Mutex<Option<(Box<str>, Arc<SendMetrics>)>>,
     /// The backend's `can_send_now`, asked once.
     sends_now: bool,
 }
@@ -56,7 +55,7 @@ impl InstrumentedProducer {
         })
     }
 
-    fn metrics(&self, destination: &str) -> SendMetrics {
+    fn metrics(&self, destination: &str) -> Arc<SendMetrics> {
         if let Some((name, m)) = &*self.last.lock() {
             if **name == *destination {
                 return m.clone();
@@ -67,7 +66,7 @@ impl InstrumentedProducer {
         m
     }
 
-    fn metrics_of(&self, destination: &str) -> SendMetrics {
+    fn metrics_of(&self, destination: &str) -> Arc<SendMetrics> {
         if let Some(m) = self.by_destination.read().get(destination) {
             return m.clone();
         }
@@ -75,11 +74,11 @@ impl InstrumentedProducer {
             ("backend", self.backend.to_owned()),
             ("destination", destination.to_owned()),
         ];
-        let m = SendMetrics {
+        let m = Arc::new(SendMetrics {
             sent: metrics::counter!(names::SENT, &labels),
             duration: metrics::histogram!(names::SEND_DURATION, &labels),
             destination: destination.into(),
-        };
+        });
         self.by_destination
             .write()
             .insert(destination.into(), m.clone());
@@ -111,6 +110,20 @@ fn count_error(backend: &'static str, destination: &str, e: &crate::Error) {
     metrics::counter!(names::SEND_ERRORS,
         "backend" => backend, "destination" => destination.to_owned(), "kind" => format!("{:?}", e.kind()))
     .increment(1);
+}
+
+/// What a started send counts when it ends (see [`Sending`]).
+pub(crate) struct SendDone {
+    metrics: Arc<SendMetrics>,
+    backend: &'static str,
+    started: Instant,
+}
+
+impl SendDone {
+    pub(crate) fn record(&self, result: &Result<()>) {
+        self.metrics
+            .record(self.backend, Some(self.started), result);
+    }
 }
 
 impl SendMetrics {
@@ -171,15 +184,23 @@ impl Producer for InstrumentedProducer {
             SendNow::Started(sending) => sending,
             SendNow::Later(message) => {
                 let (inner, dest) = (self.inner.clone(), destination.to_owned());
-                Box::pin(async move { inner.send(&dest, message).await })
+                Sending::new(async move { inner.send(&dest, message).await })
             }
         };
         // Timed from the hand-off: the wait for the broker is what a send's
         // duration shows.
-        let started = Instant::now();
-        SendNow::Started(Box::pin(async move {
+        let done = SendDone {
+            metrics,
+            backend,
+            started: Instant::now(),
+        };
+        if span.is_disabled() {
+            // Counted as the backend's future ends: no future around it.
+            return SendNow::Started(sending.on_done(done));
+        }
+        SendNow::Started(Sending::new(async move {
             let result = sending.instrument(span).await;
-            metrics.record(backend, Some(started), &result);
+            done.record(&result);
             result
         }))
     }
