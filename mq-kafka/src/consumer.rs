@@ -99,6 +99,14 @@ const FULL_RECHECK: Duration = Duration::from_millis(5);
 /// samples at 200k records/s.
 const BURST: usize = 256;
 
+/// Records waiting in the read-ahead that wake a waiting `receive` while
+/// the poll thread is still taking more (bursts end at [`BURST`] records
+/// with more queued in librdkafka). Waking the application's task per
+/// burst cost a runtime park and unpark (and a sibling worker's) per 256
+/// records at full speed; a burst that empties librdkafka's queue wakes it
+/// at once, so a record is never held back waiting for company.
+const WAKE_AT: usize = 768;
+
 /// Most payload bytes parsed in one burst: bounds how far past its limit
 /// a full read-ahead grows (a burst is handed over whole).
 const BURST_BYTES: usize = 1024 * 1024;
@@ -150,11 +158,20 @@ impl Shared {
         }
     }
 
+    /// How many waiting records wake `receive` while more are coming
+    /// (see [`Shared::accept`]): half the read-ahead at most, so that a full
+    /// read-ahead has always woken it.
+    fn wake_at(&self) -> usize {
+        WAKE_AT.min(self.read_ahead_limit() / 2)
+    }
+
     /// Hands a burst of fetched records, in fetch order, to the read-ahead
-    /// under one lock and wakes `receive` once. Returns the partitions to
-    /// pause at once: a record of theirs is not due yet (it and every later
-    /// record of its partition are read again when due).
-    fn accept(&self, burst: &mut Vec<Fetched>) -> Vec<Tp> {
+    /// under one lock and wakes `receive` once, if `more` records are not
+    /// coming at once (librdkafka's queue ran dry) or enough wait
+    /// ([`Shared::wake_at`]). Returns the partitions to pause at once: a
+    /// record of theirs is not due yet (it and every later record of its
+    /// partition are read again when due).
+    fn accept(&self, burst: &mut Vec<Fetched>, more: bool) -> Vec<Tp> {
         let mut pause = Vec::new();
         if burst.is_empty() {
             return pause;
@@ -212,8 +229,13 @@ impl Shared {
             });
             taken += 1;
         }
+        // Large records fill the read-ahead's bytes before its count: they
+        // wake it from a quarter of them, so a full read-ahead has always
+        // woken `receive`.
+        let wake = taken > 0
+            && (!more || ready.len() >= self.wake_at() || *ready_bytes >= READ_AHEAD_BYTES / 4);
         drop(guard);
-        if taken > 0 {
+        if wake {
             self.readable.notify_one();
         }
         pause
@@ -342,11 +364,17 @@ impl Context {
     /// dropped) by the revoke, not be accepted afterwards into the
     /// partition's next assignment, whose owner reads it again anyway.
     fn accept_burst(&self) -> Vec<Tp> {
+        self.accept_burst_with(false)
+    }
+
+    /// [`Context::accept_burst`] at the end of a burst: `more`, librdkafka
+    /// has records queued still (the burst ended at its size limit).
+    fn accept_burst_with(&self, more: bool) -> Vec<Tp> {
         let mut burst = self.burst.lock();
         if burst.is_empty() {
             return Vec::new();
         }
-        self.shared.accept(&mut burst)
+        self.shared.accept(&mut burst, more)
     }
 
     /// `revoked` goes to another member: the burst is handed over first,
@@ -489,6 +517,8 @@ fn take_burst(
     let mut wait = POLL;
     let mut bytes = 0usize;
     let mut failed = None;
+    // The burst ended at its size limit, not on an empty queue.
+    let mut more = true;
     // Topic names are shared within a burst only (see `Shared::accept`).
     topics.clear();
     for _ in 0..BURST {
@@ -496,7 +526,10 @@ fn take_burst(
         // so far over first (see `hand_over`), so the burst is not borrowed
         // across the poll.
         match consumer.poll(wait) {
-            None => break,
+            None => {
+                more = false;
+                break;
+            }
             Some(Ok(msg)) => {
                 let topic = interned(topics, msg.topic());
                 let parsed = parse(&msg, *topic == *shared.retry_topic, chunks);
@@ -512,12 +545,14 @@ fn take_burst(
             }
             Some(Err(e)) => {
                 failed = Some(e);
+                more = false;
                 break;
             }
         }
         wait = Duration::ZERO;
     }
-    hand_over(consumer);
+    let pause = consumer.context().accept_burst_with(more);
+    pause_for_retry(consumer, &pause);
     if let Some(e) = failed {
         let e = convert(e, "consume", Some(&shared.source));
         tracing::debug!(error = %e, "kafka consumer poll error");
@@ -1019,8 +1054,13 @@ mod tests {
     /// A record of `topic`'s `partition` at `offset`, parsed into the burst
     /// with the topic name the burst shares.
     fn fetch_from(ctx: &Context, topic: &Arc<str>, partition: i32, offset: i64) {
+        fetch_sized(ctx, topic, partition, offset, 1);
+    }
+
+    /// [`fetch_from`] with a payload of `size` bytes.
+    fn fetch_sized(ctx: &Context, topic: &Arc<str>, partition: i32, offset: i64, size: usize) {
         let msg = OwnedMessage::new(
-            Some(b"p".to_vec()),
+            Some(vec![b'p'; size]),
             None,
             topic.to_string(),
             Timestamp::NotAvailable,
@@ -1042,6 +1082,47 @@ mod tests {
             .iter()
             .map(|p| (p.generation, p.offset))
             .collect()
+    }
+
+    /// Whether `receive` was woken since the last look (a stored permit).
+    fn woken(ctx: &Context) -> bool {
+        use futures::FutureExt;
+        ctx.shared.readable.notified().now_or_never().is_some()
+    }
+
+    /// While librdkafka has more records queued, a waiting `receive` is
+    /// woken once enough records wait (a quarter of the read-ahead's bytes
+    /// for large records), not per burst; a burst that empties librdkafka's
+    /// queue wakes it at once, however small.
+    #[test]
+    fn receive_is_woken_per_batch_while_records_keep_coming() {
+        let ctx = context();
+        let topic: Arc<str> = "t".into();
+        ctx.shared.state.lock().assign((topic.clone(), 0));
+        let wake_at = ctx.shared.wake_at();
+        assert_eq!(wake_at, 250, "half the read-ahead of a prefetch of 10");
+        for o in 0..10 {
+            fetch(&ctx, o);
+        }
+        ctx.accept_burst_with(true);
+        assert!(!woken(&ctx), "10 records and more coming: not yet");
+        for o in 10..wake_at as i64 {
+            fetch(&ctx, o);
+        }
+        ctx.accept_burst_with(true);
+        assert!(woken(&ctx), "{wake_at} records wait");
+        fetch(&ctx, wake_at as i64);
+        ctx.accept_burst_with(false);
+        assert!(woken(&ctx), "librdkafka's queue ran dry: at once");
+
+        let ctx = context();
+        ctx.shared.state.lock().assign((topic.clone(), 0));
+        fetch_sized(&ctx, &topic, 0, 0, READ_AHEAD_BYTES / 8);
+        ctx.accept_burst_with(true);
+        assert!(!woken(&ctx), "an eighth of the bytes: not yet");
+        fetch_sized(&ctx, &topic, 0, 1, READ_AHEAD_BYTES / 8);
+        ctx.accept_burst_with(true);
+        assert!(woken(&ctx), "a quarter of the read-ahead's bytes");
     }
 
     #[test]
