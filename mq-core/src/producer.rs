@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 
@@ -86,7 +87,14 @@ pub enum SendNow {
 /// future: a busy producer makes one of these per message.
 pub struct Sending {
     future: Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>,
-    done: Option<crate::observe::SendDone>,
+    counted: Option<(Arc<dyn CountSend>, Instant)>,
+}
+
+/// Counts a started send when it ends, given when it started waiting (the
+/// client's instrumentation implements it; defined here so that this file
+/// does not depend on `observe`).
+pub(crate) trait CountSend: Send + Sync {
+    fn count(&self, started: Instant, result: &Result<()>);
 }
 
 impl Sending {
@@ -94,14 +102,14 @@ impl Sending {
     pub fn new(future: impl Future<Output = Result<()>> + Send + 'static) -> Self {
         Sending {
             future: Box::pin(future),
-            done: None,
+            counted: None,
         }
     }
 
-    /// Counts the outcome with `done` when the send ends (the client's
-    /// instrumentation).
-    pub(crate) fn on_done(mut self, done: crate::observe::SendDone) -> Self {
-        self.done = Some(done);
+    /// Counts the outcome with `by` when the send ends; it waited since
+    /// `started`.
+    pub(crate) fn counted(mut self, by: Arc<dyn CountSend>, started: Instant) -> Self {
+        self.counted = Some((by, started));
         self
     }
 }
@@ -115,8 +123,8 @@ impl Future for Sending {
     ) -> std::task::Poll<Result<()>> {
         let this = &mut *self;
         let result = std::task::ready!(this.future.as_mut().poll(cx));
-        if let Some(done) = this.done.take() {
-            done.record(&result);
+        if let Some((by, started)) = this.counted.take() {
+            by.count(started, &result);
         }
         std::task::Poll::Ready(result)
     }

@@ -740,7 +740,6 @@ impl KafkaConsumer {
             .with_destination(self.shared.source.to_string())
     }
 
-    /// Takes a ready record if there is one (the prefetch has room for it).
     /// Hands out up to `n` waiting records into `batch`; returns how many.
     /// They are taken under the consumer's lock, made into deliveries
     /// without it, and their copies for `close` are kept under it again

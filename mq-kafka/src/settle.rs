@@ -2,7 +2,7 @@
 //!
 //! | settlement | what happens |
 //! |---|---|
-//! | ack | the offset is marked done; the committer commits it once every lower offset of the partition is done |
+//! | ack | the offset is queued as done ([`acks`](crate::acks), applied to the state in batches); the committer commits it once every lower offset of the partition is done; after close an ack fails with `Closed` |
 //! | nack (now or after a delay) | a copy goes to the group's retry topic with `mq-attempt` + 1 (and `mq-not-before` for a delay); once Kafka acknowledged it, the offset is marked done |
 //! | dead letter | a copy with the reason headers (cut to fit `message.max.bytes`) goes to the consumer's dead-letter topic (`<topic>-dlq` unless the options name another); then the offset is marked done |
 //! | dropped unsettled | the record goes back to the retry topic with its attempt unchanged (no handler failed), from a spawned task (drop must not block) |

@@ -28,4 +28,4 @@ pub mod trace;
 pub use crate::health::Health;
 pub use crate::queue_stats::QueueStats;
 pub(crate) use consumer::InstrumentedConsumer;
-pub(crate) use producer::{InstrumentedProducer, SendDone};
+pub(crate) use producer::InstrumentedProducer;

@@ -15,11 +15,12 @@ use crate::checks::{check_send, send_batch_checked};
 use crate::error::Result;
 use crate::health::Health;
 use crate::message::Message;
-use crate::producer::{BatchReport, DynProducer, Producer, SendNow, Sending};
+use crate::producer::{BatchReport, CountSend, DynProducer, Producer, SendNow, Sending};
 
 /// The metric handles of one destination, made once and reused, and its
 /// name (shared: a send in flight needs it only if it fails).
 struct SendMetrics {
+    backend: &'static str,
     sent: Counter,
     duration: Histogram,
     destination: Arc<str>,
@@ -75,6 +76,7 @@ impl InstrumentedProducer {
             ("destination", destination.to_owned()),
         ];
         let m = Arc::new(SendMetrics {
+            backend: self.backend,
             sent: metrics::counter!(names::SENT, &labels),
             duration: metrics::histogram!(names::SEND_DURATION, &labels),
             destination: destination.into(),
@@ -101,7 +103,7 @@ impl InstrumentedProducer {
         let metrics = self.metrics(destination);
         let started = Instant::now();
         let result = self.inner.send(destination, message).instrument(span).await;
-        metrics.record(self.backend, Some(started), &result);
+        metrics.record(Some(started), &result);
         result
     }
 }
@@ -112,31 +114,23 @@ fn count_error(backend: &'static str, destination: &str, e: &crate::Error) {
     .increment(1);
 }
 
-/// What a started send counts when it ends (see [`Sending`]).
-pub(crate) struct SendDone {
-    metrics: Arc<SendMetrics>,
-    backend: &'static str,
-    started: Instant,
-}
-
-impl SendDone {
-    pub(crate) fn record(&self, result: &Result<()>) {
-        self.metrics
-            .record(self.backend, Some(self.started), result);
+impl CountSend for SendMetrics {
+    fn count(&self, started: Instant, result: &Result<()>) {
+        self.record(Some(started), result);
     }
 }
 
 impl SendMetrics {
     /// Counts a finished send; `started`: when it began waiting (`None`:
     /// it never waited, and its duration is 0).
-    fn record(&self, backend: &'static str, started: Option<Instant>, result: &Result<()>) {
+    fn record(&self, started: Option<Instant>, result: &Result<()>) {
         match result {
             Ok(()) => {
                 self.sent.increment(1);
                 self.duration
                     .record(started.map_or(Duration::ZERO, |s| s.elapsed()));
             }
-            Err(e) => count_error(backend, &self.destination, e),
+            Err(e) => count_error(self.backend, &self.destination, e),
         }
     }
 }
@@ -166,7 +160,6 @@ impl Producer for InstrumentedProducer {
         let span = trace::send_span(self.backend, destination, &message);
         trace::inject(&span, message.headers_mut());
         let metrics = self.metrics(destination);
-        let backend = self.backend;
         // Entering a span nobody records costs more than the send itself.
         let now = if span.is_disabled() {
             self.inner.send_now(destination, message)
@@ -178,7 +171,7 @@ impl Producer for InstrumentedProducer {
             // 0, and the fast path reads no clock (two reads cost more than
             // the send itself, 45 ns on the benchmark machine).
             SendNow::Done(result) => {
-                metrics.record(backend, None, &result);
+                metrics.record(None, &result);
                 return SendNow::Done(result);
             }
             SendNow::Started(sending) => sending,
@@ -189,18 +182,14 @@ impl Producer for InstrumentedProducer {
         };
         // Timed from the hand-off: the wait for the broker is what a send's
         // duration shows.
-        let done = SendDone {
-            metrics,
-            backend,
-            started: Instant::now(),
-        };
+        let started = Instant::now();
         if span.is_disabled() {
             // Counted as the backend's future ends: no future around it.
-            return SendNow::Started(sending.on_done(done));
+            return SendNow::Started(sending.counted(metrics, started));
         }
         SendNow::Started(Sending::new(async move {
             let result = sending.instrument(span).await;
-            done.record(&result);
+            metrics.record(Some(started), &result);
             result
         }))
     }
