@@ -9,10 +9,13 @@
 //! The sends are futures polled by the pipeline itself (no task per
 //! message): each is started on the `send` call that adds it, and they make
 //! progress whenever `send` or `finish` runs. Every backend hands a message to
-//! its client library on that first poll, so the broker I/O goes on in the
-//! background in between. A send the producer can finish at once
+//! its client library on that first poll (or in [`Producer::send_now`],
+//! before the future exists: a Kafka record), so the broker I/O goes on in
+//! the background in between. A send the producer can finish at once
 //! ([`Producer::send_now`], the in-memory broker with room) is no future
-//! at all and never takes a place in the window.
+//! at all and never takes a place in the window. Finished sends are
+//! recorded in the report as the window makes room for new ones, and by
+//! `finish`.
 
 use std::fmt;
 use std::future::Future;
@@ -87,8 +90,15 @@ impl<P: Producer + Clone + Send + 'static> Pipeline<P> {
                 return self.collect_finished();
             }
             SendNow::Started(sending) => {
+                // Already with the client library: no poll needed to start
+                // it. Polled when the window is full or by `finish`, as a
+                // hand-written window is. Polling the window after every
+                // such send as well, to record finished ones early, made
+                // the Kafka producer task wait twice per batch round
+                // instead of once: 96% of the raw client's publish rate
+                // against 99-100% without.
                 self.in_flight.push(InFlight { id, sending });
-                return self.collect_finished();
+                return;
             }
             SendNow::Later(message) => message,
         };
@@ -118,12 +128,15 @@ impl<P: Producer + Clone + Send + 'static> Pipeline<P> {
         }
     }
 
-    /// Sends still waiting for confirmation.
+    /// Sends in the window: waiting for confirmation, or confirmed and not
+    /// yet recorded in the [report](Pipeline::report).
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
 
-    /// Confirmed and failed counts so far.
+    /// Confirmed and failed counts of the sends recorded so far: a send
+    /// that finished is recorded when the window is full or by
+    /// [`finish`](Pipeline::finish), whichever comes first.
     pub fn report(&self) -> &PipelineReport {
         &self.report
     }
@@ -230,5 +243,56 @@ mod tests {
         reported.sort();
         failing.sort();
         assert_eq!(reported, failing);
+    }
+
+    /// Counts the polls of its started sends, which are done at once.
+    #[derive(Clone, Debug, Default)]
+    struct CountsPolls(Arc<std::sync::atomic::AtomicUsize>);
+
+    #[async_trait]
+    impl Producer for CountsPolls {
+        async fn send(&self, _: &str, _: Message) -> Result<()> {
+            unreachable!("every send starts through send_now")
+        }
+
+        fn send_now(&self, _: &str, _: Message) -> SendNow {
+            let polls = self.0.clone();
+            SendNow::Started(Sending::new(futures_util::future::poll_fn(move |_| {
+                polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(Ok(()))
+            })))
+        }
+
+        fn can_send_now(&self) -> bool {
+            true
+        }
+    }
+
+    /// A started send is with the client library already: `send` does not
+    /// poll the window for it (that extra poll per send cost the Kafka
+    /// producer 3-4% of its rate). The window is polled when it is full,
+    /// and `finish` records the rest.
+    #[tokio::test]
+    async fn started_sends_are_polled_when_the_window_is_full() {
+        let producer = CountsPolls::default();
+        let polls = || producer.0.load(std::sync::atomic::Ordering::Relaxed);
+        let mut pipeline = Pipeline::new(producer.clone(), 4);
+        for _ in 0..4 {
+            pipeline.send("d", Message::new("x")).await;
+        }
+        assert_eq!(
+            (polls(), pipeline.in_flight(), pipeline.report().sent),
+            (0, 4, 0)
+        );
+        // Full: the fifth send waits for one to finish, then joins.
+        pipeline.send("d", Message::new("x")).await;
+        assert_eq!(pipeline.in_flight(), 4);
+        assert!(
+            pipeline.report().sent >= 1,
+            "room was made by recording a finished send"
+        );
+        assert_eq!(polls() as u64, pipeline.report().sent);
+        let report = pipeline.finish().await;
+        assert_eq!((report.sent, polls()), (5, 5));
     }
 }
