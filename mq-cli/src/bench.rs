@@ -38,8 +38,12 @@ pub(crate) struct Args {
     /// Broker URL. For memory://, give a capacity of at least --count:
     /// memory://bench?capacity=1000000.
     url: String,
-    /// Messages per phase.
-    #[arg(long, default_value_t = 100_000)]
+    /// Messages per phase [default: 100000; for kafka+mock://, at most
+    /// what its partitions keep (5 MiB each)].
+    #[arg(long = "count")]
+    count_given: Option<u64>,
+    /// `--count`, or its default for the URL (set by `run`).
+    #[arg(skip)]
     count: u64,
     /// Payload bytes per message.
     #[arg(long, default_value_t = 100)]
@@ -230,7 +234,39 @@ fn cpu_note(us: Option<f64>) -> String {
         .unwrap_or_default()
 }
 
-pub(crate) async fn run(args: Args, json_out: bool) -> CliResult {
+/// Messages per phase without `--count`.
+const DEFAULT_COUNT: u64 = 100_000;
+
+/// `--count`, checked against what the broker keeps of one destination
+/// (`kafka+mock://` deletes the oldest records beyond its retention, read
+/// or not, and the run would stall until it gives up); without `--count`,
+/// [`DEFAULT_COUNT`] or that most, whichever is fewer.
+async fn message_count(args: &Args) -> CliResult<u64> {
+    let most = baseline::most_messages(args).await?;
+    match (args.count_given, most) {
+        (Some(count), Some(most)) if count > most => Err(format!(
+            "--count {count} is more than this broker keeps of one destination: about \
+             {most} messages of {} bytes (kafka+mock:// keeps 5 MiB per partition and \
+             deletes the oldest records beyond, read or not); use --count {most} or \
+             fewer, or more partitions",
+            args.size
+        )
+        .into()),
+        (Some(count), _) => Ok(count),
+        (None, Some(most)) if most < DEFAULT_COUNT => {
+            eprintln!(
+                "--count {most}: the most messages of {} bytes this broker keeps of one \
+                 destination (kafka+mock:// keeps 5 MiB per partition)",
+                args.size
+            );
+            Ok(most)
+        }
+        (None, _) => Ok(DEFAULT_COUNT),
+    }
+}
+
+pub(crate) async fn run(mut args: Args, json_out: bool) -> CliResult {
+    args.count = message_count(&args).await?;
     if args.count == 0 || args.producers == 0 || args.consumers == 0 {
         return Err("--count, --producers and --consumers must be at least 1".into());
     }
@@ -862,6 +898,38 @@ mod tests {
         use clap::Parser;
         let argv = ["bench", "memory://"].iter().chain(line);
         Cli::try_parse_from(argv).expect("arguments").args
+    }
+
+    /// `kafka+mock://` deletes the oldest records beyond 5 MiB per
+    /// partition: without `--count` the bench sends at most what the
+    /// partitions keep, and a larger `--count` is refused before any run.
+    #[cfg(feature = "kafka")]
+    #[tokio::test]
+    async fn the_count_fits_what_kafka_mock_keeps() {
+        async fn count(url: &str, line: &[&str]) -> CliResult<u64> {
+            use clap::Parser;
+            let argv = ["bench", url].into_iter().chain(line.iter().copied());
+            message_count(&Cli::try_parse_from(argv).expect("arguments").args).await
+        }
+        let p4 = "kafka+mock://bench-count?partitions=4";
+        let most = count(p4, &[]).await.expect("a count");
+        assert!((50_000..DEFAULT_COUNT).contains(&most), "{most}");
+        assert_eq!(count(p4, &["--count", "1000"]).await.expect("fits"), 1000);
+        let refused = count(p4, &["--count", "100000"])
+            .await
+            .expect_err("too many");
+        assert!(refused
+            .to_string()
+            .contains(&format!("--count {most} or fewer")));
+        // Larger records: fewer of them.
+        let big = count(p4, &["--size", "1000"]).await.expect("a count");
+        assert!(big < most / 4, "{big} of 1000 bytes against {most} of 100");
+        let p32 = "kafka+mock://bench-count?partitions=32";
+        assert_eq!(count(p32, &[]).await.expect("a count"), DEFAULT_COUNT);
+        assert_eq!(
+            count("memory://", &[]).await.expect("a count"),
+            DEFAULT_COUNT
+        );
     }
 
     /// Several pairs get one warm-up pair unless told otherwise; a single

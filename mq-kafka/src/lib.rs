@@ -59,7 +59,7 @@ pub use consumer::KafkaConsumer;
 pub use dlq::{removed_topic, REMOVES_HEADER};
 pub use error::BACKEND;
 pub use metadata::KafkaMetadata;
-pub use mock::{is_mock_url, MockCluster, MOCK_SCHEME};
+pub use mock::{is_mock_url, MockCluster, MOCK_PARTITION_BYTES, MOCK_SCHEME};
 pub use producer::KafkaProducer;
 pub use topology::{dead_letter_topic, default_group, retry_topic};
 

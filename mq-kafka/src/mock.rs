@@ -32,6 +32,11 @@ use crate::error::{convert, BACKEND};
 /// The URL scheme of the in-process mock cluster.
 pub const MOCK_SCHEME: &str = "kafka+mock";
 
+/// Bytes of record batches each partition of a mock cluster keeps: beyond
+/// them librdkafka deletes the oldest batches, read or not (its fixed
+/// `max_size` per mock partition, in `rdkafka_mock.c`).
+pub const MOCK_PARTITION_BYTES: u64 = 5 * 1024 * 1024;
+
 /// Most brokers a mock cluster may have.
 const MAX_BROKERS: i32 = 32;
 

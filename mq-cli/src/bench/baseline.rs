@@ -50,6 +50,10 @@ pub(crate) struct Baseline {
     pub(crate) run: for<'a> fn(&'a Args) -> Boxed<'a, CliResult<Results>>,
     /// Waits until the SDK's consumers are ready (Kafka: the group joined).
     pub(crate) ready: Option<ReadyFn>,
+    /// The most messages one phase may send to a destination before the
+    /// broker deletes ones not yet consumed (`kafka+mock://`'s retention);
+    /// `None` when there is no such limit.
+    pub(crate) most_messages: Option<for<'a> fn(&'a Args) -> Boxed<'a, CliResult<Option<u64>>>>,
     /// Deletes the bench's destinations.
     pub(crate) cleanup: for<'a> fn(&'a str, &'a [String]) -> Boxed<'a, CliResult>,
 }
@@ -103,6 +107,15 @@ pub(crate) async fn ready(
     match baseline_of(url).and_then(|b| b.ready) {
         Some(ready) => ready(url, destination, consumers).await,
         None => Ok(()),
+    }
+}
+
+/// The most messages a phase may send to one destination of `args.url`
+/// without losing any to the broker's retention, if it has such a limit.
+pub(crate) async fn most_messages(args: &Args) -> CliResult<Option<u64>> {
+    match baseline_of(&args.url).and_then(|b| b.most_messages) {
+        Some(most) => most(args).await,
+        None => Ok(None),
     }
 }
 

@@ -715,10 +715,35 @@ pub(crate) async fn cleanup(url: &str, destinations: &[String]) -> CliResult {
     Ok(())
 }
 
+/// Bytes a bench record takes in a record batch beyond its payload, with
+/// room to spare: the record's own fields, the `mq-message-id` header and
+/// the end-to-end phase's time stamp header (about 90), and its share of
+/// the batch's header.
+const RECORD_BYTES: u64 = 160;
+
+/// `kafka+mock://` only: the most records of `--size` bytes one topic
+/// keeps, nine tenths of the mock cluster's retention
+/// ([`mq_kafka::MOCK_PARTITION_BYTES`] per partition). Beyond that it
+/// deletes the oldest records before the consume phase reads them, and the
+/// run would stall until it gives up.
+async fn most_messages(args: &Args) -> CliResult<Option<u64>> {
+    if !mq_kafka::is_mock_url(&args.url) {
+        return Ok(None);
+    }
+    let (config, _mock) = open(&args.url).await?;
+    let record = u64::try_from(args.size)
+        .unwrap_or(u64::MAX)
+        .saturating_add(RECORD_BYTES);
+    let per_partition = mq_kafka::MOCK_PARTITION_BYTES / 10 * 9 / record;
+    let partitions = u64::try_from(config.partitions).unwrap_or(1);
+    Ok(Some(per_partition.saturating_mul(partitions)))
+}
+
 /// This module as an entry of the bench's baseline list.
 pub(crate) const BASELINE: super::Baseline = super::Baseline {
     backend: mq_kafka::DRIVER.name,
     run: |args| Box::pin(run(args)),
     ready: Some(|url, topic, consumers| Box::pin(sdk_ready(url, topic, consumers))),
+    most_messages: Some(|args| Box::pin(most_messages(args))),
     cleanup: |url, destinations| Box::pin(cleanup(url, destinations)),
 };

@@ -391,5 +391,6 @@ pub(crate) const BASELINE: super::Baseline = super::Baseline {
     backend: mq_rabbit::DRIVER.name,
     run: |args| Box::pin(run(args)),
     ready: None,
+    most_messages: None,
     cleanup: |url, destinations| Box::pin(cleanup(url, destinations)),
 };
