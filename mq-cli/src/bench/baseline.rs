@@ -40,6 +40,9 @@ pub(crate) type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) type ReadyFn =
     for<'a> fn(&'a str, &'a str, &'a mut [mq::DynConsumer]) -> Boxed<'a, CliResult>;
 
+/// The most messages a destination keeps (see [`Baseline::most_messages`]).
+pub(crate) type MostFn = for<'a> fn(&'a Args) -> Boxed<'a, CliResult<Option<u64>>>;
+
 /// One backend's raw-client baseline, found by the driver's name: adding a
 /// backend's baseline is a module with a `BASELINE` and one line in
 /// [`BASELINES`].
@@ -53,7 +56,7 @@ pub(crate) struct Baseline {
     /// The most messages one phase may send to a destination before the
     /// broker deletes ones not yet consumed (`kafka+mock://`'s retention);
     /// `None` when there is no such limit.
-    pub(crate) most_messages: Option<for<'a> fn(&'a Args) -> Boxed<'a, CliResult<Option<u64>>>>,
+    pub(crate) most_messages: Option<MostFn>,
     /// Deletes the bench's destinations.
     pub(crate) cleanup: for<'a> fn(&'a str, &'a [String]) -> Boxed<'a, CliResult>,
 }
