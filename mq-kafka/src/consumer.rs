@@ -5,6 +5,10 @@
 //! group heartbeats and rebalance callbacks are served even while the
 //! application holds its prefetch of deliveries and calls no `receive`.
 //! Fetched records wait in a small ready queue; `receive` takes from it.
+//! Its polls of librdkafka never block: with nothing queued the thread
+//! waits on a doorbell that librdkafka rings when something arrives and
+//! `close` rings when the consumer stops, so a `close` is not held up by
+//! a poll in progress (a blocking librdkafka poll cannot be cut short).
 //!
 //! * Hand-off: the thread parses a burst of records (up to 256 records, or
 //!   1 MiB of payload) without the consumer's lock, then hands them over
@@ -67,8 +71,10 @@ use crate::health::KafkaHealth;
 use crate::offsets::PartitionState;
 use crate::settle::KafkaSettler;
 
-/// How long one poll of librdkafka waits; bounds how late a pause, resume
-/// or commit happens.
+/// How long the poll thread waits for librdkafka's empty queue to fill
+/// before it looks at its state again; bounds how late a pause, resume or
+/// commit happens. Records, rebalances and `close` cut the wait short
+/// ([`Doorbell`](crate::core::Doorbell)).
 const POLL: Duration = Duration::from_millis(20);
 
 /// Numbers the consumers of this process for the poll thread's logs: every
@@ -156,6 +162,22 @@ impl Shared {
             state.waiting_for_room = false;
             self.room.notify_one();
         }
+    }
+
+    /// Tells the poll thread to commit what is settled and leave the group,
+    /// at once if it is waiting for records or for room. Acks are refused
+    /// from here on; the thread's last round applies the queued ones
+    /// before its last commit.
+    pub(crate) fn stop(&self) {
+        self.acks.close();
+        let mut state = self.state.lock();
+        state.closed = true;
+        state.stop = true;
+        state.ready.clear();
+        state.ready_bytes = 0;
+        self.taken(&mut state);
+        drop(state);
+        self.doorbell.ring();
     }
 
     /// How many waiting records wake `receive` while more are coming
@@ -503,9 +525,9 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>, member: u64) 
     tracing::debug!(group = %shared.group, source = %shared.source, "consumer left the group");
 }
 
-/// Takes up to [`BURST`] records (at most [`BURST_BYTES`] of payload): the
-/// first poll waits up to [`POLL`], the rest only take what librdkafka has
-/// queued. Records are parsed as they come into the context's burst, then
+/// Takes up to [`BURST`] records (at most [`BURST_BYTES`] of payload) of
+/// what librdkafka has queued; if it had nothing, waits up to [`POLL`] for
+/// its doorbell ([`Doorbell`](crate::core::Doorbell)) afterwards. Records are parsed as they come into the context's burst, then
 /// handed over together ([`hand_over`]). `topics` keeps the names seen in
 /// this burst, so its records share them.
 fn take_burst(
@@ -514,8 +536,8 @@ fn take_burst(
     topics: &mut Vec<Arc<str>>,
     chunks: &mut PayloadChunks,
 ) {
-    let mut wait = POLL;
     let mut bytes = 0usize;
+    let mut polled = 0usize;
     let mut failed = None;
     // The burst ended at its size limit, not on an empty queue.
     let mut more = true;
@@ -525,12 +547,13 @@ fn take_burst(
         // A poll may run a rebalance callback; it hands the records parsed
         // so far over first (see `hand_over`), so the burst is not borrowed
         // across the poll.
-        match consumer.poll(wait) {
+        match consumer.poll(Duration::ZERO) {
             None => {
                 more = false;
                 break;
             }
             Some(Ok(msg)) => {
+                polled += 1;
                 let topic = interned(topics, msg.topic());
                 let parsed = parse(&msg, *topic == *shared.retry_topic, chunks);
                 bytes = bytes.saturating_add(parsed.message.payload().len());
@@ -549,10 +572,12 @@ fn take_burst(
                 break;
             }
         }
-        wait = Duration::ZERO;
     }
     let pause = consumer.context().accept_burst_with(more);
     pause_for_retry(consumer, &pause);
+    if polled == 0 && failed.is_none() {
+        shared.doorbell.wait(POLL);
+    }
     if let Some(e) = failed {
         let e = convert(e, "consume", Some(&shared.source));
         tracing::debug!(error = %e, "kafka consumer poll error");
@@ -688,7 +713,7 @@ impl KafkaConsumer {
             dead_letter,
             prefetch,
         ));
-        let consumer: BaseConsumer<Context> = config
+        let mut consumer: BaseConsumer<Context> = config
             .consumer_config(&group)
             .create_with_context(Context {
                 shared: shared.clone(),
@@ -696,6 +721,8 @@ impl KafkaConsumer {
                 burst: Mutex::new(Vec::with_capacity(BURST)),
             })
             .map_err(|e| convert_create(e, &config.secrets(), Some(&source)))?;
+        let bell = shared.clone();
+        consumer.set_nonempty_callback(move || bell.doorbell.ring());
         consumer
             .subscribe(&[source.as_str(), retry_topic.as_str()])
             .map_err(|e| convert(e, "subscribe", Some(&source)))?;
@@ -790,18 +817,6 @@ impl KafkaConsumer {
         self.taken = taken;
         self.held = held;
         Ok(took)
-    }
-
-    fn signal_stop(&self) {
-        // Acks are refused from here on; the poll thread's last round
-        // applies the queued ones before its last commit.
-        self.shared.acks.close();
-        let mut state = self.shared.state.lock();
-        state.closed = true;
-        state.stop = true;
-        state.ready.clear();
-        state.ready_bytes = 0;
-        self.shared.taken(&mut state);
     }
 }
 
@@ -907,7 +922,7 @@ impl Consumer for KafkaConsumer {
                 break;
             }
         }
-        self.signal_stop();
+        self.shared.stop();
         if let Some(thread) = self.thread.take() {
             match thread.wait(self.close_timeout).await {
                 Ending::Left => {}
@@ -969,7 +984,7 @@ impl Drop for KafkaConsumer {
     fn drop(&mut self) {
         // Not closed: stop the thread (it commits what is settled and leaves
         // the group); unsettled deliveries are redelivered to the next owner.
-        self.signal_stop();
+        self.shared.stop();
     }
 }
 
@@ -1026,6 +1041,47 @@ mod tests {
             shutdown.elapsed()
         );
         let _ = releaser.join();
+    }
+
+    /// `close` (and a drop) cut the poll thread's wait for records short:
+    /// it used to notice a stop only after a whole poll of librdkafka.
+    #[test]
+    fn a_stop_wakes_the_poll_thread_waiting_for_records() {
+        let ctx = context();
+        let shared = ctx.shared.clone();
+        let waiter = std::thread::spawn(move || {
+            let started = Instant::now();
+            shared.doorbell.wait(Duration::from_secs(30));
+            started.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        ctx.shared.stop();
+        let waited = waiter.join().expect("waiter");
+        assert!(
+            waited < Duration::from_secs(10),
+            "the poll thread waited {waited:?} after the stop"
+        );
+        assert!(ctx.shared.state.lock().stop);
+    }
+
+    /// A ring before the wait is not lost (librdkafka may ring while the
+    /// thread is still handing over its last burst), and counts once.
+    #[test]
+    fn the_doorbell_keeps_a_ring_until_the_next_wait() {
+        let bell = crate::core::Doorbell::default();
+        bell.ring();
+        let started = Instant::now();
+        bell.wait(Duration::from_secs(30));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the ring was lost"
+        );
+        let started = Instant::now();
+        bell.wait(Duration::from_millis(50));
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "a ring woke two waits"
+        );
     }
 
     fn context() -> Context {

@@ -341,6 +341,8 @@ pub(crate) struct Shared {
     /// after a fixed sleep: the application drains a full read-ahead of
     /// local records in a few milliseconds.
     pub(crate) room: Condvar,
+    /// Wakes the poll thread from its wait for records (see [`Doorbell`]).
+    pub(crate) doorbell: Doorbell,
     /// Deliveries the application holds unsettled, against its prefetch.
     pub(crate) slots: Prefetch,
     /// Acks not applied to `state` yet (see [`Shared::apply_acks`]).
@@ -356,6 +358,37 @@ pub(crate) struct Shared {
     pub(crate) commit_interval: Duration,
     /// How long the read-ahead may stay full before the partitions pause.
     pub(crate) pause_after: Duration,
+}
+
+/// What the poll thread waits on while librdkafka's queue is empty:
+/// librdkafka rings it when its queue stops being empty (a record, a
+/// rebalance, a commit result), `close` when the consumer stops. A
+/// blocking librdkafka poll could not be cut short, so a `close` used to
+/// wait up to a whole poll for the thread to notice it; the thread now
+/// polls without waiting and waits here instead.
+#[derive(Default)]
+pub(crate) struct Doorbell {
+    rung: Mutex<bool>,
+    ringing: Condvar,
+}
+
+impl Doorbell {
+    /// Wakes the waiting poll thread, or the next wait if none waits now.
+    /// Called by librdkafka's threads with its queue locked: takes only
+    /// this bell's own lock.
+    pub(crate) fn ring(&self) {
+        *self.rung.lock() = true;
+        self.ringing.notify_one();
+    }
+
+    /// Waits until rung (since the last wait) or `at_most` passed.
+    pub(crate) fn wait(&self, at_most: Duration) {
+        let mut rung = self.rung.lock();
+        if !*rung {
+            let _ = self.ringing.wait_for(&mut rung, at_most);
+        }
+        *rung = false;
+    }
 }
 
 #[derive(Default)]
@@ -594,6 +627,7 @@ impl Shared {
             readable: Notify::new(),
             idle: Notify::new(),
             room: Condvar::new(),
+            doorbell: Doorbell::default(),
             slots: Prefetch::new(prefetch),
             acks: Acks::default(),
             prefetch,
