@@ -12,7 +12,7 @@
 //! | record | value, header `mq-message-id` (a UUIDv7), no key | value only (plus the latency header in the end-to-end phase), no key; with `--raw-ids` also the `mq-message-id` header (a UUIDv7) |
 //! | topic | created with `partitions` and `replication` when `auto_create_topics=true` | always created with `partitions` and `replication` |
 //! | `kafka+mock://` | librdkafka's mock cluster in the process, topics created through it (no Admin API there) | the same: a cluster of the same URL (the SDK's is gone by then, so a fresh one), topics created through it |
-//! | consumer | a `BaseConsumer` per consumer polled on its own thread (20 ms polls) in group `mq-<topic>`, subscribed to the topic and its retry topic; `enable.auto.commit=false`, `enable.auto.offset.store=false`, `auto.offset.reset=earliest`, `session.timeout.ms=10000`, `heartbeat.interval.ms=1000`, `enable.partition.eof=false`, `topic.metadata.refresh.interval.ms=10000` | the same settings and thread, subscribed to the topic only |
+//! | consumer | a `BaseConsumer` per consumer polled on its own thread in group `mq-<topic>`, subscribed to the topic and its retry topic; `enable.auto.commit=false`, `enable.auto.offset.store=false`, `auto.offset.reset=earliest`, `session.timeout.ms=10000`, `heartbeat.interval.ms=1000`, `enable.partition.eof=false`, `topic.metadata.refresh.interval.ms=10000`; polls never block: with nothing queued the thread waits up to 20 ms on a doorbell that librdkafka rings when something arrives (and `close` when the consumer stops) | the same settings and thread, subscribed to the topic only; in place, 20 ms polls (the thread sees the end of the phase after its last ack); with `--raw-owned`, the same doorbell, also rung by the task when the phase is done (a blocking poll would see the end only when it times out) |
 //! | prefetch | at most `--prefetch` deliveries handed out unsettled, and a read-ahead of twice the prefetch (at least 500) behind them; when that is full the thread stops taking records (librdkafka's bounded fetch queue holds what it fetches) and pauses the partitions only after half the session timeout | before the phase, the same read-ahead taken, then no poll until the phase starts; in the phase each record is acked as it is polled, so librdkafka's own fetch queue (`queued.min.messages`, `queued.max.messages.kbytes`, defaults) is the only read-ahead |
 //! | ack | offset marked done; the lowest unsettled offset per partition committed (async) every `commit_interval` (200 ms) and on close (sync) | the next offset per partition committed (async) every `commit_interval` and at the end (sync) |
 //! | where records are processed | the application's task, owning each delivery (it may hold it, move it and settle it out of order) | on the polling thread, in place (the record is never copied); with `--raw-owned` each record is copied out (`detach`) and sent on in bursts of up to 256 (what librdkafka has queued) to a task of the runtime over a channel bounded by `--prefetch` records, which acks each (its partition's next offset, one lock per burst), as an application processing records off the polling thread must |
@@ -133,7 +133,16 @@ struct Owned {
     /// The task's latency histogram, when it ends.
     task: tokio::task::JoinHandle<CliResult<Histogram<u64>>>,
     runtime: tokio::runtime::Handle,
+    /// What the polling thread waits on while librdkafka's queue is empty:
+    /// rung by librdkafka when something arrives and by the task when the
+    /// phase is done, as mq-kafka's poll thread waits (a blocking poll
+    /// would notice the end of the phase only when it times out).
+    doorbell: std::sync::mpsc::Receiver<()>,
 }
+
+/// A doorbell: a ring is kept until the next wait, rings in between count
+/// once (`try_send` into a channel of one).
+type Bell = std::sync::mpsc::SyncSender<()>;
 
 /// `--raw-owned`: records the polling thread detaches before it sends them
 /// on together (what librdkafka has queued, up to this many), so the
@@ -142,33 +151,47 @@ struct Owned {
 const OWNED_BURST: usize = 256;
 
 impl Owned {
-    fn start(prefetch: usize, tally: &Arc<Tally>, stamp_base: Option<Instant>) -> Self {
+    /// Starts the task; `consumer` rings the polling thread's doorbell.
+    fn start(
+        consumer: &mut BaseConsumer,
+        prefetch: usize,
+        tally: &Arc<Tally>,
+        stamp_base: Option<Instant>,
+    ) -> Self {
         let bursts = prefetch.div_ceil(OWNED_BURST).max(1);
         let (records, received) = tokio::sync::mpsc::channel(bursts);
         let acked = Arc::new(parking_lot::Mutex::new(HashMap::new()));
+        let (bell, doorbell) = std::sync::mpsc::sync_channel(1);
+        let ring = bell.clone();
+        consumer.set_nonempty_callback(move || {
+            let _ = ring.try_send(());
+        });
         let task = tokio::spawn(process_owned(
             received,
             acked.clone(),
             tally.clone(),
             stamp_base,
+            bell,
         ));
         Owned {
             records,
             acked,
             task,
             runtime: tokio::runtime::Handle::current(),
+            doorbell,
         }
     }
 }
 
 /// `--raw-owned`: the application task. Acks every record of each burst
 /// the polling thread sent (its partition's next offset, under one lock
-/// per burst).
+/// per burst); rings the polling thread's doorbell when the phase is done.
 async fn process_owned(
     mut records: tokio::sync::mpsc::Receiver<Vec<OwnedMessage>>,
     acked: Arc<parking_lot::Mutex<HashMap<i32, i64>>>,
     tally: Arc<Tally>,
     stamp_base: Option<Instant>,
+    bell: Bell,
 ) -> CliResult<Histogram<u64>> {
     let mut latency = new_histogram()?;
     while let Some(burst) = records.recv().await {
@@ -183,6 +206,9 @@ async fn process_owned(
             }
         }
         tally.add(burst.len() as u64);
+        if tally.is_done() {
+            let _ = bell.try_send(());
+        }
     }
     Ok(latency)
 }
@@ -310,7 +336,8 @@ fn consumer_thread(
 }
 
 /// `--raw-owned`, in the phase: polls, detaches each record and sends it
-/// to the application task; commits what the task acked.
+/// to the application task; commits what the task acked. With nothing
+/// queued it waits on the doorbell (see [`Owned::doorbell`]).
 fn owned_phase(
     consumer: BaseConsumer,
     mut acked: Acked,
@@ -322,6 +349,7 @@ fn owned_phase(
         acked: from_task,
         task,
         runtime,
+        doorbell,
     } = owned;
     let take_acks = |acked: &mut Acked| {
         for (&p, &o) in from_task.lock().iter() {
@@ -331,13 +359,14 @@ fn owned_phase(
     let mut last_commit = Instant::now();
     while !acked.tally.is_done() {
         let mut burst = Vec::with_capacity(OWNED_BURST);
-        let mut wait = POLL;
         while burst.len() < OWNED_BURST {
-            match consumer.poll(wait) {
+            match consumer.poll(Duration::ZERO) {
                 Some(m) => burst.push(m?.detach()),
                 None => break,
             }
-            wait = Duration::ZERO;
+        }
+        if burst.is_empty() {
+            let _ = doorbell.recv_timeout(POLL);
         }
         // Waits while the task has a prefetch of records to process.
         if !burst.is_empty() && records.blocking_send(burst).is_err() {
@@ -383,14 +412,14 @@ fn open_consumers(
         .unwrap_or_else(|| mq_kafka::default_group(topic));
     let mut out = Vec::with_capacity(args.consumers);
     for i in 0..args.consumers {
-        let consumer: BaseConsumer = config.consumer_config(&group).create()?;
+        let mut consumer: BaseConsumer = config.consumer_config(&group).create()?;
         consumer.subscribe(&[topic])?;
         let (go_tx, go_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let probes = Arc::new(AtomicUsize::new(0));
         let owned = args
             .raw_owned
-            .then(|| Owned::start(args.prefetch, tally, stamp_base));
+            .then(|| Owned::start(&mut consumer, args.prefetch, tally, stamp_base));
         let job = Job {
             probes: probes.clone(),
             topic: topic.to_owned(),
