@@ -44,9 +44,12 @@
 //! * Retry topic: records not due yet (`mq-not-before` in the future) pause
 //!   their partition until due; other partitions keep flowing.
 //! * Close: deliveries handed out and not settled are republished to the
-//!   retry topic (attempt + 1), so the group's next consumer gets them and
+//!   retry topic (attempt unchanged), so the group's next consumer gets them and
 //!   the offsets behind them can be committed; in ordered mode they are not
 //!   committed instead, so the next owner reads them again in place.
+//! * Revoke: the same for the deliveries held of the revoked partitions
+//!   (the rebalance callback waits for their copies), so that one delivery
+//!   held across a rebalance does not bring back what was acked behind it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -372,6 +375,8 @@ impl Shared {
 pub(crate) struct Context {
     shared: Arc<Shared>,
     health: Arc<KafkaHealth>,
+    /// Returns held deliveries when their partitions are revoked.
+    settler: Arc<KafkaSettler>,
     /// Records of the current burst, parsed and not handed over yet. Only
     /// the poll thread uses it (the lock is never contended); it is here so
     /// that a rebalance callback can hand them over first.
@@ -403,6 +408,9 @@ impl Context {
     /// then the partitions are forgotten with what was fetched from them.
     /// Returns the partitions to pause and the offsets to commit before
     /// they go.
+    /// Without ordered mode the deliveries still held of the revoked
+    /// partitions are returned to the retry topic first (see
+    /// [`KafkaSettler::return_at_revoke`]), so that the commit passes them.
     fn revoke(&self, revoked: &TopicPartitionList) -> (Vec<Tp>, Vec<(Tp, i64)>) {
         let pause = self.accept_burst();
         let mut state = self.shared.state.lock();
@@ -411,8 +419,26 @@ impl Context {
             .iter()
             .map(|e| state.tp(e.topic(), e.partition()))
             .collect();
+        drop(state);
+        self.return_held(&tps);
+        let mut state = self.shared.state.lock();
         let commit = self.shared.revoke(&mut state, tps);
         (pause, commit)
+    }
+
+    /// Without ordered mode, returns the deliveries still held of `tps` to
+    /// the retry topic and settles them (see
+    /// [`KafkaSettler::return_at_revoke`]): before a revoke, and before a
+    /// consumer dropped without `close` leaves (`close` returns them itself).
+    fn return_held(&self, tps: &[Tp]) {
+        if self.shared.ordered {
+            return;
+        }
+        let held = {
+            let mut state = self.shared.state.lock();
+            self.shared.take_held_at_revoke(&mut state, tps)
+        };
+        self.settler.return_at_revoke(held);
     }
 }
 
@@ -494,6 +520,15 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>, member: u64) 
     let mut full_since: Option<Instant> = None;
     let mut released = Vec::new();
     loop {
+        let leaving: Option<Vec<Tp>> = {
+            let state = shared.state.lock();
+            state.stop.then(|| state.parts.keys().cloned().collect())
+        };
+        if let Some(tps) = leaving {
+            // Dropped without `close`: what it still holds goes back before
+            // the last commit, as at a revoke.
+            consumer.context().return_held(&tps);
+        }
         let commit_due = last_commit.elapsed() >= shared.commit_interval;
         let pause_when_full = full_since.is_some_and(|t| t.elapsed() >= shared.pause_after);
         let a = shared.housekeeping(commit_due, pause_when_full, &mut released);
@@ -713,19 +748,6 @@ impl KafkaConsumer {
             dead_letter,
             prefetch,
         ));
-        let mut consumer: BaseConsumer<Context> = config
-            .consumer_config(&group)
-            .create_with_context(Context {
-                shared: shared.clone(),
-                health: sender.health.clone(),
-                burst: Mutex::new(Vec::with_capacity(BURST)),
-            })
-            .map_err(|e| convert_create(e, &config.secrets(), Some(&source)))?;
-        let bell = shared.clone();
-        consumer.set_nonempty_callback(move || bell.doorbell.ring());
-        consumer
-            .subscribe(&[source.as_str(), retry_topic.as_str()])
-            .map_err(|e| convert(e, "subscribe", Some(&source)))?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             Error::new(
                 ErrorKind::Config,
@@ -734,6 +756,21 @@ impl KafkaConsumer {
             .with_backend(BACKEND)
             .with_source(e)
         })?;
+        let settler = Arc::new(KafkaSettler::new(shared.clone(), sender.clone(), runtime));
+        let mut consumer: BaseConsumer<Context> = config
+            .consumer_config(&group)
+            .create_with_context(Context {
+                shared: shared.clone(),
+                health: sender.health.clone(),
+                settler: settler.clone(),
+                burst: Mutex::new(Vec::with_capacity(BURST)),
+            })
+            .map_err(|e| convert_create(e, &config.secrets(), Some(&source)))?;
+        let bell = shared.clone();
+        consumer.set_nonempty_callback(move || bell.doorbell.ring());
+        consumer
+            .subscribe(&[source.as_str(), retry_topic.as_str()])
+            .map_err(|e| convert(e, "subscribe", Some(&source)))?;
         let thread = {
             let shared = shared.clone();
             let member = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
@@ -745,7 +782,6 @@ impl KafkaConsumer {
             })?
         };
         let health = sender.health.clone();
-        let settler = Arc::new(KafkaSettler::new(shared.clone(), sender, runtime));
         Ok(KafkaConsumer {
             shared,
             health,
@@ -982,8 +1018,10 @@ impl PollThread {
 
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
-        // Not closed: stop the thread (it commits what is settled and leaves
-        // the group); unsettled deliveries are redelivered to the next owner.
+        // Not closed: stop the thread. It returns the deliveries still held
+        // to the retry topic (unordered mode; see `Context::return_held`),
+        // commits what is settled and leaves the group, without holding up
+        // this drop.
         self.shared.stop();
     }
 }
@@ -1084,19 +1122,36 @@ mod tests {
         );
     }
 
+    /// A consumer's context with no consumer and no broker (its producer
+    /// never connects unless a test sends).
     fn context() -> Context {
+        static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        let runtime = RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime")
+        });
         let config = KafkaConfig::from_url("kafka://127.0.0.1:9092").expect("url");
-        let shared = Shared::new(
+        let backend = crate::KafkaBackend::new(config.clone()).expect("backend");
+        let shared = Arc::new(Shared::new(
             &config,
             "t".into(),
             "g".into(),
             "t-retry".into(),
             "t-dlq".into(),
             10,
-        );
+        ));
+        let settler = Arc::new(KafkaSettler::new(
+            shared.clone(),
+            backend.sender.clone(),
+            runtime.handle().clone(),
+        ));
         Context {
-            shared: Arc::new(shared),
+            shared,
             health: Arc::new(KafkaHealth::default()),
+            settler,
             burst: Mutex::new(Vec::new()),
         }
     }

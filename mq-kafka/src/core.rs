@@ -602,6 +602,24 @@ impl Shared {
         state.acked = acked;
     }
 
+    /// The first step of a revoke of `tps` in unordered mode: applies the
+    /// acks given so far, stops handing out their waiting records (the next
+    /// owner reads them) and takes the deliveries of theirs still held, to
+    /// be returned to the retry topic ([`KafkaSettler::return_at_revoke`](crate::settle::KafkaSettler::return_at_revoke)).
+    /// Until they are, each pins its partition's commit point.
+    pub(crate) fn take_held_at_revoke(&self, state: &mut State, tps: &[Tp]) -> Vec<Received> {
+        self.apply_acks(state, &mut Vec::new());
+        state.ready.retain(|p| !tps.contains(&p.tp));
+        state.ready_bytes = state.ready.iter().map(Pending::payload_len).sum();
+        let mut held = Vec::new();
+        for tp in tps {
+            if let Some(part) = state.parts.get_mut(tp) {
+                held.extend(part.held.drain().map(|(_, r)| r));
+            }
+        }
+        held
+    }
+
     /// `tps` go to another member: the acks given so far are applied
     /// first, so that their offsets leave with the partitions' commit, then
     /// the partitions are forgotten. Returns the offsets to commit.

@@ -16,8 +16,11 @@
 //! after records sent later with the same key: nack breaks per-key order.
 //!
 //! A delivery whose partition was revoked meanwhile is stale: settling it
-//! does nothing (the new owner reads it again from the committed offset,
-//! which never passes it). A delivery of an earlier assignment of a
+//! does nothing. Without ordered mode the revoke returned it to the retry
+//! topic (attempt unchanged, as at close), so that the commit passes it and
+//! the next owner does not read again what was acked behind it; if that
+//! return failed, the commit stops at it and the next owner reads it (and
+//! what follows) again from the partition. A delivery of an earlier assignment of a
 //! partition that came back to this consumer is stale too: it never touches
 //! the state of the current assignment (its generation differs).
 //!
@@ -59,6 +62,12 @@ pub(crate) const GIVE_BACK_FIRST: Duration = Duration::from_millis(500);
 
 /// The longest a record whose republish keeps failing waits.
 pub(crate) const GIVE_BACK_MAX: Duration = Duration::from_secs(30);
+
+/// The longest a revoke waits for the held deliveries it returns: the
+/// group's rebalance waits for this member meanwhile. What is not
+/// confirmed by then pins its partition's commit point (read again by the
+/// next owner, not lost).
+pub(crate) const RETURN_AT_REVOKE: Duration = Duration::from_secs(5);
 
 /// Settles the deliveries of one [`KafkaConsumer`](crate::KafkaConsumer).
 pub(crate) struct KafkaSettler {
@@ -403,6 +412,66 @@ impl KafkaSettler {
     }
 }
 
+impl KafkaSettler {
+    /// A revoke (on the poll thread, in the rebalance callback): returns
+    /// `held`, the deliveries still held of the revoked partitions, to the
+    /// retry topic and marks each original settled once Kafka confirmed its
+    /// copy, so that the commit before the revoke passes it. Otherwise one
+    /// delivery held across a rebalance kept its partition's commit at its
+    /// offset, and the next owner read again every record acked behind it
+    /// (hundreds in the conformance scenario `rebalance_while_held`).
+    ///
+    /// The copies are sent on the runtime (its timers pace the retries);
+    /// this thread waits at most [`RETURN_AT_REVOKE`] for them, and not at
+    /// all if the runtime is gone. A copy not confirmed by then leaves its
+    /// original unsettled: read again from the partition, maybe twice.
+    pub(crate) fn return_at_revoke(&self, held: Vec<Received>) {
+        if held.is_empty() {
+            return;
+        }
+        let me = KafkaSettler {
+            shared: self.shared.clone(),
+            sender: self.sender.clone(),
+            runtime: self.runtime.clone(),
+        };
+        let (done, confirmed) = std::sync::mpsc::channel();
+        let count = held.len();
+        self.runtime.spawn(async move {
+            let sends = held.iter().map(|received| {
+                let r = Republish {
+                    purpose: Purpose::Return,
+                    topic: me.shared.retry_topic.clone(),
+                    message: return_copy(received),
+                };
+                let me = &me;
+                async move {
+                    let result = me.send(&r).await;
+                    if let Err(e) = &result {
+                        me.count_failure(&r, e);
+                    }
+                    result
+                }
+            });
+            let results = futures::future::join_all(sends.collect::<Vec<_>>()).await;
+            let _ = done.send(held.into_iter().zip(results).collect::<Vec<_>>());
+        });
+        let Ok(results) = confirmed.recv_timeout(RETURN_AT_REVOKE) else {
+            tracing::warn!(count, timeout = ?RETURN_AT_REVOKE,
+                "returning held deliveries of revoked partitions took too long; the next owner reads them again from the partition");
+            return;
+        };
+        let mut state = self.shared.state.lock();
+        for (received, result) in results {
+            match (result, meta_of(&received)) {
+                (Ok(()), Ok((meta, tp))) => Shared::settle_offset(&mut state, meta, &tp),
+                (Err(e), _) => tracing::warn!(error = %e, id = received.id(),
+                    "returning a held delivery at a revoke failed; the next owner reads it again from the partition"),
+                (Ok(()), Err(_)) => {}
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Settler for KafkaSettler {
     async fn settle(&self, delivery: &Delivery, settlement: Settlement) -> Result<()> {
@@ -549,6 +618,58 @@ mod tests {
             "an ack queued before close still counts"
         );
         assert!(state.take_held().is_empty());
+    }
+
+    /// A revoke whose return of a held delivery fails (no broker listens
+    /// here) leaves that delivery unsettled: the commit stops at it, so the
+    /// next owner reads it again, and nothing is lost. The revoke waits for
+    /// the return at most [`RETURN_AT_REVOKE`].
+    #[test]
+    fn a_failed_return_at_revoke_keeps_the_commit_at_the_held_delivery() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let config = crate::config::KafkaConfig::from_url("kafka://127.0.0.1:1?send_timeout=1s")
+            .expect("a valid URL");
+        let backend = crate::KafkaBackend::new(config.clone()).expect("backend");
+        let shared = Arc::new(Shared::new(
+            &config,
+            "t".into(),
+            "g".into(),
+            "t-retry".into(),
+            "t-dlq".into(),
+            10,
+        ));
+        let settler = KafkaSettler::new(
+            shared.clone(),
+            backend.sender.clone(),
+            runtime.handle().clone(),
+        );
+        let tp: Tp = (Arc::from("t"), 0);
+        let held = {
+            let mut state = shared.state.lock();
+            state.assign(tp.clone());
+            let d: Vec<Received> = (0..3).map(|o| delivery(&mut state, &tp, o)).collect();
+            ack(&mut state, &d[1]);
+            ack(&mut state, &d[2]);
+            shared.take_held_at_revoke(&mut state, std::slice::from_ref(&tp))
+        };
+        assert_eq!(held.len(), 1, "0 is held, 1 and 2 are acked");
+        let started = std::time::Instant::now();
+        settler.return_at_revoke(held);
+        assert!(
+            started.elapsed() < RETURN_AT_REVOKE + Duration::from_secs(2),
+            "the revoke waited {:?}",
+            started.elapsed()
+        );
+        let mut state = shared.state.lock();
+        assert_eq!(
+            shared.revoke(&mut state, vec![tp.clone()]),
+            vec![(tp, 0)],
+            "the commit stops at the delivery whose return failed"
+        );
     }
 
     /// Defect 1 of issue 14: a partition revoked and handed back to the

@@ -569,3 +569,153 @@ async fn cancelled_republish_does_not_delay_close() {
     again.ack().await.expect("ack");
     next.close().await.expect("close");
 }
+
+/// A delivery held across a rebalance used to pin its partition's commit
+/// at its offset, so the next owner read again every record acked behind
+/// it (the conformance scenario `rebalance_while_held` counted hundreds,
+/// and now and then more than its bound). Now the revoke returns it to the
+/// retry topic (attempt unchanged) and commits past it: it alone comes
+/// back. Needs a real broker: librdkafka's mock cluster refuses every
+/// commit during a rebalance, so a revoke replays from the last periodic
+/// commit there whatever the consumer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_held_across_a_rebalance_comes_back_alone() {
+    if std::env::var("MQ_TEST_KAFKA_URL").is_err() {
+        eprintln!(
+            "skipped: MQ_TEST_KAFKA_URL is not set, and librdkafka's mock cluster refuses \
+             offset commits during a rebalance"
+        );
+        return;
+    }
+    let t = target("a delivery held across a rebalance comes back alone");
+    let backend = KafkaBackend::new(t.config.clone()).expect("backend");
+    let topic = unique("held-revoke");
+    create_topic(&t, &topic).await;
+    let producer = backend.kafka_producer();
+    for i in 0..20 {
+        producer
+            .send(&topic, Message::new(format!("r-{i}")).with_key("k"))
+            .await
+            .expect("send");
+    }
+    let options = ConsumerOptions::new(topic.clone()).group(unique("g"));
+    let mut first = backend
+        .kafka_consumer(options.clone())
+        .await
+        .expect("consumer");
+    // Holds r-0 and acks the 19 behind it.
+    let mut held = None;
+    for _ in 0..20 {
+        let d = receive_within(&mut first, Duration::from_secs(30), "one of the 20").await;
+        if d.text().ok() == Some("r-0") {
+            held = Some(d);
+        } else {
+            d.ack().await.expect("ack");
+        }
+    }
+    let held = held.expect("r-0 was delivered");
+    // A second member joins: the group rebalances and (eager protocol)
+    // revokes the first member's partitions while r-0 is held.
+    let mut second = backend.kafka_consumer(options).await.expect("consumer");
+    let mut again: Vec<(String, u32)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut quiet_from: Option<Instant> = None;
+    while Instant::now() < deadline
+        && quiet_from.is_none_or(|t| t.elapsed() < Duration::from_secs(3))
+    {
+        for consumer in [&mut first, &mut second] {
+            for d in consumer
+                .receive_batch(50, Duration::from_millis(100))
+                .await
+                .expect("receive")
+            {
+                again.push((d.text().unwrap_or_default().to_owned(), d.attempt()));
+                d.ack().await.expect("ack");
+            }
+        }
+        if quiet_from.is_none() && again.iter().any(|(text, _)| text == "r-0") {
+            quiet_from = Some(Instant::now());
+        }
+    }
+    // Acked after its partition was revoked: stale, ignored.
+    held.ack().await.expect("a late ack of a returned delivery");
+    first.close().await.expect("close");
+    second.close().await.expect("close");
+    let returned: Vec<&(String, u32)> = again.iter().filter(|(text, _)| text == "r-0").collect();
+    assert_eq!(
+        returned,
+        [&("r-0".to_owned(), 1)],
+        "the held delivery comes back once, its attempt unchanged (all again: {again:?})"
+    );
+    assert_eq!(
+        again.len(),
+        1,
+        "records acked behind the held delivery were delivered again: {again:?}"
+    );
+}
+
+/// A consumer dropped without `close` while it holds a delivery returns it
+/// to the retry topic before its last commit, as `close` and a revoke do,
+/// so the group's next consumer gets it alone, not also the records acked
+/// behind it. Settling the held delivery afterwards fails with `Closed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_dropped_while_holding_returns_what_it_holds() {
+    let t = target("a consumer dropped while holding returns what it holds");
+    let backend = KafkaBackend::new(t.config.clone()).expect("backend");
+    let topic = unique("held-drop");
+    create_topic(&t, &topic).await;
+    let producer = backend.kafka_producer();
+    for i in 0..20 {
+        producer
+            .send(&topic, Message::new(format!("d-{i}")).with_key("k"))
+            .await
+            .expect("send");
+    }
+    let options = ConsumerOptions::new(topic.clone()).group(unique("g"));
+    let mut first = backend
+        .kafka_consumer(options.clone())
+        .await
+        .expect("consumer");
+    let mut held = None;
+    for _ in 0..20 {
+        let d = receive_within(&mut first, Duration::from_secs(30), "one of the 20").await;
+        if d.text().ok() == Some("d-0") {
+            held = Some(d);
+        } else {
+            d.ack().await.expect("ack");
+        }
+    }
+    let held = held.expect("d-0 was delivered");
+    drop(first);
+    let mut next = backend.kafka_consumer(options).await.expect("consumer");
+    let mut again: Vec<(String, u32)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut quiet_from: Option<Instant> = None;
+    while Instant::now() < deadline
+        && quiet_from.is_none_or(|t| t.elapsed() < Duration::from_secs(3))
+    {
+        for d in next
+            .receive_batch(50, Duration::from_millis(200))
+            .await
+            .expect("receive")
+        {
+            again.push((d.text().unwrap_or_default().to_owned(), d.attempt()));
+            d.ack().await.expect("ack");
+        }
+        if quiet_from.is_none() && !again.is_empty() {
+            quiet_from = Some(Instant::now());
+        }
+    }
+    let late = held.ack().await;
+    next.close().await.expect("close");
+    assert_eq!(
+        again,
+        [("d-0".to_owned(), 1)],
+        "the held delivery comes back alone, its attempt unchanged"
+    );
+    assert_eq!(
+        late.map_err(|e| e.kind()),
+        Err(ErrorKind::Closed),
+        "settling a delivery of a dropped consumer"
+    );
+}
