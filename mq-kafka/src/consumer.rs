@@ -408,18 +408,20 @@ impl Context {
     /// then the partitions are forgotten with what was fetched from them.
     /// Returns the partitions to pause and the offsets to commit before
     /// they go.
+    ///
     /// Without ordered mode the deliveries still held of the revoked
     /// partitions are returned to the retry topic first (see
     /// [`KafkaSettler::return_at_revoke`]), so that the commit passes them.
     fn revoke(&self, revoked: &TopicPartitionList) -> (Vec<Tp>, Vec<(Tp, i64)>) {
         let pause = self.accept_burst();
-        let mut state = self.shared.state.lock();
-        let tps: Vec<Tp> = revoked
-            .elements()
-            .iter()
-            .map(|e| state.tp(e.topic(), e.partition()))
-            .collect();
-        drop(state);
+        let tps: Vec<Tp> = {
+            let state = self.shared.state.lock();
+            revoked
+                .elements()
+                .iter()
+                .map(|e| state.tp(e.topic(), e.partition()))
+                .collect()
+        };
         self.return_held(&tps);
         let mut state = self.shared.state.lock();
         let commit = self.shared.revoke(&mut state, tps);
