@@ -564,9 +564,10 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>, member: u64) 
 
 /// Takes up to [`BURST`] records (at most [`BURST_BYTES`] of payload) of
 /// what librdkafka has queued; if it had nothing, waits up to [`POLL`] for
-/// its doorbell ([`Doorbell`](crate::core::Doorbell)) afterwards. Records are parsed as they come into the context's burst, then
-/// handed over together ([`hand_over`]). `topics` keeps the names seen in
-/// this burst, so its records share them.
+/// its doorbell ([`Doorbell`](crate::core::Doorbell)) afterwards. Records
+/// are parsed as they come into the context's burst, then handed over
+/// together ([`hand_over`]). `topics` keeps the names seen in this burst,
+/// so its records share them.
 fn take_burst(
     consumer: &BaseConsumer<Context>,
     shared: &Shared,
