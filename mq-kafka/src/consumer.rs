@@ -275,6 +275,10 @@ struct Actions {
     resume: Vec<Tp>,
     commit: Vec<(Tp, i64)>,
     stop: bool,
+    /// Dropped without `close` while holding deliveries: return those of
+    /// these partitions first (see `Context::return_held`); the next round
+    /// commits.
+    return_held: Vec<Tp>,
     /// The read-ahead is full: take no more records for now.
     full: bool,
     /// Records given back became due: wake `receive`.
@@ -312,6 +316,10 @@ impl Shared {
         let mut a = Actions::default();
         let mut state = self.state.lock();
         let state = &mut *state;
+        if state.stop && !self.ordered && state.parts.values().any(|p| !p.held.is_empty()) {
+            a.return_held = state.parts.keys().cloned().collect();
+            return a;
+        }
         if commit_due || state.stop {
             self.apply_acks(state, released);
         }
@@ -522,18 +530,15 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>, member: u64) 
     let mut full_since: Option<Instant> = None;
     let mut released = Vec::new();
     loop {
-        let leaving: Option<Vec<Tp>> = {
-            let state = shared.state.lock();
-            state.stop.then(|| state.parts.keys().cloned().collect())
-        };
-        if let Some(tps) = leaving {
-            // Dropped without `close`: what it still holds goes back before
-            // the last commit, as at a revoke.
-            consumer.context().return_held(&tps);
-        }
         let commit_due = last_commit.elapsed() >= shared.commit_interval;
         let pause_when_full = full_since.is_some_and(|t| t.elapsed() >= shared.pause_after);
         let a = shared.housekeeping(commit_due, pause_when_full, &mut released);
+        if !a.return_held.is_empty() {
+            // Dropped without `close`: what it still holds goes back before
+            // the last commit, as at a revoke.
+            consumer.context().return_held(&a.return_held);
+            continue;
+        }
         released.clear();
         if commit_due {
             last_commit = Instant::now();
