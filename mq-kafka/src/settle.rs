@@ -421,6 +421,13 @@ impl KafkaSettler {
     /// offset, and the next owner read again every record acked behind it
     /// (hundreds in the conformance scenario `rebalance_while_held`).
     ///
+    /// Deviation from DESIGN.md (per-key order with one delivery in flight
+    /// per key): a returned record reaches the group after the records of
+    /// its key behind it, as a nack's copy does. The alternative, keeping
+    /// the commit at the held delivery, replays everything acked behind it
+    /// to the next owner; applications that need per-key order across
+    /// rebalances use ordered mode, where nothing is returned.
+    ///
     /// The copies are sent on the runtime (its timers pace the retries);
     /// this thread waits at most [`RETURN_AT_REVOKE`] for them, and not at
     /// all if the runtime is gone. A copy not confirmed by then leaves its
