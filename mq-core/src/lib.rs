@@ -43,7 +43,7 @@ pub mod worker;
 pub use capabilities::Capabilities;
 pub use client::{Client, ConsumerBuilder};
 pub use consumer::{Consumer, ConsumerOptions, DynConsumer};
-pub use delivery::{Delivery, Received, Settlement};
+pub use delivery::{Content, Delivery, Received, Settlement};
 pub use error::{Error, ErrorKind, Result};
 pub use handler::{
     json_handler, layer_fn, BatchHandler, BatchResult, BoxHandler, Handler, HandlerError,

@@ -71,7 +71,7 @@ use crate::config::KafkaConfig;
 use crate::core::{Held, Pending, Record, Sender, Shared, State, Taken, Tp};
 use crate::error::{convert, convert_create, BACKEND};
 use crate::health::KafkaHealth;
-use crate::offsets::PartitionState;
+use crate::offsets::{Kept, PartitionState};
 use crate::settle::KafkaSettler;
 
 /// How long the poll thread waits for librdkafka's empty queue to fill
@@ -213,6 +213,9 @@ impl Shared {
         // out a fetch partition by partition): the partition's state is
         // looked up once per run, not per record (perf: the lookup was the
         // poll thread's largest item of its own at full speed).
+        // Each record's topic name moves on into its `Pending`: a clone and
+        // a drop per record would be two atomic operations on a count the
+        // application's thread changes too.
         let mut run: Option<(Tp, &mut PartitionState)> = None;
         for Fetched { topic, parsed } in burst.drain(..) {
             let offset = parsed.offset;
@@ -220,7 +223,7 @@ impl Shared {
                 .as_ref()
                 .is_some_and(|(tp, _)| tp.1 == parsed.partition && Arc::ptr_eq(&tp.0, &topic));
             if !same_run {
-                let tp: Tp = (topic, parsed.partition);
+                let tp: Tp = (topic.clone(), parsed.partition);
                 run = parts.get_mut(&tp).map(|part| (tp, part));
             }
             let Some((tp, part)) = run.as_mut() else {
@@ -247,7 +250,7 @@ impl Shared {
             part.accept(offset);
             *ready_bytes += parsed.message.payload().len();
             ready.push_back(Pending {
-                tp: tp.clone(),
+                tp: (topic, tp.1),
                 generation: part.generation,
                 offset,
                 record: Record::Fetched(parsed),
@@ -311,7 +314,7 @@ impl Shared {
         &self,
         commit_due: bool,
         pause_when_full: bool,
-        released: &mut Vec<Received>,
+        released: &mut Vec<Kept>,
     ) -> Actions {
         let mut a = Actions::default();
         let mut state = self.state.lock();
@@ -561,7 +564,7 @@ fn poll_loop(consumer: BaseConsumer<Context>, shared: Arc<Shared>, member: u64) 
         take_burst(&consumer, &shared, &mut topics, &mut chunks);
     }
     // Leave the group; the revoke this triggers finds nothing left to commit.
-    shared.state.lock().parts.clear();
+    shared.state.lock().forget_all();
     consumer.unsubscribe();
     drop(consumer);
     tracing::debug!(group = %shared.group, source = %shared.source, "consumer left the group");
@@ -717,9 +720,9 @@ pub struct KafkaConsumer {
     thread: Option<PollThread>,
     /// Buffers of [`KafkaConsumer::hand_out`], kept between calls.
     taken: Vec<Taken>,
-    held: Vec<(Held, Received)>,
+    held: Vec<(Held, Kept)>,
     single: Vec<Delivery>,
-    released: Vec<Received>,
+    released: Vec<Kept>,
     closed: bool,
     close_timeout: Duration,
 }
@@ -813,7 +816,7 @@ impl KafkaConsumer {
 
     /// Hands out up to `n` waiting records into `batch`; returns how many.
     /// They are taken under the consumer's lock, made into deliveries
-    /// without it, and their copies for `close` are kept under it again
+    /// without it, and what `close` needs of them is kept under it again
     /// (see [`State::take_next`]). `report`: an error waiting for
     /// `receive` comes first.
     fn hand_out(&mut self, n: usize, batch: &mut Vec<Delivery>, report: bool) -> Result<usize> {
@@ -848,13 +851,13 @@ impl KafkaConsumer {
         for t in taken.drain(..) {
             let key = t.key();
             let received = t.into_received(&self.shared.source, &self.shared.group);
-            held.push((key, received.clone()));
+            held.push((key, Kept::of(&received)));
             batch.push(Delivery::new(received, self.settler.clone()));
         }
         {
             let mut state = self.shared.state.lock();
-            for ((tp, generation, offset), received) in held.drain(..) {
-                state.hold(&tp, generation, offset, received);
+            for (key, kept) in held.drain(..) {
+                state.hold(key, kept);
             }
         }
         self.shared.slots.take(took);
@@ -945,7 +948,7 @@ impl Consumer for KafkaConsumer {
             state.ready.clear();
             state.ready_bytes = 0;
             state.delayed.clear();
-            state.take_held()
+            self.shared.take_held(&mut state)
         };
         if !returned.is_empty() && !self.shared.ordered {
             self.settler.return_all(returned).await;

@@ -35,7 +35,7 @@ use crate::config::KafkaConfig;
 use crate::error::{convert, convert_create};
 use crate::health::{HealthContext, KafkaHealth};
 use crate::metadata::KafkaMetadata;
-use crate::offsets::PartitionState;
+use crate::offsets::{Kept, PartitionState};
 use crate::topology::Topology;
 
 /// The connection's librdkafka producer and what it needs to send.
@@ -249,11 +249,17 @@ fn record<'a>(topic: &'a str, message: &'a Message) -> FutureRecord<'a, str, [u8
 /// A topic and partition.
 pub(crate) type Tp = (Arc<str>, i32);
 
-/// A delivery handed out: its partition, the generation of the partition's
-/// assignment it was fetched in, and its offset. The generation keeps an
-/// old delivery of offset `o` (fetched before a revoke) apart from the copy
-/// of `o` fetched again after the partition came back to this member.
-pub(crate) type Held = (Tp, u64, i64);
+/// A delivery handed out: the generation of its partition's assignment it
+/// was fetched in, and its offset. A generation names one assignment of
+/// one partition (they count the assignments of every partition, see
+/// [`State::assign`]): it keeps an old delivery of offset `o` (fetched
+/// before a revoke) apart from the copy of `o` fetched again after the
+/// partition came back to this member, and it names the partition without
+/// its topic's name. A key holding the name cost a reference count up and
+/// down per record at hand-out and again per ack, on a count the poll
+/// thread changes too (perf: the hottest instructions of the
+/// application's thread were these decrements).
+pub(crate) type Held = (u64, i64);
 
 /// A record waiting to be handed out.
 pub(crate) struct Pending {
@@ -295,13 +301,9 @@ pub(crate) struct Taken {
 }
 
 impl Taken {
-    /// Its partition, assignment generation and offset.
+    /// Its assignment generation and offset.
     pub(crate) fn key(&self) -> Held {
-        (
-            self.pending.tp.clone(),
-            self.pending.generation,
-            self.pending.offset,
-        )
+        (self.pending.generation, self.pending.offset)
     }
 
     /// Its delivery: made now if it was fetched (on the application's
@@ -401,6 +403,8 @@ pub(crate) struct State {
     /// Payload bytes in `ready`.
     pub(crate) ready_bytes: usize,
     pub(crate) parts: FxHashMap<Tp, PartitionState>,
+    /// The partition of each assignment in `parts`, by its generation.
+    generations: FxHashMap<u64, Tp>,
     /// Partitions revoked while we had them paused. librdkafka keeps an
     /// application's pause across a revoke and a later assignment of the
     /// same partition to this member (only its own pauses are reset), so
@@ -413,7 +417,7 @@ pub(crate) struct State {
     /// Republishes (nack, dead letter) in flight.
     pub(crate) inflight: usize,
     /// Ordered mode: redeliveries in place per record, added to its attempt.
-    pub(crate) redeliveries: FxHashMap<(Tp, i64), u32>,
+    pub(crate) redeliveries: FxHashMap<Held, u32>,
     /// Records whose republish (retry or dead-letter copy) failed and that
     /// are not settled yet: how often, and the last error (for `health`).
     pub(crate) failing: FxHashMap<Held, Failing>,
@@ -451,8 +455,21 @@ impl State {
             self.next_generation += 1;
             let mut part = PartitionState::new(self.next_generation);
             part.paused = self.paused_at_revoke.remove(&tp);
+            self.generations.insert(self.next_generation, tp.clone());
             self.parts.insert(tp, part);
         }
+    }
+
+    /// The state of the partition assignment `generation`, if it is current.
+    pub(crate) fn part_mut(&mut self, generation: u64) -> Option<&mut PartitionState> {
+        let tp = self.generations.get(&generation)?;
+        self.parts.get_mut(tp)
+    }
+
+    /// Forgets every partition (the consumer leaves its group).
+    pub(crate) fn forget_all(&mut self) {
+        self.parts.clear();
+        self.generations.clear();
     }
 
     /// `tp` was revoked: forgets it and what was fetched from it; returns
@@ -462,6 +479,10 @@ impl State {
     /// rebalances), and nobody would commit it again once the partition is gone.
     pub(crate) fn revoke(&mut self, tp: &Tp) -> Option<i64> {
         let part = self.parts.remove(tp);
+        let generation = part.as_ref().map(|p| p.generation);
+        if let Some(g) = generation {
+            self.generations.remove(&g);
+        }
         if let Some(p) = &part {
             // What the next owner will read again: from the commit point on,
             // including what was settled behind an unsettled delivery.
@@ -482,8 +503,8 @@ impl State {
         // again from the committed offset.
         self.ready.retain(|p| p.tp != *tp);
         self.ready_bytes = self.ready.iter().map(Pending::payload_len).sum();
-        self.redeliveries.retain(|(t, _), _| t != tp);
-        self.failing.retain(|(t, _, _), _| t != tp);
+        self.redeliveries.retain(|(g, _), _| Some(*g) != generation);
+        self.failing.retain(|(g, _), _| Some(*g) != generation);
         self.delayed.retain(|(_, p)| p.tp != *tp);
         commit
     }
@@ -503,7 +524,7 @@ impl State {
         let extra = match &pending.record {
             Record::Fetched(_) if !self.redeliveries.is_empty() => self
                 .redeliveries
-                .get(&(pending.tp.clone(), pending.offset))
+                .get(&(pending.generation, pending.offset))
                 .copied()
                 .unwrap_or(0),
             _ => 0,
@@ -511,14 +532,12 @@ impl State {
         Some(Taken { pending, extra })
     }
 
-    /// Keeps a copy of a delivery just handed out, for `close`, unless its
+    /// Keeps what `close` needs of a delivery just handed out, unless its
     /// partition was revoked since it was taken (the delivery is stale:
     /// settling it changes nothing).
-    pub(crate) fn hold(&mut self, tp: &Tp, generation: u64, offset: i64, received: Received) {
-        if let Some(part) = self.parts.get_mut(tp) {
-            if part.generation == generation {
-                part.held.insert(offset, received);
-            }
+    pub(crate) fn hold(&mut self, (generation, offset): Held, kept: Kept) {
+        if let Some(part) = self.part_mut(generation) {
+            part.held.insert(offset, kept);
         }
     }
 
@@ -526,9 +545,9 @@ impl State {
     #[cfg(test)]
     pub(crate) fn hand_out(&mut self, source: &Arc<str>, group: &Arc<str>) -> Option<Received> {
         let taken = self.take_next()?;
-        let (tp, generation, offset) = taken.key();
+        let key = taken.key();
         let received = taken.into_received(source, group);
-        self.hold(&tp, generation, offset, received.clone());
+        self.hold(key, Kept::of(&received));
         Some(received)
     }
 
@@ -541,15 +560,12 @@ impl State {
         self.take_held_one(key, ack).is_some()
     }
 
-    /// [`State::claim`], returning the copy kept for `close`, so that the
-    /// caller can drop it (and with it, usually, the delivery's last
+    /// [`State::claim`], returning what was kept for `close`, so that the
+    /// caller can drop it (and with it, often, the content's last
     /// reference) after the lock is released.
-    fn take_held_one(&mut self, key: &Held, ack: bool) -> Option<Received> {
-        let (tp, generation, offset) = key;
-        let part = self.parts.get_mut(tp)?;
-        if part.generation != *generation {
-            return None;
-        }
+    fn take_held_one(&mut self, key: &Held, ack: bool) -> Option<Kept> {
+        let (generation, offset) = key;
+        let part = self.part_mut(*generation)?;
         let held = part.held.remove(offset)?;
         if ack {
             part.settle(*offset);
@@ -561,23 +577,13 @@ impl State {
     /// `key`'s record is settled: forgets its redeliveries in place and
     /// its failed republishes.
     fn settled(&mut self, key: &Held) {
-        // Both are empty unless something failed or was nacked in place;
-        // a lookup still hashes the topic's name.
-        let (tp, _, offset) = key;
+        // Both are empty unless something failed or was nacked in place.
         if !self.redeliveries.is_empty() {
-            self.redeliveries.remove(&(tp.clone(), *offset));
+            self.redeliveries.remove(key);
         }
         if !self.failing.is_empty() {
             self.failing.remove(key);
         }
-    }
-
-    /// Takes every delivery handed out and not settled (for `close`).
-    pub(crate) fn take_held(&mut self) -> Vec<Received> {
-        self.parts
-            .values_mut()
-            .flat_map(|p| p.held.drain().map(|(_, r)| r))
-            .collect()
     }
 }
 
@@ -590,7 +596,7 @@ impl Shared {
     /// `released`, to be dropped after the lock is released: for most
     /// deliveries they are the last reference, and freeing a batch of them
     /// under the lock held the poll thread up (perf sched trace).
-    pub(crate) fn apply_acks(&self, state: &mut State, released: &mut Vec<Received>) {
+    pub(crate) fn apply_acks(&self, state: &mut State, released: &mut Vec<Kept>) {
         let mut acked = std::mem::take(&mut state.acked);
         self.acks.take_into(&mut acked);
         released.extend(
@@ -614,10 +620,35 @@ impl Shared {
         let mut held = Vec::new();
         for tp in tps {
             if let Some(part) = state.parts.get_mut(tp) {
-                held.extend(part.held.drain().map(|(_, r)| r));
+                self.drain_held(tp, part, &mut held);
             }
         }
         held
+    }
+
+    /// Takes every delivery handed out and not settled (for `close`).
+    pub(crate) fn take_held(&self, state: &mut State) -> Vec<Received> {
+        let mut held = Vec::new();
+        for (tp, part) in state.parts.iter_mut() {
+            self.drain_held(tp, part, &mut held);
+        }
+        held
+    }
+
+    /// Makes the deliveries kept of `part` again, as they were handed out,
+    /// into `into`.
+    fn drain_held(&self, tp: &Tp, part: &mut PartitionState, into: &mut Vec<Received>) {
+        let generation = part.generation;
+        into.extend(part.held.drain().map(|(offset, kept)| {
+            Received::from_content(self.source.clone(), kept.content, kept.attempt)
+                .with_group(Some(self.group.clone()))
+                .with_metadata(KafkaMetadata {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    offset,
+                    generation,
+                })
+        }));
     }
 
     /// `tps` go to another member: the acks given so far are applied
@@ -659,34 +690,23 @@ impl Shared {
         }
     }
 
-    /// Marks `(tp, offset)` settled if it still belongs to this assignment.
-    pub(crate) fn settle_offset(state: &mut State, meta: &KafkaMetadata, tp: &Tp) {
-        if let Some(part) = state.parts.get_mut(tp) {
-            if part.generation == meta.generation {
-                part.settle(meta.offset);
-                state.settled(&(tp.clone(), meta.generation, meta.offset));
-            }
+    /// Marks the record settled if it still belongs to this assignment.
+    pub(crate) fn settle_offset(state: &mut State, meta: &KafkaMetadata) {
+        if let Some(part) = state.part_mut(meta.generation) {
+            part.settle(meta.offset);
+            state.settled(&(meta.generation, meta.offset));
         }
     }
 
-    /// A republish of `(tp, offset)` failed with `error`: remembered for
+    /// A republish of the record failed with `error`: remembered for
     /// `health` until the record is settled. Returns how often it failed.
-    pub(crate) fn republish_failed(
-        state: &mut State,
-        meta: &KafkaMetadata,
-        tp: &Tp,
-        error: &Error,
-    ) -> u32 {
-        let current = state
-            .parts
-            .get(tp)
-            .is_some_and(|p| p.generation == meta.generation);
-        if !current {
+    pub(crate) fn republish_failed(state: &mut State, meta: &KafkaMetadata, error: &Error) -> u32 {
+        if !state.generations.contains_key(&meta.generation) {
             return 1;
         }
         let f = state
             .failing
-            .entry((tp.clone(), meta.generation, meta.offset))
+            .entry((meta.generation, meta.offset))
             .or_insert(Failing {
                 failures: 0,
                 error: String::new(),
@@ -712,9 +732,9 @@ impl Shared {
         received: Received,
         delay: Duration,
     ) {
-        let current = state.parts.get(tp).is_some_and(|p| {
-            p.generation == meta.generation && p.rewind.is_none_or(|r| r > meta.offset)
-        });
+        let current = state
+            .part_mut(meta.generation)
+            .is_some_and(|p| p.rewind.is_none_or(|r| r > meta.offset));
         if state.closed || !current {
             return;
         }
@@ -751,12 +771,9 @@ impl Shared {
         delay: Option<Duration>,
         count: bool,
     ) {
-        let Some(part) = state.parts.get_mut(tp) else {
+        let Some(part) = state.part_mut(meta.generation) else {
             return;
         };
-        if part.generation != meta.generation {
-            return;
-        }
         part.rewind_to(meta.offset);
         let due = instant_after(delay.unwrap_or(Duration::ZERO));
         part.hold_until = Some(part.hold_until.map_or(due, |h| h.max(due)));
@@ -779,7 +796,7 @@ impl Shared {
         if count {
             let n = state
                 .redeliveries
-                .entry((tp.clone(), meta.offset))
+                .entry((meta.generation, meta.offset))
                 .or_default();
             *n = n.saturating_add(1);
         }

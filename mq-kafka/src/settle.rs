@@ -184,13 +184,9 @@ fn metadata(received: &Received) -> Result<&KafkaMetadata> {
     })
 }
 
-/// Names a delivery among the consumer's: partition, assignment, offset.
+/// Names a delivery among the consumer's: assignment and offset.
 fn key_of(meta: &KafkaMetadata) -> Held {
-    (
-        (meta.topic.clone(), meta.partition),
-        meta.generation,
-        meta.offset,
-    )
+    (meta.generation, meta.offset)
 }
 
 /// The copy that gives a delivery back without a handler failure (dropped
@@ -359,9 +355,9 @@ impl KafkaSettler {
         let mut state = self.shared.state.lock();
         let (meta, tp) = meta_of(received)?;
         match &result {
-            Ok(()) => Shared::settle_offset(&mut state, meta, &tp),
+            Ok(()) => Shared::settle_offset(&mut state, meta),
             Err(e) => {
-                let failures = Shared::republish_failed(&mut state, meta, &tp, e);
+                let failures = Shared::republish_failed(&mut state, meta, e);
                 let delay = give_back_delay(failures);
                 tracing::error!(error = %e, id = received.id(), topic = %r.topic, failures, ?delay,
                     "republishing failed; the record is not committed and is delivered again after the delay (later records are not replayed)");
@@ -469,8 +465,8 @@ impl KafkaSettler {
         };
         let mut state = self.shared.state.lock();
         for (received, result) in results {
-            match (result, meta_of(&received)) {
-                (Ok(()), Ok((meta, tp))) => Shared::settle_offset(&mut state, meta, &tp),
+            match (result, metadata(&received)) {
+                (Ok(()), Ok(meta)) => Shared::settle_offset(&mut state, meta),
                 (Err(e), _) => tracing::warn!(error = %e, id = received.id(),
                     "returning a held delivery at a revoke failed; the next owner reads it again from the partition"),
                 (Ok(()), Err(_)) => {}
@@ -527,6 +523,7 @@ impl Settler for KafkaSettler {
 mod tests {
     use super::*;
     use crate::core::{Pending, Record};
+    use crate::offsets::Kept;
 
     fn delivery(state: &mut State, tp: &Tp, offset: i64) -> Received {
         let part = state.parts.get_mut(tp).expect("assigned");
@@ -624,7 +621,49 @@ mod tests {
             Some(4),
             "an ack queued before close still counts"
         );
-        assert!(state.take_held().is_empty());
+        assert!(state.parts.values().all(|p| p.held.is_empty()));
+    }
+
+    /// `close` takes the deliveries still held as they were handed out:
+    /// content, attempt, source, group and Kafka metadata, though only
+    /// the content and the attempt were kept.
+    #[test]
+    fn the_deliveries_taken_at_close_are_those_handed_out() {
+        let shared = shared();
+        let tp: Tp = (Arc::from("t-retry"), 3);
+        let mut state = shared.state.lock();
+        state.assign(tp.clone());
+        let part = state.parts.get_mut(&tp).expect("assigned");
+        part.accept(7);
+        let generation = part.generation;
+        let message = Message::new("body").with_id("m-7").with_key("k");
+        state.ready.push_back(Pending {
+            tp: tp.clone(),
+            generation,
+            offset: 7,
+            record: Record::Delivery(Received::new("t", message, 4)),
+        });
+        let taken = state.take_next().expect("pushed");
+        let key = taken.key();
+        let out = taken.into_received(&shared.source, &shared.group);
+        state.hold(key, Kept::of(&out));
+        let back = shared.take_held(&mut state);
+        assert_eq!(back.len(), 1);
+        let back = &back[0];
+        assert_eq!((back.id(), back.key()), ("m-7", Some("k")));
+        assert_eq!(back.payload().as_ptr(), out.payload().as_ptr(), "shared");
+        assert_eq!(back.attempt(), 4);
+        assert_eq!((back.source(), back.group()), ("t", Some("g")));
+        assert_eq!(
+            metadata(back).expect("metadata"),
+            &KafkaMetadata {
+                topic: tp.0.clone(),
+                partition: 3,
+                offset: 7,
+                generation,
+            }
+        );
+        assert!(shared.take_held(&mut state).is_empty(), "taken once");
     }
 
     /// A revoke whose return of a held delivery fails (no broker listens
@@ -713,7 +752,7 @@ mod tests {
             Some(7),
             "the new generation's settles move the commit point"
         );
-        assert!(state.take_held().is_empty());
+        assert!(state.parts.values().all(|p| p.held.is_empty()));
     }
 
     /// Found with `kafka+mock://` (mock_url_group_rebalances_and_commits):
