@@ -755,6 +755,71 @@ mod tests {
         assert!(state.parts.values().all(|p| p.held.is_empty()));
     }
 
+    proptest::proptest! {
+        /// Whatever the order of assignments, revokes, hand-outs and acks
+        /// over two partitions, an ack settles its delivery only if that
+        /// delivery's assignment is still current and it was not settled
+        /// before (a delivery of an earlier assignment, with the same
+        /// offset as one handed out since, settles nothing), and every
+        /// current generation names its own partition.
+        #[test]
+        fn an_ack_counts_only_in_its_own_assignment(
+            ops in proptest::collection::vec((0u8..4, 0usize..2, 0usize..64), 0..120)
+        ) {
+            let mut state = State::default();
+            let tps: [Tp; 2] = [(Arc::from("t"), 0), (Arc::from("t-retry"), 0)];
+            // Per partition: its current generation and the next offset.
+            let mut current: [Option<(u64, i64)>; 2] = [None, None];
+            // Deliveries handed out: which partition, generation, and
+            // whether they were settled.
+            let mut out: Vec<(usize, u64, Received, bool)> = Vec::new();
+            for (op, i, pick) in ops {
+                match op {
+                    0 => {
+                        state.assign(tps[i].clone());
+                        if current[i].is_none() {
+                            current[i] = Some((state.parts[&tps[i]].generation, 0));
+                        }
+                    }
+                    1 => {
+                        state.revoke(&tps[i]);
+                        current[i] = None;
+                    }
+                    2 => {
+                        if let Some((g, next)) = current[i].as_mut() {
+                            let d = delivery(&mut state, &tps[i], *next);
+                            *next += 1;
+                            out.push((i, *g, d, false));
+                        }
+                    }
+                    _ => {
+                        if out.is_empty() {
+                            continue;
+                        }
+                        let n = out.len();
+                        let (i, g, d, settled) = &mut out[pick % n];
+                        let live = current[*i].is_some_and(|(c, _)| c == *g);
+                        let meta = metadata(d).expect("metadata");
+                        let claimed = state.claim(&key_of(meta), true);
+                        proptest::prop_assert_eq!(claimed, live && !*settled);
+                        *settled |= claimed;
+                    }
+                }
+                for (i, tp) in tps.iter().enumerate() {
+                    if let Some((g, _)) = current[i] {
+                        let part = state.part_mut(g).expect("a current generation");
+                        proptest::prop_assert_eq!(part.generation, g);
+                        proptest::prop_assert_eq!(&state.parts[tp].generation, &g);
+                    }
+                }
+            }
+            for (_, g, _, _) in &out {
+                let current_ones = current.iter().flatten().any(|(c, _)| c == g);
+                proptest::prop_assert_eq!(state.part_mut(*g).is_some(), current_ones);
+            }
+        }
+    }
+
     /// Found with `kafka+mock://` (mock_url_group_rebalances_and_commits):
     /// settled offsets whose asynchronous commit was still in flight when
     /// the partition was revoked were not committed before the revoke (the
